@@ -1,0 +1,169 @@
+//! The application: every shared part built once from the configuration, and the background tasks.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    auth::JwtKeys,
+    config::Config,
+    db::{self, DbPool},
+    events::{StreamNames, consumer, producer::Producer, relay},
+    graph::FollowGraph,
+    graphql::{self, FollowSchema, SchemaLimits},
+    redis_pool::{self, RedisPool},
+};
+
+/// The shared state of one process; cheap to clone (handlers take it as axum state).
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+/// The parts of the application.
+pub struct AppInner {
+    /// The settings it was built from.
+    pub config: Config,
+    /// PostgreSQL connections.
+    pub db: DbPool,
+    /// Redis connections (stream producer, relay; later the shared cache).
+    pub redis: RedisPool,
+    /// Signs and checks bearer tokens.
+    pub jwt: JwtKeys,
+    /// The follow graph's operations.
+    pub graph: FollowGraph,
+    /// The executable GraphQL schema.
+    pub schema: FollowSchema,
+    /// Key names of the event stream.
+    pub stream: StreamNames,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    /// Creates the database if missing, migrates it, and builds every part.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        db::ensure_database(&config.database_url).await?;
+        db::run_migrations(&config.database_url).await?;
+        Self::build(config)
+    }
+
+    /// Builds every part without touching the database (it must already be migrated).
+    pub fn build(config: Config) -> anyhow::Result<Self> {
+        let db = db::build_pool(&config.database_url, config.db_pool_size, config.db_timeout)?;
+        let redis = redis_pool::build_pool(
+            &config.redis_url,
+            config.redis_pool_size,
+            config.redis_timeout,
+        )?;
+        let stream = StreamNames::new(&config.redis_prefix);
+        let producer = Producer::new(
+            redis.clone(),
+            stream.clone(),
+            config.stream_maxlen,
+            config.redis_timeout,
+        );
+        let graph = FollowGraph::new(db.clone(), producer);
+        let schema = graphql::build_schema(
+            graph.clone(),
+            SchemaLimits {
+                max_depth: config.max_depth,
+                max_complexity: config.max_complexity,
+                loader_delay: config.loader_delay,
+            },
+        );
+        let jwt = JwtKeys::new(&config.jwt_secret);
+        Ok(Self(Arc::new(AppInner {
+            config,
+            db,
+            redis,
+            jwt,
+            graph,
+            schema,
+            stream,
+        })))
+    }
+
+    /// The stream producer (the relay and tests publish through it too).
+    pub fn producer(&self) -> Producer {
+        Producer::new(
+            self.redis.clone(),
+            self.stream.clone(),
+            self.config.stream_maxlen,
+            self.config.redis_timeout,
+        )
+    }
+
+    /// Starts the event consumer and the outbox relay; they stop when `shutdown` turns true.
+    pub fn spawn_pipeline(&self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let settings = consumer::ConsumerSettings {
+            redis_url: self.config.redis_url.clone(),
+            names: self.stream.clone(),
+            consumer_name: consumer_name(),
+            batch_size: self.config.consumer_batch,
+            block: self.config.consumer_block,
+        };
+        vec![
+            tokio::spawn(consumer::run(self.db.clone(), settings, shutdown.clone())),
+            tokio::spawn(relay::run(
+                self.db.clone(),
+                self.producer(),
+                self.config.relay_after,
+                self.config.relay_interval,
+                shutdown,
+            )),
+        ]
+    }
+
+    /// Whether PostgreSQL and Redis both answer, each with its error if not.
+    pub async fn readiness(&self) -> (Result<(), String>, Result<(), String>) {
+        let timeout = self.config.db_timeout;
+        let database = async {
+            match tokio::time::timeout(timeout, db::ping(&self.db)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            }
+        };
+        let redis = async {
+            redis_pool::ping(
+                &self.redis,
+                self.config
+                    .redis_timeout
+                    .max(std::time::Duration::from_millis(500)),
+            )
+            .await
+            .map_err(|err| format!("{err:#}"))
+        };
+        tokio::join!(database, redis)
+    }
+}
+
+/// A consumer name unique to this process: host, pid and a random suffix.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = ctrl_c => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.context("waiting for Ctrl-C")?;
+    Ok(())
+}

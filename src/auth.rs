@@ -1,0 +1,141 @@
+//! Bearer tokens: HS256 JWTs whose `sub` is the viewer's user id. Knows nothing of HTTP or GraphQL.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppError;
+
+/// Who is asking: the follower in every mutation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Viewer {
+    pub user_id: i64,
+    /// Whether the token carries `role: "admin"` (may call `upsertUser`).
+    pub is_admin: bool,
+}
+
+/// The claims this service reads and writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+}
+
+/// Signs and verifies tokens with one secret.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// A token for `user_id`, valid for `ttl_seconds` from now.
+    pub fn issue(&self, user_id: i64, is_admin: bool, ttl_seconds: i64) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp: now + ttl_seconds,
+            iat: Some(now),
+            role: is_admin.then(|| "admin".to_owned()),
+        };
+        Ok(encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// The viewer a token names; a malformed, expired or forged token is `UNAUTHENTICATED`.
+    pub fn verify(&self, token: &str) -> Result<Viewer, AppError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| {
+            AppError::Unauthenticated(match err.kind() {
+                ErrorKind::ExpiredSignature => "the bearer token has expired".to_owned(),
+                ErrorKind::InvalidSignature => {
+                    "the bearer token's signature is not valid".to_owned()
+                }
+                _ => format!("the bearer token is not valid: {err}"),
+            })
+        })?;
+        let user_id = data
+            .claims
+            .sub
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| {
+                AppError::Unauthenticated("the bearer token's sub is not a user id".into())
+            })?;
+        Ok(Viewer {
+            user_id,
+            is_admin: data.claims.role.as_deref() == Some("admin"),
+        })
+    }
+
+    /// The viewer of an `Authorization` header value: `None` when absent, an error when not a valid bearer token.
+    pub fn viewer_from_header(&self, header: Option<&str>) -> Result<Option<Viewer>, AppError> {
+        let Some(value) = header else { return Ok(None) };
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                AppError::Unauthenticated(
+                    "the Authorization header must be `Bearer <token>`".into(),
+                )
+            })?;
+        self.verify(token).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_round_trips() {
+        let keys = JwtKeys::new("a-secret-of-sixteen-bytes");
+        let token = keys.issue(42, true, 60).expect("signs");
+        assert_eq!(
+            keys.verify(&token).expect("valid"),
+            Viewer {
+                user_id: 42,
+                is_admin: true
+            }
+        );
+    }
+
+    #[test]
+    fn expired_and_forged_tokens_are_refused() {
+        let keys = JwtKeys::new("a-secret-of-sixteen-bytes");
+        let expired = keys.issue(1, false, -3600).expect("signs");
+        assert!(
+            matches!(keys.verify(&expired), Err(AppError::Unauthenticated(m)) if m.contains("expired"))
+        );
+        let forged = JwtKeys::new("another-secret-sixteen")
+            .issue(1, false, 60)
+            .expect("signs");
+        assert!(matches!(
+            keys.verify(&forged),
+            Err(AppError::Unauthenticated(_))
+        ));
+        assert!(keys.viewer_from_header(Some("Basic abc")).is_err());
+        assert_eq!(keys.viewer_from_header(None).expect("anonymous"), None);
+    }
+}

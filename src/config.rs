@@ -1,0 +1,214 @@
+//! Settings, read once from the environment (a `.env` file may set them), validated at start.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// The secret used when `FOLLOW_JWT_SECRET` is unset: fine on a laptop, refused in production.
+pub const DEVELOPMENT_JWT_SECRET: &str =
+    "follow-service-development-secret-do-not-use-in-production";
+
+/// Every setting of the service; one field per environment variable.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL`: PostgreSQL; the database is created and migrated at start if missing.
+    pub database_url: String,
+    /// `REDIS_URL`: Redis holding the event stream (and, later, the shared cache).
+    pub redis_url: String,
+    /// `FOLLOW_LISTEN`: the HTTP address to bind.
+    pub listen: SocketAddr,
+    /// `FOLLOW_JWT_SECRET`: HS256 secret that signs bearer tokens.
+    pub jwt_secret: String,
+    /// `FOLLOW_REDIS_PREFIX`: prefix of every Redis key, so several deployments (or tests) share one Redis.
+    pub redis_prefix: String,
+    /// `FOLLOW_ENV`: `development` or `production`; production refuses unsafe defaults.
+    pub environment: Environment,
+    /// `FOLLOW_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_json: bool,
+    /// `FOLLOW_DB_POOL_SIZE`: PostgreSQL connections per process.
+    pub db_pool_size: usize,
+    /// `FOLLOW_DB_TIMEOUT_MS`: how long a request waits for a pooled connection before `SERVICE_UNAVAILABLE`.
+    pub db_timeout: Duration,
+    /// `FOLLOW_REDIS_POOL_SIZE`: Redis connections per process.
+    pub redis_pool_size: usize,
+    /// `FOLLOW_REDIS_TIMEOUT_MS`: budget of one Redis call on a request path; past it the request goes on without Redis.
+    pub redis_timeout: Duration,
+    /// `FOLLOW_REQUEST_TIMEOUT_MS`: a whole HTTP request's budget.
+    pub request_timeout: Duration,
+    /// `FOLLOW_MAX_BODY_BYTES`: the largest request body accepted.
+    pub max_body_bytes: usize,
+    /// `FOLLOW_MAX_DEPTH`: deepest query accepted.
+    pub max_depth: usize,
+    /// `FOLLOW_MAX_COMPLEXITY`: most expensive query accepted (list fields cost `first` times their children).
+    pub max_complexity: usize,
+    /// `FOLLOW_LOADER_DELAY_US`: how long a DataLoader waits to gather keys into one batch.
+    pub loader_delay: Duration,
+    /// `FOLLOW_STREAM_MAXLEN`: approximate bound of the event stream (`XADD MAXLEN ~`).
+    pub stream_maxlen: usize,
+    /// `FOLLOW_CONSUMER_BATCH`: most stream entries a consumer reads and applies in one transaction.
+    pub consumer_batch: usize,
+    /// `FOLLOW_CONSUMER_BLOCK_MS`: how long an idle consumer blocks in `XREADGROUP`.
+    pub consumer_block: Duration,
+    /// `FOLLOW_RELAY_AFTER_MS`: age after which an unapplied outbox row is published again.
+    pub relay_after: Duration,
+    /// `FOLLOW_RELAY_INTERVAL_MS`: how often the relay looks for such rows.
+    pub relay_interval: Duration,
+    /// `FOLLOW_RUN_CONSUMER`: whether `serve` also runs the consumer and relay (default true).
+    pub run_consumer: bool,
+}
+
+/// Where the service runs; production refuses the development secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+impl FromStr for Environment {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Self::Development),
+            "production" | "prod" => Ok(Self::Production),
+            other => bail!("FOLLOW_ENV must be development or production, not {other:?}"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment (after loading `.env` if present) and validates it.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the settings from any variable lookup; tests pass their own.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let parse = |name: &str, default: &str| -> String {
+            get(name)
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match get(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number, not {v:?}")),
+            }
+        };
+        let millis = |name: &str, default: u64| number(name, default).map(Duration::from_millis);
+        let flag = |name: &str, default: bool| -> anyhow::Result<bool> {
+            match get(name).map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(default),
+                Some(v) if v.is_empty() => Ok(default),
+                Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+                Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+                Some(v) => bail!("{name} must be true or false, not {v:?}"),
+            }
+        };
+
+        let environment: Environment = parse("FOLLOW_ENV", "development").parse()?;
+        let jwt_secret = parse("FOLLOW_JWT_SECRET", DEVELOPMENT_JWT_SECRET);
+        let log_format = parse("FOLLOW_LOG_FORMAT", "text");
+        let config = Self {
+            database_url: parse(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/follow_service",
+            ),
+            redis_url: parse("REDIS_URL", "redis://127.0.0.1:6379"),
+            listen: parse("FOLLOW_LISTEN", "127.0.0.1:8080")
+                .parse()
+                .context("FOLLOW_LISTEN must be an address such as 127.0.0.1:8080")?,
+            jwt_secret,
+            redis_prefix: parse("FOLLOW_REDIS_PREFIX", "follow"),
+            environment,
+            log_json: match log_format.as_str() {
+                "json" => true,
+                "text" => false,
+                other => bail!("FOLLOW_LOG_FORMAT must be text or json, not {other:?}"),
+            },
+            db_pool_size: number("FOLLOW_DB_POOL_SIZE", 16)? as usize,
+            db_timeout: millis("FOLLOW_DB_TIMEOUT_MS", 2_000)?,
+            redis_pool_size: number("FOLLOW_REDIS_POOL_SIZE", 16)? as usize,
+            redis_timeout: millis("FOLLOW_REDIS_TIMEOUT_MS", 250)?,
+            request_timeout: millis("FOLLOW_REQUEST_TIMEOUT_MS", 10_000)?,
+            max_body_bytes: number("FOLLOW_MAX_BODY_BYTES", 64 * 1024)? as usize,
+            max_depth: number("FOLLOW_MAX_DEPTH", 12)? as usize,
+            max_complexity: number("FOLLOW_MAX_COMPLEXITY", 20_000)? as usize,
+            loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 1_000)?),
+            stream_maxlen: number("FOLLOW_STREAM_MAXLEN", 1_000_000)? as usize,
+            consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,
+            consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,
+            relay_after: millis("FOLLOW_RELAY_AFTER_MS", 5_000)?,
+            relay_interval: millis("FOLLOW_RELAY_INTERVAL_MS", 1_000)?,
+            run_consumer: flag("FOLLOW_RUN_CONSUMER", true)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that cannot work, with the variable's name in the message.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.environment == Environment::Production && self.uses_development_secret() {
+            bail!(
+                "FOLLOW_ENV=production needs FOLLOW_JWT_SECRET: the built-in development secret is public"
+            );
+        }
+        if self.jwt_secret.len() < 16 {
+            bail!("FOLLOW_JWT_SECRET must be at least 16 bytes long");
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
+            bail!("FOLLOW_REDIS_PREFIX must be non-empty, without braces or spaces");
+        }
+        for (name, value) in [
+            ("FOLLOW_DB_POOL_SIZE", self.db_pool_size),
+            ("FOLLOW_REDIS_POOL_SIZE", self.redis_pool_size),
+            ("FOLLOW_CONSUMER_BATCH", self.consumer_batch),
+            ("FOLLOW_MAX_DEPTH", self.max_depth),
+            ("FOLLOW_MAX_COMPLEXITY", self.max_complexity),
+            ("FOLLOW_MAX_BODY_BYTES", self.max_body_bytes),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether tokens are signed with the public development secret.
+    pub fn uses_development_secret(&self) -> bool {
+        self.jwt_secret == DEVELOPMENT_JWT_SECRET
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_any_variable() {
+        let config = Config::from_lookup(|_| None).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(config.uses_development_secret());
+        assert!(config.run_consumer);
+    }
+
+    #[test]
+    fn production_refuses_the_development_secret() {
+        let err =
+            Config::from_lookup(|name| (name == "FOLLOW_ENV").then(|| "production".to_owned()))
+                .expect_err("must refuse");
+        assert!(err.to_string().contains("FOLLOW_JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_number_names_its_variable() {
+        let err =
+            Config::from_lookup(|name| (name == "FOLLOW_DB_POOL_SIZE").then(|| "many".to_owned()))
+                .expect_err("must refuse");
+        assert!(err.to_string().contains("FOLLOW_DB_POOL_SIZE"), "{err}");
+    }
+}

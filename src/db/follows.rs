@@ -1,0 +1,238 @@
+//! Queries on `follows`: edge changes (each with its outbox row, in one statement), status and list pages.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    prelude::*,
+    result::{DatabaseErrorKind, Error as DieselError},
+    sql_types::{Array, BigInt, Nullable, Timestamptz},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::{StoreError, StoreResult, outbox::OutboxRow};
+
+/// Which end of the edge a list is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// Who follows the owner.
+    Followers,
+    /// Whom the owner follows.
+    Following,
+}
+
+/// A position in a list ordered newest first: the edge's time, then the other user's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Keyset {
+    pub at: DateTime<Utc>,
+    pub user_id: i64,
+}
+
+/// One entry of a list page: the user at the other end of the edge, and when the follow began.
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
+pub struct ListEntry {
+    #[diesel(sql_type = BigInt)]
+    pub owner_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub user_id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub followed_at: DateTime<Utc>,
+}
+
+/// Why an edge could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("the follower has no user record")]
+    UnknownFollower,
+    #[error("the followee has no user record")]
+    UnknownFollowee,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn edge_error(err: DieselError) -> EdgeError {
+    match &err {
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info) => {
+            match info.constraint_name() {
+                Some("follows_follower_id_fkey") => EdgeError::UnknownFollower,
+                _ => EdgeError::UnknownFollowee,
+            }
+        }
+        _ => EdgeError::Store(err.into()),
+    }
+}
+
+/// Inserts the edges `follower → each followee` that do not exist yet, and one outbox row for each
+/// inserted edge, in one statement (so atomically). Returns the outbox rows: the edges that changed.
+pub async fn insert_edges(
+    conn: &mut AsyncPgConnection,
+    follower_id: i64,
+    followee_ids: &[i64],
+) -> Result<Vec<OutboxRow>, EdgeError> {
+    diesel::sql_query(
+        "WITH edge AS ( \
+             INSERT INTO follows (follower_id, followee_id) \
+             SELECT $1, f FROM unnest($2::bigint[]) AS t(f) \
+             ON CONFLICT DO NOTHING \
+             RETURNING follower_id, followee_id, created_at) \
+         INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
+         SELECT 'follow', follower_id, followee_id, created_at FROM edge \
+         RETURNING id, kind, follower_id, followee_id, occurred_at",
+    )
+    .bind::<BigInt, _>(follower_id)
+    .bind::<Array<BigInt>, _>(followee_ids)
+    .load(conn)
+    .await
+    .map_err(edge_error)
+}
+
+/// Deletes the edges `follower → each followee` that exist, and writes one outbox row for each
+/// deleted edge, in one statement. Returns the outbox rows: the edges that changed.
+pub async fn delete_edges(
+    conn: &mut AsyncPgConnection,
+    follower_id: i64,
+    followee_ids: &[i64],
+) -> StoreResult<Vec<OutboxRow>> {
+    Ok(diesel::sql_query(
+        "WITH edge AS ( \
+             DELETE FROM follows WHERE follower_id = $1 AND followee_id = ANY($2::bigint[]) \
+             RETURNING follower_id, followee_id) \
+         INSERT INTO outbox (kind, follower_id, followee_id) \
+         SELECT 'unfollow', follower_id, followee_id FROM edge \
+         RETURNING id, kind, follower_id, followee_id, occurred_at",
+    )
+    .bind::<BigInt, _>(follower_id)
+    .bind::<Array<BigInt>, _>(followee_ids)
+    .load(conn)
+    .await?)
+}
+
+#[derive(QueryableByName)]
+struct Pair {
+    #[diesel(sql_type = BigInt)]
+    follower_id: i64,
+    #[diesel(sql_type = BigInt)]
+    followee_id: i64,
+}
+
+/// Of these (follower, followee) pairs, the ones that are edges: one index probe per pair, one round trip.
+pub async fn existing_pairs(
+    conn: &mut AsyncPgConnection,
+    pairs: &[(i64, i64)],
+) -> StoreResult<Vec<(i64, i64)>> {
+    let (followers, followees): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let rows: Vec<Pair> = diesel::sql_query(
+        "SELECT f.follower_id, f.followee_id \
+         FROM unnest($1::bigint[], $2::bigint[]) AS p(follower_id, followee_id) \
+         JOIN follows f ON f.follower_id = p.follower_id AND f.followee_id = p.followee_id",
+    )
+    .bind::<Array<BigInt>, _>(followers)
+    .bind::<Array<BigInt>, _>(followees)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|p| (p.follower_id, p.followee_id))
+        .collect())
+}
+
+/// One page, newest first, of the lists of several owners at once (all after the same keyset, if any):
+/// up to `limit` entries per owner, each served by a keyset range scan of its own.
+pub async fn list_pages(
+    conn: &mut AsyncPgConnection,
+    kind: ListKind,
+    owner_ids: &[i64],
+    after: Option<Keyset>,
+    limit: i64,
+) -> StoreResult<Vec<ListEntry>> {
+    let (owner_col, other_col) = match kind {
+        ListKind::Followers => ("followee_id", "follower_id"),
+        ListKind::Following => ("follower_id", "followee_id"),
+    };
+    let sql = format!(
+        "SELECT o.id AS owner_id, e.user_id, e.followed_at \
+         FROM unnest($1::bigint[]) AS o(id) \
+         CROSS JOIN LATERAL ( \
+             SELECT f.{other_col} AS user_id, f.created_at AS followed_at \
+             FROM follows f \
+             WHERE f.{owner_col} = o.id \
+               AND ($2::timestamptz IS NULL OR (f.created_at, f.{other_col}) < ($2, $3)) \
+             ORDER BY f.created_at DESC, f.{other_col} DESC \
+             LIMIT $4) AS e"
+    );
+    Ok(diesel::sql_query(sql)
+        .bind::<Array<BigInt>, _>(owner_ids)
+        .bind::<Nullable<Timestamptz>, _>(after.map(|k| k.at))
+        .bind::<BigInt, _>(after.map_or(0, |k| k.user_id))
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await?)
+}
+
+/// One page, newest first, of the followers of `owner_id` whom `viewer_id` follows.
+pub async fn known_followers_page(
+    conn: &mut AsyncPgConnection,
+    owner_id: i64,
+    viewer_id: i64,
+    after: Option<Keyset>,
+    limit: i64,
+) -> StoreResult<Vec<ListEntry>> {
+    Ok(diesel::sql_query(
+        "SELECT f.followee_id AS owner_id, f.follower_id AS user_id, f.created_at AS followed_at \
+         FROM follows v \
+         JOIN follows f ON f.follower_id = v.followee_id AND f.followee_id = $1 \
+         WHERE v.follower_id = $2 \
+           AND ($3::timestamptz IS NULL OR (f.created_at, f.follower_id) < ($3, $4)) \
+         ORDER BY f.created_at DESC, f.follower_id DESC \
+         LIMIT $5",
+    )
+    .bind::<BigInt, _>(owner_id)
+    .bind::<BigInt, _>(viewer_id)
+    .bind::<Nullable<Timestamptz>, _>(after.map(|k| k.at))
+    .bind::<BigInt, _>(after.map_or(0, |k| k.user_id))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// How many followers of `owner_id` the viewer follows (exact).
+pub async fn known_followers_count(
+    conn: &mut AsyncPgConnection,
+    owner_id: i64,
+    viewer_id: i64,
+) -> StoreResult<i64> {
+    let row: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM follows v \
+         JOIN follows f ON f.follower_id = v.followee_id AND f.followee_id = $1 \
+         WHERE v.follower_id = $2",
+    )
+    .bind::<BigInt, _>(owner_id)
+    .bind::<BigInt, _>(viewer_id)
+    .get_result(conn)
+    .await?;
+    Ok(row.n)
+}
+
+/// Inserts edges directly, without outbox rows, many per statement: only for `seed`, which repairs
+/// the counters afterwards with `stats::fix_drift`. Returns how many were new.
+pub async fn insert_edges_bulk(
+    conn: &mut AsyncPgConnection,
+    follower_ids: &[i64],
+    followee_ids: &[i64],
+    created_at: &[DateTime<Utc>],
+) -> StoreResult<usize> {
+    Ok(diesel::sql_query(
+        "INSERT INTO follows (follower_id, followee_id, created_at) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<BigInt>, _>(follower_ids)
+    .bind::<Array<BigInt>, _>(followee_ids)
+    .bind::<Array<Timestamptz>, _>(created_at)
+    .execute(conn)
+    .await?)
+}

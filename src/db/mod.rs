@@ -1,0 +1,197 @@
+//! The store: PostgreSQL through diesel-async, one file per table's queries. Knows nothing of GraphQL.
+
+pub mod follows;
+pub mod outbox;
+pub mod schema;
+pub mod stats;
+pub mod users;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{
+    AsyncPgConnection,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool},
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+/// The migrations under `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// A pool of PostgreSQL connections.
+pub type DbPool = deadpool::Pool<AsyncPgConnection>;
+/// One connection taken from the pool.
+pub type DbConn = deadpool::Object<AsyncPgConnection>;
+
+/// Why a store call failed: the database could not be reached, or a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Query(DieselError),
+}
+
+impl From<DieselError> for StoreError {
+    fn from(err: DieselError) -> Self {
+        Self::from_diesel(err)
+    }
+}
+
+impl StoreError {
+    /// Sorts a diesel error: a closed connection means the database went away, anything else is a query error.
+    pub fn from_diesel(err: DieselError) -> Self {
+        match &err {
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                Self::Unavailable(err.to_string())
+            }
+            _ => Self::Query(err),
+        }
+    }
+
+    /// Whether retrying the same transaction may succeed (deadlock or serialization failure).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Query(DieselError::DatabaseError(
+                DatabaseErrorKind::SerializationFailure,
+                _
+            ))
+        ) || matches!(self, Self::Query(DieselError::DatabaseError(_, info)) if info.message().contains("deadlock detected"))
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Takes a connection from the pool, or says the database is unavailable.
+pub async fn connect(pool: &DbPool) -> StoreResult<DbConn> {
+    pool.get()
+        .await
+        .map_err(|err| StoreError::Unavailable(err.to_string()))
+}
+
+/// Builds the pool; connections are opened lazily and checked only by use (no ping per checkout).
+pub fn build_pool(
+    database_url: &str,
+    size: usize,
+    wait_timeout: Duration,
+) -> anyhow::Result<DbPool> {
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        database_url,
+        manager_config,
+    );
+    deadpool::Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(wait_timeout))
+        .create_timeout(Some(wait_timeout))
+        .runtime(::deadpool::Runtime::Tokio1)
+        .build()
+        .context("building the PostgreSQL pool")
+}
+
+/// Creates the database named in `database_url` if it does not exist yet.
+pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
+    let config: tokio_postgres::Config = database_url
+        .parse()
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let name = config.get_dbname().unwrap_or("postgres").to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(database_url)))?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
+            Ok(()) => tracing::info!(database = %name, "created the database"),
+            // Another instance created it at the same moment.
+            Err(err)
+                if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(err) => return Err(err).context("creating the database"),
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// Applies every pending migration; returns how many ran. Safe to call from several instances at once.
+pub async fn run_migrations(database_url: &str) -> anyhow::Result<usize> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        use diesel::Connection;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+            .with_context(|| format!("connecting to {}", redact(&url)))?;
+        // One migrator at a time across instances: a session advisory lock.
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query("SELECT pg_advisory_lock(7213862104)"),
+            &mut conn,
+        )?;
+        let applied: anyhow::Result<Vec<String>> = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+            .map_err(|err| anyhow::anyhow!("running migrations: {err}"));
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query("SELECT pg_advisory_unlock(7213862104)"),
+            &mut conn,
+        )?;
+        let applied = applied?;
+        for version in &applied {
+            tracing::info!(%version, "applied migration");
+        }
+        Ok(applied.len())
+    })
+    .await
+    .context("the migration task panicked")?
+}
+
+/// Reverts every migration (tests use it to prove each `down.sql`).
+pub async fn revert_all_migrations(database_url: &str) -> anyhow::Result<usize> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        use diesel::Connection;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let reverted = conn
+            .revert_all_migrations(MIGRATIONS)
+            .map_err(|err| anyhow::anyhow!("reverting migrations: {err}"))?;
+        Ok(reverted.len())
+    })
+    .await
+    .context("the migration task panicked")?
+}
+
+/// Checks that the database answers (for `/readyz`).
+pub async fn ping(pool: &DbPool) -> StoreResult<()> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = connect(pool).await?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,65 @@
+//! Queries on `outbox`: the events committed with their edge change and not yet applied to the counters.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    prelude::*,
+    sql_types::{BigInt, Text, Timestamptz},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::StoreResult;
+
+/// One committed edge change, as written in the same statement as the edge.
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
+pub struct OutboxRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// `follow` or `unfollow`.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = BigInt)]
+    pub follower_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub followee_id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` rows that nobody applied or republished for `older_than`, oldest first, and
+/// stamps them as republished now, so that several relays (one per instance) do not publish the same row.
+pub async fn claim_stale(
+    conn: &mut AsyncPgConnection,
+    older_than: Duration,
+    limit: i64,
+) -> StoreResult<Vec<OutboxRow>> {
+    let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    Ok(diesel::sql_query(
+        "UPDATE outbox SET published_at = clock_timestamp() \
+         WHERE id IN ( \
+             SELECT id FROM outbox \
+             WHERE COALESCE(published_at, occurred_at) < clock_timestamp() - make_interval(secs => $1 / 1e6) \
+             ORDER BY id LIMIT $2 \
+             FOR UPDATE SKIP LOCKED) \
+         RETURNING id, kind, follower_id, followee_id, occurred_at",
+    )
+    .bind::<BigInt, _>(micros)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// How many events are committed but not applied yet.
+pub async fn backlog(conn: &mut AsyncPgConnection) -> StoreResult<i64> {
+    let row: Count = diesel::sql_query("SELECT count(*) AS n FROM outbox")
+        .get_result(conn)
+        .await?;
+    Ok(row.n)
+}

@@ -1,0 +1,157 @@
+//! Queries on `user_stats`: reading counts, folding applied events into them, reconciling them.
+
+use diesel::{
+    prelude::*,
+    sql_types::{Array, BigInt},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::{StoreResult, schema::user_stats};
+
+/// The stored counts of one user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Queryable)]
+pub struct Counts {
+    pub user_id: i64,
+    pub follower_count: i64,
+    pub following_count: i64,
+}
+
+/// Stored counts of these users; a user without a row has no edges yet (zero counts).
+pub async fn counts(conn: &mut AsyncPgConnection, user_ids: &[i64]) -> StoreResult<Vec<Counts>> {
+    Ok(user_stats::table
+        .filter(user_stats::user_id.eq_any(user_ids))
+        .select((
+            user_stats::user_id,
+            user_stats::follower_count,
+            user_stats::following_count,
+        ))
+        .load(conn)
+        .await?)
+}
+
+/// What applying a batch of events did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, QueryableByName)]
+pub struct AppliedBatch {
+    /// Events whose outbox row this statement deleted, so whose delta it applied.
+    #[diesel(sql_type = BigInt)]
+    pub applied: i64,
+    /// Users whose counts changed.
+    #[diesel(sql_type = Array<BigInt>)]
+    pub touched_users: Vec<i64>,
+}
+
+/// The signed delta of each outbox row, per user and per count, as SQL shared by apply and reconcile.
+const DELTAS_PER_USER: &str = "SELECT user_id, sum(followers)::bigint AS followers, sum(following)::bigint AS following \
+     FROM ( \
+         SELECT followee_id AS user_id, CASE kind WHEN 'follow' THEN 1 ELSE -1 END AS followers, 0 AS following FROM {src} \
+         UNION ALL \
+         SELECT follower_id, 0, CASE kind WHEN 'follow' THEN 1 ELSE -1 END FROM {src} \
+     ) AS d GROUP BY user_id";
+
+/// Applies the events with these outbox ids exactly once: in one statement, deletes their outbox rows,
+/// folds the deleted rows' deltas per user and adds them to `user_stats`. An id whose row is already gone
+/// (applied before, a redelivery) contributes nothing. Rows are locked in user-id order against deadlocks.
+pub async fn apply_events(
+    conn: &mut AsyncPgConnection,
+    outbox_ids: &[i64],
+) -> StoreResult<AppliedBatch> {
+    let deltas = DELTAS_PER_USER.replace("{src}", "applied");
+    let sql = format!(
+        "WITH applied AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING kind, follower_id, followee_id), \
+         deltas AS ({deltas}), \
+         upserted AS ( \
+             INSERT INTO user_stats (user_id, follower_count, following_count) \
+             SELECT user_id, followers, following FROM deltas \
+             WHERE followers <> 0 OR following <> 0 \
+             ORDER BY user_id \
+             ON CONFLICT (user_id) DO UPDATE SET \
+                 follower_count = user_stats.follower_count + EXCLUDED.follower_count, \
+                 following_count = user_stats.following_count + EXCLUDED.following_count, \
+                 updated_at = now() \
+             RETURNING user_id) \
+         SELECT (SELECT count(*) FROM applied) AS applied, \
+                COALESCE((SELECT array_agg(user_id ORDER BY user_id) FROM upserted), '{{}}') AS touched_users"
+    );
+    Ok(diesel::sql_query(sql)
+        .bind::<Array<BigInt>, _>(outbox_ids)
+        .get_result(conn)
+        .await?)
+}
+
+/// A user whose stored counts differ from what the edges say.
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
+pub struct Drift {
+    #[diesel(sql_type = BigInt)]
+    pub user_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub stored_followers: i64,
+    #[diesel(sql_type = BigInt)]
+    pub expected_followers: i64,
+    #[diesel(sql_type = BigInt)]
+    pub stored_following: i64,
+    #[diesel(sql_type = BigInt)]
+    pub expected_following: i64,
+}
+
+/// The drift query: in one snapshot, the counts each user should have = its edges in `follows` minus the
+/// deltas of outbox rows not applied yet (they will be), compared with `user_stats`.
+fn drift_sql() -> String {
+    let pending = DELTAS_PER_USER.replace("{src}", "outbox");
+    format!(
+        "WITH truth AS ( \
+             SELECT u.id AS user_id, COALESCE(fr.n, 0) AS followers, COALESCE(fg.n, 0) AS following \
+             FROM users u \
+             LEFT JOIN (SELECT followee_id AS id, count(*) AS n FROM follows GROUP BY followee_id) fr ON fr.id = u.id \
+             LEFT JOIN (SELECT follower_id AS id, count(*) AS n FROM follows GROUP BY follower_id) fg ON fg.id = u.id), \
+         pending AS ({pending}), \
+         drift AS ( \
+             SELECT t.user_id, \
+                    COALESCE(s.follower_count, 0) AS stored_followers, \
+                    t.followers - COALESCE(p.followers, 0) AS expected_followers, \
+                    COALESCE(s.following_count, 0) AS stored_following, \
+                    t.following - COALESCE(p.following, 0) AS expected_following \
+             FROM truth t \
+             LEFT JOIN user_stats s ON s.user_id = t.user_id \
+             LEFT JOIN pending p ON p.user_id = t.user_id \
+             WHERE COALESCE(s.follower_count, 0) <> t.followers - COALESCE(p.followers, 0) \
+                OR COALESCE(s.following_count, 0) <> t.following - COALESCE(p.following, 0))"
+    )
+}
+
+/// Every user whose stored counts are wrong, without changing anything.
+pub async fn find_drift(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Drift>> {
+    let sql = format!("{} SELECT * FROM drift ORDER BY user_id", drift_sql());
+    Ok(diesel::sql_query(sql).load(conn).await?)
+}
+
+/// Finds and repairs drift in one statement. The repair adds the difference to the current row rather
+/// than overwriting it, so a consumer batch committed meanwhile is kept: safe while the service serves.
+pub async fn fix_drift(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Drift>> {
+    let sql = format!(
+        "{}, fixed AS ( \
+             INSERT INTO user_stats (user_id, follower_count, following_count) \
+             SELECT user_id, expected_followers - stored_followers, expected_following - stored_following \
+             FROM drift ORDER BY user_id \
+             ON CONFLICT (user_id) DO UPDATE SET \
+                 follower_count = user_stats.follower_count + EXCLUDED.follower_count, \
+                 following_count = user_stats.following_count + EXCLUDED.following_count, \
+                 updated_at = now()) \
+         SELECT * FROM drift ORDER BY user_id",
+        drift_sql()
+    );
+    Ok(diesel::sql_query(sql).load(conn).await?)
+}
+
+/// Overwrites every user's counts with its edge counts; only for `seed`, when nothing else writes.
+pub async fn recompute_all(conn: &mut AsyncPgConnection) -> StoreResult<usize> {
+    Ok(diesel::sql_query(
+        "INSERT INTO user_stats (user_id, follower_count, following_count) \
+         SELECT u.id, COALESCE(fr.n, 0), COALESCE(fg.n, 0) FROM users u \
+         LEFT JOIN (SELECT followee_id AS id, count(*) AS n FROM follows GROUP BY followee_id) fr ON fr.id = u.id \
+         LEFT JOIN (SELECT follower_id AS id, count(*) AS n FROM follows GROUP BY follower_id) fg ON fg.id = u.id \
+         ON CONFLICT (user_id) DO UPDATE SET follower_count = EXCLUDED.follower_count, \
+             following_count = EXCLUDED.following_count, updated_at = now()",
+    )
+    .execute(conn)
+    .await?)
+}

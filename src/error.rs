@@ -1,0 +1,116 @@
+//! The error policy, and the codes clients see.
+//!
+//! - Store functions return `StoreError` (diesel and pool failures, nothing GraphQL).
+//! - The domain (`graph`) returns [`AppError`]: one variant per `extensions.code` a client may see, with
+//!   a message written for that client. Background tasks use `anyhow` and log.
+//! - Only the GraphQL layer turns an `AppError` into a response error. An internal error's details are
+//!   logged with the request id and never sent: the client sees a generic message and the code.
+
+use std::fmt;
+
+/// The stable `extensions.code` values of the API (SERVICE.md, "Errors and limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    BadUserInput,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    InternalServerError,
+}
+
+impl ErrorCode {
+    /// The wire form, as clients match on it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::BadUserInput => "BAD_USER_INPUT",
+            Self::NotFound => "NOT_FOUND",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::InternalServerError => "INTERNAL_SERVER_ERROR",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error a client may see: a code and a message meant for that client.
+///
+/// It deliberately implements neither `Display` nor `std::error::Error`: async-graphql converts any
+/// `Display` type into an error without a code, so this keeps `?` going through our own conversion,
+/// which sets `extensions.code`.
+#[derive(Debug)]
+pub enum AppError {
+    Unauthenticated(String),
+    Forbidden(String),
+    BadUserInput(String),
+    NotFound(String),
+    ServiceUnavailable(String),
+    /// Details are for the log only; the client sees "internal error".
+    Internal(anyhow::Error),
+}
+
+impl AppError {
+    /// The code this error carries to the client.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::BadUserInput(_) => ErrorCode::BadUserInput,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::ServiceUnavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::Internal(_) => ErrorCode::InternalServerError,
+        }
+    }
+
+    /// The message for the client (never an internal error's details).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Unauthenticated(m)
+            | Self::Forbidden(m)
+            | Self::BadUserInput(m)
+            | Self::NotFound(m)
+            | Self::ServiceUnavailable(m) => m.clone(),
+            Self::Internal(_) => "internal error".to_owned(),
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::BadUserInput(message.into())
+    }
+
+    pub fn user_not_found(id: i64) -> Self {
+        Self::NotFound(format!("no user with id {id}"))
+    }
+
+    pub fn viewer_not_found(id: i64) -> Self {
+        Self::NotFound(format!(
+            "the viewer (user {id}) has no record in this service"
+        ))
+    }
+
+    pub fn needs_viewer() -> Self {
+        Self::Unauthenticated(
+            "this operation needs a bearer token (Authorization: Bearer <JWT>)".into(),
+        )
+    }
+}
+
+impl From<crate::db::StoreError> for AppError {
+    fn from(err: crate::db::StoreError) -> Self {
+        match err {
+            crate::db::StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                Self::ServiceUnavailable("the database is unavailable; try again shortly".into())
+            }
+            crate::db::StoreError::Query(err) => Self::Internal(err.into()),
+        }
+    }
+}

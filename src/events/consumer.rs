@@ -1,0 +1,181 @@
+//! The consumer group task that folds follow events into `user_stats`.
+//!
+//! Each consumer (one per process, uniquely named) reads up to a batch of entries with XREADGROUP, applies
+//! them in one statement (`db::stats::apply_events`: delete the outbox rows, add their deltas), then XACKs.
+//! Applying keys on the outbox row, so an entry delivered twice, or published twice by the relay, counts
+//! once. If applying fails the entries are not acknowledged and their outbox rows stay: the relay
+//! publishes them again, so nothing is lost.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use super::{FollowEvent, StreamNames};
+use crate::{
+    db::{self, DbPool, stats::AppliedBatch},
+    redis_pool::redis::{
+        self, AsyncConnectionConfig, Client, aio::MultiplexedConnection, streams::StreamReadReply,
+    },
+};
+
+/// Settings of one consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub redis_url: String,
+    pub names: StreamNames,
+    /// This consumer's name in the group; unique per process.
+    pub consumer_name: String,
+    pub batch_size: usize,
+    pub block: Duration,
+}
+
+/// Runs the consumer until `shutdown` turns true.
+pub async fn run(db: DbPool, settings: ConsumerSettings, mut shutdown: watch::Receiver<bool>) {
+    tracing::info!(consumer = %settings.consumer_name, stream = %settings.names.stream, "event consumer started");
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        let step = async {
+            let connection = match conn.as_mut() {
+                Some(c) => c,
+                None => conn.insert(connect(&settings).await?),
+            };
+            consume_once(&db, connection, &settings).await
+        };
+        let outcome = tokio::select! {
+            outcome = step => outcome,
+            _ = shutdown.changed() => break,
+        };
+        match outcome {
+            Ok(_) => backoff = Duration::from_millis(100),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "event consumer step failed; retrying");
+                conn = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!(consumer = %settings.consumer_name, "event consumer stopped");
+}
+
+/// A dedicated connection: XREADGROUP blocks, so it must not share a pooled, multiplexed connection.
+async fn connect(settings: &ConsumerSettings) -> anyhow::Result<MultiplexedConnection> {
+    let client = Client::open(settings.redis_url.as_str())?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(settings.block + Duration::from_secs(5)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    ensure_group(&mut conn, &settings.names).await?;
+    Ok(conn)
+}
+
+/// Creates the stream and the group if missing; a new group starts at the stream's first entry.
+pub async fn ensure_group(
+    conn: &mut MultiplexedConnection,
+    names: &StreamNames,
+) -> anyhow::Result<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&names.stream)
+        .arg(names.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        Err(err) => Err(err).context("creating the consumer group"),
+    }
+}
+
+/// Reads one batch (blocking up to `block` when idle), applies it and acknowledges it.
+/// Returns how many events were applied.
+pub async fn consume_once(
+    db: &DbPool,
+    conn: &mut MultiplexedConnection,
+    settings: &ConsumerSettings,
+) -> anyhow::Result<i64> {
+    let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(settings.names.group)
+        .arg(&settings.consumer_name)
+        .arg("COUNT")
+        .arg(settings.batch_size)
+        .arg("BLOCK")
+        .arg(settings.block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(&settings.names.stream)
+        .arg(">")
+        .query_async(conn)
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        // The stream or group vanished (Redis restarted or was flushed): recreate it; the relay
+        // republishes whatever the lost entries carried.
+        Err(err) if err.code() == Some("NOGROUP") => {
+            ensure_group(conn, &settings.names).await?;
+            return Ok(0);
+        }
+        Err(err) => return Err(err).context("XREADGROUP failed"),
+    };
+    let entries: Vec<_> = reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .collect();
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let mut outbox_ids = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        match FollowEvent::from_fields(&entry.map) {
+            Some(event) => outbox_ids.push(event.id),
+            None => tracing::error!(entry = %entry.id, "undecodable stream entry skipped"),
+        }
+    }
+    let applied = apply_with_retry(db, &outbox_ids).await?;
+    let entry_ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let _: i64 = redis::cmd("XACK")
+        .arg(&settings.names.stream)
+        .arg(settings.names.group)
+        .arg(&entry_ids)
+        .query_async(conn)
+        .await
+        .context("XACK failed")?;
+    tracing::debug!(
+        entries = entries.len(),
+        applied = applied.applied,
+        users = applied.touched_users.len(),
+        "applied a batch"
+    );
+    Ok(applied.applied)
+}
+
+/// Applies a batch, retrying a few times when PostgreSQL reports a deadlock or serialization failure
+/// (two consumers holding one redelivered row each).
+pub async fn apply_with_retry(db: &DbPool, outbox_ids: &[i64]) -> anyhow::Result<AppliedBatch> {
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let mut conn = db::connect(db).await?;
+            db::stats::apply_events(&mut conn, outbox_ids).await
+        }
+        .await;
+        match result {
+            Ok(applied) => return Ok(applied),
+            Err(err) if err.is_retryable() && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+            }
+            Err(err) => return Err(anyhow::Error::from(err)).context("applying a batch of events"),
+        }
+    }
+}

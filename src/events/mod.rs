@@ -1,0 +1,151 @@
+//! Follow events: the stream entry format, the stream's key names, and the tasks that move events
+//! from the outbox to the counters.
+//!
+//! The flow (SERVICE.md, "Event pipeline"): a write commits its edge and an `outbox` row in one statement
+//! and the [`producer`] appends the event to a Redis Stream. The [`consumer`] group reads the stream in
+//! batches and applies each batch in one statement that deletes the batch's outbox rows and adds their
+//! deltas to `user_stats`; a row already deleted contributes nothing, so a redelivered or duplicated entry
+//! changes nothing. The outbox, not the stream, is the source of truth: the [`relay`] republishes rows that
+//! stayed unapplied for a few seconds (Redis was down, the process died between commit and XADD, the
+//! stream was lost), so every committed event is applied once, whatever was lost in Redis.
+
+pub mod consumer;
+pub mod producer;
+pub mod relay;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::{db::outbox::OutboxRow, redis_pool::redis};
+
+/// Whether an edge appeared or went away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FollowEventKind {
+    Follow,
+    Unfollow,
+}
+
+impl FollowEventKind {
+    /// The form stored in `outbox.kind` and in stream entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Follow => "follow",
+            Self::Unfollow => "unfollow",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "follow" => Some(Self::Follow),
+            "unfollow" => Some(Self::Unfollow),
+            _ => None,
+        }
+    }
+}
+
+/// One committed edge change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowEvent {
+    /// The outbox row's id: what makes applying the event idempotent.
+    pub id: i64,
+    pub kind: FollowEventKind,
+    pub follower_id: i64,
+    pub followee_id: i64,
+    pub at: DateTime<Utc>,
+}
+
+impl FollowEvent {
+    /// The event an outbox row records, if its kind is known.
+    pub fn from_outbox(row: &OutboxRow) -> Option<Self> {
+        Some(Self {
+            id: row.id,
+            kind: FollowEventKind::parse(&row.kind)?,
+            follower_id: row.follower_id,
+            followee_id: row.followee_id,
+            at: row.occurred_at,
+        })
+    }
+
+    /// The stream entry's fields.
+    pub fn to_fields(&self) -> [(&'static str, String); 5] {
+        [
+            ("id", self.id.to_string()),
+            ("kind", self.kind.as_str().to_owned()),
+            ("follower", self.follower_id.to_string()),
+            ("followee", self.followee_id.to_string()),
+            (
+                "at",
+                self.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ),
+        ]
+    }
+
+    /// Decodes a stream entry's fields; `None` for an entry this version cannot read.
+    pub fn from_fields(map: &HashMap<String, redis::Value>) -> Option<Self> {
+        let text =
+            |name: &str| -> Option<String> { redis::from_redis_value_ref(map.get(name)?).ok() };
+        Some(Self {
+            id: text("id")?.parse().ok()?,
+            kind: FollowEventKind::parse(&text("kind")?)?,
+            follower_id: text("follower")?.parse().ok()?,
+            followee_id: text("followee")?.parse().ok()?,
+            at: DateTime::parse_from_rfc3339(&text("at")?)
+                .ok()?
+                .with_timezone(&Utc),
+        })
+    }
+}
+
+/// Redis key names of the event pipeline, under the configured prefix, with one hash tag so that a
+/// Redis Cluster keeps them in one slot.
+#[derive(Clone, Debug)]
+pub struct StreamNames {
+    /// The stream every instance appends follow events to.
+    pub stream: String,
+    /// The consumer group that folds events into the counters.
+    pub group: &'static str,
+}
+
+impl StreamNames {
+    /// The names for one deployment's prefix (tests use a random prefix each).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            stream: format!("{prefix}:{{events}}:follow:v1"),
+            group: "counters",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_survives_its_stream_encoding() {
+        let event = FollowEvent {
+            id: 42,
+            kind: FollowEventKind::Unfollow,
+            follower_id: 7,
+            followee_id: 9,
+            at: DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456Z")
+                .map(|t| t.with_timezone(&Utc))
+                .expect("valid"),
+        };
+        let map: HashMap<String, redis::Value> = event
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v.into_bytes())))
+            .collect();
+        assert_eq!(FollowEvent::from_fields(&map), Some(event));
+    }
+
+    #[test]
+    fn an_entry_with_a_missing_field_is_not_decoded() {
+        let map: HashMap<String, redis::Value> =
+            [("id".to_owned(), redis::Value::BulkString(b"1".to_vec()))]
+                .into_iter()
+                .collect();
+        assert_eq!(FollowEvent::from_fields(&map), None);
+    }
+}

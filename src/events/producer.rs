@@ -1,0 +1,57 @@
+//! Appends committed events to the Redis Stream (XADD), within a short time budget.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{FollowEvent, StreamNames};
+use crate::redis_pool::{RedisPool, redis};
+
+/// Publishes events to the stream; cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    redis: RedisPool,
+    names: StreamNames,
+    maxlen: usize,
+    timeout: Duration,
+}
+
+impl Producer {
+    pub fn new(redis: RedisPool, names: StreamNames, maxlen: usize, timeout: Duration) -> Self {
+        Self {
+            redis,
+            names,
+            maxlen,
+            timeout,
+        }
+    }
+
+    /// XADDs every event in one round trip (`MAXLEN ~` keeps the stream bounded). An error here loses
+    /// nothing: the events stay in the outbox and the relay publishes them later.
+    pub async fn publish(&self, events: &[FollowEvent]) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let call = async {
+            let mut conn = self.redis.get().await.context("no Redis connection")?;
+            let mut pipe = redis::pipe();
+            for event in events {
+                pipe.cmd("XADD")
+                    .arg(&self.names.stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.maxlen)
+                    .arg("*");
+                for (field, value) in event.to_fields() {
+                    pipe.arg(field).arg(value);
+                }
+                pipe.ignore();
+            }
+            let () = pipe.query_async(&mut *conn).await.context("XADD failed")?;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .context("XADD timed out")?
+    }
+}

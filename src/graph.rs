@@ -1,0 +1,330 @@
+//! The follow graph's operations, as the API promises them: validation, the write path (edge + outbox
+//! in one statement, then XADD) and batched reads. The GraphQL layer calls only this; it is the one
+//! place that will put the caches in front of the store.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    db::{
+        self, DbPool,
+        follows::{EdgeError, Keyset, ListEntry, ListKind},
+        stats::Counts,
+        users::{UpsertError, UserRecord},
+    },
+    error::AppError,
+    events::{FollowEvent, producer::Producer},
+};
+
+/// Most ids one batch argument may carry.
+pub const MAX_BATCH: usize = 100;
+/// Largest page a list returns.
+pub const MAX_PAGE: i64 = 100;
+/// Page size when the client does not say.
+pub const DEFAULT_PAGE: i64 = 20;
+
+/// What a follow or unfollow did to one pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowOutcome {
+    /// The user followed or unfollowed.
+    pub user_id: i64,
+    /// Whether the viewer follows the user after the call.
+    pub following: bool,
+    /// Whether the call changed the edge.
+    pub changed: bool,
+}
+
+/// The follow graph's operations over the store and the event stream.
+#[derive(Clone)]
+pub struct FollowGraph {
+    db: DbPool,
+    producer: Producer,
+}
+
+impl FollowGraph {
+    pub fn new(db: DbPool, producer: Producer) -> Self {
+        Self { db, producer }
+    }
+
+    /// The viewer follows `user_id`; following twice changes nothing the second time.
+    pub async fn follow(&self, viewer_id: i64, user_id: i64) -> Result<FollowOutcome, AppError> {
+        let outcomes = self.follow_many(viewer_id, &[user_id]).await?;
+        outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
+    }
+
+    /// The viewer follows each user, checked whole first: too many ids, oneself or an unknown user
+    /// fails the call with nothing written. A repeated id is applied once; outcomes keep the order asked.
+    pub async fn follow_many(
+        &self,
+        viewer_id: i64,
+        user_ids: &[i64],
+    ) -> Result<Vec<FollowOutcome>, AppError> {
+        check_batch(user_ids)?;
+        if user_ids.contains(&viewer_id) {
+            return Err(AppError::bad_input("a user cannot follow themself"));
+        }
+        let targets = sorted_unique(user_ids);
+        let mut conn = db::connect(&self.db).await?;
+        if targets.len() > 1 {
+            // Name every unknown id; the single-id path learns the same from the foreign key.
+            self.require_users(&mut conn, viewer_id, &targets).await?;
+        }
+        let rows = db::follows::insert_edges(&mut conn, viewer_id, &targets)
+            .await
+            .map_err(|err| match err {
+                EdgeError::UnknownFollower => AppError::viewer_not_found(viewer_id),
+                EdgeError::UnknownFollowee => {
+                    AppError::user_not_found(targets.first().copied().unwrap_or_default())
+                }
+                EdgeError::Store(err) => err.into(),
+            })?;
+        drop(conn);
+        let changed: HashSet<i64> = rows.iter().map(|r| r.followee_id).collect();
+        self.publish(&rows).await;
+        Ok(user_ids
+            .iter()
+            .map(|&user_id| FollowOutcome {
+                user_id,
+                following: true,
+                changed: changed.contains(&user_id),
+            })
+            .collect())
+    }
+
+    /// The viewer stops following `user_id`; unfollowing a user not followed (or oneself) changes nothing.
+    pub async fn unfollow(&self, viewer_id: i64, user_id: i64) -> Result<FollowOutcome, AppError> {
+        let outcomes = self.unfollow_many(viewer_id, &[user_id]).await?;
+        outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
+    }
+
+    /// `unfollow` for each user, checked whole first like `follow_many`.
+    pub async fn unfollow_many(
+        &self,
+        viewer_id: i64,
+        user_ids: &[i64],
+    ) -> Result<Vec<FollowOutcome>, AppError> {
+        check_batch(user_ids)?;
+        let targets: Vec<i64> = sorted_unique(user_ids)
+            .into_iter()
+            .filter(|&id| id != viewer_id)
+            .collect();
+        let mut conn = db::connect(&self.db).await?;
+        if targets.len() != 1 {
+            self.require_users(&mut conn, viewer_id, &targets).await?;
+        }
+        let rows = db::follows::delete_edges(&mut conn, viewer_id, &targets).await?;
+        if targets.len() == 1 && rows.is_empty() {
+            // Nothing deleted: tell "not following" from "no such user" before answering.
+            self.require_users(&mut conn, viewer_id, &targets).await?;
+        }
+        drop(conn);
+        let changed: HashSet<i64> = rows.iter().map(|r| r.followee_id).collect();
+        self.publish(&rows).await;
+        Ok(user_ids
+            .iter()
+            .map(|&user_id| FollowOutcome {
+                user_id,
+                following: false,
+                changed: changed.contains(&user_id),
+            })
+            .collect())
+    }
+
+    /// Fails with `NOT_FOUND` naming the viewer or the first unknown user.
+    async fn require_users(
+        &self,
+        conn: &mut db::DbConn,
+        viewer_id: i64,
+        user_ids: &[i64],
+    ) -> Result<(), AppError> {
+        let mut wanted = user_ids.to_vec();
+        wanted.push(viewer_id);
+        let known: HashSet<i64> = db::users::existing_ids(conn, &wanted)
+            .await?
+            .into_iter()
+            .collect();
+        if !known.contains(&viewer_id) {
+            return Err(AppError::viewer_not_found(viewer_id));
+        }
+        let missing: Vec<String> = user_ids
+            .iter()
+            .filter(|id| !known.contains(id))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!(
+                "no user with id {}",
+                missing.join(", ")
+            )))
+        }
+    }
+
+    /// Appends the committed events to the stream; on failure they wait in the outbox for the relay.
+    async fn publish(&self, rows: &[db::outbox::OutboxRow]) {
+        let events: Vec<FollowEvent> = rows.iter().filter_map(FollowEvent::from_outbox).collect();
+        if let Err(err) = self.producer.publish(&events).await {
+            tracing::warn!(error = %format!("{err:#}"), events = events.len(), "XADD failed; the relay will publish these events");
+        }
+    }
+
+    /// Creates or updates a user's record after checking the handle and display name.
+    pub async fn upsert_user(
+        &self,
+        id: i64,
+        handle: &str,
+        display_name: Option<&str>,
+    ) -> Result<UserRecord, AppError> {
+        check_handle(handle)?;
+        let display_name = display_name.map(str::trim).filter(|n| !n.is_empty());
+        if display_name.is_some_and(|n| n.chars().count() > 100) {
+            return Err(AppError::bad_input(
+                "displayName is longer than 100 characters",
+            ));
+        }
+        let mut conn = db::connect(&self.db).await?;
+        db::users::upsert(&mut conn, id, handle, display_name)
+            .await
+            .map_err(|err| match err {
+                UpsertError::HandleTaken => {
+                    AppError::bad_input(format!("the handle {handle:?} is taken"))
+                }
+                UpsertError::Store(err) => err.into(),
+            })
+    }
+
+    /// Users by id; unknown ids are absent from the map.
+    pub async fn users(&self, ids: &[i64]) -> Result<HashMap<i64, UserRecord>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let users = db::users::by_ids(&mut conn, ids).await?;
+        Ok(users.into_iter().map(|u| (u.id, u)).collect())
+    }
+
+    /// A user by handle, ignoring case.
+    pub async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>, AppError> {
+        if check_handle(handle).is_err() {
+            return Ok(None);
+        }
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::users::by_handle(&mut conn, handle).await?)
+    }
+
+    /// Counts by user id; a user absent from the map has zero of each.
+    pub async fn counts(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let counts = db::stats::counts(&mut conn, ids).await?;
+        Ok(counts.into_iter().map(|c| (c.user_id, c)).collect())
+    }
+
+    /// Which of these (follower, followee) pairs are edges.
+    pub async fn statuses(&self, pairs: &[(i64, i64)]) -> Result<HashSet<(i64, i64)>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::follows::existing_pairs(&mut conn, pairs)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// One page of the lists of several owners (one SQL query), `limit` entries at most per owner.
+    pub async fn list_pages(
+        &self,
+        kind: ListKind,
+        owner_ids: &[i64],
+        after: Option<Keyset>,
+        limit: i64,
+    ) -> Result<HashMap<i64, Vec<ListEntry>>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let entries = db::follows::list_pages(&mut conn, kind, owner_ids, after, limit).await?;
+        let mut pages: HashMap<i64, Vec<ListEntry>> = HashMap::new();
+        for entry in entries {
+            pages.entry(entry.owner_id).or_default().push(entry);
+        }
+        Ok(pages)
+    }
+
+    /// One page of the followers of `owner_id` whom `viewer_id` follows.
+    pub async fn known_followers(
+        &self,
+        owner_id: i64,
+        viewer_id: i64,
+        after: Option<Keyset>,
+        limit: i64,
+    ) -> Result<Vec<ListEntry>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::follows::known_followers_page(&mut conn, owner_id, viewer_id, after, limit).await?)
+    }
+
+    /// How many followers of `owner_id` the viewer follows.
+    pub async fn known_followers_count(
+        &self,
+        owner_id: i64,
+        viewer_id: i64,
+    ) -> Result<i64, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::follows::known_followers_count(&mut conn, owner_id, viewer_id).await?)
+    }
+}
+
+/// Refuses a batch argument over the limit.
+pub fn check_batch(ids: &[i64]) -> Result<(), AppError> {
+    check_batch_len(ids.len())
+}
+
+/// Refuses a batch of `len` ids over the limit, naming the limit.
+pub fn check_batch_len(len: usize) -> Result<(), AppError> {
+    if len > MAX_BATCH {
+        return Err(AppError::bad_input(format!(
+            "at most {MAX_BATCH} ids per call (the batch limit); got {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a handle outside 1 to 30 of `[A-Za-z0-9_]`.
+pub fn check_handle(handle: &str) -> Result<(), AppError> {
+    let valid = (1..=30).contains(&handle.len())
+        && handle
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(AppError::bad_input(
+            "a handle is 1 to 30 characters of A-Z, a-z, 0-9 and _",
+        ))
+    }
+}
+
+fn sorted_unique(ids: &[i64]) -> Vec<i64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_checked() {
+        assert!(check_handle("ada_lovelace").is_ok());
+        assert!(check_handle("").is_err());
+        assert!(check_handle("with space").is_err());
+        assert!(check_handle(&"x".repeat(31)).is_err());
+        assert!(check_handle("émile").is_err());
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_names_the_limit() {
+        let ids: Vec<i64> = (1..=101).collect();
+        let err = check_batch(&ids).expect_err("too many");
+        assert!(err.message().contains("at most 100"), "{err:?}");
+    }
+}

@@ -1,0 +1,100 @@
+//! The GraphQL schema: types, resolvers and DataLoaders. Knows nothing of HTTP: the transport hands it
+//! a request and the viewer it authenticated ([`prepare`]), and tests drive the same schema directly.
+
+pub mod connection;
+pub mod cursor;
+pub mod ids;
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod scalars;
+pub mod subscription;
+pub mod types;
+
+use std::time::Duration;
+
+use async_graphql::{ErrorExtensions, Schema};
+
+use crate::{auth::Viewer, error::AppError, graph::FollowGraph};
+
+pub use self::{mutation::Mutation, query::Query, subscription::Subscription};
+
+/// The executable schema.
+pub type FollowSchema = Schema<Query, Mutation, Subscription>;
+
+/// The viewer of one request (`None`: anonymous), as the transport authenticated it.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestViewer(pub Option<Viewer>);
+
+/// Limits the schema enforces during validation, before any resolver runs.
+#[derive(Clone, Copy, Debug)]
+pub struct SchemaLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    /// How long a DataLoader gathers keys before querying.
+    pub loader_delay: Duration,
+}
+
+/// Settings the schema keeps for building per-request data.
+#[derive(Clone, Copy, Debug)]
+struct LoaderSettings {
+    delay: Duration,
+}
+
+/// Builds the schema over the follow graph.
+pub fn build_schema(graph: FollowGraph, limits: SchemaLimits) -> FollowSchema {
+    Schema::build(Query::default(), Mutation::default(), Subscription)
+        .data(graph)
+        .data(LoaderSettings {
+            delay: limits.loader_delay,
+        })
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .finish()
+}
+
+/// Attaches the per-request data to a request: the viewer and fresh DataLoaders.
+pub fn prepare(
+    schema: &FollowSchema,
+    request: async_graphql::Request,
+    viewer: Option<Viewer>,
+) -> async_graphql::Request {
+    let graph = schema.data::<FollowGraph>();
+    let delay = schema
+        .data::<LoaderSettings>()
+        .map_or(Duration::from_millis(1), |s| s.delay);
+    let request = request.data(RequestViewer(viewer));
+    match graph {
+        Some(graph) => request.data(loaders::Loaders::new(graph, delay)),
+        None => request,
+    }
+}
+
+/// The schema's SDL, as committed in `schema.graphql`.
+pub fn sdl() -> String {
+    FollowSchema::build(Query::default(), Mutation::default(), Subscription)
+        .finish()
+        .sdl()
+}
+
+/// The cost of a list field: its page size times what each node asks for.
+pub fn list_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let size = first.unwrap_or(20).clamp(1, 100) as usize;
+    size.saturating_mul(child_complexity).saturating_add(1)
+}
+
+/// The response error for an `AppError`: its message and `extensions.code`. An internal error is
+/// logged here with its details (inside the request's span), and the client sees only "internal error".
+pub fn to_graphql_error(err: AppError) -> async_graphql::Error {
+    if let AppError::Internal(details) = &err {
+        tracing::error!(error = %format!("{details:#}"), "internal error");
+    }
+    let code = err.code();
+    async_graphql::Error::new(err.message()).extend_with(|_, ext| ext.set("code", code.as_str()))
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(err: AppError) -> Self {
+        to_graphql_error(err)
+    }
+}

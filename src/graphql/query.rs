@@ -1,0 +1,108 @@
+//! Query roots: users, and the follow graph between them.
+
+use async_graphql::{Context, ID, MergedObject, Object, Result};
+
+use super::{
+    ids::{parse_user_id, parse_user_ids},
+    types::{Relationship, User, loaders, viewer_id},
+};
+use crate::graph::FollowGraph;
+
+/// Every query root, merged.
+#[derive(MergedObject, Default)]
+pub struct Query(UserQuery, FollowQuery);
+
+/// Looking users up.
+#[derive(Default)]
+pub struct UserQuery;
+
+#[Object]
+impl UserQuery {
+    /// The authenticated user, or null when the request carries no valid bearer token.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<Option<User>> {
+        let Some(id) = viewer_id(ctx) else {
+            return Ok(None);
+        };
+        Ok(loaders(ctx)?.users.load_one(id).await?.map(User))
+    }
+
+    /// A user by id, or null when there is no such user.
+    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
+        let id = parse_user_id(&id, "id")?;
+        Ok(loaders(ctx)?.users.load_one(id).await?.map(User))
+    }
+
+    /// A user by handle (case-insensitive), or null when there is no such user.
+    async fn user_by_handle(&self, ctx: &Context<'_>, handle: String) -> Result<Option<User>> {
+        Ok(ctx
+            .data::<FollowGraph>()?
+            .user_by_handle(&handle)
+            .await?
+            .map(User))
+    }
+
+    /// Users by id, in the order asked, null where unknown. At most 100 ids.
+    #[graphql(complexity = "ids.len() * child_complexity + 1")]
+    async fn users(&self, ctx: &Context<'_>, ids: Vec<ID>) -> Result<Vec<Option<User>>> {
+        let ids = parse_user_ids(&ids, "ids")?;
+        let found = loaders(ctx)?.users.load_many(ids.iter().copied()).await?;
+        Ok(ids
+            .iter()
+            .map(|id| found.get(id).cloned().map(User))
+            .collect())
+    }
+}
+
+/// Asking about edges.
+#[derive(Default)]
+pub struct FollowQuery;
+
+#[Object]
+impl FollowQuery {
+    /// Whether followerId follows followeeId. Read-your-writes for the viewer's own follows.
+    async fn is_following(
+        &self,
+        ctx: &Context<'_>,
+        follower_id: ID,
+        followee_id: ID,
+    ) -> Result<bool> {
+        let follower = parse_user_id(&follower_id, "followerId")?;
+        let followee = parse_user_id(&followee_id, "followeeId")?;
+        if follower == followee {
+            return Ok(false);
+        }
+        Ok(loaders(ctx)?
+            .statuses
+            .load_one((follower, followee))
+            .await?
+            .unwrap_or(false))
+    }
+
+    /// The relationship between userId and each of otherIds, in the order asked. At most 100 ids.
+    #[graphql(complexity = "other_ids.len() * child_complexity + 1")]
+    async fn relationships(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+        other_ids: Vec<ID>,
+    ) -> Result<Vec<Relationship>> {
+        let user = parse_user_id(&user_id, "userId")?;
+        let others = parse_user_ids(&other_ids, "otherIds")?;
+        let pairs = others
+            .iter()
+            .filter(|&&o| o != user)
+            .flat_map(|&o| [(user, o), (o, user)]);
+        let statuses = loaders(ctx)?.statuses.load_many(pairs).await?;
+        let status = |pair| statuses.get(&pair).copied().unwrap_or(false);
+        Ok(others
+            .iter()
+            .zip(other_ids)
+            .map(|(&other, other_id)| Relationship {
+                user_id: user_id.clone(),
+                other_id,
+                following: status((user, other)),
+                followed_by: status((other, user)),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,346 @@
+//! The object types of the schema: users, follow connections, relationships, payloads, events.
+
+use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
+
+use super::{RequestViewer, cursor, loaders::Loaders, scalars::DateTime};
+use crate::{
+    db::{follows::ListEntry, users::UserRecord},
+    error::AppError,
+};
+
+/// Per-request data every resolver may need.
+pub(crate) fn loaders<'a>(ctx: &'a Context<'_>) -> Result<&'a Loaders> {
+    ctx.data::<Loaders>()
+}
+
+/// The viewer's user id, if the request carries a valid token.
+pub(crate) fn viewer_id(ctx: &Context<'_>) -> Option<i64> {
+    ctx.data_opt::<RequestViewer>()
+        .and_then(|v| v.0)
+        .map(|v| v.user_id)
+}
+
+/// Loads users that must exist (they are ends of edges, which the schema ties to `users`).
+pub(crate) async fn load_users(ctx: &Context<'_>, ids: &[i64]) -> Result<Vec<User>> {
+    let found = loaders(ctx)?.users.load_many(ids.iter().copied()).await?;
+    ids.iter()
+        .map(|id| {
+            found.get(id).cloned().map(User).ok_or_else(|| {
+                AppError::Internal(anyhow::anyhow!("user {id} is an edge end without a record"))
+                    .into()
+            })
+        })
+        .collect()
+}
+
+/// A user of the social product, with their place in the follow graph.
+pub struct User(pub UserRecord);
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn handle(&self) -> &str {
+        &self.0.handle
+    }
+
+    async fn display_name(&self) -> Option<&str> {
+        self.0.display_name.as_deref()
+    }
+
+    /// How many users follow this user. Eventually consistent: it converges within about a second.
+    async fn follower_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        let counts = loaders(ctx)?
+            .counts
+            .load_one(self.0.id)
+            .await?
+            .unwrap_or_default();
+        Ok(clamp_count(counts.follower_count))
+    }
+
+    /// How many users this user follows. Eventually consistent, as followerCount.
+    async fn following_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        let counts = loaders(ctx)?
+            .counts
+            .load_one(self.0.id)
+            .await?
+            .unwrap_or_default();
+        Ok(clamp_count(counts.following_count))
+    }
+
+    /// Who follows this user, most recent first. first: 1 to 100, default 20.
+    #[graphql(complexity = "super::list_complexity(first, child_complexity)")]
+    async fn followers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<FollowConnection> {
+        super::connection::list(
+            ctx,
+            crate::db::follows::ListKind::Followers,
+            self.0.id,
+            first,
+            after,
+        )
+        .await
+    }
+
+    /// Whom this user follows, most recent first. first: 1 to 100, default 20.
+    #[graphql(complexity = "super::list_complexity(first, child_complexity)")]
+    async fn following(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<FollowConnection> {
+        super::connection::list(
+            ctx,
+            crate::db::follows::ListKind::Following,
+            self.0.id,
+            first,
+            after,
+        )
+        .await
+    }
+
+    /// Followers of this user whom the viewer follows, most recent first. Empty without a viewer.
+    #[graphql(complexity = "super::list_complexity(first, child_complexity)")]
+    async fn known_followers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<FollowConnection> {
+        super::connection::known_followers(ctx, self.0.id, first, after).await
+    }
+
+    /// Whether the viewer follows this user; false without a viewer.
+    async fn viewer_is_following(&self, ctx: &Context<'_>) -> Result<bool> {
+        match viewer_id(ctx) {
+            Some(viewer) if viewer != self.0.id => Ok(loaders(ctx)?
+                .statuses
+                .load_one((viewer, self.0.id))
+                .await?
+                .unwrap_or(false)),
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether this user follows the viewer; false without a viewer.
+    async fn follows_viewer(&self, ctx: &Context<'_>) -> Result<bool> {
+        match viewer_id(ctx) {
+            Some(viewer) if viewer != self.0.id => Ok(loaders(ctx)?
+                .statuses
+                .load_one((self.0.id, viewer))
+                .await?
+                .unwrap_or(false)),
+            _ => Ok(false),
+        }
+    }
+}
+
+/// Counts are 64-bit in the store and `Int` (32-bit) on the wire; a count is never shown below zero
+/// (an unfollow's delta may land an instant before its follow's).
+fn clamp_count(n: i64) -> i32 {
+    n.clamp(0, i64::from(i32::MAX)) as i32
+}
+
+/// Where a connection's `totalCount` comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum TotalCount {
+    Followers(i64),
+    Following(i64),
+    KnownFollowers { owner_id: i64, viewer_id: i64 },
+    Zero,
+}
+
+/// A page of users in a follow list (Relay cursor connection).
+pub struct FollowConnection {
+    pub(crate) entries: Vec<ListEntry>,
+    pub(crate) has_next_page: bool,
+    pub(crate) total: TotalCount,
+}
+
+#[Object]
+impl FollowConnection {
+    async fn edges(&self) -> Vec<FollowEdge> {
+        self.entries.iter().cloned().map(FollowEdge).collect()
+    }
+
+    async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<User>> {
+        let ids: Vec<i64> = self.entries.iter().map(|e| e.user_id).collect();
+        load_users(ctx, &ids).await
+    }
+
+    async fn page_info(&self) -> PageInfo {
+        PageInfo {
+            has_next_page: self.has_next_page,
+            has_previous_page: false,
+            start_cursor: self.entries.first().map(entry_cursor),
+            end_cursor: self.entries.last().map(entry_cursor),
+        }
+    }
+
+    /// The list's whole length (for followers and following: the user's followerCount or followingCount).
+    async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        let loaders = loaders(ctx)?;
+        Ok(match self.total {
+            TotalCount::Followers(id) => clamp_count(
+                loaders
+                    .counts
+                    .load_one(id)
+                    .await?
+                    .unwrap_or_default()
+                    .follower_count,
+            ),
+            TotalCount::Following(id) => clamp_count(
+                loaders
+                    .counts
+                    .load_one(id)
+                    .await?
+                    .unwrap_or_default()
+                    .following_count,
+            ),
+            TotalCount::KnownFollowers {
+                owner_id,
+                viewer_id,
+            } => {
+                let graph = ctx.data::<crate::graph::FollowGraph>()?;
+                clamp_count(graph.known_followers_count(owner_id, viewer_id).await?)
+            }
+            TotalCount::Zero => 0,
+        })
+    }
+}
+
+fn entry_cursor(entry: &ListEntry) -> String {
+    cursor::encode(crate::db::follows::Keyset {
+        at: entry.followed_at,
+        user_id: entry.user_id,
+    })
+}
+
+/// One user in a follow list, with when the follow began.
+pub struct FollowEdge(ListEntry);
+
+#[Object]
+impl FollowEdge {
+    async fn cursor(&self) -> String {
+        entry_cursor(&self.0)
+    }
+
+    async fn node(&self, ctx: &Context<'_>) -> Result<User> {
+        let mut users = load_users(ctx, &[self.0.user_id]).await?;
+        users
+            .pop()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+    }
+
+    /// When the follow began.
+    async fn followed_at(&self) -> DateTime {
+        DateTime(self.0.followed_at)
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+    pub start_cursor: Option<String>,
+    pub end_cursor: Option<String>,
+}
+
+/// The relationship between userId and one other user.
+#[derive(SimpleObject)]
+pub struct Relationship {
+    pub user_id: ID,
+    pub other_id: ID,
+    /// userId follows otherId.
+    pub following: bool,
+    /// otherId follows userId.
+    pub followed_by: bool,
+}
+
+/// What a follow or unfollow did.
+pub struct FollowPayload {
+    pub(crate) viewer_id: i64,
+    pub(crate) outcome: crate::graph::FollowOutcome,
+}
+
+#[Object]
+impl FollowPayload {
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<User> {
+        let mut users = load_users(ctx, &[self.viewer_id]).await?;
+        users
+            .pop()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no viewer loaded")).into())
+    }
+
+    /// The user followed or unfollowed.
+    async fn user(&self, ctx: &Context<'_>) -> Result<User> {
+        let mut users = load_users(ctx, &[self.outcome.user_id]).await?;
+        users
+            .pop()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+    }
+
+    /// Whether the viewer follows user after this call.
+    async fn following(&self) -> bool {
+        self.outcome.following
+    }
+
+    /// Whether this call changed anything.
+    async fn changed(&self) -> bool {
+        self.outcome.changed
+    }
+}
+
+/// Someone followed or unfollowed someone.
+pub struct FollowEvent(pub crate::events::FollowEvent);
+
+#[Object]
+impl FollowEvent {
+    async fn kind(&self) -> FollowEventKind {
+        match self.0.kind {
+            crate::events::FollowEventKind::Follow => FollowEventKind::Follow,
+            crate::events::FollowEventKind::Unfollow => FollowEventKind::Unfollow,
+        }
+    }
+
+    async fn follower(&self, ctx: &Context<'_>) -> Result<User> {
+        let mut users = load_users(ctx, &[self.0.follower_id]).await?;
+        users
+            .pop()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+    }
+
+    async fn followee(&self, ctx: &Context<'_>) -> Result<User> {
+        let mut users = load_users(ctx, &[self.0.followee_id]).await?;
+        users
+            .pop()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+    }
+
+    async fn at(&self) -> DateTime {
+        DateTime(self.0.at)
+    }
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FollowEventKind {
+    Follow,
+    Unfollow,
+}
+
+/// The local record of a user, as the user service knows it.
+#[derive(InputObject)]
+pub struct UpsertUserInput {
+    pub id: ID,
+    /// 1 to 30 of [A-Za-z0-9_], unique ignoring case.
+    pub handle: String,
+    /// At most 100 characters; null or blank clears it.
+    pub display_name: Option<String>,
+}

@@ -1,0 +1,24 @@
+//! follow-service: a GraphQL API for the follow graph of a social product.
+//!
+//! The module map (see docs/ARCHITECTURE.md for how the parts fit):
+//! - [`config`]: settings from the environment; [`error`]: the error policy and client codes;
+//!   [`auth`]: bearer tokens.
+//! - [`db`]: PostgreSQL store (diesel-async), migrations. Knows nothing of GraphQL.
+//! - [`events`]: the follow event, stream producer, consumer group, outbox relay.
+//! - [`graph`]: the follow graph's operations; the GraphQL layer calls only this.
+//! - [`graphql`]: schema, resolvers, DataLoaders. Knows nothing of HTTP.
+//! - [`http`]: routes, authentication, limits, health. [`app`]: builds all of it from a [`config::Config`].
+//! - [`seed`], [`telemetry`], [`redis_pool`]: demo data, logging, Redis connections.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod graph;
+pub mod graphql;
+pub mod http;
+pub mod redis_pool;
+pub mod seed;
+pub mod telemetry;

@@ -1,0 +1,219 @@
+//! The command line: one binary for every role.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use follow_service::{
+    app::{self, App},
+    config::Config,
+    db, graphql, http, seed, telemetry,
+};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "follow-service",
+    version,
+    about = "GraphQL API for the follow graph of a social product"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (and, unless FOLLOW_RUN_CONSUMER=false, the event consumer and relay). The default.
+    Serve,
+    /// Run only the event consumer and outbox relay.
+    Worker,
+    /// Create the database if missing and apply pending migrations.
+    Migrate,
+    /// Fill the database with a demo graph (power-law follower counts) and print tokens to explore it.
+    Seed {
+        /// Number of users.
+        #[arg(long, default_value_t = 5_000)]
+        users: i64,
+        /// Mean number of users each user follows.
+        #[arg(long, default_value_t = 20)]
+        mean_following: usize,
+        /// RNG seed: the same seed builds the same graph.
+        #[arg(long, default_value_t = 42)]
+        rng_seed: u64,
+    },
+    /// Print a bearer token (JWT) for a user.
+    Token {
+        /// The user id the token speaks for.
+        #[arg(long)]
+        user: i64,
+        /// Give the token the admin role (may call upsertUser).
+        #[arg(long)]
+        admin: bool,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+    },
+    /// Compare every user's counts with the edges, print each difference, and with --fix repair them.
+    Reconcile {
+        /// Repair the differences (safe while the service runs).
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Print the GraphQL schema (SDL); with --write, write it to schema.graphql.
+    Schema {
+        #[arg(long)]
+        write: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    telemetry::init(config.log_json);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Worker => worker(config).await,
+        Command::Migrate => {
+            db::ensure_database(&config.database_url).await?;
+            let applied = db::run_migrations(&config.database_url).await?;
+            println!("{applied} migration(s) applied");
+            Ok(())
+        }
+        Command::Seed {
+            users,
+            mean_following,
+            rng_seed,
+        } => {
+            anyhow::ensure!(users >= 2, "--users must be at least 2");
+            anyhow::ensure!(mean_following >= 1, "--mean-following must be at least 1");
+            let app = App::start(config).await?;
+            let plan = seed::SeedPlan {
+                users,
+                mean_following,
+                exponent: 1.0,
+                rng_seed,
+            };
+            let started = std::time::Instant::now();
+            let report = seed::seed(&app.db, plan).await?;
+            println!(
+                "seeded {} new users and {} new follows in {:.1?} (counts set for {} users)",
+                report.users_created,
+                report.edges_created,
+                started.elapsed(),
+                report.counts_fixed
+            );
+            let viewer = (users / 2).max(2);
+            println!(
+                "\nExplore at http://{}/graphql with this header (viewer: user {viewer}):",
+                app.config.listen
+            );
+            println!(
+                "  {{\"Authorization\": \"Bearer {}\"}}",
+                app.jwt.issue(viewer, false, 24 * 3600)?
+            );
+            println!("An admin token (may call upsertUser), for user 1:");
+            println!(
+                "  {{\"Authorization\": \"Bearer {}\"}}",
+                app.jwt.issue(1, true, 24 * 3600)?
+            );
+            Ok(())
+        }
+        Command::Token { user, admin, hours } => {
+            anyhow::ensure!(user > 0, "--user must be a positive user id");
+            let keys = follow_service::auth::JwtKeys::new(&config.jwt_secret);
+            println!("{}", keys.issue(user, admin, hours * 3600)?);
+            Ok(())
+        }
+        Command::Reconcile { fix } => reconcile(config, fix).await,
+        Command::Schema { write } => {
+            let sdl = graphql::sdl();
+            if write {
+                std::fs::write("schema.graphql", &sdl).context("writing schema.graphql")?;
+                println!("wrote schema.graphql");
+            } else {
+                print!("{sdl}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn warn_if_development_secret(config: &Config) {
+    if config.uses_development_secret() {
+        tracing::warn!(
+            "FOLLOW_JWT_SECRET is not set: tokens are signed with the PUBLIC development secret. \
+             Never run like this in production (FOLLOW_ENV=production refuses to)."
+        );
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    warn_if_development_secret(&config);
+    let app = App::start(config).await?;
+    let (stop, stopped) = watch::channel(false);
+    let tasks = if app.config.run_consumer {
+        app.spawn_pipeline(stopped)
+    } else {
+        Vec::new()
+    };
+    let listener = tokio::net::TcpListener::bind(app.config.listen)
+        .await
+        .with_context(|| format!("binding {}", app.config.listen))?;
+    tracing::info!("GraphiQL at http://{}/graphql", listener.local_addr()?);
+    axum::serve(listener, http::router(app.clone()))
+        .with_graceful_shutdown(async {
+            if let Err(err) = app::shutdown_signal().await {
+                tracing::error!(error = %err, "signal handling failed");
+            }
+        })
+        .await?;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    Ok(())
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    let app = App::start(config).await?;
+    let (stop, stopped) = watch::channel(false);
+    let tasks = app.spawn_pipeline(stopped);
+    tracing::info!("worker running: event consumer and outbox relay");
+    app::shutdown_signal().await?;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    Ok(())
+}
+
+async fn reconcile(config: Config, fix: bool) -> anyhow::Result<()> {
+    let app = App::start(config).await?;
+    let mut conn = db::connect(&app.db).await?;
+    let drift = if fix {
+        db::stats::fix_drift(&mut conn).await?
+    } else {
+        db::stats::find_drift(&mut conn).await?
+    };
+    for d in &drift {
+        println!(
+            "user {}: followers {} -> {}, following {} -> {}",
+            d.user_id,
+            d.stored_followers,
+            d.expected_followers,
+            d.stored_following,
+            d.expected_following
+        );
+    }
+    match (drift.len(), fix) {
+        (0, _) => println!("every count matches its edges"),
+        (n, true) => println!("{n} user(s) repaired"),
+        (n, false) => {
+            println!("{n} user(s) differ; run `reconcile --fix` to repair them");
+            std::process::exit(1);
+        }
+    }
+    Ok(())
+}
