@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod cursor;
 pub mod ids;
+pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
@@ -50,6 +51,10 @@ pub fn build_schema(graph: FollowGraph, limits: SchemaLimits) -> FollowSchema {
         })
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(limits::NameTheLimits {
+            max_depth: limits.max_depth,
+            max_complexity: limits.max_complexity,
+        })
         .finish()
 }
 

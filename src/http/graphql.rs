@@ -1,7 +1,7 @@
 //! The GraphQL endpoint: authenticates the bearer token, then hands the request to the schema.
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse, rejection::GraphQLRejection};
 use axum::{
     Json,
     extract::{RawQuery, State},
@@ -26,8 +26,12 @@ pub async fn graphiql() -> Html<String> {
 pub async fn post_graphql(
     State(app): State<App>,
     headers: HeaderMap,
-    request: GraphQLBatchRequest,
+    request: Result<GraphQLBatchRequest, GraphQLRejection>,
 ) -> Response {
+    let request = match request {
+        Ok(request) => request,
+        Err(rejection) => return unreadable_request(&app, rejection),
+    };
     let viewer = match authenticate(&app, &headers) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
@@ -122,4 +126,30 @@ fn is_mutation(request: &async_graphql::Request) -> bool {
         };
         selected && operation.node.ty == OperationType::Mutation
     })
+}
+
+/// A body that is not a GraphQL request: 413 naming the limit when it was too large, else 400.
+fn unreadable_request(app: &App, rejection: GraphQLRejection) -> Response {
+    use async_graphql::ParseRequestError;
+    let too_large = match &rejection.0 {
+        ParseRequestError::PayloadTooLarge => true,
+        ParseRequestError::Io(err) => err.to_string().contains("length limit exceeded"),
+        _ => false,
+    };
+    if too_large {
+        return body_too_large(app.config.max_body_bytes);
+    }
+    let err = AppError::bad_input(format!(
+        "the body is not a GraphQL request: {}",
+        rejection.0
+    ));
+    error_response(StatusCode::BAD_REQUEST, &err)
+}
+
+/// 413 with a GraphQL error that names the body size limit.
+pub fn body_too_large(limit: usize) -> Response {
+    let err = AppError::bad_input(format!(
+        "the request body exceeds the limit of {limit} bytes (FOLLOW_MAX_BODY_BYTES)"
+    ));
+    error_response(StatusCode::PAYLOAD_TOO_LARGE, &err)
 }

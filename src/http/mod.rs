@@ -3,7 +3,14 @@
 mod graphql;
 mod health;
 
-use axum::{Router, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::get,
+};
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer, trace::TraceLayer};
 
 use crate::app::App;
@@ -21,10 +28,28 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .with_state(app)
+        // A declared length over the limit is refused before reading; a streamed body is cut at it.
         .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(middleware::from_fn_with_state(
+            body_limit,
+            refuse_large_bodies,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Refuses a request whose `Content-Length` exceeds the limit, with a message naming the limit.
+async fn refuse_large_bodies(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > limit => graphql::body_too_large(limit),
+        _ => next.run(request).await,
+    }
 }
