@@ -1,1 +1,13 @@
-//! Integration tests (filled in next).
+//! Integration tests: the whole service against the real PostgreSQL and Redis, each test on its own
+//! database and Redis key prefix (see `support`), in parallel.
+
+mod support;
+
+mod auth;
+mod contract;
+mod errors;
+mod events;
+mod follows;
+mod http;
+mod pagination;
+mod queries;

@@ -1,0 +1,168 @@
+//! Bad input: each refusal has a stable code and a message naming the problem, and writes nothing.
+
+use serde_json::json;
+
+use crate::support::TestApp;
+
+fn ids(n: usize) -> Vec<String> {
+    (2..2 + n as i64).map(|id| id.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_write_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=3).await;
+    let cases = [
+        (
+            r#"mutation { follow(userId: "1") { changed } }"#,
+            json!({}),
+            "BAD_USER_INPUT",
+            "themself",
+        ),
+        (
+            r#"mutation { follow(userId: "999") { changed } }"#,
+            json!({}),
+            "NOT_FOUND",
+            "999",
+        ),
+        (
+            r#"mutation { follow(userId: "abc") { changed } }"#,
+            json!({}),
+            "BAD_USER_INPUT",
+            "userId",
+        ),
+        (
+            r#"mutation { followMany(userIds: ["2", "999", "3"]) { changed } }"#,
+            json!({}),
+            "NOT_FOUND",
+            "999",
+        ),
+        (
+            r#"mutation { followMany(userIds: ["2", "1"]) { changed } }"#,
+            json!({}),
+            "BAD_USER_INPUT",
+            "themself",
+        ),
+        (
+            "mutation($ids: [ID!]!) { followMany(userIds: $ids) { changed } }",
+            json!({ "ids": ids(101) }),
+            "BAD_USER_INPUT",
+            "100",
+        ),
+        (
+            "mutation($ids: [ID!]!) { unfollowMany(userIds: $ids) { changed } }",
+            json!({ "ids": ids(101) }),
+            "BAD_USER_INPUT",
+            "100",
+        ),
+        (
+            r#"mutation { unfollowMany(userIds: ["2", "999"]) { changed } }"#,
+            json!({}),
+            "NOT_FOUND",
+            "999",
+        ),
+        (
+            r#"mutation { unfollow(userId: "999") { changed } }"#,
+            json!({}),
+            "NOT_FOUND",
+            "999",
+        ),
+    ];
+    for (query, variables, code, needle) in cases {
+        let (got, message) = app.error(Some(1), query, variables).await;
+        assert_eq!(got, code, "{query}: {message}");
+        assert!(
+            message.contains(needle),
+            "{query}: {message:?} should mention {needle:?}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM follows").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reads_name_the_limit() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=2).await;
+    let cases = [
+        (
+            r#"{ user(id: "1") { followers(first: 0) { totalCount } } }"#,
+            json!({}),
+            "between 1 and 100",
+        ),
+        (
+            r#"{ user(id: "1") { following(first: 101) { totalCount } } }"#,
+            json!({}),
+            "between 1 and 100",
+        ),
+        (
+            r#"{ user(id: "1") { knownFollowers(first: -1) { totalCount } } }"#,
+            json!({}),
+            "between 1 and 100",
+        ),
+        (
+            r#"{ user(id: "1") { followers(after: "not-a-cursor") { totalCount } } }"#,
+            json!({}),
+            "cursor",
+        ),
+        (r#"{ user(id: "-4") { id } }"#, json!({}), "not a user id"),
+        (
+            "query($ids: [ID!]!) { users(ids: $ids) { id } }",
+            json!({ "ids": ids(101) }),
+            "100",
+        ),
+        (
+            "query($ids: [ID!]!) { relationships(userId: \"1\", otherIds: $ids) { following } }",
+            json!({ "ids": ids(101) }),
+            "100",
+        ),
+    ];
+    for (query, variables, needle) in cases {
+        let (code, message) = app.error(Some(1), query, variables).await;
+        assert_eq!(code, "BAD_USER_INPUT", "{query}: {message}");
+        assert!(
+            message.contains(needle),
+            "{query}: {message:?} should mention {needle:?}"
+        );
+    }
+    // null means the default page size.
+    let data = app
+        .data(
+            None,
+            r#"{ user(id: "1") { followers(first: null) { totalCount } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["user"]["followers"]["totalCount"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_and_complexity_limits_refuse_before_any_resolver() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=2).await;
+    let mut deep = String::from(r#"{ user(id: "1") { "#);
+    for _ in 0..7 {
+        deep.push_str("followers(first: 1) { nodes { ");
+    }
+    deep.push_str("id");
+    deep.push_str(&" } }".repeat(7));
+    deep.push_str(" } }");
+    let response = app.run(None, &deep, json!({})).await;
+    let message = response["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("nested too deep") && message.contains("depth limit is 12"),
+        "{response:#}"
+    );
+    assert!(
+        response.get("data").is_none_or(|d| d.is_null()),
+        "no resolver ran: {response:#}"
+    );
+
+    let wide = r#"{ user(id: "1") { followers(first: 100) { nodes { followers(first: 100) { nodes { followers(first: 100) { nodes { id } } } } } } } }"#;
+    let response = app.run(None, wide, json!({})).await;
+    let message = response["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("too complex") && message.contains("complexity limit of 20000"),
+        "{response:#}"
+    );
+}

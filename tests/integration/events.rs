@@ -1,0 +1,314 @@
+//! The event pipeline: counts converge exactly, redelivery changes nothing, lost entries are republished.
+
+use std::time::Duration;
+
+use follow_service::{
+    db,
+    events::consumer::{self, ConsumerSettings},
+    redis_pool::redis,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+use crate::support::{Options, TestApp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_converge_exactly_after_a_burst_of_random_follows_and_unfollows() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=50).await;
+    // Ten clients, 100 operations each, over 50 users: many pairs are followed and unfollowed repeatedly.
+    let clients = (0..10u64).map(|client| {
+        let app = &app;
+        async move {
+            let mut rng = StdRng::seed_from_u64(client);
+            for _ in 0..100 {
+                let (a, b) = (rng.random_range(1..=50), rng.random_range(1..=50));
+                if a == b {
+                    continue;
+                }
+                if rng.random_bool(0.6) {
+                    app.follow(a, b).await;
+                } else {
+                    app.unfollow(a, b).await;
+                }
+            }
+        }
+    });
+    futures::future::join_all(clients).await;
+    app.drained().await;
+    app.assert_counts_exact().await;
+    let mut conn = db::connect(&app.app.db).await.expect("connection");
+    assert!(
+        db::stats::find_drift(&mut conn)
+            .await
+            .expect("drift")
+            .is_empty()
+    );
+
+    // And the API reports the same numbers.
+    let data = app
+        .data(
+            None,
+            r#"{ users(ids: ["1", "2", "3"]) { id followerCount followingCount } }"#,
+            json!({}),
+        )
+        .await;
+    for user in data["users"].as_array().expect("users") {
+        let id: i64 = user["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("id");
+        let followers = app
+            .count(&format!(
+                "SELECT count(*) FROM follows WHERE followee_id = {id}"
+            ))
+            .await;
+        let following = app
+            .count(&format!(
+                "SELECT count(*) FROM follows WHERE follower_id = {id}"
+            ))
+            .await;
+        assert_eq!(
+            (
+                user["followerCount"].as_i64(),
+                user["followingCount"].as_i64()
+            ),
+            (Some(followers), Some(following))
+        );
+    }
+}
+
+fn settings(app: &TestApp, batch_size: usize) -> ConsumerSettings {
+    ConsumerSettings {
+        redis_url: app.app.config.redis_url.clone(),
+        names: app.app.stream.clone(),
+        consumer_name: "test-consumer".to_owned(),
+        batch_size,
+        block: Duration::from_millis(50),
+    }
+}
+
+async fn connection(app: &TestApp) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(app.app.config.redis_url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is reachable for tests");
+    consumer::ensure_group(&mut conn, &app.app.stream)
+        .await
+        .expect("group");
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_or_duplicated_entry_changes_the_counts_once() {
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=2).await;
+    let mut conn = connection(&app).await;
+    app.follow(1, 2).await;
+
+    // The same entry appended a second time (as a relay racing the writer would).
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&app.app.stream.stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    assert_eq!(entries.ids.len(), 1);
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(&app.app.stream.stream).arg("*");
+    for field in entries.ids[0].map.keys() {
+        xadd.arg(field)
+            .arg(entries.ids[0].get::<String>(field).expect("text field"));
+    }
+    let _: String = xadd.query_async(&mut conn).await.expect("XADD duplicate");
+
+    // One entry per batch, so the duplicate arrives in a batch of its own.
+    let settings = settings(&app, 1);
+    assert_eq!(
+        consumer::consume_once(&app.app.db, &mut conn, &settings)
+            .await
+            .expect("first"),
+        1
+    );
+    assert_eq!(
+        consumer::consume_once(&app.app.db, &mut conn, &settings)
+            .await
+            .expect("duplicate"),
+        0
+    );
+    // And the same outbox id applied again directly (a redelivery after a crash before XACK).
+    let outbox_id: i64 = entries.ids[0]
+        .get::<String>("id")
+        .and_then(|s| s.parse().ok())
+        .expect("outbox id");
+    let again = consumer::apply_with_retry(&app.app.db, &[outbox_id, outbox_id])
+        .await
+        .expect("apply");
+    assert_eq!(again.applied, 0);
+
+    app.assert_counts_exact().await;
+    let data = app
+        .data(None, r#"{ user(id: "2") { followerCount } }"#, json!({}))
+        .await;
+    assert_eq!(data["user"]["followerCount"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_entry_does_not_block_the_ones_after_it() {
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=2).await;
+    let mut conn = connection(&app).await;
+    let _: String = redis::cmd("XADD")
+        .arg(&app.app.stream.stream)
+        .arg("*")
+        .arg("garbage")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .expect("XADD poison");
+    app.follow(1, 2).await;
+    let settings = settings(&app, 10);
+    let mut applied = 0;
+    for _ in 0..5 {
+        applied += consumer::consume_once(&app.app.db, &mut conn, &settings)
+            .await
+            .expect("consume");
+    }
+    assert_eq!(applied, 1);
+    app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_but_never_published_is_relayed_and_applied() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=3).await;
+    // What a process that died between commit and XADD leaves behind: the edge and its outbox row only.
+    app.sql(
+        "WITH edge AS (INSERT INTO follows (follower_id, followee_id) VALUES (3, 1) RETURNING follower_id, followee_id, created_at) \
+         INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) SELECT 'follow', follower_id, followee_id, created_at FROM edge",
+    )
+    .await;
+    app.drained().await;
+    app.assert_counts_exact().await;
+    let data = app
+        .data(None, r#"{ user(id: "1") { followerCount } }"#, json!({}))
+        .await;
+    assert_eq!(data["user"]["followerCount"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_succeed_while_redis_is_unreachable_and_counts_catch_up_later() {
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=3).await;
+    // An instance whose Redis is gone (nothing listens on port 1).
+    let cut_off = app.sibling(Options {
+        redis_url: "redis://127.0.0.1:1".to_owned(),
+        ..Options::default()
+    });
+    for (a, b) in [(1, 2), (3, 2), (1, 3)] {
+        let response = crate::support::run_on(
+            &cut_off,
+            Some(a),
+            "mutation($u: ID!) { follow(userId: $u) { changed } }",
+            json!({ "u": b.to_string() }),
+        )
+        .await;
+        assert_eq!(response["data"]["follow"]["changed"], true, "{response:#}");
+    }
+    let status = crate::support::run_on(
+        &cut_off,
+        None,
+        r#"{ isFollowing(followerId: "3", followeeId: "2") }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status["data"]["isFollowing"], true);
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox").await,
+        3,
+        "the events wait in the outbox"
+    );
+
+    // Redis is back (a healthy instance runs the pipeline): the relay publishes, the consumer applies.
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let tasks = app.app.spawn_pipeline(stopped);
+    app.drained().await;
+    app.assert_counts_exact().await;
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_and_repairs_a_corrupted_count() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=3).await;
+    app.follow(1, 2).await;
+    app.follow(3, 2).await;
+    app.drained().await;
+    app.sql("UPDATE user_stats SET follower_count = 40 WHERE user_id = 2")
+        .await;
+
+    let mut conn = db::connect(&app.app.db).await.expect("connection");
+    let drift = db::stats::find_drift(&mut conn).await.expect("drift");
+    assert_eq!(drift.len(), 1);
+    assert_eq!(
+        (
+            drift[0].user_id,
+            drift[0].stored_followers,
+            drift[0].expected_followers
+        ),
+        (2, 40, 2)
+    );
+    assert_eq!(db::stats::fix_drift(&mut conn).await.expect("fix").len(), 1);
+    assert!(
+        db::stats::find_drift(&mut conn)
+            .await
+            .expect("drift")
+            .is_empty()
+    );
+    app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_counts_pending_events_as_not_drift() {
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=2).await;
+    app.follow(1, 2).await;
+    // The event is committed but not applied: user_stats says 0, the edge says 1, the outbox says +1.
+    let mut conn = db::connect(&app.app.db).await.expect("connection");
+    assert!(
+        db::stats::find_drift(&mut conn)
+            .await
+            .expect("drift")
+            .is_empty()
+    );
+    assert!(
+        db::stats::fix_drift(&mut conn)
+            .await
+            .expect("fix")
+            .is_empty()
+    );
+    consumer::apply_with_retry(&app.app.db, &[app.count("SELECT id FROM outbox").await])
+        .await
+        .expect("apply");
+    app.assert_counts_exact().await;
+}

@@ -1,0 +1,204 @@
+//! The HTTP surface: the GraphQL endpoint by POST and GET, limits, health, GraphiQL, and a real socket.
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=2).await;
+    let token = app.token(1, false);
+
+    let request = Request::post("/graphql")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(
+            json!({ "query": r#"mutation { follow(userId: "2") { changed viewer { handle } } }"# })
+                .to_string(),
+        ))
+        .expect("request");
+    let (status, _, body) = app.http(request).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({ "data": { "follow": { "changed": true, "viewer": { "handle": "u1" } } } })
+    );
+
+    let query =
+        "query=%7B%20isFollowing(followerId%3A%20%221%22%2C%20followeeId%3A%20%222%22)%20%7D";
+    let (status, _, body) = app
+        .http(
+            Request::get(format!("/graphql?{query}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).expect("JSON"),
+        json!({ "data": { "isFollowing": true } })
+    );
+
+    let mutation =
+        "query=mutation%20%7B%20unfollow(userId%3A%20%222%22)%20%7B%20changed%20%7D%20%7D";
+    let request = Request::get(format!("/graphql?{mutation}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request");
+    let (status, headers, _) = app.http(request).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        headers.get(header::ALLOW).and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM follows").await,
+        1,
+        "a GET never writes"
+    );
+
+    // Too large, declared or streamed: 413 naming the limit.
+    let huge =
+        json!({ "query": format!("{{ __typename }} # {}", "x".repeat(100_000)) }).to_string();
+    for declared in [true, false] {
+        let mut request =
+            Request::post("/graphql").header(header::CONTENT_TYPE, "application/json");
+        if declared {
+            request = request.header(header::CONTENT_LENGTH, huge.len());
+        }
+        let (status, _, body) = app
+            .http(request.body(Body::from(huge.clone())).expect("request"))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "declared: {declared}"
+        );
+        let body: Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("65536 bytes"),
+            "{body}"
+        );
+    }
+
+    // Not JSON at all: 400 with a GraphQL-shaped error.
+    let request = Request::post("/graphql")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{nope"))
+        .expect("request");
+    let (status, _, body) = app.http(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        serde_json::from_slice::<Value>(&body).is_ok_and(|b| b["errors"][0]["message"].is_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_graphiql() {
+    let app = TestApp::spawn().await;
+    let (status, _, body) = app
+        .http(
+            Request::get("/healthz")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, b"ok".as_slice())
+    );
+    let (status, _, body) = app
+        .http(
+            Request::get("/readyz")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).expect("JSON"),
+        json!({ "postgres": "ok", "redis": "ok" })
+    );
+
+    let browser = Request::get("/graphql")
+        .header(header::ACCEPT, "text/html")
+        .body(Body::empty())
+        .expect("request");
+    let (status, headers, body) = app.http(browser).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/html"))
+    );
+    assert!(String::from_utf8_lossy(&body).contains("graphiql"));
+
+    // An instance whose Redis is gone is alive but not ready, and says why.
+    let cut_off = app.sibling(crate::support::Options {
+        redis_url: "redis://127.0.0.1:1".to_owned(),
+        ..Default::default()
+    });
+    let response = tower::ServiceExt::oneshot(
+        follow_service::http::router(cut_off),
+        Request::get("/readyz")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_a_real_socket() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=2).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let server = tokio::spawn(
+        axum::serve(listener, follow_service::http::router(app.app.clone())).into_future(),
+    );
+
+    let client = reqwest::Client::new();
+    let token = app.token(2, false);
+    let response = client
+        .post(format!("http://{address}/graphql"))
+        .bearer_auth(&token)
+        .json(&json!({ "query": "mutation($u: ID!) { follow(userId: $u) { following } }", "variables": { "u": "1" } }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.expect("JSON"),
+        json!({ "data": { "follow": { "following": true } } })
+    );
+
+    // A batch of two operations in one POST.
+    let batch = client
+        .post(format!("http://{address}/graphql"))
+        .json(&json!([{ "query": "{ user(id: \"1\") { handle } }" }, { "query": "{ isFollowing(followerId: \"2\", followeeId: \"1\") }" }]))
+        .send()
+        .await
+        .expect("POST batch")
+        .json::<Value>()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        batch,
+        json!([{ "data": { "user": { "handle": "u1" } } }, { "data": { "isFollowing": true } }])
+    );
+    server.abort();
+}

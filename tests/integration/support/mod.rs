@@ -1,0 +1,454 @@
+//! The test app: a real PostgreSQL database and a Redis key prefix of its own per test, the schema
+//! driven in process, and the event pipeline running as in `serve`.
+//!
+//! Databases are cloned from a template migrated once per run (`CREATE DATABASE … TEMPLATE`), named
+//! after the test process, and dropped when the test ends; a run drops what dead runs left behind.
+//! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_REDIS_URL`
+//! (default `redis://127.0.0.1:6379`) point the tests at other servers. `TEST_LOG=1` prints logs.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use axum::body::Body;
+use follow_service::{app::App, config::Config, db, graphql, http};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::{sync::watch, task::JoinHandle};
+use tower::ServiceExt;
+
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+/// The admin connection URL of the test server.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The URL of database `name` on the test server.
+pub fn database_url(name: &str) -> String {
+    let base = server_url();
+    let cut = base.rfind('/').unwrap_or(base.len());
+    format!("{}/{name}", &base[..cut])
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL is reachable for tests");
+    tokio::spawn(connection);
+    client
+}
+
+/// A migrated template, built once per run (and reused across runs while the migrations are unchanged).
+async fn template() -> String {
+    TEMPLATE
+        .get_or_init(|| async {
+            if std::env::var("TEST_LOG").is_ok() {
+                follow_service::telemetry::init(false);
+            }
+            let client = admin().await;
+            drop_leftovers(&client).await;
+            let name = format!("follow_test_tpl_{:016x}", migrations_fingerprint());
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                .await
+                .expect("query pg_database")
+                .is_some();
+            if !exists {
+                // Build under a private name, then rename: a half-built template is never used.
+                let building = format!("follow_test_build_{}", std::process::id());
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+                    .await
+                    .expect("drop");
+                client
+                    .batch_execute(&format!("CREATE DATABASE {building}"))
+                    .await
+                    .expect("create template");
+                db::run_migrations(&database_url(&building))
+                    .await
+                    .expect("migrate template");
+                let renamed = client
+                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+                    .await;
+                if renamed.is_err() {
+                    client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+                        .await
+                        .expect("drop");
+                }
+            }
+            name
+        })
+        .await
+        .clone()
+}
+
+/// A hash of every migration's text, so a changed migration builds a new template.
+fn migrations_fingerprint() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut dirs: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .expect("migrations dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        dir.hash(&mut hasher);
+        for file in ["up.sql", "down.sql"] {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap_or_default()
+                .hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// Drops test databases of test processes that are gone.
+async fn drop_leftovers(client: &tokio_postgres::Client) {
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'follow_test_db_%'",
+            &[],
+        )
+        .await
+        .expect("list test databases");
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name
+            .trim_start_matches("follow_test_db_")
+            .split('_')
+            .next()
+            .unwrap_or("");
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// A fresh, migrated database of this test's own.
+pub async fn fresh_database() -> String {
+    let template = template().await;
+    let name = format!(
+        "follow_test_db_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::SeqCst)
+    );
+    admin()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        .await
+        .expect("clone the template database");
+    name
+}
+
+/// Options of a test app.
+#[derive(Clone)]
+pub struct Options {
+    /// Run the consumer and relay (most tests want counts to move).
+    pub pipeline: bool,
+    pub redis_url: String,
+    pub relay_after: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pipeline: true,
+            redis_url: redis_url(),
+            relay_after: Duration::from_millis(300),
+        }
+    }
+}
+
+/// One instance of the service, over its own database and Redis prefix.
+pub struct TestApp {
+    pub app: App,
+    pub database: String,
+    pub prefix: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// An app with its pipeline running.
+    pub async fn spawn() -> Self {
+        Self::with_options(Options::default()).await
+    }
+
+    pub async fn with_options(options: Options) -> Self {
+        let database = fresh_database().await;
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let app = Self::build_app(&database, &prefix, &options);
+        let (stop, stopped) = watch::channel(false);
+        let tasks = if options.pipeline {
+            app.spawn_pipeline(stopped)
+        } else {
+            Vec::new()
+        };
+        Self {
+            app,
+            database,
+            prefix,
+            stop,
+            tasks,
+        }
+    }
+
+    /// A second instance over the same database and Redis prefix (as behind a load balancer).
+    pub fn sibling(&self, options: Options) -> App {
+        Self::build_app(&self.database, &self.prefix, &options)
+    }
+
+    fn build_app(database: &str, prefix: &str, options: &Options) -> App {
+        let url = database_url(database);
+        let redis_url = options.redis_url.clone();
+        let prefix = prefix.to_owned();
+        let relay_after = options.relay_after.as_millis().to_string();
+        let config = Config::from_lookup(move |name| match name {
+            "DATABASE_URL" => Some(url.clone()),
+            "REDIS_URL" => Some(redis_url.clone()),
+            "FOLLOW_REDIS_PREFIX" => Some(prefix.clone()),
+            "FOLLOW_JWT_SECRET" => Some(TEST_SECRET.to_owned()),
+            "FOLLOW_DB_POOL_SIZE" => Some("6".to_owned()),
+            "FOLLOW_REDIS_POOL_SIZE" => Some("4".to_owned()),
+            "FOLLOW_CONSUMER_BLOCK_MS" => Some("100".to_owned()),
+            "FOLLOW_RELAY_AFTER_MS" => Some(relay_after.clone()),
+            "FOLLOW_RELAY_INTERVAL_MS" => Some("100".to_owned()),
+            _ => None,
+        })
+        .expect("test config is valid");
+        App::build(config).expect("app builds")
+    }
+
+    /// A bearer token for `user_id`, signed with the app's secret.
+    pub fn token(&self, user_id: i64, admin: bool) -> String {
+        self.app.jwt.issue(user_id, admin, 3600).expect("token")
+    }
+
+    /// Runs an operation through the schema as `viewer` (None: anonymous); returns the whole response.
+    pub async fn run(&self, viewer: Option<i64>, query: &str, variables: Value) -> Value {
+        run_on(&self.app, viewer, query, variables).await
+    }
+
+    /// Runs an operation that must succeed; returns its `data`.
+    pub async fn data(&self, viewer: Option<i64>, query: &str, variables: Value) -> Value {
+        let response = self.run(viewer, query, variables).await;
+        assert!(
+            response.get("errors").is_none(),
+            "unexpected errors: {response:#}"
+        );
+        response["data"].clone()
+    }
+
+    /// Runs an operation that must fail; returns the first error's `extensions.code` and message.
+    pub async fn error(
+        &self,
+        viewer: Option<i64>,
+        query: &str,
+        variables: Value,
+    ) -> (String, String) {
+        let response = self.run(viewer, query, variables).await;
+        let error = &response["errors"][0];
+        assert!(!error.is_null(), "expected an error: {response:#}");
+        (
+            error["extensions"]["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            error["message"].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
+    /// Creates users `ids` (handles `u<id>`) in one statement.
+    pub async fn create_users(&self, ids: impl IntoIterator<Item = i64>) {
+        let ids: Vec<i64> = ids.into_iter().collect();
+        let handles: Vec<String> = ids.iter().map(|id| format!("u{id}")).collect();
+        let names: Vec<Option<String>> = ids.iter().map(|id| Some(format!("User {id}"))).collect();
+        let mut conn = db::connect(&self.app.db).await.expect("connection");
+        db::users::insert_many(&mut conn, &ids, &handles, &names)
+            .await
+            .expect("insert users");
+    }
+
+    /// `viewer` follows `user` through the API.
+    pub async fn follow(&self, viewer: i64, user: i64) -> Value {
+        self.data(
+            Some(viewer),
+            "mutation($u: ID!) { follow(userId: $u) { changed following } }",
+            json!({ "u": user.to_string() }),
+        )
+        .await["follow"]
+            .clone()
+    }
+
+    /// `viewer` unfollows `user` through the API.
+    pub async fn unfollow(&self, viewer: i64, user: i64) -> Value {
+        self.data(
+            Some(viewer),
+            "mutation($u: ID!) { unfollow(userId: $u) { changed following } }",
+            json!({ "u": user.to_string() }),
+        )
+        .await["unfollow"]
+            .clone()
+    }
+
+    /// Waits until every committed event is applied (the outbox is empty); panics after 30 s.
+    pub async fn drained(&self) {
+        let started = Instant::now();
+        loop {
+            let backlog = {
+                let mut conn = db::connect(&self.app.db).await.expect("connection");
+                db::outbox::backlog(&mut conn).await.expect("backlog")
+            };
+            if backlog == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{backlog} events still unapplied after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that every stored count equals the edge count in `follows`, for every user.
+    pub async fn assert_counts_exact(&self) {
+        let rows = self
+            .sql(
+                "SELECT u.id, COALESCE(s.follower_count, 0), COALESCE(s.following_count, 0), \
+                    (SELECT count(*) FROM follows WHERE followee_id = u.id), \
+                    (SELECT count(*) FROM follows WHERE follower_id = u.id) \
+             FROM users u LEFT JOIN user_stats s ON s.user_id = u.id",
+            )
+            .await;
+        assert!(!rows.is_empty(), "no users to check");
+        for row in rows {
+            let (id, followers, following, edges_in, edges_out): (i64, i64, i64, i64, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            assert_eq!(
+                (followers, following),
+                (edges_in, edges_out),
+                "user {id}: stored counts vs edges"
+            );
+        }
+    }
+
+    /// Runs SQL on the app's database (for checks that must not go through the app).
+    pub async fn sql(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, connection) =
+            tokio_postgres::connect(&database_url(&self.database), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client.query(sql, &[]).await.expect("test SQL")
+    }
+
+    /// One count from SQL.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.sql(sql).await[0].get(0)
+    }
+
+    /// Sends an HTTP request through the router in process.
+    pub async fn http(
+        &self,
+        request: axum::http::Request<Body>,
+    ) -> (axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let response = http::router(self.app.clone())
+            .oneshot(request)
+            .await
+            .expect("router answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        (status, headers, body)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        let name = self.database.clone();
+        let prefix = self.prefix.clone();
+        // Drop the database and the Redis keys from a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+                use follow_service::redis_pool::redis;
+                if let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}:*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The secret test apps sign tokens with.
+pub const TEST_SECRET: &str = "test-secret-of-at-least-sixteen-bytes";
+
+/// Runs an operation through `app`'s schema as `viewer`.
+pub async fn run_on(app: &App, viewer: Option<i64>, query: &str, variables: Value) -> Value {
+    let viewer = viewer.map(|user_id| follow_service::auth::Viewer {
+        user_id,
+        is_admin: false,
+    });
+    run_as(app, viewer, query, variables).await
+}
+
+/// Runs an operation through `app`'s schema as an explicit viewer (admin or not).
+pub async fn run_as(
+    app: &App,
+    viewer: Option<follow_service::auth::Viewer>,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let request = async_graphql::Request::new(query)
+        .variables(async_graphql::Variables::from_json(variables));
+    let request = graphql::prepare(&app.schema, request, viewer);
+    let response = app.schema.execute(request).await;
+    serde_json::to_value(response).expect("response serializes")
+}
