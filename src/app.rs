@@ -25,6 +25,8 @@ pub struct AppInner {
     pub config: Config,
     /// PostgreSQL connections.
     pub db: DbPool,
+    /// Statements run on `db` so far.
+    pub queries: Arc<db::QueryCounter>,
     /// Redis connections (stream producer, relay; later the shared cache).
     pub redis: RedisPool,
     /// Signs and checks bearer tokens.
@@ -55,7 +57,13 @@ impl App {
 
     /// Builds every part without touching the database (it must already be migrated).
     pub fn build(config: Config) -> anyhow::Result<Self> {
-        let db = db::build_pool(&config.database_url, config.db_pool_size, config.db_timeout)?;
+        let queries = Arc::new(db::QueryCounter::default());
+        let db = db::build_pool(
+            &config.database_url,
+            config.db_pool_size,
+            config.db_timeout,
+            queries.clone(),
+        )?;
         let redis = redis_pool::build_pool(
             &config.redis_url,
             config.redis_pool_size,
@@ -81,6 +89,7 @@ impl App {
         Ok(Self(Arc::new(AppInner {
             config,
             db,
+            queries,
             redis,
             jwt,
             graph,

@@ -37,6 +37,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `FOLLOW_MAX_BODY_BYTES`: the largest request body accepted.
     pub max_body_bytes: usize,
+    /// `FOLLOW_MAX_BATCH_OPERATIONS`: most operations one batched POST may carry.
+    pub max_batch_operations: usize,
     /// `FOLLOW_MAX_DEPTH`: deepest query accepted.
     pub max_depth: usize,
     /// `FOLLOW_MAX_COMPLEXITY`: most expensive query accepted (list fields cost `first` times their children).
@@ -136,6 +138,7 @@ impl Config {
             redis_timeout: millis("FOLLOW_REDIS_TIMEOUT_MS", 250)?,
             request_timeout: millis("FOLLOW_REQUEST_TIMEOUT_MS", 10_000)?,
             max_body_bytes: number("FOLLOW_MAX_BODY_BYTES", 64 * 1024)? as usize,
+            max_batch_operations: number("FOLLOW_MAX_BATCH_OPERATIONS", 10)? as usize,
             max_depth: number("FOLLOW_MAX_DEPTH", 12)? as usize,
             max_complexity: number("FOLLOW_MAX_COMPLEXITY", 20_000)? as usize,
             loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 1_000)?),
@@ -168,6 +171,7 @@ impl Config {
             ("FOLLOW_REDIS_POOL_SIZE", self.redis_pool_size),
             ("FOLLOW_CONSUMER_BATCH", self.consumer_batch),
             ("FOLLOW_MAX_DEPTH", self.max_depth),
+            ("FOLLOW_MAX_BATCH_OPERATIONS", self.max_batch_operations),
             ("FOLLOW_MAX_COMPLEXITY", self.max_complexity),
             ("FOLLOW_MAX_BODY_BYTES", self.max_body_bytes),
         ] {

@@ -62,6 +62,7 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL); with --write, write it to schema.graphql.
     Schema {
+        /// Write schema.graphql in the current directory instead of printing.
         #[arg(long)]
         write: bool,
     },
@@ -70,9 +71,13 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Schema { write } = command {
+        return print_schema(write);
+    }
     let config = Config::from_env()?;
     telemetry::init(config.log_json);
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => serve(config).await,
         Command::Worker => worker(config).await,
         Command::Migrate => {
@@ -127,17 +132,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reconcile { fix } => reconcile(config, fix).await,
-        Command::Schema { write } => {
-            let sdl = graphql::sdl();
-            if write {
-                std::fs::write("schema.graphql", &sdl).context("writing schema.graphql")?;
-                println!("wrote schema.graphql");
-            } else {
-                print!("{sdl}");
-            }
-            Ok(())
-        }
+        Command::Schema { .. } => Ok(()),
     }
+}
+
+/// Prints the SDL, or writes it to `schema.graphql`; needs no configuration or server.
+fn print_schema(write: bool) -> anyhow::Result<()> {
+    let sdl = graphql::sdl();
+    if write {
+        std::fs::write("schema.graphql", &sdl).context("writing schema.graphql")?;
+        println!("wrote schema.graphql");
+    } else {
+        print!("{sdl}");
+    }
+    Ok(())
 }
 
 fn warn_if_development_secret(config: &Config) {

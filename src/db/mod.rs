@@ -6,12 +6,21 @@ pub mod schema;
 pub mod stats;
 pub mod users;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{
+    connection::{Instrumentation, InstrumentationEvent},
+    result::{DatabaseErrorKind, Error as DieselError},
+};
 use diesel_async::{
-    AsyncPgConnection,
+    AsyncConnection, AsyncPgConnection,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool},
 };
@@ -73,14 +82,47 @@ pub async fn connect(pool: &DbPool) -> StoreResult<DbConn> {
         .map_err(|err| StoreError::Unavailable(err.to_string()))
 }
 
+/// Counts the statements every connection of a pool has run (tests check batching with it; metrics read it).
+#[derive(Debug, Default)]
+pub struct QueryCounter(AtomicU64);
+
+impl QueryCounter {
+    /// Statements finished so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Diesel instrumentation that bumps a [`QueryCounter`] when a statement finishes.
+struct CountQueries(Arc<QueryCounter>);
+
+impl Instrumentation for CountQueries {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let InstrumentationEvent::FinishQuery { .. } = event {
+            self.0.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Builds the pool; connections are opened lazily and checked only by use (no ping per checkout).
+/// Every connection counts its statements into `counter`.
 pub fn build_pool(
     database_url: &str,
     size: usize,
     wait_timeout: Duration,
+    counter: Arc<QueryCounter>,
 ) -> anyhow::Result<DbPool> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
+    manager_config.custom_setup = Box::new(move |url| {
+        let counter = counter.clone();
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.set_instrumentation(CountQueries(counter));
+            Ok(conn)
+        })
+    });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         database_url,
         manager_config,
@@ -133,9 +175,9 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
 pub async fn run_migrations(database_url: &str) -> anyhow::Result<usize> {
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        use diesel::Connection;
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .with_context(|| format!("connecting to {}", redact(&url)))?;
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+                .with_context(|| format!("connecting to {}", redact(&url)))?;
         // One migrator at a time across instances: a session advisory lock.
         diesel::RunQueryDsl::execute(
             diesel::sql_query("SELECT pg_advisory_lock(7213862104)"),
@@ -163,8 +205,8 @@ pub async fn run_migrations(database_url: &str) -> anyhow::Result<usize> {
 pub async fn revert_all_migrations(database_url: &str) -> anyhow::Result<usize> {
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        use diesel::Connection;
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
         let reverted = conn
             .revert_all_migrations(MIGRATIONS)
             .map_err(|err| anyhow::anyhow!("reverting migrations: {err}"))?;

@@ -27,12 +27,18 @@ impl Loaders {
     /// Fresh loaders over `graph`; `delay` is how long each waits to gather keys into one batch.
     pub fn new(graph: &FollowGraph, delay: Duration) -> Self {
         Self {
-            users: DataLoader::new(UserLoader(graph.clone()), tokio::spawn).delay(delay),
-            counts: DataLoader::new(CountsLoader(graph.clone()), tokio::spawn).delay(delay),
-            statuses: DataLoader::new(StatusLoader(graph.clone()), tokio::spawn).delay(delay),
-            lists: DataLoader::new(ListLoader(graph.clone()), tokio::spawn).delay(delay),
+            users: DataLoader::new(UserLoader(graph.clone()), spawn_in_span).delay(delay),
+            counts: DataLoader::new(CountsLoader(graph.clone()), spawn_in_span).delay(delay),
+            statuses: DataLoader::new(StatusLoader(graph.clone()), spawn_in_span).delay(delay),
+            lists: DataLoader::new(ListLoader(graph.clone()), spawn_in_span).delay(delay),
         }
     }
+}
+
+/// Runs a loader's batch in the span of the request that started it, so its log lines carry the request id.
+fn spawn_in_span(batch: futures::future::BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
+    use tracing::Instrument;
+    tokio::spawn(batch.in_current_span())
 }
 
 /// User records by id.

@@ -9,7 +9,8 @@ use super::{
 };
 use crate::{auth::Viewer, error::AppError, graph::FollowGraph};
 
-/// Every mutation root, merged.
+// The mutation domains below, merged into the one root type.
+/// Changing the follow graph as the viewer (a bearer token is required), and user records (admins).
 #[derive(MergedObject, Default)]
 pub struct Mutation(FollowMutation, UserMutation);
 

@@ -8,7 +8,9 @@ use super::{
 };
 use crate::graph::FollowGraph;
 
-/// Every query root, merged.
+// The query domains below, merged into the one root type.
+/// Reading users and the follow graph between them. Everything here is public; a bearer token adds
+/// the viewer-relative fields.
 #[derive(MergedObject, Default)]
 pub struct Query(UserQuery, FollowQuery);
 

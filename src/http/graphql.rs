@@ -41,6 +41,14 @@ pub async fn post_graphql(
         async_graphql::BatchRequest::Single(r) => {
             async_graphql::BatchRequest::Single(graphql::prepare(&app.schema, r, viewer))
         }
+        async_graphql::BatchRequest::Batch(rs) if rs.len() > app.config.max_batch_operations => {
+            let err = AppError::bad_input(format!(
+                "a batch may carry at most {} operations (FOLLOW_MAX_BATCH_OPERATIONS); got {}",
+                app.config.max_batch_operations,
+                rs.len()
+            ));
+            return error_response(StatusCode::BAD_REQUEST, &err);
+        }
         async_graphql::BatchRequest::Batch(rs) => async_graphql::BatchRequest::Batch(
             rs.into_iter()
                 .map(|r| graphql::prepare(&app.schema, r, viewer))

@@ -11,7 +11,16 @@ use axum::{
     response::Response,
     routing::get,
 };
-use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::{
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+/// The header that carries each request's id, in the request (set here unless the client or a proxy
+/// sent one) and in the response.
+pub const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 use crate::app::App;
 
@@ -38,7 +47,13 @@ pub fn router(app: App) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // One span per request, carrying its id: every log line of the request (errors included) has it.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path())
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
 /// Refuses a request whose `Content-Length` exceeds the limit, with a message naming the limit.

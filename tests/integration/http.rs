@@ -22,13 +22,41 @@ async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
                 .to_string(),
         ))
         .expect("request");
-    let (status, _, body) = app.http(request).await;
+    let (status, headers, body) = app.http(request).await;
     assert_eq!(status, StatusCode::OK);
     let body: Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(
         body,
         json!({ "data": { "follow": { "changed": true, "viewer": { "handle": "u1" } } } })
     );
+    assert!(
+        headers.get("x-request-id").is_some_and(|id| id.len() >= 32),
+        "every response carries its request id"
+    );
+
+    // A request id sent by a proxy is kept.
+    let request = Request::post("/graphql")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", "from-the-proxy-1")
+        .body(Body::from(json!({ "query": "{ __typename }" }).to_string()))
+        .expect("request");
+    let (_, headers, _) = app.http(request).await;
+    assert_eq!(
+        headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+        Some("from-the-proxy-1")
+    );
+
+    // A batch over the operations limit is refused whole.
+    let batch: Vec<Value> = (0..11)
+        .map(|_| json!({ "query": "{ __typename }" }))
+        .collect();
+    let request = Request::post("/graphql")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(Value::Array(batch).to_string()))
+        .expect("request");
+    let (status, _, body) = app.http(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("at most 10 operations"));
 
     let query =
         "query=%7B%20isFollowing(followerId%3A%20%221%22%2C%20followeeId%3A%20%222%22)%20%7D";

@@ -160,6 +160,8 @@ pub struct Options {
     pub pipeline: bool,
     pub redis_url: String,
     pub relay_after: Duration,
+    /// How long DataLoaders gather keys (the service's default unless set).
+    pub loader_delay: Duration,
 }
 
 impl Default for Options {
@@ -168,6 +170,7 @@ impl Default for Options {
             pipeline: true,
             redis_url: redis_url(),
             relay_after: Duration::from_millis(300),
+            loader_delay: Duration::from_millis(1),
         }
     }
 }
@@ -216,6 +219,7 @@ impl TestApp {
         let redis_url = options.redis_url.clone();
         let prefix = prefix.to_owned();
         let relay_after = options.relay_after.as_millis().to_string();
+        let loader_delay = options.loader_delay.as_micros().to_string();
         let config = Config::from_lookup(move |name| match name {
             "DATABASE_URL" => Some(url.clone()),
             "REDIS_URL" => Some(redis_url.clone()),
@@ -226,6 +230,7 @@ impl TestApp {
             "FOLLOW_CONSUMER_BLOCK_MS" => Some("100".to_owned()),
             "FOLLOW_RELAY_AFTER_MS" => Some(relay_after.clone()),
             "FOLLOW_RELAY_INTERVAL_MS" => Some("100".to_owned()),
+            "FOLLOW_LOADER_DELAY_US" => Some(loader_delay.clone()),
             _ => None,
         })
         .expect("test config is valid");
