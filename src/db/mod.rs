@@ -50,12 +50,14 @@ impl From<DieselError> for StoreError {
 }
 
 impl StoreError {
-    /// Sorts a diesel error: a closed connection means the database went away, anything else is a query error.
+    /// Sorts a diesel error: a closed connection or a failed send (no SQLSTATE: the socket is gone) means
+    /// the database went away, anything else is a query error.
     pub fn from_diesel(err: DieselError) -> Self {
         match &err {
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
-                Self::Unavailable(err.to_string())
-            }
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => Self::Unavailable(err.to_string()),
             _ => Self::Query(err),
         }
     }

@@ -166,3 +166,42 @@ async fn depth_and_complexity_limits_refuse_before_any_resolver() {
         "{response:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_service_unavailable_quickly() {
+    let app = TestApp::spawn().await;
+    // Nothing listens on port 1: every connection attempt is refused.
+    let options = crate::support::Options {
+        database_url: Some("postgres://postgres@127.0.0.1:1/follow".to_owned()),
+        ..Default::default()
+    };
+    let cut_off = app.sibling(options);
+    let started = std::time::Instant::now();
+    let response =
+        crate::support::run_on(&cut_off, Some(1), r#"{ user(id: "1") { id } }"#, json!({})).await;
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"], "SERVICE_UNAVAILABLE",
+        "{response:#}"
+    );
+    let message = response["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(
+        !message.contains("127.0.0.1"),
+        "no connection details leak: {message}"
+    );
+    let write = crate::support::run_on(
+        &cut_off,
+        Some(1),
+        r#"mutation { follow(userId: "2") { changed } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        write["errors"][0]["extensions"]["code"], "SERVICE_UNAVAILABLE",
+        "{write:#}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered in {:?}",
+        started.elapsed()
+    );
+}

@@ -162,6 +162,8 @@ pub struct Options {
     pub relay_after: Duration,
     /// How long DataLoaders gather keys (the service's default unless set).
     pub loader_delay: Duration,
+    /// Another PostgreSQL than the test's database (to make it unreachable).
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -171,6 +173,7 @@ impl Default for Options {
             redis_url: redis_url(),
             relay_after: Duration::from_millis(300),
             loader_delay: Duration::from_millis(1),
+            database_url: None,
         }
     }
 }
@@ -215,7 +218,10 @@ impl TestApp {
     }
 
     fn build_app(database: &str, prefix: &str, options: &Options) -> App {
-        let url = database_url(database);
+        let url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| database_url(database));
         let redis_url = options.redis_url.clone();
         let prefix = prefix.to_owned();
         let relay_after = options.relay_after.as_millis().to_string();
