@@ -57,6 +57,7 @@ impl App {
 
     /// Builds every part without touching the database (it must already be migrated).
     pub fn build(config: Config) -> anyhow::Result<Self> {
+        crate::telemetry::metrics::install();
         let queries = Arc::new(db::QueryCounter::default());
         let db = db::build_pool(
             &config.database_url,
@@ -75,6 +76,7 @@ impl App {
             stream.clone(),
             config.stream_maxlen,
             config.redis_timeout,
+            "writer",
         );
         let graph = FollowGraph::new(db.clone(), producer);
         let schema = graphql::build_schema(
@@ -98,14 +100,24 @@ impl App {
         })))
     }
 
-    /// The stream producer (the relay and tests publish through it too).
-    pub fn producer(&self) -> Producer {
+    /// A stream producer for `source` (`writer`, `relay`), as metrics label it.
+    pub fn producer(&self, source: &'static str) -> Producer {
         Producer::new(
             self.redis.clone(),
             self.stream.clone(),
             self.config.stream_maxlen,
             self.config.redis_timeout,
+            source,
         )
+    }
+
+    /// Starts sampling the gauges of `/metrics` (pools, stream, outbox) every `interval`.
+    pub fn spawn_metrics_sampler(&self, interval: std::time::Duration) -> JoinHandle<()> {
+        crate::telemetry::metrics::install();
+        tokio::spawn(crate::telemetry::metrics::sample_forever(
+            self.clone(),
+            interval,
+        ))
     }
 
     /// Starts the event consumer and the outbox relay; they stop when `shutdown` turns true.
@@ -121,7 +133,7 @@ impl App {
             tokio::spawn(consumer::run(self.db.clone(), settings, shutdown.clone())),
             tokio::spawn(relay::run(
                 self.db.clone(),
-                self.producer(),
+                self.producer("relay"),
                 self.config.relay_after,
                 self.config.relay_interval,
                 shutdown,

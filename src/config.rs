@@ -55,6 +55,8 @@ pub struct Config {
     pub relay_after: Duration,
     /// `FOLLOW_RELAY_INTERVAL_MS`: how often the relay looks for such rows.
     pub relay_interval: Duration,
+    /// `FOLLOW_METRICS_SAMPLE_MS`: how often the pool, stream and outbox gauges of `/metrics` are sampled.
+    pub metrics_sample: Duration,
     /// `FOLLOW_RUN_CONSUMER`: whether `serve` also runs the consumer and relay (default true).
     pub run_consumer: bool,
 }
@@ -147,6 +149,7 @@ impl Config {
             consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,
             relay_after: millis("FOLLOW_RELAY_AFTER_MS", 5_000)?,
             relay_interval: millis("FOLLOW_RELAY_INTERVAL_MS", 1_000)?,
+            metrics_sample: millis("FOLLOW_METRICS_SAMPLE_MS", 2_000)?,
             run_consumer: flag("FOLLOW_RUN_CONSUMER", true)?,
         };
         config.validate()?;

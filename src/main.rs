@@ -166,6 +166,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await
         .with_context(|| format!("binding {}", app.config.listen))?;
@@ -177,6 +178,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         })
         .await?;
+    sampler.abort();
     let _ = stop.send(true);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -188,8 +190,10 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     let app = App::start(config).await?;
     let (stop, stopped) = watch::channel(false);
     let tasks = app.spawn_pipeline(stopped);
+    let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
     tracing::info!("worker running: event consumer and outbox relay");
     app::shutdown_signal().await?;
+    sampler.abort();
     let _ = stop.send(true);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

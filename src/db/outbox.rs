@@ -50,6 +50,28 @@ pub async fn claim_stale(
     .await?)
 }
 
+/// How far behind the counters are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, QueryableByName)]
+pub struct OutboxStats {
+    /// Committed events not applied yet.
+    #[diesel(sql_type = BigInt)]
+    pub backlog: i64,
+    /// Age of the oldest of them (0 when none).
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    pub oldest_age_seconds: f64,
+}
+
+/// Backlog and oldest age in one query.
+pub async fn stats(conn: &mut AsyncPgConnection) -> StoreResult<OutboxStats> {
+    Ok(diesel::sql_query(
+        "SELECT count(*) AS backlog, \
+                COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(occurred_at)), 0)::float8 AS oldest_age_seconds \
+         FROM outbox",
+    )
+    .get_result(conn)
+    .await?)
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]

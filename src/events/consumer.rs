@@ -17,6 +17,7 @@ use crate::{
     redis_pool::redis::{
         self, AsyncConnectionConfig, Client, aio::MultiplexedConnection, streams::StreamReadReply,
     },
+    telemetry::metrics::{CONSUMER_APPLY, CONSUMER_BATCH, EVENTS_APPLIED},
 };
 
 /// Settings of one consumer.
@@ -141,7 +142,11 @@ pub async fn consume_once(
             None => tracing::error!(entry = %entry.id, "undecodable stream entry skipped"),
         }
     }
+    let started = std::time::Instant::now();
     let applied = apply_with_retry(db, &outbox_ids).await?;
+    ::metrics::histogram!(CONSUMER_APPLY).record(started.elapsed().as_secs_f64());
+    ::metrics::histogram!(CONSUMER_BATCH).record(entries.len() as f64);
+    ::metrics::counter!(EVENTS_APPLIED).increment(applied.applied.max(0) as u64);
     let entry_ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let _: i64 = redis::cmd("XACK")
         .arg(&settings.names.stream)

@@ -17,7 +17,10 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::{db::outbox::OutboxRow, redis_pool::redis};
+use crate::{
+    db::outbox::OutboxRow,
+    redis_pool::{RedisPool, redis},
+};
 
 /// Whether an edge appeared or went away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,6 +118,45 @@ impl StreamNames {
             group: "counters",
         }
     }
+}
+
+/// The stream's size and the counters group's progress, for metrics and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Entries in the stream (XLEN).
+    pub length: u64,
+    /// Entries delivered to the group and not acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered to the group (0 when Redis cannot tell).
+    pub lag: u64,
+}
+
+/// Reads XLEN and the group's XINFO in one round trip; a missing stream or group reads as zeros.
+pub async fn stream_stats(redis: &RedisPool, names: &StreamNames) -> anyhow::Result<StreamStats> {
+    let mut conn = redis.get().await?;
+    let (length, groups): (
+        u64,
+        redis::RedisResult<redis::streams::StreamInfoGroupsReply>,
+    ) = {
+        let length: u64 = redis::cmd("XLEN")
+            .arg(&names.stream)
+            .query_async(&mut *conn)
+            .await?;
+        let groups = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&names.stream)
+            .query_async(&mut *conn)
+            .await;
+        (length, groups)
+    };
+    let group = groups
+        .ok()
+        .and_then(|g| g.groups.into_iter().find(|g| g.name == names.group));
+    Ok(StreamStats {
+        length,
+        pending: group.as_ref().map_or(0, |g| g.pending as u64),
+        lag: group.and_then(|g| g.lag).unwrap_or(0) as u64,
+    })
 }
 
 #[cfg(test)]

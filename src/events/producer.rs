@@ -5,7 +5,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{FollowEvent, StreamNames};
-use crate::redis_pool::{RedisPool, redis};
+use crate::{
+    redis_pool::{RedisPool, redis},
+    telemetry::metrics::{EVENTS_PUBLISHED, PUBLISH_FAILURES},
+};
 
 /// Publishes events to the stream; cheap to clone.
 #[derive(Clone)]
@@ -14,14 +17,23 @@ pub struct Producer {
     names: StreamNames,
     maxlen: usize,
     timeout: Duration,
+    /// Who publishes (`writer` or `relay`), for metrics.
+    source: &'static str,
 }
 
 impl Producer {
-    pub fn new(redis: RedisPool, names: StreamNames, maxlen: usize, timeout: Duration) -> Self {
+    pub fn new(
+        redis: RedisPool,
+        names: StreamNames,
+        maxlen: usize,
+        timeout: Duration,
+        source: &'static str,
+    ) -> Self {
         Self {
             redis,
             names,
             maxlen,
+            source,
             timeout,
         }
     }
@@ -50,8 +62,16 @@ impl Producer {
             let () = pipe.query_async(&mut *conn).await.context("XADD failed")?;
             anyhow::Ok(())
         };
-        tokio::time::timeout(self.timeout, call)
+        let outcome = tokio::time::timeout(self.timeout, call)
             .await
-            .context("XADD timed out")?
+            .context("XADD timed out")
+            .and_then(|r| r);
+        let name = if outcome.is_ok() {
+            EVENTS_PUBLISHED
+        } else {
+            PUBLISH_FAILURES
+        };
+        ::metrics::counter!(name, "source" => self.source).increment(events.len() as u64);
+        outcome
     }
 }

@@ -41,6 +41,12 @@ fn spawn_in_span(batch: futures::future::BoxFuture<'static, ()>) -> tokio::task:
     tokio::spawn(batch.in_current_span())
 }
 
+/// Records how many keys one batch of `loader` carried.
+fn record_batch(loader: &'static str, keys: usize) {
+    ::metrics::histogram!(crate::telemetry::metrics::LOADER_BATCH, "loader" => loader)
+        .record(keys as f64);
+}
+
 /// User records by id.
 pub struct UserLoader(FollowGraph);
 
@@ -49,6 +55,7 @@ impl Loader<i64> for UserLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, UserRecord>, Self::Error> {
+        record_batch("users", keys.len());
         self.0.users(keys).await.map_err(to_graphql_error)
     }
 }
@@ -61,6 +68,7 @@ impl Loader<i64> for CountsLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Counts>, Self::Error> {
+        record_batch("counts", keys.len());
         self.0.counts(keys).await.map_err(to_graphql_error)
     }
 }
@@ -73,6 +81,7 @@ impl Loader<(i64, i64)> for StatusLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[(i64, i64)]) -> Result<HashMap<(i64, i64), bool>, Self::Error> {
+        record_batch("statuses", keys.len());
         let edges = self.0.statuses(keys).await.map_err(to_graphql_error)?;
         Ok(keys
             .iter()
@@ -102,6 +111,7 @@ impl Loader<ListKey> for ListLoader {
         &self,
         keys: &[ListKey],
     ) -> Result<HashMap<ListKey, Vec<ListEntry>>, Self::Error> {
+        record_batch("lists", keys.len());
         let mut groups: HashMap<(ListKind, Option<Keyset>, i64), Vec<i64>> = HashMap::new();
         for key in keys {
             groups

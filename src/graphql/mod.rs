@@ -7,6 +7,7 @@ pub mod ids;
 pub mod limits;
 pub mod loaders;
 pub mod mutation;
+pub mod observe;
 pub mod query;
 pub mod scalars;
 pub mod subscription;
@@ -51,6 +52,7 @@ pub fn build_schema(graph: FollowGraph, limits: SchemaLimits) -> FollowSchema {
         })
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(observe::Observe)
         .extension(limits::NameTheLimits {
             max_depth: limits.max_depth,
             max_complexity: limits.max_complexity,

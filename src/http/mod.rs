@@ -2,6 +2,7 @@
 
 mod graphql;
 mod health;
+mod metrics;
 
 use axum::{
     Router,
@@ -36,6 +37,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
         .with_state(app)
         // A declared length over the limit is refused before reading; a streamed body is cut at it.
         .layer(RequestBodyLimitLayer::new(body_limit))

@@ -230,3 +230,60 @@ async fn a_client_over_a_real_socket() {
     );
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_requests_loaders_pipeline_and_pools() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=3).await;
+    let token = app.token(1, false);
+    let request = Request::post("/graphql")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(
+            json!({ "query": "mutation MetricsFollow { follow(userId: \"2\") { changed user { followerCount } } }" }).to_string(),
+        ))
+        .expect("request");
+    assert_eq!(app.http(request).await.0, StatusCode::OK);
+    let bad = Request::post("/graphql")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({ "query": "query MetricsBad { user(id: \"x\") { id } }" }).to_string(),
+        ))
+        .expect("request");
+    assert_eq!(app.http(bad).await.0, StatusCode::OK);
+    app.drained().await;
+    follow_service::telemetry::metrics::sample_once(&app.app).await;
+
+    let (status, headers, body) = app
+        .http(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
+    let text = String::from_utf8_lossy(&body);
+    for needle in [
+        "follow_graphql_request_duration_seconds_bucket{operation_name=\"MetricsFollow\",operation_type=\"mutation\"",
+        "follow_graphql_errors_total{code=\"BAD_USER_INPUT\"}",
+        "follow_dataloader_batch_size_bucket{loader=\"users\"",
+        "follow_events_published_total{source=\"writer\"}",
+        "follow_events_applied_total",
+        "follow_consumer_apply_duration_seconds_bucket",
+        "follow_db_pool_connections{state=\"in_use\"}",
+        "follow_redis_pool_waiting",
+        "follow_stream_length",
+        "follow_stream_pending",
+        "follow_outbox_backlog",
+        "follow_outbox_oldest_age_seconds",
+        "follow_db_queries_total",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+}

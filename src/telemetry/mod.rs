@@ -1,4 +1,7 @@
-//! Logging: `tracing` to stdout, filtered by `RUST_LOG`, as text or JSON (`FOLLOW_LOG_FORMAT=json`).
+//! Telemetry: logs (`tracing` to stdout, filtered by `RUST_LOG`, as text or JSON with
+//! `FOLLOW_LOG_FORMAT=json`) and Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

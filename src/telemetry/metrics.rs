@@ -1,0 +1,230 @@
+//! Prometheus metrics: the recorder, the name of every series, and the sampler of gauges that no request
+//! updates (pools, stream, outbox).
+//!
+//! Names follow Prometheus conventions: a `follow_` prefix, base units (`_seconds`), `_total` counters.
+//! The recorder is process-wide (the `metrics` facade has one global recorder); `/metrics` renders it.
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use ::metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// GraphQL request duration, labelled `operation_name` and `operation_type`.
+pub const GRAPHQL_DURATION: &str = "follow_graphql_request_duration_seconds";
+/// GraphQL errors returned to clients, labelled `code` (`extensions.code`, or `GRAPHQL_VALIDATION` for
+/// parse and validation errors).
+pub const GRAPHQL_ERRORS: &str = "follow_graphql_errors_total";
+/// Cache lookups, labelled `cache` (status, counts, lists, users), `level` (l1, l2) and `result` (hit, miss).
+pub const CACHE_REQUESTS: &str = "follow_cache_requests_total";
+/// Keys per DataLoader batch, labelled `loader`.
+pub const LOADER_BATCH: &str = "follow_dataloader_batch_size";
+/// PostgreSQL pool connections, labelled `state` (in_use, idle).
+pub const DB_POOL_CONNECTIONS: &str = "follow_db_pool_connections";
+/// Requests waiting for a PostgreSQL connection.
+pub const DB_POOL_WAITING: &str = "follow_db_pool_waiting";
+/// Statements run by this process.
+pub const DB_QUERIES: &str = "follow_db_queries_total";
+/// Redis pool connections, labelled `state`.
+pub const REDIS_POOL_CONNECTIONS: &str = "follow_redis_pool_connections";
+/// Requests waiting for a Redis connection.
+pub const REDIS_POOL_WAITING: &str = "follow_redis_pool_waiting";
+/// Entries in the event stream (XLEN).
+pub const STREAM_LENGTH: &str = "follow_stream_length";
+/// Entries delivered to the consumer group and not acknowledged.
+pub const STREAM_PENDING: &str = "follow_stream_pending";
+/// Entries in the stream not yet delivered to the consumer group.
+pub const STREAM_LAG: &str = "follow_stream_lag";
+/// Entries per consumer batch.
+pub const CONSUMER_BATCH: &str = "follow_consumer_batch_size";
+/// Time to apply one consumer batch in PostgreSQL.
+pub const CONSUMER_APPLY: &str = "follow_consumer_apply_duration_seconds";
+/// Events whose delta a consumer applied (redeliveries not counted).
+pub const EVENTS_APPLIED: &str = "follow_events_applied_total";
+/// Events appended to the stream, labelled `source` (writer, relay).
+pub const EVENTS_PUBLISHED: &str = "follow_events_published_total";
+/// Failed appends, labelled `source`; the events wait in the outbox.
+pub const PUBLISH_FAILURES: &str = "follow_events_publish_failures_total";
+/// Committed events not applied yet.
+pub const OUTBOX_BACKLOG: &str = "follow_outbox_backlog";
+/// Age of the oldest unapplied event.
+pub const OUTBOX_OLDEST_AGE: &str = "follow_outbox_oldest_age_seconds";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle (later calls return the same handle).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".to_owned()),
+                    &[
+                        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                        2.5, 5.0, 10.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_size".to_owned()),
+                        &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+                    )
+                });
+            let recorder = match builder {
+                Ok(builder) => builder.build_recorder(),
+                Err(err) => {
+                    tracing::error!(error = %err, "metric buckets refused; using summaries");
+                    PrometheusBuilder::new().build_recorder()
+                }
+            };
+            let handle = recorder.handle();
+            if ::metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics shows this one's series only");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_histogram!(
+        GRAPHQL_DURATION,
+        ::metrics::Unit::Seconds,
+        "GraphQL request duration by operation"
+    );
+    describe_counter!(
+        GRAPHQL_ERRORS,
+        "GraphQL errors returned, by extensions.code"
+    );
+    describe_counter!(CACHE_REQUESTS, "Cache lookups by cache, level and result");
+    describe_histogram!(LOADER_BATCH, "Keys per DataLoader batch");
+    describe_gauge!(DB_POOL_CONNECTIONS, "PostgreSQL pool connections by state");
+    describe_gauge!(
+        DB_POOL_WAITING,
+        "Requests waiting for a PostgreSQL connection"
+    );
+    describe_counter!(DB_QUERIES, "SQL statements run by this process");
+    describe_gauge!(REDIS_POOL_CONNECTIONS, "Redis pool connections by state");
+    describe_gauge!(
+        REDIS_POOL_WAITING,
+        "Requests waiting for a Redis connection"
+    );
+    describe_gauge!(STREAM_LENGTH, "Entries in the follow event stream");
+    describe_gauge!(
+        STREAM_PENDING,
+        "Entries delivered to the counters group and not acknowledged"
+    );
+    describe_gauge!(
+        STREAM_LAG,
+        "Entries not yet delivered to the counters group"
+    );
+    describe_histogram!(CONSUMER_BATCH, "Stream entries per consumer batch");
+    describe_histogram!(
+        CONSUMER_APPLY,
+        ::metrics::Unit::Seconds,
+        "Time to apply one consumer batch"
+    );
+    describe_counter!(
+        EVENTS_APPLIED,
+        "Events applied to the counters (each exactly once)"
+    );
+    describe_counter!(EVENTS_PUBLISHED, "Events appended to the stream, by source");
+    describe_counter!(PUBLISH_FAILURES, "Failed stream appends, by source");
+    describe_gauge!(OUTBOX_BACKLOG, "Committed events not yet applied");
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        ::metrics::Unit::Seconds,
+        "Age of the oldest unapplied event"
+    );
+}
+
+/// Most distinct operation names kept as labels; past it, new names count as `other` (a client sending
+/// random names must not grow the series without bound).
+const MAX_OPERATION_NAMES: usize = 200;
+
+/// The label for a client's operation name: itself if short and plain and among the first names seen.
+pub fn operation_label(name: Option<&str>) -> String {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let Some(name) = name else {
+        return "anonymous".to_owned();
+    };
+    let plain = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !plain {
+        return "other".to_owned();
+    }
+    let seen = SEEN.get_or_init(|| Mutex::new(HashSet::new()));
+    let Ok(mut seen) = seen.lock() else {
+        return "other".to_owned();
+    };
+    if seen.contains(name) || seen.len() < MAX_OPERATION_NAMES {
+        seen.insert(name.to_owned());
+        name.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// Samples the gauges no request updates, every `interval`, until the process ends.
+pub async fn sample_forever(app: crate::app::App, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        sample_once(&app).await;
+        if let Some(handle) = HANDLE.get() {
+            handle.run_upkeep();
+        }
+    }
+}
+
+/// One sample of pools, stream and outbox; each source that does not answer in time is skipped.
+pub async fn sample_once(app: &crate::app::App) {
+    let db = app.db.status();
+    gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set((db.size - db.available) as f64);
+    gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(db.available as f64);
+    gauge!(DB_POOL_WAITING).set(db.waiting as f64);
+    let redis = app.redis.status();
+    gauge!(REDIS_POOL_CONNECTIONS, "state" => "in_use").set((redis.size - redis.available) as f64);
+    gauge!(REDIS_POOL_CONNECTIONS, "state" => "idle").set(redis.available as f64);
+    gauge!(REDIS_POOL_WAITING).set(redis.waiting as f64);
+    ::metrics::counter!(DB_QUERIES).absolute(app.queries.get());
+
+    let budget = Duration::from_secs(1);
+    if let Ok(Ok(stream)) =
+        tokio::time::timeout(budget, crate::events::stream_stats(&app.redis, &app.stream)).await
+    {
+        gauge!(STREAM_LENGTH).set(stream.length as f64);
+        gauge!(STREAM_PENDING).set(stream.pending as f64);
+        gauge!(STREAM_LAG).set(stream.lag as f64);
+    }
+    let outbox = async {
+        let mut conn = crate::db::connect(&app.db).await?;
+        crate::db::outbox::stats(&mut conn).await
+    };
+    if let Ok(Ok(outbox)) = tokio::time::timeout(budget, outbox).await {
+        gauge!(OUTBOX_BACKLOG).set(outbox.backlog as f64);
+        gauge!(OUTBOX_OLDEST_AGE).set(outbox.oldest_age_seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_names_are_bounded() {
+        assert_eq!(operation_label(None), "anonymous");
+        assert_eq!(operation_label(Some("FollowersPage")), "FollowersPage");
+        assert_eq!(operation_label(Some("has space")), "other");
+        assert_eq!(operation_label(Some(&"x".repeat(65))), "other");
+        for i in 0..MAX_OPERATION_NAMES + 10 {
+            operation_label(Some(&format!("Op{i}")));
+        }
+        assert_eq!(operation_label(Some("BrandNewName")), "other");
+        assert_eq!(operation_label(Some("FollowersPage")), "FollowersPage");
+    }
+}
