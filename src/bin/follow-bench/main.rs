@@ -1,0 +1,430 @@
+//! follow-bench: seeds a Zipf social graph, starts the service (or targets a running one), drives it
+//! over HTTP scenario by scenario, and reports throughput, latency percentiles, errors, cache hit rates,
+//! count convergence after writes, and the server's peak RSS, as Markdown and JSON.
+//!
+//! ```sh
+//! cargo run --release --bin follow-bench            # default size: 100,000 users, ~2,000,000 edges
+//! cargo run --release --bin follow-bench -- --quick # a small graph and short runs (CI smoke)
+//! ```
+
+mod graph;
+mod load;
+mod report;
+mod scenarios;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use follow_service::{auth::JwtKeys, seed::ZipfSampler};
+
+use crate::{
+    graph::GraphPlan,
+    report::{RunReport, ScenarioReport},
+    scenarios::{Scenario, Shared},
+};
+
+/// The secret the benchmark's server signs tokens with.
+const BENCH_SECRET: &str = "follow-bench-secret-not-for-production";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "follow-bench",
+    about = "Load benchmark of follow-service over a Zipf social graph"
+)]
+struct Args {
+    /// A small graph and short runs, for a smoke test (2,000 users, 1 s per scenario).
+    #[arg(long)]
+    quick: bool,
+    /// Users in the graph.
+    #[arg(long)]
+    users: Option<i64>,
+    /// Edges to aim at (the mean following count is edges / users).
+    #[arg(long)]
+    edges: Option<i64>,
+    /// Zipf exponent of follower counts.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// RNG seed of the graph and the load.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Concurrent keep-alive connections.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds measured per scenario.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds of unrecorded warm-up per scenario.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Scenarios to run (comma-separated names; default all).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// The benchmark's database (created, migrated and seeded if needed); default
+    /// postgres://postgres@127.0.0.1:5432/follow_bench, or follow_bench_quick with --quick.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Redis for the started server.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Target a running server (e.g. http://127.0.0.1:8080) instead of starting one; it must use
+    /// --database-url and sign tokens with FOLLOW_JWT_SECRET as given to this command.
+    #[arg(long)]
+    url: Option<String>,
+    /// Extra environment for the started server, KEY=VALUE (repeatable), e.g. FOLLOW_LOADER_DELAY_US=500.
+    #[arg(long = "server-env")]
+    server_env: Vec<String>,
+    /// Where to write latest.md and latest.json.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    let database = if args.quick {
+        "follow_bench_quick"
+    } else {
+        "follow_bench"
+    };
+    let database_url = args
+        .database_url
+        .take()
+        .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:5432/{database}"));
+    args.database_url = Some(database_url.clone());
+    follow_service::telemetry::init(false);
+    let quick = args.quick;
+    let plan = GraphPlan {
+        users: args.users.unwrap_or(if quick { 2_000 } else { 100_000 }),
+        edges: args.edges.unwrap_or(if quick { 40_000 } else { 2_000_000 }),
+        writers: if quick { 100 } else { 1_000 },
+        exponent: args.zipf,
+        rng_seed: args.seed,
+    };
+    anyhow::ensure!(
+        plan.users >= 10 && plan.edges >= plan.users,
+        "--users must be ≥ 10 and --edges ≥ --users"
+    );
+    let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 32 });
+    let duration = Duration::from_secs_f64(args.duration.unwrap_or(if quick { 1.0 } else { 10.0 }));
+    let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 }));
+    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|name| Scenario::parse(name).with_context(|| format!("unknown scenario {name:?}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+
+    println!("seeding {} users, about {} edges…", plan.users, plan.edges);
+    let seeding = graph::ensure_graph(&database_url, plan).await?;
+    println!(
+        "graph {} in {:.1} s: {} edges, top follower counts {:?}",
+        if seeding.reused { "reused" } else { "seeded" },
+        seeding.seconds,
+        seeding.edges,
+        seeding.top_follower_counts
+    );
+    let deep_cursors = graph::deep_cursors(&database_url, 10).await?;
+
+    let secret = std::env::var("FOLLOW_JWT_SECRET").unwrap_or_else(|_| BENCH_SECRET.to_owned());
+    let mut server = match &args.url {
+        Some(url) => Server::External(parse_addr(url)?),
+        None => Server::start(&args, &secret).await?,
+    };
+    let addr = server.addr();
+    wait_healthy(addr).await?;
+
+    let keys = JwtKeys::new(&secret);
+    let viewer_tokens = (0..500)
+        .map(|i| {
+            let id = 1 + (i * 7919) % plan.users;
+            Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let writer_tokens = (plan.users + 1..=plan.users + plan.writers)
+        .map(|id| Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        writer_tokens.len() >= concurrency,
+        "need at least as many writers as connections"
+    );
+    let shared = Arc::new(Shared {
+        users: plan.users,
+        zipf: ZipfSampler::new(plan.users as usize, plan.exponent),
+        viewer_tokens,
+        writer_tokens,
+        deep_cursors,
+    });
+    let checks = graph::client(&database_url).await?;
+
+    let mut reports = Vec::new();
+    for scenario in scenarios {
+        print!("{:<22} ", scenario.name());
+        let before = load::get(addr, "/metrics").await.unwrap_or_default();
+        let result = load::run(
+            addr,
+            scenario,
+            shared.clone(),
+            concurrency,
+            warmup,
+            duration,
+            args.seed,
+        )
+        .await?;
+        let after = load::get(addr, "/metrics").await.unwrap_or_default();
+        let (converged_ms, count_mismatches) = if scenario.writes() {
+            let since = Instant::now();
+            loop {
+                if graph::outbox_backlog(&checks).await? == 0 {
+                    break;
+                }
+                if since.elapsed() > Duration::from_secs(120) {
+                    bail!(
+                        "events still unapplied two minutes after {}",
+                        scenario.name()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let converged = since.elapsed().as_secs_f64() * 1000.0;
+            (
+                Some(converged),
+                Some(graph::count_mismatches(&checks).await?),
+            )
+        } else {
+            (None, None)
+        };
+        let h = &result.latency_us;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let report = ScenarioReport {
+            name: scenario.name(),
+            description: scenario.describe(),
+            requests: result.requests,
+            errors: result.errors,
+            first_error: result.first_error,
+            throughput_per_s: result.requests as f64 / result.measured.as_secs_f64(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+            cache_hit_rates: report::cache_hit_rates(&before, &after),
+            converged_ms,
+            count_mismatches,
+        };
+        println!(
+            "{:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}{}",
+            report.throughput_per_s,
+            report.p50_ms,
+            report.p99_ms,
+            report.errors,
+            report.converged_ms.map_or(String::new(), |c| format!(
+                "  converged in {c:.0} ms, mismatches {}",
+                report.count_mismatches.unwrap_or(-1)
+            ))
+        );
+        reports.push(report);
+    }
+
+    let server_peak_rss_mib = server.peak_rss_mib();
+    server.stop().await;
+
+    let run = RunReport {
+        started_at,
+        command: std::iter::once("follow-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        commit: git_commit(),
+        machine: report::machine(),
+        graph: plan,
+        seeding,
+        concurrency,
+        warmup_s: warmup.as_secs_f64(),
+        duration_s: duration.as_secs_f64(),
+        server_env: args.server_env.clone(),
+        scenarios: reports,
+        server_peak_rss_mib,
+    };
+    let markdown = report::markdown(&run);
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("latest.md"), &markdown)?;
+    std::fs::write(
+        args.out.join("latest.json"),
+        serde_json::to_string_pretty(&run)?,
+    )?;
+    println!(
+        "\n{markdown}\nwritten to {}/latest.md and latest.json",
+        args.out.display()
+    );
+    let errors: u64 = run.scenarios.iter().map(|s| s.errors).sum();
+    let mismatches: i64 = run
+        .scenarios
+        .iter()
+        .filter_map(|s| s.count_mismatches)
+        .sum();
+    if errors > 0 || mismatches > 0 {
+        bail!("{errors} request errors and {mismatches} count mismatches");
+    }
+    Ok(())
+}
+
+/// The service under test: started here, or already running elsewhere.
+enum Server {
+    Started {
+        child: tokio::process::Child,
+        addr: SocketAddr,
+    },
+    External(SocketAddr),
+}
+
+impl Server {
+    /// Starts `follow-service serve` (the binary beside this one, built first when run through cargo).
+    async fn start(args: &Args, secret: &str) -> anyhow::Result<Self> {
+        let binary = server_binary()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = std::fs::File::create(std::env::temp_dir().join("follow-bench-server.log"))?;
+        let prefix = format!("follow-bench-{}", std::process::id());
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .arg("serve")
+            .env(
+                "DATABASE_URL",
+                args.database_url.as_deref().unwrap_or_default(),
+            )
+            .env("REDIS_URL", &args.redis_url)
+            .env("FOLLOW_LISTEN", addr.to_string())
+            .env("FOLLOW_REDIS_PREFIX", &prefix)
+            .env("FOLLOW_JWT_SECRET", secret)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for pair in &args.server_env {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--server-env {pair:?} is not KEY=VALUE"))?;
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        println!(
+            "started {} on {addr} (log: {})",
+            binary.display(),
+            std::env::temp_dir()
+                .join("follow-bench-server.log")
+                .display()
+        );
+        Ok(Self::Started { child, addr })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Started { addr, .. } | Self::External(addr) => *addr,
+        }
+    }
+
+    /// The server's peak resident memory (VmHWM), when this process started it.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let Self::Started { child, .. } = self else {
+            return None;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()?)).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
+    async fn stop(&mut self) {
+        if let Self::Started { child, .. } = self {
+            if let Some(pid) = child.id() {
+                let _ = tokio::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// The `follow-service` binary beside this one; when run through cargo and it is missing, build it.
+fn server_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .context("the benchmark binary has no directory")?;
+    let binary = dir.join("follow-service");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").context(
+            "follow-service is not built beside follow-bench; run `cargo build --release --bins`",
+        )?;
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--bin", "follow-service"]);
+        if release {
+            build.arg("--release");
+        }
+        anyhow::ensure!(build.status()?.success(), "building follow-service failed");
+    }
+    Ok(binary)
+}
+
+async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(60) {
+        if load::get(addr, "/healthz").await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server at {addr} did not answer /healthz within 60 s")
+}
+
+fn parse_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.trim_start_matches("http://").trim_end_matches('/');
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    use std::net::ToSocketAddrs;
+    host_port
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("cannot resolve {url}"))
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,217 @@
+//! The results: per scenario figures, the machine, Markdown and JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One scenario's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub requests: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub throughput_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Hit rate per `cache/level` during the scenario (absent: no lookups).
+    pub cache_hit_rates: BTreeMap<String, f64>,
+    /// For write scenarios: time from the scenario's end until every event was applied.
+    pub converged_ms: Option<f64>,
+    /// For write scenarios: users whose stored counts differ from their edges once converged.
+    pub count_mismatches: Option<i64>,
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub started_at: String,
+    pub command: String,
+    pub commit: String,
+    pub machine: BTreeMap<String, String>,
+    pub graph: crate::graph::GraphPlan,
+    pub seeding: crate::graph::GraphReport,
+    pub concurrency: usize,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub server_env: Vec<String>,
+    pub scenarios: Vec<ScenarioReport>,
+    pub server_peak_rss_mib: Option<f64>,
+}
+
+/// Hit rates per `cache/level` between two `/metrics` scrapes.
+pub fn cache_hit_rates(before: &str, after: &str) -> BTreeMap<String, f64> {
+    let (b, a) = (cache_counters(before), cache_counters(after));
+    let mut rates = BTreeMap::new();
+    for (key, (hits, misses)) in &a {
+        let (hits0, misses0) = b.get(key).copied().unwrap_or((0.0, 0.0));
+        let (h, m) = (hits - hits0, misses - misses0);
+        if h + m > 0.0 {
+            rates.insert(key.clone(), h / (h + m));
+        }
+    }
+    rates
+}
+
+/// `cache/level` → (hits, misses) from `follow_cache_requests_total` lines.
+fn cache_counters(metrics: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut counters: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("follow_cache_requests_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        let label = |name: &str| {
+            labels
+                .split(&[',', '{', '}'])
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+        };
+        let (Some(cache), Some(level), Some(result)) =
+            (label("cache"), label("level"), label("result"))
+        else {
+            continue;
+        };
+        let entry = counters.entry(format!("{cache}/{level}")).or_default();
+        if result == "hit" {
+            entry.0 += value;
+        } else {
+            entry.1 += value;
+        }
+    }
+    counters
+}
+
+/// Facts about the machine the run used.
+pub fn machine() -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::new();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if let Some(model) = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")) {
+        facts.insert(
+            "cpu".into(),
+            model.trim_start_matches([' ', '\t', ':']).to_owned(),
+        );
+    }
+    facts.insert(
+        "cores".into(),
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
+    );
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    if let Some(total) = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")) {
+        let kib: f64 = total
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        facts.insert("memory".into(), format!("{:.1} GiB", kib / 1024.0 / 1024.0));
+    }
+    if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        facts.insert("kernel".into(), kernel.trim().to_owned());
+    }
+    facts
+}
+
+/// The run as Markdown: a header with the command and machine, then one table.
+pub fn markdown(run: &RunReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Run {} at commit `{}`:\n\n```sh\n{}\n```\n\n",
+        run.started_at, run.commit, run.command
+    ));
+    let machine: Vec<String> = run
+        .machine
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    out.push_str(&format!("Machine: {}.\n\n", machine.join(", ")));
+    out.push_str(&format!(
+        "Graph: {} users ({} writers besides), {} edges (Zipf s = {}), top follower counts {:?}; {} in {:.1} s.\n",
+        run.graph.users,
+        run.graph.writers,
+        run.seeding.edges,
+        run.graph.exponent,
+        run.seeding.top_follower_counts,
+        if run.seeding.reused { "reused from a previous run" } else { "seeded" },
+        run.seeding.seconds
+    ));
+    out.push_str(&format!(
+        "Load: {} keep-alive connections from one client thread, {:.1} s warm-up then {:.1} s measured per scenario.{}\n\n",
+        run.concurrency,
+        run.warmup_s,
+        run.duration_s,
+        if run.server_env.is_empty() { String::new() } else { format!(" Server settings: `{}`.", run.server_env.join(" ")) }
+    ));
+    out.push_str("| scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | cache hit rates | converged after | counts exact |\n");
+    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |\n");
+    for s in &run.scenarios {
+        let rates = if s.cache_hit_rates.is_empty() {
+            "n/a".to_owned()
+        } else {
+            s.cache_hit_rates
+                .iter()
+                .map(|(k, v)| format!("{k} {:.1} %", v * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            s.name,
+            s.throughput_per_s,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.max_ms,
+            s.errors,
+            rates,
+            s.converged_ms
+                .map_or("".to_owned(), |ms| format!("{ms:.0} ms")),
+            s.count_mismatches.map_or("".to_owned(), |n| if n == 0 {
+                "yes".to_owned()
+            } else {
+                format!("NO: {n} users differ")
+            }),
+        ));
+    }
+    out.push_str(&format!(
+        "\nServer peak RSS: {}.\n\nScenarios:\n",
+        run.server_peak_rss_mib.map_or(
+            "n/a (server not started by the benchmark)".to_owned(),
+            |m| format!("{m:.0} MiB")
+        )
+    ));
+    for s in &run.scenarios {
+        out.push_str(&format!("- `{}`: {}\n", s.name, s.description));
+        if let Some(err) = &s.first_error {
+            out.push_str(&format!("  - first error: `{}`\n", err.replace('`', "'")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_rates_come_from_counter_deltas() {
+        let before = "follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"hit\"} 10\n\
+                      follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"miss\"} 10\n";
+        let after = "follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"hit\"} 100\n\
+                     follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"miss\"} 20\n\
+                     follow_cache_requests_total{cache=\"counts\",level=\"l2\",result=\"miss\"} 5\n";
+        let rates = cache_hit_rates(before, after);
+        assert_eq!(rates.get("status/l1").copied(), Some(0.9));
+        assert_eq!(rates.get("counts/l2").copied(), Some(0.0));
+    }
+}

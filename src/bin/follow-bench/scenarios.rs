@@ -1,0 +1,252 @@
+//! The scenarios: what each request of a scenario asks, drawn from Zipf-distributed users.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use follow_service::seed::ZipfSampler;
+use rand::{Rng, rngs::StdRng};
+use serde_json::json;
+
+/// One scenario of the benchmark, reported alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// `{ __typename }`: the floor of the HTTP and GraphQL layers on this machine.
+    Typename,
+    /// `isFollowing` of a uniform follower and a Zipf followee.
+    IsFollowing,
+    /// `relationships` of one user against 100 Zipf-chosen others.
+    Relationships,
+    /// One user's follower and following counts.
+    Counts,
+    /// First page (20) of a popular user's followers, each with viewerIsFollowing and counts.
+    FollowersFirstPage,
+    /// A page halfway down a popular user's followers, by cursor.
+    FollowersDeepPage,
+    /// follow then unfollow by writer users, Zipf targets.
+    Writes,
+    /// LinkBench-like: about half list reads, 15 % writes, the rest status and counts.
+    Mix,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 8] = [
+        Self::Typename,
+        Self::IsFollowing,
+        Self::Relationships,
+        Self::Counts,
+        Self::FollowersFirstPage,
+        Self::FollowersDeepPage,
+        Self::Writes,
+        Self::Mix,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Typename => "typename",
+            Self::IsFollowing => "is_following",
+            Self::Relationships => "relationships_1x100",
+            Self::Counts => "counts",
+            Self::FollowersFirstPage => "followers_first_page",
+            Self::FollowersDeepPage => "followers_deep_page",
+            Self::Writes => "follow_unfollow",
+            Self::Mix => "mix",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Typename => "`{ __typename }`",
+            Self::IsFollowing => "`isFollowing`, uniform follower, Zipf followee",
+            Self::Relationships => "`relationships` of 1 user against 100 Zipf-chosen others",
+            Self::Counts => "`followerCount` + `followingCount` of a Zipf-chosen user",
+            Self::FollowersFirstPage => {
+                "first 20 followers of a Zipf-chosen user, each with `viewerIsFollowing` and counts, with a viewer"
+            }
+            Self::FollowersDeepPage => {
+                "20 followers halfway down one of the 10 most followed users' lists, by cursor"
+            }
+            Self::Writes => "`follow` then `unfollow` of a Zipf-chosen user (each call one sample)",
+            Self::Mix => {
+                "35 % followers page, 15 % following page, 10 % isFollowing, 10 % relationships(10), 15 % counts, 15 % follow/unfollow"
+            }
+        }
+    }
+
+    pub fn writes(self) -> bool {
+        matches!(self, Self::Writes | Self::Mix)
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What every worker shares: the graph's shape, tokens, cursors.
+pub struct Shared {
+    pub users: i64,
+    pub zipf: ZipfSampler,
+    /// Tokens of reader viewers (user id, token).
+    pub viewer_tokens: Vec<(i64, Arc<str>)>,
+    /// Writer users and their tokens; worker w owns the writers with index ≡ w (mod workers).
+    pub writer_tokens: Vec<(i64, Arc<str>)>,
+    /// Deep cursors: (owner, cursor).
+    pub deep_cursors: Vec<(i64, String)>,
+}
+
+/// One request to send: its JSON body and bearer token.
+pub struct Request {
+    pub body: Bytes,
+    pub token: Option<Arc<str>>,
+}
+
+const LIST_FIELDS: &str = "edges { cursor node { id handle viewerIsFollowing followerCount followingCount } } pageInfo { hasNextPage endCursor }";
+
+/// Builds one worker's requests; keeps the follow it must undo.
+pub struct Generator {
+    pub worker: usize,
+    pub workers: usize,
+    pub rng: StdRng,
+    /// A follow this worker made and has not undone yet: (writer index, target).
+    pending_unfollow: Option<(usize, i64)>,
+    next_writer: usize,
+}
+
+fn body(query: &str, variables: serde_json::Value) -> Bytes {
+    Bytes::from(json!({ "query": query, "variables": variables }).to_string())
+}
+
+impl Generator {
+    pub fn new(worker: usize, workers: usize, rng: StdRng) -> Self {
+        Self {
+            worker,
+            workers,
+            rng,
+            pending_unfollow: None,
+            next_writer: 0,
+        }
+    }
+
+    fn zipf_user(&mut self, shared: &Shared) -> i64 {
+        shared.zipf.sample(&mut self.rng) as i64
+    }
+
+    fn uniform_user(&mut self, shared: &Shared) -> i64 {
+        self.rng.random_range(1..=shared.users)
+    }
+
+    fn viewer(&mut self, shared: &Shared) -> Arc<str> {
+        let i = self.rng.random_range(0..shared.viewer_tokens.len());
+        shared.viewer_tokens[i].1.clone()
+    }
+
+    /// The next request of `scenario`.
+    pub fn next(&mut self, scenario: Scenario, shared: &Shared) -> Request {
+        match scenario {
+            Scenario::Typename => Request {
+                body: Bytes::from_static(br#"{"query":"{ __typename }"}"#),
+                token: None,
+            },
+            Scenario::IsFollowing => self.is_following(shared),
+            Scenario::Relationships => self.relationships(shared, 100),
+            Scenario::Counts => self.counts(shared),
+            Scenario::FollowersFirstPage => self.list(shared, "followers"),
+            Scenario::FollowersDeepPage => {
+                let (owner, cursor) =
+                    &shared.deep_cursors[self.rng.random_range(0..shared.deep_cursors.len())];
+                let query = format!(
+                    "query($u: ID!, $after: String) {{ user(id: $u) {{ followers(first: 20, after: $after) {{ {LIST_FIELDS} }} }} }}"
+                );
+                Request {
+                    body: body(&query, json!({ "u": owner.to_string(), "after": cursor })),
+                    token: Some(self.viewer(shared)),
+                }
+            }
+            Scenario::Writes => self.write(shared),
+            Scenario::Mix => match self.rng.random_range(0..100) {
+                0..35 => self.list(shared, "followers"),
+                35..50 => self.list(shared, "following"),
+                50..60 => self.is_following(shared),
+                60..70 => self.relationships(shared, 10),
+                70..85 => self.counts(shared),
+                _ => self.write(shared),
+            },
+        }
+    }
+
+    fn is_following(&mut self, shared: &Shared) -> Request {
+        let (a, b) = (self.uniform_user(shared), self.zipf_user(shared));
+        Request {
+            body: body(
+                "query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }",
+                json!({ "a": a.to_string(), "b": b.to_string() }),
+            ),
+            token: None,
+        }
+    }
+
+    fn relationships(&mut self, shared: &Shared, others: usize) -> Request {
+        let user = self.uniform_user(shared);
+        let ids: Vec<String> = (0..others)
+            .map(|_| self.zipf_user(shared).to_string())
+            .collect();
+        Request {
+            body: body(
+                "query($u: ID!, $o: [ID!]!) { relationships(userId: $u, otherIds: $o) { otherId following followedBy } }",
+                json!({ "u": user.to_string(), "o": ids }),
+            ),
+            token: None,
+        }
+    }
+
+    fn counts(&mut self, shared: &Shared) -> Request {
+        let user = self.zipf_user(shared);
+        Request {
+            body: body(
+                "query($u: ID!) { user(id: $u) { followerCount followingCount } }",
+                json!({ "u": user.to_string() }),
+            ),
+            token: None,
+        }
+    }
+
+    fn list(&mut self, shared: &Shared, field: &str) -> Request {
+        let user = self.zipf_user(shared);
+        let query = format!(
+            "query($u: ID!) {{ user(id: $u) {{ {field}(first: 20) {{ {LIST_FIELDS} }} }} }}"
+        );
+        Request {
+            body: body(&query, json!({ "u": user.to_string() })),
+            token: Some(self.viewer(shared)),
+        }
+    }
+
+    /// Alternates a follow by one of this worker's writers and its unfollow, so the graph ends unchanged.
+    fn write(&mut self, shared: &Shared) -> Request {
+        let (writer, target, mutation) = match self.pending_unfollow.take() {
+            Some((writer, target)) => (writer, target, "unfollow"),
+            None => {
+                let mine: Vec<usize> = (self.worker..shared.writer_tokens.len())
+                    .step_by(self.workers)
+                    .collect();
+                let writer = mine[self.next_writer % mine.len().max(1)];
+                self.next_writer += 1;
+                let target = self.zipf_user(shared);
+                self.pending_unfollow = Some((writer, target));
+                (writer, target, "follow")
+            }
+        };
+        Request {
+            body: body(
+                &format!("mutation($u: ID!) {{ {mutation}(userId: $u) {{ changed }} }}"),
+                json!({ "u": target.to_string() }),
+            ),
+            token: Some(shared.writer_tokens[writer].1.clone()),
+        }
+    }
+
+    /// The unfollow that puts the graph back, if a follow is outstanding.
+    pub fn cleanup(&mut self, shared: &Shared) -> Option<Request> {
+        self.pending_unfollow.is_some().then(|| self.write(shared))
+    }
+}
