@@ -7,11 +7,13 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     auth::JwtKeys,
+    cache::Caches,
     config::Config,
     db::{self, DbPool},
     events::{StreamNames, consumer, producer::Producer, relay},
     graph::FollowGraph,
     graphql::{self, FollowSchema, SchemaLimits},
+    redis_health::RedisHealth,
     redis_pool::{self, RedisPool},
 };
 
@@ -37,6 +39,10 @@ pub struct AppInner {
     pub schema: FollowSchema,
     /// Key names of the event stream.
     pub stream: StreamNames,
+    /// The two-level cache.
+    pub caches: Caches,
+    /// The Redis circuit breaker shared by the cache and the producer.
+    pub redis_health: Arc<RedisHealth>,
 }
 
 impl std::ops::Deref for App {
@@ -71,14 +77,25 @@ impl App {
             config.redis_timeout,
         )?;
         let stream = StreamNames::new(&config.redis_prefix);
+        let redis_health = Arc::new(RedisHealth::new(
+            config.breaker_failures,
+            config.breaker_cool_down,
+        ));
+        let caches = Caches::new(
+            config.cache.clone(),
+            redis.clone(),
+            redis_health.clone(),
+            &config.redis_prefix,
+        );
         let producer = Producer::new(
             redis.clone(),
             stream.clone(),
             config.stream_maxlen,
             config.redis_timeout,
             "writer",
+            redis_health.clone(),
         );
-        let graph = FollowGraph::new(db.clone(), producer);
+        let graph = FollowGraph::new(db.clone(), producer, caches.clone());
         let schema = graphql::build_schema(
             graph.clone(),
             SchemaLimits {
@@ -97,6 +114,8 @@ impl App {
             graph,
             schema,
             stream,
+            caches,
+            redis_health,
         })))
     }
 
@@ -108,6 +127,7 @@ impl App {
             self.config.stream_maxlen,
             self.config.redis_timeout,
             source,
+            self.redis_health.clone(),
         )
     }
 
@@ -128,6 +148,7 @@ impl App {
             consumer_name: consumer_name(),
             batch_size: self.config.consumer_batch,
             block: self.config.consumer_block,
+            caches: self.caches.clone(),
         };
         vec![
             tokio::spawn(consumer::run(self.db.clone(), settings, shutdown.clone())),
@@ -139,6 +160,16 @@ impl App {
                 shutdown,
             )),
         ]
+    }
+
+    /// Starts applying other instances' cache announcements to this instance's L1 (L1 stays unused
+    /// until this subscription is up); it stops when `shutdown` turns true.
+    pub fn spawn_cache_subscriber(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(crate::cache::invalidation::run(
+            self.caches.clone(),
+            self.config.redis_url.clone(),
+            shutdown,
+        ))
     }
 
     /// Whether PostgreSQL and Redis both answer, each with its error if not.

@@ -57,6 +57,12 @@ pub struct Config {
     pub relay_interval: Duration,
     /// `FOLLOW_METRICS_SAMPLE_MS`: how often the pool, stream and outbox gauges of `/metrics` are sampled.
     pub metrics_sample: Duration,
+    /// `FOLLOW_CACHE` and `FOLLOW_CACHE_*`: the two-level cache (on by default).
+    pub cache: crate::cache::CacheSettings,
+    /// `FOLLOW_REDIS_BREAKER_FAILURES`: consecutive Redis failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// `FOLLOW_REDIS_BREAKER_COOLDOWN_MS`: how long an open breaker keeps Redis uncalled before a probe.
+    pub breaker_cool_down: Duration,
     /// `FOLLOW_RUN_CONSUMER`: whether `serve` also runs the consumer and relay (default true).
     pub run_consumer: bool,
 }
@@ -104,6 +110,7 @@ impl Config {
             }
         };
         let millis = |name: &str, default: u64| number(name, default).map(Duration::from_millis);
+        let seconds = |name: &str, default: u64| number(name, default).map(Duration::from_secs);
         let flag = |name: &str, default: bool| -> anyhow::Result<bool> {
             match get(name).map(|v| v.trim().to_ascii_lowercase()) {
                 None => Ok(default),
@@ -137,7 +144,7 @@ impl Config {
             db_pool_size: number("FOLLOW_DB_POOL_SIZE", 16)? as usize,
             db_timeout: millis("FOLLOW_DB_TIMEOUT_MS", 2_000)?,
             redis_pool_size: number("FOLLOW_REDIS_POOL_SIZE", 16)? as usize,
-            redis_timeout: millis("FOLLOW_REDIS_TIMEOUT_MS", 250)?,
+            redis_timeout: millis("FOLLOW_REDIS_TIMEOUT_MS", 100)?,
             request_timeout: millis("FOLLOW_REQUEST_TIMEOUT_MS", 10_000)?,
             max_body_bytes: number("FOLLOW_MAX_BODY_BYTES", 64 * 1024)? as usize,
             max_batch_operations: number("FOLLOW_MAX_BATCH_OPERATIONS", 10)? as usize,
@@ -150,6 +157,18 @@ impl Config {
             relay_after: millis("FOLLOW_RELAY_AFTER_MS", 5_000)?,
             relay_interval: millis("FOLLOW_RELAY_INTERVAL_MS", 1_000)?,
             metrics_sample: millis("FOLLOW_METRICS_SAMPLE_MS", 2_000)?,
+            cache: crate::cache::CacheSettings {
+                enabled: flag("FOLLOW_CACHE", true)?,
+                l1_capacity: number("FOLLOW_CACHE_L1_ENTRIES", 200_000)?,
+                l1_ttl: seconds("FOLLOW_CACHE_L1_TTL_S", 30)?,
+                status_ttl: seconds("FOLLOW_CACHE_STATUS_TTL_S", 3_600)?,
+                counts_ttl: seconds("FOLLOW_CACHE_COUNTS_TTL_S", 1_800)?,
+                lists_ttl: seconds("FOLLOW_CACHE_LISTS_TTL_S", 600)?,
+                users_ttl: seconds("FOLLOW_CACHE_USERS_TTL_S", 3_600)?,
+                redis_timeout: millis("FOLLOW_REDIS_TIMEOUT_MS", 100)?,
+            },
+            breaker_failures: number("FOLLOW_REDIS_BREAKER_FAILURES", 5)? as u32,
+            breaker_cool_down: millis("FOLLOW_REDIS_BREAKER_COOLDOWN_MS", 1_000)?,
             run_consumer: flag("FOLLOW_RUN_CONSUMER", true)?,
         };
         config.validate()?;
@@ -177,6 +196,11 @@ impl Config {
             ("FOLLOW_MAX_BATCH_OPERATIONS", self.max_batch_operations),
             ("FOLLOW_MAX_COMPLEXITY", self.max_complexity),
             ("FOLLOW_MAX_BODY_BYTES", self.max_body_bytes),
+            ("FOLLOW_CACHE_L1_ENTRIES", self.cache.l1_capacity as usize),
+            (
+                "FOLLOW_REDIS_TIMEOUT_MS",
+                self.redis_timeout.as_millis() as usize,
+            ),
         ] {
             if value == 0 {
                 bail!("{name} must be at least 1");

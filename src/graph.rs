@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::{
+    cache::Caches,
     db::{
         self, DbPool,
         follows::{EdgeError, Keyset, ListEntry, ListKind},
@@ -38,11 +39,16 @@ pub struct FollowOutcome {
 pub struct FollowGraph {
     db: DbPool,
     producer: Producer,
+    caches: Caches,
 }
 
 impl FollowGraph {
-    pub fn new(db: DbPool, producer: Producer) -> Self {
-        Self { db, producer }
+    pub fn new(db: DbPool, producer: Producer, caches: Caches) -> Self {
+        Self {
+            db,
+            producer,
+            caches,
+        }
     }
 
     /// The viewer follows `user_id`; following twice changes nothing the second time.
@@ -166,10 +172,26 @@ impl FollowGraph {
         }
     }
 
-    /// Appends the committed events to the stream; on failure they wait in the outbox for the relay.
+    /// After commit: the pairs' statuses into the caches (announced to every instance) and the events
+    /// onto the stream, concurrently. On failure the events wait in the outbox for the relay.
     async fn publish(&self, rows: &[db::outbox::OutboxRow]) {
         let events: Vec<FollowEvent> = rows.iter().filter_map(FollowEvent::from_outbox).collect();
-        if let Err(err) = self.producer.publish(&events).await {
+        let statuses: Vec<(i64, i64, bool, i64)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.follower_id,
+                    e.followee_id,
+                    e.kind == crate::events::FollowEventKind::Follow,
+                    e.id,
+                )
+            })
+            .collect();
+        let (_, published) = tokio::join!(
+            self.caches.record_statuses(&statuses),
+            self.producer.publish(&events)
+        );
+        if let Err(err) = published {
             tracing::warn!(error = %format!("{err:#}"), events = events.len(), "XADD failed; the relay will publish these events");
         }
     }
@@ -199,11 +221,39 @@ impl FollowGraph {
             })
     }
 
+    /// What this instance's L1 holds, without waiting: resolvers try these before their DataLoader.
+    pub fn peek_user(&self, id: i64) -> Option<Option<UserRecord>> {
+        self.caches.peek_user(id)
+    }
+
+    pub fn peek_counts(&self, id: i64) -> Option<Counts> {
+        self.caches.peek_counts(id)
+    }
+
+    pub fn peek_status(&self, pair: (i64, i64), viewer_id: Option<i64>) -> Option<bool> {
+        self.caches.peek_status(pair, viewer_id)
+    }
+
+    pub fn peek_first_page(
+        &self,
+        kind: ListKind,
+        owner: i64,
+        limit: i64,
+    ) -> Option<Vec<ListEntry>> {
+        self.caches
+            .peek_first_page(kind, owner, limit)
+            .map(|page| page.as_ref().clone())
+    }
+
     /// Users by id; unknown ids are absent from the map.
     pub async fn users(&self, ids: &[i64]) -> Result<HashMap<i64, UserRecord>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let users = db::users::by_ids(&mut conn, ids).await?;
-        Ok(users.into_iter().map(|u| (u.id, u)).collect())
+        self.caches
+            .users(ids, |ids| async move {
+                let mut conn = db::connect(&self.db).await?;
+                let users = db::users::by_ids(&mut conn, &ids).await?;
+                Ok::<_, AppError>(users.into_iter().map(|u| (u.id, u)).collect())
+            })
+            .await
     }
 
     /// A user by handle, ignoring case.
@@ -217,21 +267,33 @@ impl FollowGraph {
 
     /// Counts by user id; a user absent from the map has zero of each.
     pub async fn counts(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let counts = db::stats::counts(&mut conn, ids).await?;
-        Ok(counts.into_iter().map(|c| (c.user_id, c)).collect())
+        self.caches
+            .counts(ids, |ids| async move {
+                let mut conn = db::connect(&self.db).await?;
+                let counts = db::stats::counts(&mut conn, &ids).await?;
+                Ok::<_, AppError>(counts.into_iter().map(|c| (c.user_id, c)).collect())
+            })
+            .await
     }
 
-    /// Which of these (follower, followee) pairs are edges.
-    pub async fn statuses(&self, pairs: &[(i64, i64)]) -> Result<HashSet<(i64, i64)>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        Ok(db::follows::existing_pairs(&mut conn, pairs)
-            .await?
-            .into_iter()
-            .collect())
+    /// Follow status of each (follower, followee) pair. The viewer's own pairs are read past L1, so that
+    /// a viewer sees their own follows on every instance as soon as the write returned.
+    pub async fn statuses(
+        &self,
+        pairs: &[(i64, i64)],
+        viewer_id: Option<i64>,
+    ) -> Result<HashMap<(i64, i64), bool>, AppError> {
+        self.caches
+            .statuses(pairs, viewer_id, |pairs| async move {
+                let mut conn = db::connect(&self.db).await?;
+                let edges = db::follows::existing_pairs(&mut conn, &pairs).await?;
+                Ok::<_, AppError>(edges.into_iter().collect::<HashSet<_>>())
+            })
+            .await
     }
 
-    /// One page of the lists of several owners (one SQL query), `limit` entries at most per owner.
+    /// One page of the lists of several owners (one SQL query), `limit` entries at most per owner. First
+    /// pages come through the cache; later pages (by cursor) from PostgreSQL.
     pub async fn list_pages(
         &self,
         kind: ListKind,
@@ -239,13 +301,26 @@ impl FollowGraph {
         after: Option<Keyset>,
         limit: i64,
     ) -> Result<HashMap<i64, Vec<ListEntry>>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let entries = db::follows::list_pages(&mut conn, kind, owner_ids, after, limit).await?;
-        let mut pages: HashMap<i64, Vec<ListEntry>> = HashMap::new();
-        for entry in entries {
-            pages.entry(entry.owner_id).or_default().push(entry);
+        let load = |owners: Vec<i64>| async move {
+            let mut conn = db::connect(&self.db).await?;
+            let entries = db::follows::list_pages(&mut conn, kind, &owners, after, limit).await?;
+            let mut pages: HashMap<i64, Vec<ListEntry>> = HashMap::new();
+            for entry in entries {
+                pages.entry(entry.owner_id).or_default().push(entry);
+            }
+            Ok::<_, AppError>(pages)
+        };
+        if after.is_some() {
+            return load(owner_ids.to_vec()).await;
         }
-        Ok(pages)
+        let pages = self
+            .caches
+            .first_pages(kind, owner_ids, limit, load)
+            .await?;
+        Ok(pages
+            .into_iter()
+            .map(|(owner, page)| (owner, page.as_ref().clone()))
+            .collect())
     }
 
     /// One page of the followers of `owner_id` whom `viewer_id` follows.

@@ -5,6 +5,8 @@
 //!   [`auth`]: bearer tokens.
 //! - [`db`]: PostgreSQL store (diesel-async), migrations. Knows nothing of GraphQL.
 //! - [`events`]: the follow event, stream producer, consumer group, outbox relay.
+//! - [`cache`]: L1 (mini-moka) and L2 (Redis) behind the loaders, with invalidation across instances;
+//!   [`redis_health`]: the circuit breaker every Redis user asks first.
 //! - [`graph`]: the follow graph's operations; the GraphQL layer calls only this.
 //! - [`graphql`]: schema, resolvers, DataLoaders. Knows nothing of HTTP.
 //! - [`http`]: routes, authentication, limits, health. [`app`]: builds all of it from a [`config::Config`].
@@ -12,6 +14,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -19,6 +22,7 @@ pub mod events;
 pub mod graph;
 pub mod graphql;
 pub mod http;
+pub mod redis_health;
 pub mod redis_pool;
 pub mod seed;
 pub mod telemetry;

@@ -161,11 +161,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     warn_if_development_secret(&config);
     let app = App::start(config).await?;
     let (stop, stopped) = watch::channel(false);
-    let tasks = if app.config.run_consumer {
+    let mut tasks = if app.config.run_consumer {
         app.spawn_pipeline(stopped)
     } else {
         Vec::new()
     };
+    tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
     let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await
@@ -209,6 +210,11 @@ async fn reconcile(config: Config, fix: bool) -> anyhow::Result<()> {
     } else {
         db::stats::find_drift(&mut conn).await?
     };
+    if fix {
+        // Cached counts of the repaired users are wrong too.
+        let users: Vec<i64> = drift.iter().map(|d| d.user_id).collect();
+        app.caches.forget_counts(&users).await;
+    }
     for d in &drift {
         println!(
             "user {}: followers {} -> {}, following {} -> {}",

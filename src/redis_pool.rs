@@ -1,38 +1,129 @@
-//! The Redis connection pool shared by the event producer, the relay and (later) the cache.
+//! Redis connections shared by the event producer, the relay and the cache.
+//!
+//! deadpool-redis creates the connections, but a checkout from it costs a round trip (it PINGs every
+//! connection it hands out), and a multiplexed connection is made to be shared: so a few connections
+//! are taken out of the pool once and every call pipelines over them, round-robin. A connection that
+//! fails is dropped and replaced from the pool on the next call.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
-use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as Sizing, Runtime, Timeouts};
+use deadpool_redis::{
+    Config as PoolConfig, Connection, Pool, PoolConfig as Sizing, Runtime, Timeouts,
+};
 
 pub use deadpool_redis::redis;
 
-/// A pool of multiplexed Redis connections.
-pub type RedisPool = Pool;
+use self::redis::aio::MultiplexedConnection;
+
+/// How many multiplexed connections calls are spread over.
+const SHARED_CONNECTIONS: usize = 2;
+
+/// Redis connections; cheap to clone.
+#[derive(Clone)]
+pub struct RedisPool {
+    pool: Pool,
+    shared: Arc<Vec<Mutex<Option<MultiplexedConnection>>>>,
+    next: Arc<AtomicUsize>,
+}
 
 /// Builds the pool. Connections open lazily, so a Redis that is down at start does not stop the service.
 pub fn build_pool(redis_url: &str, size: usize, timeout: Duration) -> anyhow::Result<RedisPool> {
     let mut config = PoolConfig::from_url(redis_url);
-    let mut sizing = Sizing::new(size);
+    let mut sizing = Sizing::new(size.max(SHARED_CONNECTIONS));
     sizing.timeouts = Timeouts {
         wait: Some(timeout),
         create: Some(timeout),
         recycle: Some(timeout),
     };
     config.pool = Some(sizing);
-    config
+    let pool = config
         .create_pool(Some(Runtime::Tokio1))
-        .context("building the Redis pool")
+        .context("building the Redis pool")?;
+    Ok(RedisPool {
+        pool,
+        shared: Arc::new((0..SHARED_CONNECTIONS).map(|_| Mutex::new(None)).collect()),
+        next: Arc::new(AtomicUsize::new(0)),
+    })
+}
+
+impl RedisPool {
+    /// A shared connection (opening one through the pool if its slot is empty), and its slot.
+    async fn connection(&self) -> anyhow::Result<(usize, MultiplexedConnection)> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        if let Some(conn) = self.shared[slot].lock().ok().and_then(|c| c.clone()) {
+            return Ok((slot, conn));
+        }
+        let conn = Connection::take(self.pool.get().await.context("no Redis connection")?);
+        if let Ok(mut held) = self.shared[slot].lock() {
+            *held = Some(conn.clone());
+        }
+        Ok((slot, conn))
+    }
+
+    fn discard(&self, slot: usize) {
+        if let Ok(mut held) = self.shared[slot].lock() {
+            *held = None;
+        }
+    }
+
+    /// Runs a pipeline; a connection that fails is replaced for the next call.
+    pub async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> anyhow::Result<T> {
+        let (slot, mut conn) = self.connection().await?;
+        match pipe.query_async::<T>(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                if err.is_unrecoverable_error()
+                    || err.is_io_error()
+                    || err.is_timeout()
+                    || err.is_connection_dropped()
+                {
+                    self.discard(slot);
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Runs one command; as [`Self::query_pipe`].
+    pub async fn query_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> anyhow::Result<T> {
+        let (slot, mut conn) = self.connection().await?;
+        match cmd.query_async::<T>(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                if err.is_unrecoverable_error()
+                    || err.is_io_error()
+                    || err.is_timeout()
+                    || err.is_connection_dropped()
+                {
+                    self.discard(slot);
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// The underlying pool's use, for metrics.
+    pub fn status(&self) -> deadpool_redis::Status {
+        self.pool.status()
+    }
 }
 
 /// Checks that Redis answers (for `/readyz`).
 pub async fn ping(pool: &RedisPool, timeout: Duration) -> anyhow::Result<()> {
-    let call = async {
-        let mut conn = pool.get().await?;
-        let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
-        anyhow::Ok(())
-    };
+    let ping = redis::cmd("PING");
+    let call = pool.query_cmd::<String>(&ping);
     tokio::time::timeout(timeout, call)
         .await
         .context("Redis did not answer in time")?
+        .map(|_| ())
 }

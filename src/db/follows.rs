@@ -8,7 +8,7 @@ use diesel::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{StoreError, StoreResult, outbox::OutboxRow};
+use super::{StoreError, StoreResult, outbox::OutboxRow, prepared::prepared};
 
 /// Which end of the edge a list is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,22 +67,27 @@ pub async fn insert_edges(
     follower_id: i64,
     followee_ids: &[i64],
 ) -> Result<Vec<OutboxRow>, EdgeError> {
-    diesel::sql_query(
-        "WITH edge AS ( \
-             INSERT INTO follows (follower_id, followee_id) \
-             SELECT $1, f FROM unnest($2::bigint[]) AS t(f) \
-             ON CONFLICT DO NOTHING \
-             RETURNING follower_id, followee_id, created_at) \
-         INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
-         SELECT 'follow', follower_id, followee_id, created_at FROM edge \
-         RETURNING id, kind, follower_id, followee_id, occurred_at",
-    )
-    .bind::<BigInt, _>(follower_id)
-    .bind::<Array<BigInt>, _>(followee_ids)
+    InsertEdges {
+        follower_id,
+        followee_ids: followee_ids.to_vec(),
+    }
     .load(conn)
     .await
     .map_err(edge_error)
 }
+
+prepared!(
+    /// The edges that do not exist yet, and an outbox row for each, in one statement.
+    InsertEdges { follower_id: i64 => BigInt, followee_ids: Vec<i64> => Array<BigInt> } =
+    "WITH edge AS ( \
+         INSERT INTO follows (follower_id, followee_id) \
+         SELECT ?, f FROM unnest(?::bigint[]) AS t(f) \
+         ON CONFLICT DO NOTHING \
+         RETURNING follower_id, followee_id, created_at) \
+     INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
+     SELECT 'follow', follower_id, followee_id, created_at FROM edge \
+     RETURNING id, kind, follower_id, followee_id, occurred_at"
+);
 
 /// Deletes the edges `follower → each followee` that exist, and writes one outbox row for each
 /// deleted edge, in one statement. Returns the outbox rows: the edges that changed.
@@ -91,19 +96,24 @@ pub async fn delete_edges(
     follower_id: i64,
     followee_ids: &[i64],
 ) -> StoreResult<Vec<OutboxRow>> {
-    Ok(diesel::sql_query(
-        "WITH edge AS ( \
-             DELETE FROM follows WHERE follower_id = $1 AND followee_id = ANY($2::bigint[]) \
-             RETURNING follower_id, followee_id) \
-         INSERT INTO outbox (kind, follower_id, followee_id) \
-         SELECT 'unfollow', follower_id, followee_id FROM edge \
-         RETURNING id, kind, follower_id, followee_id, occurred_at",
-    )
-    .bind::<BigInt, _>(follower_id)
-    .bind::<Array<BigInt>, _>(followee_ids)
+    Ok(DeleteEdges {
+        follower_id,
+        followee_ids: followee_ids.to_vec(),
+    }
     .load(conn)
     .await?)
 }
+
+prepared!(
+    /// The edges that exist, deleted, and an outbox row for each, in one statement.
+    DeleteEdges { follower_id: i64 => BigInt, followee_ids: Vec<i64> => Array<BigInt> } =
+    "WITH edge AS ( \
+         DELETE FROM follows WHERE follower_id = ? AND followee_id = ANY(?::bigint[]) \
+         RETURNING follower_id, followee_id) \
+     INSERT INTO outbox (kind, follower_id, followee_id) \
+     SELECT 'unfollow', follower_id, followee_id FROM edge \
+     RETURNING id, kind, follower_id, followee_id, occurred_at"
+);
 
 #[derive(QueryableByName)]
 struct Pair {
@@ -119,13 +129,10 @@ pub async fn existing_pairs(
     pairs: &[(i64, i64)],
 ) -> StoreResult<Vec<(i64, i64)>> {
     let (followers, followees): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
-    let rows: Vec<Pair> = diesel::sql_query(
-        "SELECT f.follower_id, f.followee_id \
-         FROM unnest($1::bigint[], $2::bigint[]) AS p(follower_id, followee_id) \
-         JOIN follows f ON f.follower_id = p.follower_id AND f.followee_id = p.followee_id",
-    )
-    .bind::<Array<BigInt>, _>(followers)
-    .bind::<Array<BigInt>, _>(followees)
+    let rows: Vec<Pair> = ExistingPairs {
+        followers,
+        followees,
+    }
     .load(conn)
     .await?;
     Ok(rows
@@ -133,6 +140,14 @@ pub async fn existing_pairs(
         .map(|p| (p.follower_id, p.followee_id))
         .collect())
 }
+
+prepared!(
+    /// The pairs that are edges: one primary-key probe per pair.
+    ExistingPairs { followers: Vec<i64> => Array<BigInt>, followees: Vec<i64> => Array<BigInt> } =
+    "SELECT f.follower_id, f.followee_id \
+     FROM unnest(?::bigint[], ?::bigint[]) AS p(follower_id, followee_id) \
+     JOIN follows f ON f.follower_id = p.follower_id AND f.followee_id = p.followee_id"
+);
 
 /// One page, newest first, of the lists of several owners at once (all after the same keyset, if any):
 /// up to `limit` entries per owner, each served by a keyset range scan of its own.
@@ -143,29 +158,78 @@ pub async fn list_pages(
     after: Option<Keyset>,
     limit: i64,
 ) -> StoreResult<Vec<ListEntry>> {
-    let (owner_col, other_col) = match kind {
-        ListKind::Followers => ("followee_id", "follower_id"),
-        ListKind::Following => ("follower_id", "followee_id"),
-    };
-    let sql = format!(
-        "SELECT o.id AS owner_id, e.user_id, e.followed_at \
-         FROM unnest($1::bigint[]) AS o(id) \
-         CROSS JOIN LATERAL ( \
-             SELECT f.{other_col} AS user_id, f.created_at AS followed_at \
-             FROM follows f \
-             WHERE f.{owner_col} = o.id \
-               AND ($2::timestamptz IS NULL OR (f.created_at, f.{other_col}) < ($2, $3)) \
-             ORDER BY f.created_at DESC, f.{other_col} DESC \
-             LIMIT $4) AS e"
-    );
-    Ok(diesel::sql_query(sql)
-        .bind::<Array<BigInt>, _>(owner_ids)
-        .bind::<Nullable<Timestamptz>, _>(after.map(|k| k.at))
-        .bind::<BigInt, _>(after.map_or(0, |k| k.user_id))
-        .bind::<BigInt, _>(limit)
-        .load(conn)
-        .await?)
+    let owners = owner_ids.to_vec();
+    // Four statements rather than one with `after IS NULL OR …`: each keeps a plan that bounds its
+    // index range scan, whatever PostgreSQL decides about generic plans.
+    Ok(match (kind, after) {
+        (ListKind::Followers, None) => FollowerFirstPages { owners, limit }.load(conn).await?,
+        (ListKind::Following, None) => FollowingFirstPages { owners, limit }.load(conn).await?,
+        (ListKind::Followers, Some(k)) => {
+            FollowerPagesAfter {
+                owners,
+                at: k.at,
+                id: k.user_id,
+                limit,
+            }
+            .load(conn)
+            .await?
+        }
+        (ListKind::Following, Some(k)) => {
+            FollowingPagesAfter {
+                owners,
+                at: k.at,
+                id: k.user_id,
+                limit,
+            }
+            .load(conn)
+            .await?
+        }
+    })
 }
+
+prepared!(
+    /// The newest followers of each owner.
+    FollowerFirstPages { owners: Vec<i64> => Array<BigInt>, limit: i64 => BigInt } =
+    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
+     CROSS JOIN LATERAL (SELECT f.follower_id AS user_id, f.created_at AS followed_at FROM follows f \
+         WHERE f.followee_id = o.id ORDER BY f.created_at DESC, f.follower_id DESC LIMIT ?) AS e"
+);
+
+prepared!(
+    /// Whom each owner followed most recently.
+    FollowingFirstPages { owners: Vec<i64> => Array<BigInt>, limit: i64 => BigInt } =
+    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
+     CROSS JOIN LATERAL (SELECT f.followee_id AS user_id, f.created_at AS followed_at FROM follows f \
+         WHERE f.follower_id = o.id ORDER BY f.created_at DESC, f.followee_id DESC LIMIT ?) AS e"
+);
+
+prepared!(
+    /// Followers of each owner after a keyset position.
+    FollowerPagesAfter {
+        owners: Vec<i64> => Array<BigInt>,
+        at: DateTime<Utc> => Timestamptz,
+        id: i64 => BigInt,
+        limit: i64 => BigInt,
+    } =
+    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
+     CROSS JOIN LATERAL (SELECT f.follower_id AS user_id, f.created_at AS followed_at FROM follows f \
+         WHERE f.followee_id = o.id AND (f.created_at, f.follower_id) < (?, ?) \
+         ORDER BY f.created_at DESC, f.follower_id DESC LIMIT ?) AS e"
+);
+
+prepared!(
+    /// Whom each owner followed, after a keyset position.
+    FollowingPagesAfter {
+        owners: Vec<i64> => Array<BigInt>,
+        at: DateTime<Utc> => Timestamptz,
+        id: i64 => BigInt,
+        limit: i64 => BigInt,
+    } =
+    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
+     CROSS JOIN LATERAL (SELECT f.followee_id AS user_id, f.created_at AS followed_at FROM follows f \
+         WHERE f.follower_id = o.id AND (f.created_at, f.followee_id) < (?, ?) \
+         ORDER BY f.created_at DESC, f.followee_id DESC LIMIT ?) AS e"
+);
 
 /// One page, newest first, of the followers of `owner_id` whom `viewer_id` follows.
 pub async fn known_followers_page(

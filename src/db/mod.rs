@@ -2,6 +2,7 @@
 
 pub mod follows;
 pub mod outbox;
+mod prepared;
 pub mod schema;
 pub mod stats;
 pub mod users;

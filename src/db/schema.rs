@@ -25,6 +25,7 @@ diesel::table! {
         follower_count -> Int8,
         following_count -> Int8,
         updated_at -> Timestamptz,
+        version -> Int8,
     }
 }
 

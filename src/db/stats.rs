@@ -14,6 +14,8 @@ pub struct Counts {
     pub user_id: i64,
     pub follower_count: i64,
     pub following_count: i64,
+    /// Bumped by every change of the row (0: no row yet); caches keep the highest.
+    pub version: i64,
 }
 
 /// Stored counts of these users; a user without a row has no edges yet (zero counts).
@@ -24,20 +26,44 @@ pub async fn counts(conn: &mut AsyncPgConnection, user_ids: &[i64]) -> StoreResu
             user_stats::user_id,
             user_stats::follower_count,
             user_stats::following_count,
+            user_stats::version,
         ))
         .load(conn)
         .await?)
 }
 
+/// One event whose delta a batch applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedEvent {
+    /// The outbox id: orders the changes of one pair (a later change has a higher id).
+    pub id: i64,
+    pub follower_id: i64,
+    pub followee_id: i64,
+    /// Whether the edge exists after this event.
+    pub follows: bool,
+}
+
 /// What applying a batch of events did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, QueryableByName)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppliedBatch {
-    /// Events whose outbox row this statement deleted, so whose delta it applied.
+    /// Events whose outbox row this batch deleted, so whose delta it applied.
+    pub events: Vec<AppliedEvent>,
+    /// The new counts of every user whose counts changed.
+    pub counts: Vec<Counts>,
+}
+
+#[derive(QueryableByName)]
+struct AppliedRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    row_kind: String,
     #[diesel(sql_type = BigInt)]
-    pub applied: i64,
-    /// Users whose counts changed.
-    #[diesel(sql_type = Array<BigInt>)]
-    pub touched_users: Vec<i64>,
+    a: i64,
+    #[diesel(sql_type = BigInt)]
+    b: i64,
+    #[diesel(sql_type = BigInt)]
+    c: i64,
+    #[diesel(sql_type = BigInt)]
+    d: i64,
 }
 
 /// The signed delta of each outbox row, per user and per count, as SQL shared by apply and reconcile.
@@ -57,25 +83,48 @@ pub async fn apply_events(
 ) -> StoreResult<AppliedBatch> {
     let deltas = DELTAS_PER_USER.replace("{src}", "applied");
     let sql = format!(
-        "WITH applied AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING kind, follower_id, followee_id), \
+        "WITH applied AS ( \
+             DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id, kind, follower_id, followee_id), \
          deltas AS ({deltas}), \
          upserted AS ( \
-             INSERT INTO user_stats (user_id, follower_count, following_count) \
-             SELECT user_id, followers, following FROM deltas \
+             INSERT INTO user_stats (user_id, follower_count, following_count, version) \
+             SELECT user_id, followers, following, 1 FROM deltas \
              WHERE followers <> 0 OR following <> 0 \
              ORDER BY user_id \
              ON CONFLICT (user_id) DO UPDATE SET \
                  follower_count = user_stats.follower_count + EXCLUDED.follower_count, \
                  following_count = user_stats.following_count + EXCLUDED.following_count, \
+                 version = user_stats.version + 1, \
                  updated_at = now() \
-             RETURNING user_id) \
-         SELECT (SELECT count(*) FROM applied) AS applied, \
-                COALESCE((SELECT array_agg(user_id ORDER BY user_id) FROM upserted), '{{}}') AS touched_users"
+             RETURNING user_id, follower_count, following_count, version) \
+         SELECT 'event' AS row_kind, id AS a, follower_id AS b, followee_id AS c, \
+                CASE kind WHEN 'follow' THEN 1 ELSE 0 END::int8 AS d FROM applied \
+         UNION ALL \
+         SELECT 'counts', user_id, follower_count, following_count, version FROM upserted"
     );
-    Ok(diesel::sql_query(sql)
+    let rows: Vec<AppliedRow> = diesel::sql_query(sql)
         .bind::<Array<BigInt>, _>(outbox_ids)
-        .get_result(conn)
-        .await?)
+        .load(conn)
+        .await?;
+    let mut batch = AppliedBatch::default();
+    for row in rows {
+        if row.row_kind == "event" {
+            batch.events.push(AppliedEvent {
+                id: row.a,
+                follower_id: row.b,
+                followee_id: row.c,
+                follows: row.d == 1,
+            });
+        } else {
+            batch.counts.push(Counts {
+                user_id: row.a,
+                follower_count: row.b,
+                following_count: row.c,
+                version: row.d,
+            });
+        }
+    }
+    Ok(batch)
 }
 
 /// A user whose stored counts differ from what the edges say.
@@ -129,12 +178,13 @@ pub async fn find_drift(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Drift>>
 pub async fn fix_drift(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Drift>> {
     let sql = format!(
         "{}, fixed AS ( \
-             INSERT INTO user_stats (user_id, follower_count, following_count) \
-             SELECT user_id, expected_followers - stored_followers, expected_following - stored_following \
+             INSERT INTO user_stats (user_id, follower_count, following_count, version) \
+             SELECT user_id, expected_followers - stored_followers, expected_following - stored_following, 1 \
              FROM drift ORDER BY user_id \
              ON CONFLICT (user_id) DO UPDATE SET \
                  follower_count = user_stats.follower_count + EXCLUDED.follower_count, \
                  following_count = user_stats.following_count + EXCLUDED.following_count, \
+                 version = user_stats.version + 1, \
                  updated_at = now()) \
          SELECT * FROM drift ORDER BY user_id",
         drift_sql()
@@ -150,7 +200,7 @@ pub async fn recompute_all(conn: &mut AsyncPgConnection) -> StoreResult<usize> {
          LEFT JOIN (SELECT followee_id AS id, count(*) AS n FROM follows GROUP BY followee_id) fr ON fr.id = u.id \
          LEFT JOIN (SELECT follower_id AS id, count(*) AS n FROM follows GROUP BY follower_id) fg ON fg.id = u.id \
          ON CONFLICT (user_id) DO UPDATE SET follower_count = EXCLUDED.follower_count, \
-             following_count = EXCLUDED.following_count, updated_at = now()",
+             following_count = EXCLUDED.following_count, version = user_stats.version + 1, updated_at = now()",
     )
     .execute(conn)
     .await?)

@@ -6,12 +6,16 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::{StoreError, StoreResult, schema::users};
 
 /// A user as this service stores it.
-#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Queryable, Selectable, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = users)]
 pub struct UserRecord {
     pub id: i64,
     pub handle: String,
     pub display_name: Option<String>,
+    /// When handle or display name last changed: orders versions of the record in caches.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Users with these ids, in no particular order; unknown ids are absent.
@@ -73,7 +77,9 @@ pub async fn upsert(
         .set((
             users::handle.eq(handle),
             users::display_name.eq(display_name),
-            users::updated_at.eq(diesel::dsl::now),
+            users::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                "clock_timestamp()",
+            )),
         ))
         .returning(UserRecord::as_returning())
         .get_result(conn)

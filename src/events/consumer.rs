@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Settings of one consumer.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConsumerSettings {
     pub redis_url: String,
     pub names: StreamNames,
@@ -29,6 +29,8 @@ pub struct ConsumerSettings {
     pub consumer_name: String,
     pub batch_size: usize,
     pub block: Duration,
+    /// Refreshed after each batch: statuses, counts and list versions of what it applied.
+    pub caches: crate::cache::Caches,
 }
 
 /// Runs the consumer until `shutdown` turns true.
@@ -146,7 +148,8 @@ pub async fn consume_once(
     let applied = apply_with_retry(db, &outbox_ids).await?;
     ::metrics::histogram!(CONSUMER_APPLY).record(started.elapsed().as_secs_f64());
     ::metrics::histogram!(CONSUMER_BATCH).record(entries.len() as f64);
-    ::metrics::counter!(EVENTS_APPLIED).increment(applied.applied.max(0) as u64);
+    ::metrics::counter!(EVENTS_APPLIED).increment(applied.events.len() as u64);
+    settings.caches.record_applied(&applied).await;
     let entry_ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let _: i64 = redis::cmd("XACK")
         .arg(&settings.names.stream)
@@ -157,11 +160,11 @@ pub async fn consume_once(
         .context("XACK failed")?;
     tracing::debug!(
         entries = entries.len(),
-        applied = applied.applied,
-        users = applied.touched_users.len(),
+        applied = applied.events.len(),
+        users = applied.counts.len(),
         "applied a batch"
     );
-    Ok(applied.applied)
+    Ok(applied.events.len() as i64)
 }
 
 /// Applies a batch, retrying a few times when PostgreSQL reports a deadlock or serialization failure

@@ -133,22 +133,13 @@ pub struct StreamStats {
 
 /// Reads XLEN and the group's XINFO in one round trip; a missing stream or group reads as zeros.
 pub async fn stream_stats(redis: &RedisPool, names: &StreamNames) -> anyhow::Result<StreamStats> {
-    let mut conn = redis.get().await?;
-    let (length, groups): (
-        u64,
-        redis::RedisResult<redis::streams::StreamInfoGroupsReply>,
-    ) = {
-        let length: u64 = redis::cmd("XLEN")
-            .arg(&names.stream)
-            .query_async(&mut *conn)
-            .await?;
-        let groups = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&names.stream)
-            .query_async(&mut *conn)
-            .await;
-        (length, groups)
-    };
+    let mut xlen = redis::cmd("XLEN");
+    xlen.arg(&names.stream);
+    let length: u64 = redis.query_cmd(&xlen).await?;
+    let mut xinfo = redis::cmd("XINFO");
+    xinfo.arg("GROUPS").arg(&names.stream);
+    let groups: anyhow::Result<redis::streams::StreamInfoGroupsReply> =
+        redis.query_cmd(&xinfo).await;
     let group = groups
         .ok()
         .and_then(|g| g.groups.into_iter().find(|g| g.name == names.group));

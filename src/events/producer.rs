@@ -1,11 +1,12 @@
 //! Appends committed events to the Redis Stream (XADD), within a short time budget.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 
 use super::{FollowEvent, StreamNames};
 use crate::{
+    redis_health::RedisHealth,
     redis_pool::{RedisPool, redis},
     telemetry::metrics::{EVENTS_PUBLISHED, PUBLISH_FAILURES},
 };
@@ -19,6 +20,8 @@ pub struct Producer {
     timeout: Duration,
     /// Who publishes (`writer` or `relay`), for metrics.
     source: &'static str,
+    /// The Redis circuit breaker: while open, writers skip the XADD (the relay publishes later).
+    health: Arc<RedisHealth>,
 }
 
 impl Producer {
@@ -28,8 +31,10 @@ impl Producer {
         maxlen: usize,
         timeout: Duration,
         source: &'static str,
+        health: Arc<RedisHealth>,
     ) -> Self {
         Self {
+            health,
             redis,
             names,
             maxlen,
@@ -44,8 +49,12 @@ impl Producer {
         if events.is_empty() {
             return Ok(());
         }
+        if self.source == "writer" && !self.health.is_closed() {
+            ::metrics::counter!(PUBLISH_FAILURES, "source" => self.source)
+                .increment(events.len() as u64);
+            anyhow::bail!("Redis is considered down (circuit open)");
+        }
         let call = async {
-            let mut conn = self.redis.get().await.context("no Redis connection")?;
             let mut pipe = redis::pipe();
             for event in events {
                 pipe.cmd("XADD")
@@ -59,7 +68,7 @@ impl Producer {
                 }
                 pipe.ignore();
             }
-            let () = pipe.query_async(&mut *conn).await.context("XADD failed")?;
+            let () = self.redis.query_pipe(&pipe).await.context("XADD failed")?;
             anyhow::Ok(())
         };
         let outcome = tokio::time::timeout(self.timeout, call)

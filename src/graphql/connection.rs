@@ -40,7 +40,7 @@ pub async fn list(
         after,
         limit: size + 1,
     };
-    let mut entries = loaders(ctx)?.lists.load_one(key).await?.unwrap_or_default();
+    let mut entries = loaders(ctx)?.list(key).await?;
     let has_next_page = entries.len() as i64 > size;
     entries.truncate(size as usize);
     let total = match kind {

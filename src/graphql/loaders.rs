@@ -16,22 +16,106 @@ use crate::{
 };
 
 /// The loaders of one request (created per request, so nothing leaks between viewers).
+///
+/// Resolvers call the methods, not the loaders: each first asks this instance's L1, which answers at
+/// once, and only a miss waits for the loader's batching window.
 pub struct Loaders {
-    pub users: DataLoader<UserLoader>,
-    pub counts: DataLoader<CountsLoader>,
-    pub statuses: DataLoader<StatusLoader>,
-    pub lists: DataLoader<ListLoader>,
+    users: DataLoader<UserLoader>,
+    counts: DataLoader<CountsLoader>,
+    statuses: DataLoader<StatusLoader>,
+    lists: DataLoader<ListLoader>,
+    graph: FollowGraph,
+    viewer_id: Option<i64>,
 }
 
 impl Loaders {
     /// Fresh loaders over `graph`; `delay` is how long each waits to gather keys into one batch.
-    pub fn new(graph: &FollowGraph, delay: Duration) -> Self {
+    pub fn new(graph: &FollowGraph, delay: Duration, viewer_id: Option<i64>) -> Self {
         Self {
             users: DataLoader::new(UserLoader(graph.clone()), spawn_in_span).delay(delay),
             counts: DataLoader::new(CountsLoader(graph.clone()), spawn_in_span).delay(delay),
-            statuses: DataLoader::new(StatusLoader(graph.clone()), spawn_in_span).delay(delay),
+            statuses: DataLoader::new(StatusLoader(graph.clone(), viewer_id), spawn_in_span)
+                .delay(delay),
             lists: DataLoader::new(ListLoader(graph.clone()), spawn_in_span).delay(delay),
+            graph: graph.clone(),
+            viewer_id,
         }
+    }
+
+    /// A user's record, if the user exists.
+    pub async fn user(&self, id: i64) -> async_graphql::Result<Option<UserRecord>> {
+        match self.graph.peek_user(id) {
+            Some(hit) => Ok(hit),
+            None => Ok(self.users.load_one(id).await?),
+        }
+    }
+
+    /// Records of the users that exist among `ids`.
+    pub async fn users(&self, ids: &[i64]) -> async_graphql::Result<HashMap<i64, UserRecord>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for &id in ids {
+            match self.graph.peek_user(id) {
+                Some(Some(user)) => {
+                    found.insert(id, user);
+                }
+                Some(None) => {}
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            found.extend(self.users.load_many(missing).await?);
+        }
+        Ok(found)
+    }
+
+    /// A user's counts (zeros for a user with no edges yet).
+    pub async fn counts(&self, id: i64) -> async_graphql::Result<Counts> {
+        match self.graph.peek_counts(id) {
+            Some(hit) => Ok(hit),
+            None => Ok(self.counts.load_one(id).await?.unwrap_or_default()),
+        }
+    }
+
+    /// Whether `pair.0` follows `pair.1`.
+    pub async fn status(&self, pair: (i64, i64)) -> async_graphql::Result<bool> {
+        match self.graph.peek_status(pair, self.viewer_id) {
+            Some(hit) => Ok(hit),
+            None => Ok(self.statuses.load_one(pair).await?.unwrap_or(false)),
+        }
+    }
+
+    /// Whether each pair is an edge.
+    pub async fn statuses(
+        &self,
+        pairs: &[(i64, i64)],
+    ) -> async_graphql::Result<HashMap<(i64, i64), bool>> {
+        let mut found = HashMap::with_capacity(pairs.len());
+        let mut missing = Vec::new();
+        for &pair in pairs {
+            match self.graph.peek_status(pair, self.viewer_id) {
+                Some(hit) => {
+                    found.insert(pair, hit);
+                }
+                None => missing.push(pair),
+            }
+        }
+        if !missing.is_empty() {
+            found.extend(self.statuses.load_many(missing).await?);
+        }
+        Ok(found)
+    }
+
+    /// One list page (`key.limit` rows at most).
+    pub async fn list(&self, key: ListKey) -> async_graphql::Result<Vec<ListEntry>> {
+        if key.after.is_none()
+            && let Some(page) = self
+                .graph
+                .peek_first_page(key.kind, key.owner_id, key.limit)
+        {
+            return Ok(page);
+        }
+        Ok(self.lists.load_one(key).await?.unwrap_or_default())
     }
 }
 
@@ -74,7 +158,7 @@ impl Loader<i64> for CountsLoader {
 }
 
 /// Follow status by (follower, followee) pair: every pair asked gets an answer, true or false.
-pub struct StatusLoader(FollowGraph);
+pub struct StatusLoader(FollowGraph, Option<i64>);
 
 impl Loader<(i64, i64)> for StatusLoader {
     type Value = bool;
@@ -82,11 +166,10 @@ impl Loader<(i64, i64)> for StatusLoader {
 
     async fn load(&self, keys: &[(i64, i64)]) -> Result<HashMap<(i64, i64), bool>, Self::Error> {
         record_batch("statuses", keys.len());
-        let edges = self.0.statuses(keys).await.map_err(to_graphql_error)?;
-        Ok(keys
-            .iter()
-            .map(|pair| (*pair, edges.contains(pair)))
-            .collect())
+        self.0
+            .statuses(keys, self.1)
+            .await
+            .map_err(to_graphql_error)
     }
 }
 

@@ -72,7 +72,11 @@ pub fn prepare(
         .map_or(Duration::from_millis(1), |s| s.delay);
     let request = request.data(RequestViewer(viewer));
     match graph {
-        Some(graph) => request.data(loaders::Loaders::new(graph, delay)),
+        Some(graph) => request.data(loaders::Loaders::new(
+            graph,
+            delay,
+            viewer.map(|v| v.user_id),
+        )),
         None => request,
     }
 }

@@ -25,13 +25,13 @@ impl UserQuery {
         let Some(id) = viewer_id(ctx) else {
             return Ok(None);
         };
-        Ok(loaders(ctx)?.users.load_one(id).await?.map(User))
+        Ok(loaders(ctx)?.user(id).await?.map(User))
     }
 
     /// A user by id, or null when there is no such user.
     async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
         let id = parse_user_id(&id, "id")?;
-        Ok(loaders(ctx)?.users.load_one(id).await?.map(User))
+        Ok(loaders(ctx)?.user(id).await?.map(User))
     }
 
     /// A user by handle (case-insensitive), or null when there is no such user.
@@ -47,7 +47,7 @@ impl UserQuery {
     #[graphql(complexity = "ids.len() * child_complexity + 1")]
     async fn users(&self, ctx: &Context<'_>, ids: Vec<ID>) -> Result<Vec<Option<User>>> {
         let ids = parse_user_ids(&ids, "ids")?;
-        let found = loaders(ctx)?.users.load_many(ids.iter().copied()).await?;
+        let found = loaders(ctx)?.users(&ids).await?;
         Ok(ids
             .iter()
             .map(|id| found.get(id).cloned().map(User))
@@ -73,11 +73,7 @@ impl FollowQuery {
         if follower == followee {
             return Ok(false);
         }
-        Ok(loaders(ctx)?
-            .statuses
-            .load_one((follower, followee))
-            .await?
-            .unwrap_or(false))
+        loaders(ctx)?.status((follower, followee)).await
     }
 
     /// The relationship between userId and each of otherIds, in the order asked. At most 100 ids.
@@ -94,7 +90,7 @@ impl FollowQuery {
             .iter()
             .filter(|&&o| o != user)
             .flat_map(|&o| [(user, o), (o, user)]);
-        let statuses = loaders(ctx)?.statuses.load_many(pairs).await?;
+        let statuses = loaders(ctx)?.statuses(&pairs.collect::<Vec<_>>()).await?;
         let status = |pair| statuses.get(&pair).copied().unwrap_or(false);
         Ok(others
             .iter()

@@ -22,7 +22,7 @@ pub(crate) fn viewer_id(ctx: &Context<'_>) -> Option<i64> {
 
 /// Loads users that must exist (they are ends of edges, which the schema ties to `users`).
 pub(crate) async fn load_users(ctx: &Context<'_>, ids: &[i64]) -> Result<Vec<User>> {
-    let found = loaders(ctx)?.users.load_many(ids.iter().copied()).await?;
+    let found = loaders(ctx)?.users(ids).await?;
     ids.iter()
         .map(|id| {
             found.get(id).cloned().map(User).ok_or_else(|| {
@@ -52,21 +52,13 @@ impl User {
 
     /// How many users follow this user. Eventually consistent: it converges within about a second.
     async fn follower_count(&self, ctx: &Context<'_>) -> Result<i32> {
-        let counts = loaders(ctx)?
-            .counts
-            .load_one(self.0.id)
-            .await?
-            .unwrap_or_default();
+        let counts = loaders(ctx)?.counts(self.0.id).await?;
         Ok(clamp_count(counts.follower_count))
     }
 
     /// How many users this user follows. Eventually consistent, as followerCount.
     async fn following_count(&self, ctx: &Context<'_>) -> Result<i32> {
-        let counts = loaders(ctx)?
-            .counts
-            .load_one(self.0.id)
-            .await?
-            .unwrap_or_default();
+        let counts = loaders(ctx)?.counts(self.0.id).await?;
         Ok(clamp_count(counts.following_count))
     }
 
@@ -120,11 +112,9 @@ impl User {
     /// Whether the viewer follows this user; false without a viewer.
     async fn viewer_is_following(&self, ctx: &Context<'_>) -> Result<bool> {
         match viewer_id(ctx) {
-            Some(viewer) if viewer != self.0.id => Ok(loaders(ctx)?
-                .statuses
-                .load_one((viewer, self.0.id))
-                .await?
-                .unwrap_or(false)),
+            Some(viewer) if viewer != self.0.id => {
+                Ok(loaders(ctx)?.status((viewer, self.0.id)).await?)
+            }
             _ => Ok(false),
         }
     }
@@ -132,11 +122,9 @@ impl User {
     /// Whether this user follows the viewer; false without a viewer.
     async fn follows_viewer(&self, ctx: &Context<'_>) -> Result<bool> {
         match viewer_id(ctx) {
-            Some(viewer) if viewer != self.0.id => Ok(loaders(ctx)?
-                .statuses
-                .load_one((self.0.id, viewer))
-                .await?
-                .unwrap_or(false)),
+            Some(viewer) if viewer != self.0.id => {
+                Ok(loaders(ctx)?.status((self.0.id, viewer)).await?)
+            }
             _ => Ok(false),
         }
     }
@@ -188,22 +176,8 @@ impl FollowConnection {
     async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let loaders = loaders(ctx)?;
         Ok(match self.total {
-            TotalCount::Followers(id) => clamp_count(
-                loaders
-                    .counts
-                    .load_one(id)
-                    .await?
-                    .unwrap_or_default()
-                    .follower_count,
-            ),
-            TotalCount::Following(id) => clamp_count(
-                loaders
-                    .counts
-                    .load_one(id)
-                    .await?
-                    .unwrap_or_default()
-                    .following_count,
-            ),
+            TotalCount::Followers(id) => clamp_count(loaders.counts(id).await?.follower_count),
+            TotalCount::Following(id) => clamp_count(loaders.counts(id).await?.following_count),
             TotalCount::KnownFollowers {
                 owner_id,
                 viewer_id,

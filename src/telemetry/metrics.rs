@@ -53,6 +53,15 @@ pub const OUTBOX_BACKLOG: &str = "follow_outbox_backlog";
 /// Age of the oldest unapplied event.
 pub const OUTBOX_OLDEST_AGE: &str = "follow_outbox_oldest_age_seconds";
 
+/// The Redis circuit breaker: 0 closed, 0.5 half-open, 1 open.
+pub const REDIS_BREAKER_STATE: &str = "follow_redis_breaker_state";
+/// Breaker state changes, labelled `to`.
+pub const REDIS_BREAKER_TRANSITIONS: &str = "follow_redis_breaker_transitions_total";
+/// Concurrent loads of a key that waited for one load in flight instead of querying PostgreSQL, by `cache`.
+pub const CACHE_COALESCED: &str = "follow_cache_coalesced_loads_total";
+/// Cache invalidation messages applied to this instance's L1, by `kind`.
+pub const CACHE_INVALIDATIONS: &str = "follow_cache_invalidations_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns its handle (later calls return the same handle).
@@ -134,6 +143,22 @@ fn describe() {
     );
     describe_counter!(EVENTS_PUBLISHED, "Events appended to the stream, by source");
     describe_counter!(PUBLISH_FAILURES, "Failed stream appends, by source");
+    describe_gauge!(
+        REDIS_BREAKER_STATE,
+        "Redis circuit breaker: 0 closed, 0.5 half-open, 1 open"
+    );
+    describe_counter!(
+        REDIS_BREAKER_TRANSITIONS,
+        "Redis circuit breaker state changes"
+    );
+    describe_counter!(
+        CACHE_COALESCED,
+        "Loads that joined a load of the same key in flight"
+    );
+    describe_counter!(
+        CACHE_INVALIDATIONS,
+        "Cache invalidations applied to this instance's L1"
+    );
     describe_gauge!(OUTBOX_BACKLOG, "Committed events not yet applied");
     describe_gauge!(
         OUTBOX_OLDEST_AGE,
@@ -193,6 +218,7 @@ pub async fn sample_once(app: &crate::app::App) {
     gauge!(REDIS_POOL_WAITING).set(redis.waiting as f64);
     ::metrics::counter!(DB_QUERIES).absolute(app.queries.get());
 
+    app.caches.probe().await;
     let budget = Duration::from_secs(1);
     if let Ok(Ok(stream)) =
         tokio::time::timeout(budget, crate::events::stream_stats(&app.redis, &app.stream)).await

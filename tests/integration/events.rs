@@ -85,6 +85,7 @@ fn settings(app: &TestApp, batch_size: usize) -> ConsumerSettings {
         consumer_name: "test-consumer".to_owned(),
         batch_size,
         block: Duration::from_millis(50),
+        caches: app.app.caches.clone(),
     }
 }
 
@@ -150,7 +151,7 @@ async fn a_redelivered_or_duplicated_entry_changes_the_counts_once() {
     let again = consumer::apply_with_retry(&app.app.db, &[outbox_id, outbox_id])
         .await
         .expect("apply");
-    assert_eq!(again.applied, 0);
+    assert!(again.events.is_empty());
 
     app.assert_counts_exact().await;
     let data = app

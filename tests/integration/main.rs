@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod cache;
 mod contract;
 mod errors;
 mod events;

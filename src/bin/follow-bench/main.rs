@@ -144,7 +144,9 @@ async fn main() -> anyhow::Result<()> {
     wait_healthy(addr).await?;
 
     let keys = JwtKeys::new(&secret);
-    let viewer_tokens = (0..500)
+    // The active viewers: 2,000 users (fewer in a small graph) spread over the id range.
+    let active = 2_000.min(plan.users);
+    let viewer_tokens = (0..active)
         .map(|i| {
             let id = 1 + (i * 7919) % plan.users;
             Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?)))
@@ -158,8 +160,8 @@ async fn main() -> anyhow::Result<()> {
         "need at least as many writers as connections"
     );
     let shared = Arc::new(Shared {
-        users: plan.users,
         zipf: ZipfSampler::new(plan.users as usize, plan.exponent),
+        active_zipf: ZipfSampler::new(active as usize, plan.exponent),
         viewer_tokens,
         writer_tokens,
         deep_cursors,
@@ -296,7 +298,8 @@ impl Server {
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::File::create(std::env::temp_dir().join("follow-bench-server.log"))?;
-        let prefix = format!("follow-bench-{}", std::process::id());
+        let prefix = "follow-bench".to_owned();
+        clear_redis_prefix(&args.redis_url, &prefix).await?;
         let mut command = tokio::process::Command::new(&binary);
         command
             .arg("serve")
@@ -427,4 +430,36 @@ fn git_commit() -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Deletes every key under the benchmark's Redis prefix, so each run starts with cold caches and an
+/// empty stream, and runs do not pile keys up.
+async fn clear_redis_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
+    use follow_service::redis_pool::redis;
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("connecting to Redis")?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
 }

@@ -43,23 +43,44 @@ pub struct RunReport {
     pub server_peak_rss_mib: Option<f64>,
 }
 
-/// Hit rates per `cache/level` between two `/metrics` scrapes.
+/// Hit rates between two `/metrics` scrapes, per `cache/l1` (of L1 lookups), `cache/l2` (of L2 lookups)
+/// and `cache/all` (lookups answered without PostgreSQL; a load coalesced into another counts as served).
 pub fn cache_hit_rates(before: &str, after: &str) -> BTreeMap<String, f64> {
     let (b, a) = (cache_counters(before), cache_counters(after));
+    let delta = |key: &(String, String, String)| {
+        a.get(key).copied().unwrap_or(0.0) - b.get(key).copied().unwrap_or(0.0)
+    };
+    let caches: std::collections::BTreeSet<String> =
+        a.keys().map(|(cache, _, _)| cache.clone()).collect();
     let mut rates = BTreeMap::new();
-    for (key, (hits, misses)) in &a {
-        let (hits0, misses0) = b.get(key).copied().unwrap_or((0.0, 0.0));
-        let (h, m) = (hits - hits0, misses - misses0);
-        if h + m > 0.0 {
-            rates.insert(key.clone(), h / (h + m));
+    for cache in caches {
+        let get = |level: &str, result: &str| {
+            delta(&(cache.clone(), level.to_owned(), result.to_owned()))
+        };
+        let (l1_hit, l1_miss, l1_bypass) =
+            (get("l1", "hit"), get("l1", "miss"), get("l1", "bypass"));
+        let (l2_hit, l2_miss, l2_down) = (
+            get("l2", "hit"),
+            get("l2", "miss"),
+            get("l2", "unavailable"),
+        );
+        if l1_hit + l1_miss > 0.0 {
+            rates.insert(format!("{cache}/l1"), l1_hit / (l1_hit + l1_miss));
+        }
+        if l2_hit + l2_miss + l2_down > 0.0 {
+            rates.insert(format!("{cache}/l2"), l2_hit / (l2_hit + l2_miss + l2_down));
+        }
+        let lookups = l1_hit + l1_miss + l1_bypass;
+        if lookups > 0.0 {
+            rates.insert(format!("{cache}/all"), 1.0 - (l2_miss + l2_down) / lookups);
         }
     }
     rates
 }
 
-/// `cache/level` → (hits, misses) from `follow_cache_requests_total` lines.
-fn cache_counters(metrics: &str) -> BTreeMap<String, (f64, f64)> {
-    let mut counters: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+/// (cache, level, result) → count, from `follow_cache_requests_total` lines.
+fn cache_counters(metrics: &str) -> BTreeMap<(String, String, String), f64> {
+    let mut counters = BTreeMap::new();
     for line in metrics
         .lines()
         .filter(|l| l.starts_with("follow_cache_requests_total{"))
@@ -79,12 +100,7 @@ fn cache_counters(metrics: &str) -> BTreeMap<String, (f64, f64)> {
         else {
             continue;
         };
-        let entry = counters.entry(format!("{cache}/{level}")).or_default();
-        if result == "hit" {
-            entry.0 += value;
-        } else {
-            entry.1 += value;
-        }
+        *counters.entry((cache, level, result)).or_insert(0.0) += value;
     }
     counters
 }
@@ -212,6 +228,11 @@ mod tests {
                      follow_cache_requests_total{cache=\"counts\",level=\"l2\",result=\"miss\"} 5\n";
         let rates = cache_hit_rates(before, after);
         assert_eq!(rates.get("status/l1").copied(), Some(0.9));
+        assert_eq!(
+            rates.get("status/all").copied(),
+            Some(1.0),
+            "no L2 misses: every lookup served without PostgreSQL"
+        );
         assert_eq!(rates.get("counts/l2").copied(), Some(0.0));
     }
 }

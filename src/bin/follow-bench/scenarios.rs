@@ -57,8 +57,12 @@ impl Scenario {
     pub fn describe(self) -> &'static str {
         match self {
             Self::Typename => "`{ __typename }`",
-            Self::IsFollowing => "`isFollowing`, uniform follower, Zipf followee",
-            Self::Relationships => "`relationships` of 1 user against 100 Zipf-chosen others",
+            Self::IsFollowing => {
+                "`isFollowing` of an active viewer (Zipf over 2,000) and a Zipf-chosen followee"
+            }
+            Self::Relationships => {
+                "`relationships` of an active viewer against 100 Zipf-chosen others"
+            }
             Self::Counts => "`followerCount` + `followingCount` of a Zipf-chosen user",
             Self::FollowersFirstPage => {
                 "first 20 followers of a Zipf-chosen user, each with `viewerIsFollowing` and counts, with a viewer"
@@ -84,9 +88,10 @@ impl Scenario {
 
 /// What every worker shares: the graph's shape, tokens, cursors.
 pub struct Shared {
-    pub users: i64,
     pub zipf: ZipfSampler,
-    /// Tokens of reader viewers (user id, token).
+    /// Picks among the active viewers (Zipf: some are on far more often than others).
+    pub active_zipf: ZipfSampler,
+    /// Tokens of the active viewers (user id, token), spread over the whole id range.
     pub viewer_tokens: Vec<(i64, Arc<str>)>,
     /// Writer users and their tokens; worker w owns the writers with index ≡ w (mod workers).
     pub writer_tokens: Vec<(i64, Arc<str>)>,
@@ -131,13 +136,11 @@ impl Generator {
         shared.zipf.sample(&mut self.rng) as i64
     }
 
-    fn uniform_user(&mut self, shared: &Shared) -> i64 {
-        self.rng.random_range(1..=shared.users)
-    }
-
     fn viewer(&mut self, shared: &Shared) -> Arc<str> {
-        let i = self.rng.random_range(0..shared.viewer_tokens.len());
-        shared.viewer_tokens[i].1.clone()
+        let rank = shared.active_zipf.sample(&mut self.rng) - 1;
+        shared.viewer_tokens[rank % shared.viewer_tokens.len()]
+            .1
+            .clone()
     }
 
     /// The next request of `scenario`.
@@ -174,8 +177,14 @@ impl Generator {
         }
     }
 
+    /// A user who is looking at the product now: one of the active viewers, the busiest most often.
+    fn active_user(&mut self, shared: &Shared) -> i64 {
+        let rank = shared.active_zipf.sample(&mut self.rng) - 1;
+        shared.viewer_tokens[rank % shared.viewer_tokens.len()].0
+    }
+
     fn is_following(&mut self, shared: &Shared) -> Request {
-        let (a, b) = (self.uniform_user(shared), self.zipf_user(shared));
+        let (a, b) = (self.active_user(shared), self.zipf_user(shared));
         Request {
             body: body(
                 "query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }",
@@ -186,7 +195,7 @@ impl Generator {
     }
 
     fn relationships(&mut self, shared: &Shared, others: usize) -> Request {
-        let user = self.uniform_user(shared);
+        let user = self.active_user(shared);
         let ids: Vec<String> = (0..others)
             .map(|_| self.zipf_user(shared).to_string())
             .collect();

@@ -164,6 +164,8 @@ pub struct Options {
     pub loader_delay: Duration,
     /// Another PostgreSQL than the test's database (to make it unreachable).
     pub database_url: Option<String>,
+    /// The two-level cache on (`FOLLOW_CACHE`).
+    pub cache: bool,
 }
 
 impl Default for Options {
@@ -174,6 +176,7 @@ impl Default for Options {
             relay_after: Duration::from_millis(300),
             loader_delay: Duration::from_millis(1),
             database_url: None,
+            cache: true,
         }
     }
 }
@@ -198,23 +201,46 @@ impl TestApp {
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let app = Self::build_app(&database, &prefix, &options);
         let (stop, stopped) = watch::channel(false);
-        let tasks = if options.pipeline {
+        let mut tasks = if options.pipeline {
             app.spawn_pipeline(stopped)
         } else {
             Vec::new()
         };
-        Self {
+        tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
+        let test_app = Self {
             app,
             database,
             prefix,
             stop,
             tasks,
-        }
+        };
+        test_app.wait_for_l1(&test_app.app).await;
+        test_app
     }
 
-    /// A second instance over the same database and Redis prefix (as behind a load balancer).
+    /// A second instance over the same database and Redis prefix (as behind a load balancer), built
+    /// but running nothing in the background.
     pub fn sibling(&self, options: Options) -> App {
         Self::build_app(&self.database, &self.prefix, &options)
+    }
+
+    /// Another running instance: its cache subscription (and its pipeline when `options.pipeline`) run
+    /// until it is dropped. Returns once its L1 is in use (when its Redis is reachable).
+    pub async fn instance(&self, options: Options) -> Instance {
+        let app = self.sibling(options.clone());
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = if options.pipeline {
+            app.spawn_pipeline(stopped)
+        } else {
+            Vec::new()
+        };
+        tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
+        self.wait_for_l1(&app).await;
+        Instance {
+            app,
+            _stop: stop,
+            tasks,
+        }
     }
 
     fn build_app(database: &str, prefix: &str, options: &Options) -> App {
@@ -226,6 +252,7 @@ impl TestApp {
         let prefix = prefix.to_owned();
         let relay_after = options.relay_after.as_millis().to_string();
         let loader_delay = options.loader_delay.as_micros().to_string();
+        let cache = if options.cache { "on" } else { "off" };
         let config = Config::from_lookup(move |name| match name {
             "DATABASE_URL" => Some(url.clone()),
             "REDIS_URL" => Some(redis_url.clone()),
@@ -237,10 +264,23 @@ impl TestApp {
             "FOLLOW_RELAY_AFTER_MS" => Some(relay_after.clone()),
             "FOLLOW_RELAY_INTERVAL_MS" => Some("100".to_owned()),
             "FOLLOW_LOADER_DELAY_US" => Some(loader_delay.clone()),
+            "FOLLOW_CACHE" => Some(cache.to_owned()),
+            "FOLLOW_REDIS_BREAKER_COOLDOWN_MS" => Some("200".to_owned()),
             _ => None,
         })
         .expect("test config is valid");
         App::build(config).expect("app builds")
+    }
+
+    /// Waits (up to 5 s) until `app`'s cache subscription is up, so tests start with L1 in use.
+    pub async fn wait_for_l1(&self, app: &App) {
+        let started = Instant::now();
+        while app.config.cache.enabled
+            && !app.caches.l1_active()
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A bearer token for `user_id`, signed with the app's secret.
@@ -438,6 +478,21 @@ impl Drop for TestApp {
     }
 }
 
+/// A running instance besides the test's main one.
+pub struct Instance {
+    pub app: App,
+    _stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// The secret test apps sign tokens with.
 pub const TEST_SECRET: &str = "test-secret-of-at-least-sixteen-bytes";
 
@@ -462,4 +517,106 @@ pub async fn run_as(
     let request = graphql::prepare(&app.schema, request, viewer);
     let response = app.schema.execute(request).await;
     serde_json::to_value(response).expect("response serializes")
+}
+
+/// A TCP proxy in front of Redis that a test can cut (every connection dropped, new ones refused) and
+/// restore, to make Redis unreachable for one instance only.
+pub struct RedisProxy {
+    pub url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl RedisProxy {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("redis://{}", listener.local_addr().expect("address"));
+        let target = redis_url()
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acceptor = {
+            let (cut, connections) = (cut.clone(), connections.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection closed
+                    }
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    if let Ok(mut all) = connections.lock() {
+                        all.push(task);
+                    }
+                }
+            })
+        };
+        Self {
+            url,
+            cut,
+            connections,
+            acceptor,
+        }
+    }
+
+    /// Redis becomes unreachable through the proxy.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        if let Ok(mut all) = self.connections.lock() {
+            for task in all.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    /// Redis is reachable again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RedisProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.acceptor.abort();
+    }
+}
+
+/// Waits up to `limit` for `check` to hold, polling every 10 ms; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads a raw Redis key (to look at what the cache stored).
+pub async fn redis_get(key: &str) -> Option<String> {
+    use follow_service::redis_pool::redis;
+    let client = redis::Client::open(redis_url()).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .ok()?
 }

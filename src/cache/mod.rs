@@ -1,0 +1,807 @@
+//! The two-level cache behind the DataLoaders: L1 in process (mini-moka), L2 in Redis, PostgreSQL last.
+//!
+//! What is cached: follow status per pair (negative answers too), counts per user, user records, and the
+//! first pages of follower and following lists. A lookup tries L1, then one MGET for the rest, then one
+//! query for what is still missing (coalesced with any load of the same keys in flight), and fills both
+//! levels on the way back.
+//!
+//! Freshness rests on versions. Every cached value carries one: a status the outbox id of the change that
+//! set it, counts `user_stats.version`, a user record its `updated_at`, a list its version counter
+//! (bumped by the event consumer; page keys include it, so one bump drops every cached page of the list).
+//! Both levels keep the highest version they have seen, so a slow reader filling an old value after a
+//! write cannot undo it (values read from PostgreSQL have version 0 and only fill gaps).
+//!
+//! Who updates what: a follow or unfollow writes the pair's status to L1 and L2 before it returns and
+//! announces it on pub/sub (every instance applies it to its L1); the event consumer, after applying a
+//! batch, writes the statuses and new counts it applied and bumps the lists' versions, announced the
+//! same way. That second path repairs anything the first missed (a write whose Redis call failed).
+//! A viewer's own pairs skip L1, so that read-your-writes holds on every instance the moment a write
+//! returns; other readers see it as soon as the announcement arrives (well under a millisecond here).
+//!
+//! Redis trouble never fails a read: calls have a short budget, a circuit breaker stops calling Redis
+//! for a moment after repeated failures, L1 is suspended while the invalidation subscription is down,
+//! and writes that could not reach Redis leave their keys dirty, deleted before Redis is read again.
+
+pub mod invalidation;
+pub mod keys;
+pub mod l1;
+pub mod l2;
+pub mod singleflight;
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    hash::Hash,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use mini_moka::sync::Cache as MokaCache;
+
+use self::{
+    invalidation::{Announcement, message},
+    keys::KeyNames,
+    l1::{Versioned, VersionedCache},
+    l2::{L2, VersionedWrite},
+    singleflight::Inflight,
+};
+use crate::{
+    db::{
+        follows::{ListEntry, ListKind},
+        stats::{AppliedBatch, Counts},
+        users::UserRecord,
+    },
+    redis_health::RedisHealth,
+    redis_pool::RedisPool,
+    telemetry::metrics::{CACHE_COALESCED, CACHE_REQUESTS},
+};
+
+/// Cache sizes and lifetimes.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// Caching on (`FOLLOW_CACHE=on`) or every read from PostgreSQL.
+    pub enabled: bool,
+    /// Entries per L1 cache.
+    pub l1_capacity: u64,
+    /// L1 lifetime: short, since other instances change the values (their announcements keep L1 honest).
+    pub l1_ttl: Duration,
+    pub status_ttl: Duration,
+    pub counts_ttl: Duration,
+    pub lists_ttl: Duration,
+    pub users_ttl: Duration,
+    /// Budget of one Redis cache call.
+    pub redis_timeout: Duration,
+}
+
+/// The caches of one process; cheap to clone.
+#[derive(Clone)]
+pub struct Caches(Arc<CachesInner>);
+
+/// The parts of the cache.
+pub struct CachesInner {
+    settings: CacheSettings,
+    names: KeyNames,
+    l2: L2,
+    status: VersionedCache<(i64, i64), bool>,
+    counts: VersionedCache<i64, Counts>,
+    users: VersionedCache<i64, Option<UserRecord>>,
+    /// The version of each list, as last read or announced.
+    list_versions: VersionedCache<(ListKind, i64), ()>,
+    /// List pages by (kind, owner, list version, rows): immutable, so unversioned.
+    pages: MokaCache<(ListKind, i64, i64, i64), Arc<Vec<ListEntry>>>,
+    /// Whether the invalidation subscription is up (L1 is used only then).
+    l1_live: AtomicBool,
+    inflight_status: Inflight<(i64, i64), Versioned<bool>>,
+    inflight_counts: Inflight<i64, Versioned<Counts>>,
+    inflight_users: Inflight<i64, Versioned<Option<UserRecord>>>,
+    inflight_pages: Inflight<(ListKind, i64, i64, i64), Arc<Vec<ListEntry>>>,
+}
+
+impl std::ops::Deref for Caches {
+    type Target = CachesInner;
+
+    fn deref(&self) -> &CachesInner {
+        &self.0
+    }
+}
+
+/// How long a list's version key lives in Redis: far longer than its pages, so a lost version key
+/// cannot bring an old page back.
+const LIST_VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+fn count(cache: &'static str, level: &'static str, result: &'static str, n: usize) {
+    if n > 0 {
+        ::metrics::counter!(CACHE_REQUESTS, "cache" => cache, "level" => level, "result" => result)
+            .increment(n as u64);
+    }
+}
+
+impl Caches {
+    pub fn new(
+        settings: CacheSettings,
+        redis: RedisPool,
+        health: Arc<RedisHealth>,
+        prefix: &str,
+    ) -> Self {
+        let l1_ttl = |ttl: Duration| settings.l1_ttl.min(ttl).max(Duration::from_millis(1));
+        let capacity = settings.l1_capacity.max(1);
+        Self(Arc::new(CachesInner {
+            names: KeyNames::new(prefix),
+            l2: L2::new(redis, health, settings.redis_timeout),
+            status: VersionedCache::new(capacity, l1_ttl(settings.status_ttl)),
+            counts: VersionedCache::new(capacity, l1_ttl(settings.counts_ttl)),
+            users: VersionedCache::new(capacity, l1_ttl(settings.users_ttl)),
+            list_versions: VersionedCache::new(capacity, l1_ttl(settings.lists_ttl)),
+            pages: MokaCache::builder()
+                .max_capacity((capacity / 20).max(1))
+                .time_to_live(l1_ttl(settings.lists_ttl))
+                .build(),
+            l1_live: AtomicBool::new(false),
+            inflight_status: Inflight::default(),
+            inflight_counts: Inflight::default(),
+            inflight_users: Inflight::default(),
+            inflight_pages: Inflight::default(),
+            settings,
+        }))
+    }
+
+    /// L1 only, no waiting: the status of a pair if this instance holds it (never for the viewer's own
+    /// pairs). Resolvers try this before a DataLoader, so an L1 hit skips the batching window.
+    pub fn peek_status(&self, pair: (i64, i64), viewer: Option<i64>) -> Option<bool> {
+        if Some(pair.0) == viewer || !self.l1_usable() {
+            return None;
+        }
+        let hit = self.status.get(&pair).map(|v| v.value);
+        if hit.is_some() {
+            count("status", "l1", "hit", 1); // a miss is counted by the lookup that follows
+        }
+        hit
+    }
+
+    /// L1 only: a user's counts if this instance holds them.
+    pub fn peek_counts(&self, user: i64) -> Option<Counts> {
+        if !self.l1_usable() {
+            return None;
+        }
+        let hit = self.counts.get(&user).map(|v| v.value);
+        if hit.is_some() {
+            count("counts", "l1", "hit", 1); // a miss is counted by the lookup that follows
+        }
+        hit
+    }
+
+    /// L1 only: a user's record (`Some(None)`: known not to exist) if this instance holds it.
+    pub fn peek_user(&self, user: i64) -> Option<Option<UserRecord>> {
+        if !self.l1_usable() {
+            return None;
+        }
+        let hit = self.users.get(&user).map(|v| v.value);
+        if hit.is_some() {
+            count("users", "l1", "hit", 1); // a miss is counted by the lookup that follows
+        }
+        hit
+    }
+
+    /// L1 only: the first page (`limit` rows) of a list if this instance holds it at the list's version.
+    pub fn peek_first_page(
+        &self,
+        kind: ListKind,
+        owner: i64,
+        limit: i64,
+    ) -> Option<Arc<Vec<ListEntry>>> {
+        if !self.l1_usable() {
+            return None;
+        }
+        let version = self.list_versions.get(&(kind, owner))?.version;
+        let hit = self.pages.get(&(kind, owner, version, limit));
+        if hit.is_some() {
+            count("lists", "l1", "hit", 1); // a miss is counted by the lookup that follows
+        }
+        hit
+    }
+
+    /// Lets an open breaker probe Redis even when no request does (called by the metrics sampler).
+    pub async fn probe(&self) {
+        if self.settings.enabled && !self.l2.available() {
+            self.l2.ping().await;
+        }
+    }
+
+    /// Whether the breaker lets Redis calls through.
+    pub fn l2_available(&self) -> bool {
+        self.l2.available()
+    }
+
+    /// Whether caching is on.
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    /// Whether L1 is in use (caching on and the invalidation subscription up).
+    pub fn l1_active(&self) -> bool {
+        self.l1_usable()
+    }
+
+    fn l1_usable(&self) -> bool {
+        self.settings.enabled && self.l1_live.load(Ordering::SeqCst)
+    }
+
+    /// The layered lookup shared by every per-key cache.
+    #[allow(clippy::too_many_arguments)]
+    async fn lookup<K, V, E, F, Fut>(
+        &self,
+        cache: &'static str,
+        keys: &[K],
+        l1: &VersionedCache<K, V>,
+        skip_l1: impl Fn(&K) -> bool,
+        l2_key: impl Fn(&K) -> String,
+        decode: impl Fn(&K, i64, &str) -> Option<V>,
+        encode: impl Fn(&V) -> String,
+        ttl: Duration,
+        inflight: &Inflight<K, Versioned<V>>,
+        load: F,
+    ) -> Result<HashMap<K, V>, E>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        F: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, Versioned<V>>, E>>,
+    {
+        let mut found = HashMap::with_capacity(keys.len());
+        if !self.settings.enabled {
+            let loaded = load(keys.to_vec()).await?;
+            return Ok(loaded.into_iter().map(|(k, v)| (k, v.value)).collect());
+        }
+        let use_l1 = self.l1_usable();
+        let mut pending = Vec::new();
+        let (mut l1_hits, mut bypass) = (0, 0);
+        for key in keys {
+            if !use_l1 || skip_l1(key) {
+                bypass += 1;
+                pending.push(key.clone());
+            } else if let Some(hit) = l1.get(key) {
+                l1_hits += 1;
+                found.insert(key.clone(), hit.value);
+            } else {
+                pending.push(key.clone());
+            }
+        }
+        count(cache, "l1", "hit", l1_hits);
+        count(cache, "l1", "bypass", bypass);
+        count(cache, "l1", "miss", pending.len() - bypass);
+        if pending.is_empty() {
+            return Ok(found);
+        }
+
+        // L2 then PostgreSQL, coalesced: a request wanting a key already being loaded waits for it.
+        let load_missing = |keys: Vec<K>| {
+            let (l2_key, decode, encode, load) = (&l2_key, &decode, &encode, &load);
+            async move {
+                let names: Vec<String> = keys.iter().map(l2_key).collect();
+                let mut values = HashMap::with_capacity(keys.len());
+                let mut missing = Vec::new();
+                match self.l2.get_many(&names).await {
+                    Some(stored) => {
+                        for (key, stored) in keys.into_iter().zip(stored) {
+                            let decoded = stored
+                                .as_deref()
+                                .and_then(keys::split_versioned)
+                                .and_then(|(version, payload)| {
+                                    decode(&key, version, payload)
+                                        .map(|value| Versioned { version, value })
+                                });
+                            match decoded {
+                                Some(hit) => {
+                                    values.insert(key, hit);
+                                }
+                                None => missing.push(key),
+                            }
+                        }
+                        count(cache, "l2", "hit", names.len() - missing.len());
+                        count(cache, "l2", "miss", missing.len());
+                    }
+                    None => {
+                        count(cache, "l2", "unavailable", keys.len());
+                        missing = keys;
+                    }
+                }
+                if !missing.is_empty() {
+                    let loaded = load(missing).await?;
+                    let fills: Vec<VersionedWrite> = loaded
+                        .iter()
+                        .map(|(key, value)| VersionedWrite {
+                            key: l2_key(key),
+                            version: value.version,
+                            payload: encode(&value.value),
+                            ttl,
+                        })
+                        .collect();
+                    // Filling L2 is not on the answer's path.
+                    let caches = self.clone();
+                    tokio::spawn(async move {
+                        caches.l2.write_versioned(&fills, None, false).await;
+                    });
+                    values.extend(loaded);
+                }
+                // L1 before the load is marked done, so a request arriving later finds it there.
+                if use_l1 {
+                    for (key, value) in &values {
+                        l1.put_if_newer(key.clone(), value.clone());
+                    }
+                }
+                Ok(values)
+            }
+        };
+        let (loaded, joined) = inflight.load(pending, load_missing).await?;
+        if joined > 0 {
+            ::metrics::counter!(CACHE_COALESCED, "cache" => cache).increment(joined as u64);
+        }
+        found.extend(loaded.into_iter().map(|(key, value)| (key, value.value)));
+        Ok(found)
+    }
+
+    /// Follow status of each pair (every pair answered). `viewer`'s own pairs skip L1 (read-your-writes).
+    pub async fn statuses<E, F, Fut>(
+        &self,
+        pairs: &[(i64, i64)],
+        viewer: Option<i64>,
+        load: F,
+    ) -> Result<HashMap<(i64, i64), bool>, E>
+    where
+        F: Fn(Vec<(i64, i64)>) -> Fut,
+        Fut: Future<Output = Result<HashSet<(i64, i64)>, E>>,
+    {
+        let load = |pairs: Vec<(i64, i64)>| {
+            let edges = load(pairs.clone());
+            async move {
+                let edges = edges.await?;
+                Ok(pairs
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            p,
+                            Versioned {
+                                version: 0,
+                                value: edges.contains(&p),
+                            },
+                        )
+                    })
+                    .collect())
+            }
+        };
+        self.lookup(
+            "status",
+            pairs,
+            &self.status,
+            |(follower, _)| Some(*follower) == viewer,
+            |(a, b)| self.names.status(*a, *b),
+            |_, _, payload| keys::decode_status(payload),
+            |follows| keys::encode_status(*follows).to_owned(),
+            self.settings.status_ttl,
+            &self.inflight_status,
+            load,
+        )
+        .await
+    }
+
+    /// Counts of each user (every user answered; zeros without a row).
+    pub async fn counts<E, F, Fut>(&self, users: &[i64], load: F) -> Result<HashMap<i64, Counts>, E>
+    where
+        F: Fn(Vec<i64>) -> Fut,
+        Fut: Future<Output = Result<HashMap<i64, Counts>, E>>,
+    {
+        let load = |ids: Vec<i64>| {
+            let rows = load(ids.clone());
+            async move {
+                let rows = rows.await?;
+                Ok(ids
+                    .into_iter()
+                    .map(|id| {
+                        let counts = rows.get(&id).copied().unwrap_or(Counts {
+                            user_id: id,
+                            ..Counts::default()
+                        });
+                        (
+                            id,
+                            Versioned {
+                                version: counts.version,
+                                value: counts,
+                            },
+                        )
+                    })
+                    .collect())
+            }
+        };
+        self.lookup(
+            "counts",
+            users,
+            &self.counts,
+            |_| false,
+            |id| self.names.counts(*id),
+            |id, version, payload| keys::decode_counts(*id, version, payload),
+            keys::encode_counts,
+            self.settings.counts_ttl,
+            &self.inflight_counts,
+            load,
+        )
+        .await
+    }
+
+    /// User records (absent: no such user; the absence is cached too).
+    pub async fn users<E, F, Fut>(
+        &self,
+        ids: &[i64],
+        load: F,
+    ) -> Result<HashMap<i64, UserRecord>, E>
+    where
+        F: Fn(Vec<i64>) -> Fut,
+        Fut: Future<Output = Result<HashMap<i64, UserRecord>, E>>,
+    {
+        let load = |ids: Vec<i64>| {
+            let rows = load(ids.clone());
+            async move {
+                let mut rows = rows.await?;
+                Ok(ids
+                    .into_iter()
+                    .map(|id| {
+                        let record = rows.remove(&id);
+                        let version = record
+                            .as_ref()
+                            .map_or(0, |r| r.updated_at.timestamp_micros());
+                        (
+                            id,
+                            Versioned {
+                                version,
+                                value: record,
+                            },
+                        )
+                    })
+                    .collect())
+            }
+        };
+        let found = self
+            .lookup(
+                "users",
+                ids,
+                &self.users,
+                |_| false,
+                |id| self.names.user(*id),
+                |_, _, payload| keys::decode_user(payload),
+                |record| keys::encode_user(record.as_ref()),
+                self.settings.users_ttl,
+                &self.inflight_users,
+                load,
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(id, record)| record.map(|r| (id, r)))
+            .collect())
+    }
+
+    /// First pages (`limit` rows) of the `kind` lists of `owners`, versioned so that one bump drops them.
+    pub async fn first_pages<E, F, Fut>(
+        &self,
+        kind: ListKind,
+        owners: &[i64],
+        limit: i64,
+        load: F,
+    ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, E>
+    where
+        F: Fn(Vec<i64>) -> Fut,
+        Fut: Future<Output = Result<HashMap<i64, Vec<ListEntry>>, E>>,
+    {
+        let to_arcs = |pages: HashMap<i64, Vec<ListEntry>>,
+                       owners: &[i64]|
+         -> HashMap<i64, Arc<Vec<ListEntry>>> {
+            let mut pages = pages;
+            owners
+                .iter()
+                .map(|o| (*o, Arc::new(pages.remove(o).unwrap_or_default())))
+                .collect()
+        };
+        if !self.settings.enabled {
+            return Ok(to_arcs(load(owners.to_vec()).await?, owners));
+        }
+        let use_l1 = self.l1_usable();
+
+        // 1. Each list's version: L1, else one MGET (a missing version key is version 0).
+        let mut versions: HashMap<i64, i64> = HashMap::new();
+        let mut unknown = Vec::new();
+        for &owner in owners {
+            match use_l1
+                .then(|| self.list_versions.get(&(kind, owner)))
+                .flatten()
+            {
+                Some(v) => {
+                    versions.insert(owner, v.version);
+                }
+                None => unknown.push(owner),
+            }
+        }
+        if !unknown.is_empty() {
+            let names: Vec<String> = unknown
+                .iter()
+                .map(|o| self.names.list_version(kind, *o))
+                .collect();
+            let Some(values) = self.l2.get_many(&names).await else {
+                // Without versions nothing cached can be trusted: straight to PostgreSQL.
+                count("lists", "l2", "unavailable", owners.len());
+                return Ok(to_arcs(load(owners.to_vec()).await?, owners));
+            };
+            for (owner, value) in unknown.into_iter().zip(values) {
+                let version = value.and_then(|v| v.parse().ok()).unwrap_or(0);
+                if use_l1 {
+                    self.list_versions
+                        .put_if_newer((kind, owner), Versioned { version, value: () });
+                }
+                versions.insert(owner, version);
+            }
+        }
+
+        // 2. The pages at those versions: L1, then L2, then PostgreSQL.
+        let mut found = HashMap::with_capacity(owners.len());
+        let mut pending = Vec::new();
+        for &owner in owners {
+            let key = (kind, owner, versions[&owner], limit);
+            match use_l1.then(|| self.pages.get(&key)).flatten() {
+                Some(page) => {
+                    found.insert(owner, page);
+                }
+                None => pending.push(key),
+            }
+        }
+        count("lists", "l1", "hit", found.len());
+        count("lists", "l1", "miss", pending.len());
+        if pending.is_empty() {
+            return Ok(found);
+        }
+        let load_pages = |keys: Vec<(ListKind, i64, i64, i64)>| {
+            let load = &load;
+            async move {
+                let names: Vec<String> = keys
+                    .iter()
+                    .map(|(k, o, v, l)| self.names.list_page(*k, *o, *v, *l))
+                    .collect();
+                let stored = self
+                    .l2
+                    .get_many(&names)
+                    .await
+                    .unwrap_or_else(|| vec![None; names.len()]);
+                let mut pages = HashMap::with_capacity(keys.len());
+                let mut missing = Vec::new();
+                for (key, value) in keys.into_iter().zip(stored) {
+                    match value.as_deref().and_then(|v| keys::decode_page(key.1, v)) {
+                        Some(page) => {
+                            pages.insert(key, Arc::new(page));
+                        }
+                        None => missing.push(key),
+                    }
+                }
+                count("lists", "l2", "hit", names.len() - missing.len());
+                count("lists", "l2", "miss", missing.len());
+                if !missing.is_empty() {
+                    let mut loaded = load(missing.iter().map(|k| k.1).collect()).await?;
+                    let mut fills = Vec::with_capacity(missing.len());
+                    for key in missing {
+                        let page = Arc::new(loaded.remove(&key.1).unwrap_or_default());
+                        fills.push((
+                            self.names.list_page(key.0, key.1, key.2, key.3),
+                            keys::encode_page(&page),
+                            self.settings.lists_ttl,
+                        ));
+                        pages.insert(key, page);
+                    }
+                    let caches = self.clone();
+                    tokio::spawn(async move {
+                        caches.l2.set_many(&fills).await;
+                    });
+                }
+                if use_l1 {
+                    for (key, page) in &pages {
+                        self.pages.insert(*key, page.clone());
+                    }
+                }
+                Ok(pages)
+            }
+        };
+        let (loaded, joined) = self.inflight_pages.load(pending, load_pages).await?;
+        if joined > 0 {
+            ::metrics::counter!(CACHE_COALESCED, "cache" => "lists").increment(joined as u64);
+        }
+        found.extend(loaded.into_iter().map(|(key, page)| (key.1, page)));
+        Ok(found)
+    }
+
+    /// After a follow or unfollow committed: the pairs' new statuses, versioned by their outbox ids, into
+    /// L1 and L2 and announced to the other instances, before the write returns.
+    pub async fn record_statuses(&self, changes: &[(i64, i64, bool, i64)]) {
+        if !self.settings.enabled || changes.is_empty() {
+            return;
+        }
+        let mut writes = Vec::with_capacity(changes.len());
+        let mut announcements = Vec::with_capacity(changes.len());
+        for &(follower, followee, follows, version) in changes {
+            self.status.put_if_newer(
+                (follower, followee),
+                Versioned {
+                    version,
+                    value: follows,
+                },
+            );
+            writes.push(VersionedWrite {
+                key: self.names.status(follower, followee),
+                version,
+                payload: keys::encode_status(follows).to_owned(),
+                ttl: self.settings.status_ttl,
+            });
+            announcements.push(Announcement::Status {
+                follower,
+                followee,
+                version,
+                follows,
+            });
+        }
+        let channel = self.names.channel();
+        let message = message(&announcements);
+        self.l2
+            .write_versioned(&writes, Some((&channel, &message)), true)
+            .await;
+    }
+
+    /// After the consumer applied a batch: statuses and counts it applied, and the versions of the lists
+    /// it changed, in L1 and L2 and announced. This repairs whatever a write could not update.
+    pub async fn record_applied(&self, batch: &AppliedBatch) {
+        if !self.settings.enabled || (batch.events.is_empty() && batch.counts.is_empty()) {
+            return;
+        }
+        let mut writes = Vec::new();
+        let mut announcements = Vec::new();
+        for event in &batch.events {
+            let (follower, followee, follows, version) = (
+                event.follower_id,
+                event.followee_id,
+                event.follows,
+                event.id,
+            );
+            self.status.put_if_newer(
+                (follower, followee),
+                Versioned {
+                    version,
+                    value: follows,
+                },
+            );
+            writes.push(VersionedWrite {
+                key: self.names.status(follower, followee),
+                version,
+                payload: keys::encode_status(follows).to_owned(),
+                ttl: self.settings.status_ttl,
+            });
+            announcements.push(Announcement::Status {
+                follower,
+                followee,
+                version,
+                follows,
+            });
+        }
+        for counts in &batch.counts {
+            self.counts.put_if_newer(
+                counts.user_id,
+                Versioned {
+                    version: counts.version,
+                    value: *counts,
+                },
+            );
+            writes.push(VersionedWrite {
+                key: self.names.counts(counts.user_id),
+                version: counts.version,
+                payload: keys::encode_counts(counts),
+                ttl: self.settings.counts_ttl,
+            });
+            announcements.push(Announcement::Counts {
+                user: counts.user_id,
+                version: counts.version,
+                followers: counts.follower_count,
+                following: counts.following_count,
+            });
+        }
+        let channel = self.names.channel();
+        self.l2
+            .write_versioned(&writes, Some((&channel, &message(&announcements))), true)
+            .await;
+
+        let mut lists: Vec<(ListKind, i64)> = batch
+            .events
+            .iter()
+            .flat_map(|e| {
+                [
+                    (ListKind::Followers, e.followee_id),
+                    (ListKind::Following, e.follower_id),
+                ]
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        lists.sort_by_key(|(kind, owner)| (*owner, keys::kind_tag(*kind)));
+        let names: Vec<String> = lists
+            .iter()
+            .map(|(kind, owner)| self.names.list_version(*kind, *owner))
+            .collect();
+        let announce = |versions: &[i64]| {
+            message(
+                &lists
+                    .iter()
+                    .zip(versions)
+                    .map(|((kind, owner), version)| Announcement::ListVersion {
+                        kind: *kind,
+                        owner: *owner,
+                        version: *version,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        if let Some(versions) = self
+            .l2
+            .bump_versions(&names, LIST_VERSION_TTL, &channel, announce)
+            .await
+        {
+            for ((kind, owner), version) in lists.iter().zip(versions) {
+                self.list_versions
+                    .put_if_newer((*kind, *owner), Versioned { version, value: () });
+            }
+        }
+    }
+
+    /// After `upsertUser`: the new record everywhere.
+    pub async fn record_user(&self, user: &UserRecord) {
+        if !self.settings.enabled {
+            return;
+        }
+        let version = user.updated_at.timestamp_micros();
+        self.users.put_if_newer(
+            user.id,
+            Versioned {
+                version,
+                value: Some(user.clone()),
+            },
+        );
+        let payload = keys::encode_user(Some(user));
+        let write = VersionedWrite {
+            key: self.names.user(user.id),
+            version,
+            payload: payload.clone(),
+            ttl: self.settings.users_ttl,
+        };
+        let announcement = Announcement::User {
+            user: user.id,
+            version,
+            payload,
+        };
+        let channel = self.names.channel();
+        self.l2
+            .write_versioned(&[write], Some((&channel, &announcement.encode())), true)
+            .await;
+    }
+
+    /// Forgets the counts of these users everywhere (after `reconcile --fix`).
+    pub async fn forget_counts(&self, users: &[i64]) {
+        if !self.settings.enabled || users.is_empty() {
+            return;
+        }
+        for user in users {
+            self.counts.remove(user);
+        }
+        let keys: Vec<String> = users.iter().map(|u| self.names.counts(*u)).collect();
+        let announcements: Vec<Announcement> = users
+            .iter()
+            .map(|&user| Announcement::DropCounts { user })
+            .collect();
+        let channel = self.names.channel();
+        self.l2
+            .delete(&keys, Some((&channel, &message(&announcements))))
+            .await;
+    }
+}

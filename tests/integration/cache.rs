@@ -1,0 +1,288 @@
+//! The two-level cache across instances: read-your-writes, invalidation, negative caching, Redis
+//! outages, stampedes.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Options, RedisProxy, TestApp, eventually, redis_get, run_on};
+
+const STATUS: &str = r#"query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }"#;
+const OWN: &str = r#"query($b: ID!) { user(id: $b) { viewerIsFollowing } }"#;
+
+async fn is_following(
+    app: &follow_service::app::App,
+    viewer: Option<i64>,
+    a: i64,
+    b: i64,
+) -> Value {
+    let response = run_on(
+        app,
+        viewer,
+        STATUS,
+        json!({ "a": a.to_string(), "b": b.to_string() }),
+    )
+    .await;
+    assert!(response.get("errors").is_none(), "{response:#}");
+    response["data"]["isFollowing"].clone()
+}
+
+async fn own_status(app: &follow_service::app::App, viewer: i64, b: i64) -> Value {
+    let response = run_on(app, Some(viewer), OWN, json!({ "b": b.to_string() })).await;
+    assert!(response.get("errors").is_none(), "{response:#}");
+    response["data"]["user"]["viewerIsFollowing"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_on_one_instance_is_seen_on_the_other() {
+    let a = TestApp::spawn().await;
+    a.create_users(1..=3).await;
+    let b = a
+        .instance(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await;
+    // B has the old answers cached, in L1 and L2.
+    for _ in 0..2 {
+        assert_eq!(is_following(&b.app, None, 1, 2).await, false);
+        assert_eq!(own_status(&b.app, 1, 2).await, false);
+    }
+
+    a.follow(1, 2).await;
+    // The viewer's own status: at once, on every instance.
+    assert_eq!(own_status(&b.app, 1, 2).await, true);
+    // Anyone's read: as soon as the announcement arrives.
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            is_following(&b.app, None, 1, 2).await == true
+        })
+        .await
+    );
+
+    a.unfollow(1, 2).await;
+    assert_eq!(own_status(&b.app, 1, 2).await, false);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            is_following(&b.app, None, 1, 2).await == false
+        })
+        .await
+    );
+    assert_eq!(is_following(&a.app, None, 1, 2).await, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_list_pages_refresh_on_every_instance_after_the_consumer_runs() {
+    let a = TestApp::spawn().await;
+    a.create_users(1..=4).await;
+    a.follow(3, 2).await;
+    a.drained().await;
+    let b = a
+        .instance(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await;
+    let query = r#"{ user(id: "2") { followerCount followers(first: 10) { nodes { id } } } }"#;
+    for app in [&a.app, &b.app] {
+        // Warm both levels on both instances.
+        for _ in 0..2 {
+            let data = run_on(app, None, query, json!({})).await;
+            assert_eq!(
+                data["data"]["user"],
+                json!({ "followerCount": 1, "followers": { "nodes": [{ "id": "3" }] } })
+            );
+        }
+    }
+
+    a.follow(1, 2).await;
+    a.follow(4, 2).await;
+    a.drained().await;
+    let expected = json!({ "followerCount": 3, "followers": { "nodes": [{ "id": "4" }, { "id": "1" }, { "id": "3" }] } });
+    for app in [&a.app, &b.app] {
+        let fresh = eventually(Duration::from_secs(2), || async {
+            run_on(app, None, query, json!({})).await["data"]["user"] == expected
+        })
+        .await;
+        assert!(fresh, "{:#}", run_on(app, None, query, json!({})).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_status_is_cached_and_a_follow_flips_it_everywhere() {
+    let a = TestApp::spawn().await;
+    a.create_users(1..=2).await;
+    let b = a
+        .instance(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await;
+    assert_eq!(is_following(&a.app, None, 1, 2).await, false);
+    let key = format!("{}:c1:st:{{1}}:2", a.prefix);
+    let cached = eventually(Duration::from_secs(1), || async {
+        redis_get(&key).await.as_deref() == Some("0:0")
+    })
+    .await;
+    assert!(
+        cached,
+        "the miss is cached in L2 as version 0, false: {:?}",
+        redis_get(&key).await
+    );
+    assert_eq!(is_following(&b.app, None, 1, 2).await, false);
+
+    a.follow(1, 2).await;
+    let stored = redis_get(&key).await.unwrap_or_default();
+    assert!(
+        stored.ends_with(":1") && !stored.starts_with("0:"),
+        "the follow wrote a newer version: {stored}"
+    );
+    assert_eq!(is_following(&a.app, None, 1, 2).await, true);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            is_following(&b.app, None, 1, 2).await == true
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_degrades_to_postgres_and_no_stale_value_comes_back() {
+    // No consumer anywhere: only the instance's own repair can fix what the outage left in L2.
+    let a = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    a.create_users(1..=3).await;
+    let proxy = RedisProxy::start().await;
+    let c = a
+        .instance(Options {
+            pipeline: false,
+            redis_url: proxy.url.clone(),
+            ..Options::default()
+        })
+        .await;
+    assert!(
+        c.app.caches.l1_active(),
+        "the instance behind the proxy uses L1"
+    );
+    // Cached before the outage: 1 does not follow 2.
+    assert_eq!(is_following(&c.app, None, 1, 2).await, false);
+    let key = format!("{}:c1:st:{{1}}:2", a.prefix);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            redis_get(&key).await.is_some()
+        })
+        .await
+    );
+
+    proxy.cut();
+    // Reads answer from PostgreSQL, writes succeed, and read-your-writes holds.
+    let follow = run_on(
+        &c.app,
+        Some(1),
+        r#"mutation { follow(userId: "2") { changed } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(follow["data"]["follow"]["changed"], true, "{follow:#}");
+    for _ in 0..10 {
+        assert_eq!(is_following(&c.app, None, 1, 2).await, true);
+        assert_eq!(own_status(&c.app, 1, 2).await, true);
+        assert_eq!(is_following(&c.app, None, 2, 3).await, false);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !c.app.caches.l1_active()
+        })
+        .await,
+        "L1 suspended while unsubscribed"
+    );
+    assert_eq!(
+        redis_get(&key).await.as_deref(),
+        Some("0:0"),
+        "L2 still holds the pre-outage answer"
+    );
+
+    proxy.restore();
+    // Once Redis answers again (the breaker probes after its cool-down), the stale entry is gone first.
+    let repaired = eventually(Duration::from_secs(5), || async {
+        is_following(&c.app, None, 1, 2).await == true
+            && redis_get(&key).await.as_deref() != Some("0:0")
+    })
+    .await;
+    assert!(repaired, "L2 after recovery: {:?}", redis_get(&key).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            c.app.caches.l1_active()
+        })
+        .await,
+        "L1 back in use"
+    );
+    for _ in 0..5 {
+        assert_eq!(is_following(&c.app, None, 1, 2).await, true);
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            redis_get(&key).await.is_some_and(|v| v.ends_with(":1"))
+        })
+        .await,
+        "caches are filled again: {:?}",
+        redis_get(&key).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_a_cold_key_query_postgres_once() {
+    let a = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    a.create_users(1..=2).await;
+    let before = a.app.queries.get();
+    let reads = (0..50).map(|_| {
+        run_on(
+            &a.app,
+            None,
+            r#"{ user(id: "2") { handle followerCount } }"#,
+            json!({}),
+        )
+    });
+    let responses = futures::future::join_all(reads).await;
+    assert!(
+        responses
+            .iter()
+            .all(|r| r["data"]["user"]["handle"] == "u2")
+    );
+    let spent = a.app.queries.get() - before;
+    // One query for the user, one for the counts; without coalescing it would be 100.
+    assert!(
+        spent <= 6,
+        "{spent} statements for 50 concurrent reads of one cold user"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_caching_off_every_read_goes_to_postgres() {
+    let a = TestApp::with_options(Options {
+        cache: false,
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    a.create_users(1..=2).await;
+    a.follow(1, 2).await;
+    assert_eq!(is_following(&a.app, None, 1, 2).await, true);
+    let before = a.app.queries.get();
+    for _ in 0..3 {
+        assert_eq!(is_following(&a.app, None, 1, 2).await, true);
+    }
+    assert_eq!(a.app.queries.get() - before, 3, "one query per read");
+    assert_eq!(
+        redis_get(&format!("{}:c1:st:{{1}}:2", a.prefix)).await,
+        None,
+        "nothing cached"
+    );
+}
