@@ -90,7 +90,6 @@ impl App {
         let producer = Producer::new(
             redis.clone(),
             stream.clone(),
-            config.stream_maxlen,
             config.redis_timeout,
             "writer",
             redis_health.clone(),
@@ -124,7 +123,6 @@ impl App {
         Producer::new(
             self.redis.clone(),
             self.stream.clone(),
-            self.config.stream_maxlen,
             self.config.redis_timeout,
             source,
             self.redis_health.clone(),
@@ -142,24 +140,44 @@ impl App {
 
     /// Starts the event consumer and the outbox relay; they stop when `shutdown` turns true.
     pub fn spawn_pipeline(&self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        let settings = consumer::ConsumerSettings {
-            redis_url: self.config.redis_url.clone(),
-            names: self.stream.clone(),
-            consumer_name: consumer_name(),
-            batch_size: self.config.consumer_batch,
-            block: self.config.consumer_block,
-            caches: self.caches.clone(),
-        };
-        vec![
-            tokio::spawn(consumer::run(self.db.clone(), settings, shutdown.clone())),
-            tokio::spawn(relay::run(
+        let base = consumer_name();
+        let mut tasks: Vec<JoinHandle<()>> = (0..self.config.consumers.max(1))
+            .map(|i| {
+                let settings = consumer::ConsumerSettings {
+                    redis_url: self.config.redis_url.clone(),
+                    names: self.stream.clone(),
+                    consumer_name: format!("{base}-{i}"),
+                    batch_size: self.config.consumer_batch,
+                    block: self.config.consumer_block,
+                    caches: self.caches.clone(),
+                    claim_idle: self.config.claim_idle,
+                    max_deliveries: self.config.max_deliveries,
+                };
+                tokio::spawn(consumer::run(self.db.clone(), settings, shutdown.clone()))
+            })
+            .collect();
+        tasks.push(tokio::spawn(relay::run(
+            self.db.clone(),
+            self.producer("relay"),
+            self.config.relay_after,
+            self.config.relay_interval,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(relay::trim_forever(
+            self.config.redis_url.clone(),
+            self.stream.clone(),
+            self.config.relay_interval * 10,
+            shutdown.clone(),
+        )));
+        if !self.config.reconcile_every.is_zero() {
+            tasks.push(tokio::spawn(crate::reconcile::run_every(
                 self.db.clone(),
-                self.producer("relay"),
-                self.config.relay_after,
-                self.config.relay_interval,
+                self.caches.clone(),
+                self.config.reconcile_every,
                 shutdown,
-            )),
-        ]
+            )));
+        }
+        tasks
     }
 
     /// Starts applying other instances' cache announcements to this instance's L1 (L1 stays unused

@@ -45,12 +45,18 @@ pub struct Config {
     pub max_complexity: usize,
     /// `FOLLOW_LOADER_DELAY_US`: how long a DataLoader waits to gather keys into one batch.
     pub loader_delay: Duration,
-    /// `FOLLOW_STREAM_MAXLEN`: approximate bound of the event stream (`XADD MAXLEN ~`).
-    pub stream_maxlen: usize,
     /// `FOLLOW_CONSUMER_BATCH`: most stream entries a consumer reads and applies in one transaction.
     pub consumer_batch: usize,
     /// `FOLLOW_CONSUMER_BLOCK_MS`: how long an idle consumer blocks in `XREADGROUP`.
     pub consumer_block: Duration,
+    /// `FOLLOW_CONSUMERS`: event consumers per process.
+    pub consumers: usize,
+    /// `FOLLOW_CLAIM_IDLE_MS`: how long an entry may stay pending before another consumer takes it over.
+    pub claim_idle: Duration,
+    /// `FOLLOW_MAX_DELIVERIES`: deliveries after which an unapplied entry goes to the dead letters.
+    pub max_deliveries: usize,
+    /// `FOLLOW_RECONCILE_EVERY_S`: run `reconcile --fix` on this period (0: never).
+    pub reconcile_every: Duration,
     /// `FOLLOW_RELAY_AFTER_MS`: age after which an unapplied outbox row is published again.
     pub relay_after: Duration,
     /// `FOLLOW_RELAY_INTERVAL_MS`: how often the relay looks for such rows.
@@ -151,9 +157,12 @@ impl Config {
             max_depth: number("FOLLOW_MAX_DEPTH", 12)? as usize,
             max_complexity: number("FOLLOW_MAX_COMPLEXITY", 20_000)? as usize,
             loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 1_000)?),
-            stream_maxlen: number("FOLLOW_STREAM_MAXLEN", 1_000_000)? as usize,
             consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,
             consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,
+            consumers: number("FOLLOW_CONSUMERS", 4)? as usize,
+            claim_idle: millis("FOLLOW_CLAIM_IDLE_MS", 10_000)?,
+            max_deliveries: number("FOLLOW_MAX_DELIVERIES", 3)? as usize,
+            reconcile_every: seconds("FOLLOW_RECONCILE_EVERY_S", 0)?,
             relay_after: millis("FOLLOW_RELAY_AFTER_MS", 5_000)?,
             relay_interval: millis("FOLLOW_RELAY_INTERVAL_MS", 1_000)?,
             metrics_sample: millis("FOLLOW_METRICS_SAMPLE_MS", 2_000)?,
@@ -192,6 +201,8 @@ impl Config {
             ("FOLLOW_DB_POOL_SIZE", self.db_pool_size),
             ("FOLLOW_REDIS_POOL_SIZE", self.redis_pool_size),
             ("FOLLOW_CONSUMER_BATCH", self.consumer_batch),
+            ("FOLLOW_CONSUMERS", self.consumers),
+            ("FOLLOW_MAX_DELIVERIES", self.max_deliveries),
             ("FOLLOW_MAX_DEPTH", self.max_depth),
             ("FOLLOW_MAX_BATCH_OPERATIONS", self.max_batch_operations),
             ("FOLLOW_MAX_COMPLEXITY", self.max_complexity),

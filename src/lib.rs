@@ -22,6 +22,7 @@ pub mod events;
 pub mod graph;
 pub mod graphql;
 pub mod http;
+pub mod reconcile;
 pub mod redis_health;
 pub mod redis_pool;
 pub mod seed;

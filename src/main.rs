@@ -204,17 +204,7 @@ async fn worker(config: Config) -> anyhow::Result<()> {
 
 async fn reconcile(config: Config, fix: bool) -> anyhow::Result<()> {
     let app = App::start(config).await?;
-    let mut conn = db::connect(&app.db).await?;
-    let drift = if fix {
-        db::stats::fix_drift(&mut conn).await?
-    } else {
-        db::stats::find_drift(&mut conn).await?
-    };
-    if fix {
-        // Cached counts of the repaired users are wrong too.
-        let users: Vec<i64> = drift.iter().map(|d| d.user_id).collect();
-        app.caches.forget_counts(&users).await;
-    }
+    let drift = follow_service::reconcile::reconcile(&app.db, &app.caches, fix).await?;
     for d in &drift {
         println!(
             "user {}: followers {} -> {}, following {} -> {}",

@@ -205,3 +205,30 @@ pub async fn recompute_all(conn: &mut AsyncPgConnection) -> StoreResult<usize> {
     .execute(conn)
     .await?)
 }
+
+/// The advisory lock that keeps scheduled reconciles of several instances from running at once.
+const RECONCILE_LOCK: i64 = 7_213_862_105;
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
+
+/// Takes the reconcile lock on this connection if free.
+pub async fn try_lock_reconcile(conn: &mut AsyncPgConnection) -> StoreResult<bool> {
+    let row: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+        .bind::<BigInt, _>(RECONCILE_LOCK)
+        .get_result(conn)
+        .await?;
+    Ok(row.locked)
+}
+
+/// Releases the reconcile lock held by this connection.
+pub async fn unlock_reconcile(conn: &mut AsyncPgConnection) -> StoreResult<()> {
+    diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(RECONCILE_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

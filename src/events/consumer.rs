@@ -31,6 +31,10 @@ pub struct ConsumerSettings {
     pub block: Duration,
     /// Refreshed after each batch: statuses, counts and list versions of what it applied.
     pub caches: crate::cache::Caches,
+    /// How long an entry stays pending (delivered, not acknowledged) before another consumer takes it.
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry that still could not be applied goes to the dead letters.
+    pub max_deliveries: usize,
 }
 
 /// Runs the consumer until `shutdown` turns true.
@@ -38,12 +42,19 @@ pub async fn run(db: DbPool, settings: ConsumerSettings, mut shutdown: watch::Re
     tracing::info!(consumer = %settings.consumer_name, stream = %settings.names.stream, "event consumer started");
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(100);
+    // Look for entries left pending by dead consumers a few times per idle period.
+    let reclaim_every = (settings.claim_idle / 3).max(Duration::from_millis(50));
+    let mut last_reclaim = std::time::Instant::now();
     while !*shutdown.borrow() {
         let step = async {
             let connection = match conn.as_mut() {
                 Some(c) => c,
                 None => conn.insert(connect(&settings).await?),
             };
+            if last_reclaim.elapsed() >= reclaim_every {
+                last_reclaim = std::time::Instant::now();
+                super::recovery::reclaim_once(&db, connection, &settings).await?;
+            }
             consume_once(&db, connection, &settings).await
         };
         let outcome = tokio::select! {
@@ -134,14 +145,30 @@ pub async fn consume_once(
         .flat_map(|r| r.keys)
         .flat_map(|k| k.ids)
         .collect();
+    process_entries(db, conn, settings, &entries).await
+}
+
+/// Applies delivered entries in one statement and acknowledges them. An entry that cannot be decoded
+/// is left pending: it is delivered again after the claim idle time and, after the delivery limit,
+/// moved to the dead letters (see `recovery`); it never holds up the entries around it.
+pub async fn process_entries(
+    db: &DbPool,
+    conn: &mut MultiplexedConnection,
+    settings: &ConsumerSettings,
+    entries: &[redis::streams::StreamId],
+) -> anyhow::Result<i64> {
     if entries.is_empty() {
         return Ok(0);
     }
     let mut outbox_ids = Vec::with_capacity(entries.len());
-    for entry in &entries {
+    let mut done: Vec<&str> = Vec::with_capacity(entries.len());
+    for entry in entries {
         match FollowEvent::from_fields(&entry.map) {
-            Some(event) => outbox_ids.push(event.id),
-            None => tracing::error!(entry = %entry.id, "undecodable stream entry skipped"),
+            Some(event) => {
+                outbox_ids.push(event.id);
+                done.push(entry.id.as_str());
+            }
+            None => tracing::warn!(entry = %entry.id, "undecodable stream entry left pending"),
         }
     }
     let started = std::time::Instant::now();
@@ -150,18 +177,18 @@ pub async fn consume_once(
     ::metrics::histogram!(CONSUMER_BATCH).record(entries.len() as f64);
     ::metrics::counter!(EVENTS_APPLIED).increment(applied.events.len() as u64);
     settings.caches.record_applied(&applied).await;
-    let entry_ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-    let _: i64 = redis::cmd("XACK")
-        .arg(&settings.names.stream)
-        .arg(settings.names.group)
-        .arg(&entry_ids)
-        .query_async(conn)
-        .await
-        .context("XACK failed")?;
+    if !done.is_empty() {
+        let _: i64 = redis::cmd("XACK")
+            .arg(&settings.names.stream)
+            .arg(settings.names.group)
+            .arg(&done)
+            .query_async(conn)
+            .await
+            .context("XACK failed")?;
+    }
     tracing::debug!(
         entries = entries.len(),
         applied = applied.events.len(),
-        users = applied.counts.len(),
         "applied a batch"
     );
     Ok(applied.events.len() as i64)

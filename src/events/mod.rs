@@ -11,6 +11,7 @@
 
 pub mod consumer;
 pub mod producer;
+pub mod recovery;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -108,6 +109,8 @@ pub struct StreamNames {
     pub stream: String,
     /// The consumer group that folds events into the counters.
     pub group: &'static str,
+    /// Where entries go that could not be applied after the delivery limit.
+    pub dead_letters: String,
 }
 
 impl StreamNames {
@@ -116,6 +119,7 @@ impl StreamNames {
         Self {
             stream: format!("{prefix}:{{events}}:follow:v1"),
             group: "counters",
+            dead_letters: format!("{prefix}:{{events}}:follow:v1:dead"),
         }
     }
 }

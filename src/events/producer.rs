@@ -16,7 +16,6 @@ use crate::{
 pub struct Producer {
     redis: RedisPool,
     names: StreamNames,
-    maxlen: usize,
     timeout: Duration,
     /// Who publishes (`writer` or `relay`), for metrics.
     source: &'static str,
@@ -28,7 +27,6 @@ impl Producer {
     pub fn new(
         redis: RedisPool,
         names: StreamNames,
-        maxlen: usize,
         timeout: Duration,
         source: &'static str,
         health: Arc<RedisHealth>,
@@ -37,13 +35,13 @@ impl Producer {
             health,
             redis,
             names,
-            maxlen,
             source,
             timeout,
         }
     }
 
-    /// XADDs every event in one round trip (`MAXLEN ~` keeps the stream bounded). An error here loses
+    /// XADDs every event in one round trip (the stream is trimmed by the consumers' progress, never by
+    /// length: see `recovery`). An error here loses
     /// nothing: the events stay in the outbox and the relay publishes them later.
     pub async fn publish(&self, events: &[FollowEvent]) -> anyhow::Result<()> {
         if events.is_empty() {
@@ -57,12 +55,7 @@ impl Producer {
         let call = async {
             let mut pipe = redis::pipe();
             for event in events {
-                pipe.cmd("XADD")
-                    .arg(&self.names.stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.maxlen)
-                    .arg("*");
+                pipe.cmd("XADD").arg(&self.names.stream).arg("*");
                 for (field, value) in event.to_fields() {
                     pipe.arg(field).arg(value);
                 }

@@ -57,3 +57,31 @@ pub async fn relay_once(
     );
     Ok(events.len())
 }
+
+/// Trims the stream every `interval` below the oldest entry the counters group still needs.
+pub async fn trim_forever(
+    redis_url: String,
+    names: super::StreamNames,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = None;
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {},
+            _ = shutdown.changed() => break,
+        }
+        if conn.is_none() {
+            conn = match crate::redis_pool::redis::Client::open(redis_url.as_str()) {
+                Ok(client) => client.get_multiplexed_async_connection().await.ok(),
+                Err(_) => None,
+            };
+        }
+        if let Some(c) = conn.as_mut()
+            && let Err(err) = super::recovery::trim_once(c, &names).await
+        {
+            tracing::warn!(error = %format!("{err:#}"), "stream trim failed");
+            conn = None;
+        }
+    }
+}

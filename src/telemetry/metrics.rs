@@ -44,6 +44,12 @@ pub const CONSUMER_BATCH: &str = "follow_consumer_batch_size";
 pub const CONSUMER_APPLY: &str = "follow_consumer_apply_duration_seconds";
 /// Events whose delta a consumer applied (redeliveries not counted).
 pub const EVENTS_APPLIED: &str = "follow_events_applied_total";
+/// Stream entries moved to the dead letters after the delivery limit.
+pub const DEAD_LETTERS: &str = "follow_events_dead_lettered_total";
+/// Pending entries taken over from another (dead or slow) consumer.
+pub const EVENTS_RECLAIMED: &str = "follow_events_reclaimed_total";
+/// Counts repaired by the scheduled reconcile.
+pub const COUNTS_REPAIRED: &str = "follow_reconcile_repaired_total";
 /// Events appended to the stream, labelled `source` (writer, relay).
 pub const EVENTS_PUBLISHED: &str = "follow_events_published_total";
 /// Failed appends, labelled `source`; the events wait in the outbox.
@@ -142,6 +148,15 @@ fn describe() {
         "Events applied to the counters (each exactly once)"
     );
     describe_counter!(EVENTS_PUBLISHED, "Events appended to the stream, by source");
+    describe_counter!(DEAD_LETTERS, "Stream entries moved to the dead letters");
+    describe_counter!(
+        EVENTS_RECLAIMED,
+        "Pending entries taken over from another consumer"
+    );
+    describe_counter!(
+        COUNTS_REPAIRED,
+        "Users whose counts the scheduled reconcile repaired"
+    );
     describe_counter!(PUBLISH_FAILURES, "Failed stream appends, by source");
     describe_gauge!(
         REDIS_BREAKER_STATE,

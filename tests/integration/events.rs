@@ -79,13 +79,19 @@ async fn counts_converge_exactly_after_a_burst_of_random_follows_and_unfollows()
 }
 
 fn settings(app: &TestApp, batch_size: usize) -> ConsumerSettings {
+    settings_named(app, batch_size, "test-consumer")
+}
+
+fn settings_named(app: &TestApp, batch_size: usize, name: &str) -> ConsumerSettings {
     ConsumerSettings {
         redis_url: app.app.config.redis_url.clone(),
         names: app.app.stream.clone(),
-        consumer_name: "test-consumer".to_owned(),
+        consumer_name: name.to_owned(),
         batch_size,
         block: Duration::from_millis(50),
         caches: app.app.caches.clone(),
+        claim_idle: Duration::from_millis(100),
+        max_deliveries: 3,
     }
 }
 
@@ -312,4 +318,219 @@ async fn reconcile_counts_pending_events_as_not_drift() {
         .await
         .expect("apply");
     app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_held_by_a_dead_consumer_are_taken_over() {
+    // The relay stays out of it (it would republish the rows after a minute).
+    let options = Options {
+        pipeline: false,
+        relay_after: Duration::from_secs(60),
+        ..Options::default()
+    };
+    let app = TestApp::with_options(options).await;
+    app.create_users(1..=4).await;
+    let mut conn = connection(&app).await;
+    for (a, b) in [(1, 2), (3, 2), (4, 2)] {
+        app.follow(a, b).await;
+    }
+    // A consumer reads the entries and dies before applying them.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(app.app.stream.group)
+        .arg("doomed")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&app.app.stream.stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+    let survivor = settings_named(&app, 10, "survivor");
+    assert_eq!(
+        consumer::consume_once(&app.app.db, &mut conn, &survivor)
+            .await
+            .expect("consume"),
+        0,
+        "nothing new to read"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reclaimed =
+        follow_service::events::recovery::reclaim_once(&app.app.db, &mut conn, &survivor)
+            .await
+            .expect("reclaim");
+    assert_eq!(
+        (reclaimed.claimed, reclaimed.applied, reclaimed.dead),
+        (3, 3, 0)
+    );
+    app.assert_counts_exact().await;
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&app.app.stream.stream)
+        .arg(app.app.stream.group)
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    assert!(
+        matches!(&pending, redis::Value::Array(items) if items.first() == Some(&redis::Value::Int(0))),
+        "{pending:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_goes_to_the_dead_letters_after_the_delivery_limit() {
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=2).await;
+    let mut conn = connection(&app).await;
+    let poison: String = redis::cmd("XADD")
+        .arg(&app.app.stream.stream)
+        .arg("*")
+        .arg("garbage")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .expect("XADD poison");
+    app.follow(1, 2).await;
+    let settings = settings(&app, 10);
+    assert_eq!(
+        consumer::consume_once(&app.app.db, &mut conn, &settings)
+            .await
+            .expect("consume"),
+        1,
+        "the good entry is applied at once"
+    );
+    let mut dead = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        dead += follow_service::events::recovery::reclaim_once(&app.app.db, &mut conn, &settings)
+            .await
+            .expect("reclaim")
+            .dead;
+    }
+    assert_eq!(dead, 1);
+    let letters: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&app.app.stream.dead_letters)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    assert_eq!(letters.ids.len(), 1);
+    assert_eq!(
+        letters.ids[0].get::<String>("original_id").as_deref(),
+        Some(poison.as_str())
+    );
+    assert_eq!(
+        letters.ids[0].get::<String>("deliveries").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        letters.ids[0].get::<String>("field:garbage").as_deref(),
+        Some("yes")
+    );
+    app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_stream_mid_flight_loses_no_event() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=20).await;
+    // Writes go on while the stream (and its group) vanish, as in a Redis flush or failover.
+    let writes = async {
+        for a in 1..=20 {
+            for b in [1, 2, 3] {
+                if a != b {
+                    app.follow(a, b).await;
+                }
+            }
+        }
+    };
+    let flush = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let mut conn = connection(&app).await;
+            let _: i64 = redis::cmd("DEL")
+                .arg(&app.app.stream.stream)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL stream");
+        }
+    };
+    futures::future::join(writes, flush).await;
+    app.drained().await;
+    app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_keeps_every_entry_not_yet_applied() {
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=30).await;
+    let mut conn = connection(&app).await;
+    for a in 2..=30 {
+        app.follow(a, 1).await;
+    }
+    // Apply the first ten only; the other nineteen are still waiting.
+    let settings = settings(&app, 10);
+    consumer::consume_once(&app.app.db, &mut conn, &settings)
+        .await
+        .expect("consume");
+    follow_service::events::recovery::trim_once(&mut conn, &app.app.stream)
+        .await
+        .expect("trim");
+    let length: i64 = redis::cmd("XLEN")
+        .arg(&app.app.stream.stream)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert!(
+        length >= 19,
+        "an unapplied entry was trimmed: {length} left"
+    );
+    for _ in 0..3 {
+        consumer::consume_once(&app.app.db, &mut conn, &settings)
+            .await
+            .expect("consume");
+    }
+    app.assert_counts_exact().await;
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_reconcile_repairs_drift_while_serving() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=3).await;
+    app.follow(1, 2).await;
+    app.drained().await;
+    app.sql("UPDATE user_stats SET follower_count = 99 WHERE user_id = 2")
+        .await;
+    let caches = app.app.caches.clone();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(follow_service::reconcile::run_every(
+        app.app.db.clone(),
+        caches,
+        Duration::from_millis(100),
+        stopped,
+    ));
+    let repaired = crate::support::eventually(Duration::from_secs(5), || async {
+        app.count("SELECT follower_count FROM user_stats WHERE user_id = 2")
+            .await
+            == 1
+    })
+    .await;
+    task.abort();
+    assert!(repaired);
+    app.assert_counts_exact().await;
+    let data = app
+        .data(None, r#"{ user(id: "2") { followerCount } }"#, json!({}))
+        .await;
+    assert_eq!(data["user"]["followerCount"], 1);
 }

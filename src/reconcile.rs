@@ -1,0 +1,69 @@
+//! Reconciling counts with edges: on demand (`reconcile [--fix]`) and, with `FOLLOW_RECONCILE_EVERY_S`,
+//! on a schedule. A scheduled run takes a PostgreSQL advisory lock first, so among several instances
+//! one reconciles at a time; repairing adds the difference to the current count, so it is safe while
+//! the consumers apply events (see `db::stats::fix_drift`).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::{
+    cache::Caches,
+    db::{self, DbPool, stats::Drift},
+    telemetry::metrics::COUNTS_REPAIRED,
+};
+
+/// Finds drift and, with `fix`, repairs it and forgets the repaired counts in the caches.
+pub async fn reconcile(db: &DbPool, caches: &Caches, fix: bool) -> anyhow::Result<Vec<Drift>> {
+    let mut conn = db::connect(db).await?;
+    let drift = if fix {
+        db::stats::fix_drift(&mut conn).await?
+    } else {
+        db::stats::find_drift(&mut conn).await?
+    };
+    drop(conn);
+    if fix && !drift.is_empty() {
+        let users: Vec<i64> = drift.iter().map(|d| d.user_id).collect();
+        caches.forget_counts(&users).await;
+    }
+    Ok(drift)
+}
+
+/// Runs `reconcile --fix` every `period` (when this instance gets the lock) until `shutdown`.
+pub async fn run_every(
+    db: DbPool,
+    caches: Caches,
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {},
+            _ = shutdown.changed() => break,
+        }
+        let pass = async {
+            let mut conn = db::connect(&db).await?;
+            if !db::stats::try_lock_reconcile(&mut conn).await? {
+                return anyhow::Ok(None);
+            }
+            let drift = reconcile(&db, &caches, true).await;
+            db::stats::unlock_reconcile(&mut conn).await?;
+            drift.map(Some)
+        };
+        match pass.await {
+            Ok(Some(drift)) if !drift.is_empty() => {
+                ::metrics::counter!(COUNTS_REPAIRED).increment(drift.len() as u64);
+                for d in &drift {
+                    tracing::warn!(
+                        user = d.user_id,
+                        followers = %format!("{} -> {}", d.stored_followers, d.expected_followers),
+                        following = %format!("{} -> {}", d.stored_following, d.expected_following),
+                        "scheduled reconcile repaired a count"
+                    );
+                }
+            }
+            Ok(_) => tracing::debug!("scheduled reconcile: every count matches"),
+            Err(err) => tracing::warn!(error = %format!("{err:#}"), "scheduled reconcile failed"),
+        }
+    }
+}
