@@ -26,11 +26,11 @@ pub struct LoadResult {
     pub measured: Duration,
 }
 
-struct Connection {
+pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -41,7 +41,7 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Connection> {
 }
 
 /// Sends one request; returns the status and body.
-async fn send(
+pub async fn send(
     conn: &mut Connection,
     addr: SocketAddr,
     request: &Request,

@@ -7,6 +7,7 @@
 //! cargo run --release --bin follow-bench -- --quick # a small graph and short runs (CI smoke)
 //! ```
 
+mod drill;
 mod graph;
 mod load;
 mod report;
@@ -80,6 +81,13 @@ struct Args {
     /// Extra environment for the started server, KEY=VALUE (repeatable), e.g. FOLLOW_LOADER_DELAY_US=500.
     #[arg(long = "server-env")]
     server_env: Vec<String>,
+    /// Run the fault drill instead of the scenarios (its own Redis, two instances and a worker, killed and
+    /// restarted under a write load; then checks nothing was lost).
+    #[arg(long)]
+    drill: bool,
+    /// Operations of the drill's write load.
+    #[arg(long, default_value_t = 20_000)]
+    drill_operations: u64,
     /// Where to write latest.md and latest.json.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -88,6 +96,19 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if args.drill {
+        follow_service::telemetry::init(false);
+        let plan = drill::DrillPlan {
+            operations: args.drill_operations,
+            clients: args.concurrency.unwrap_or(40),
+            chaos_every: Duration::from_millis(1_500),
+            database_url: args
+                .database_url
+                .clone()
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_drill".to_owned()),
+        };
+        return drill::run(plan, server_binary()?).await;
+    }
     let database = if args.quick {
         "follow_bench_quick"
     } else {
