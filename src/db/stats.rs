@@ -33,7 +33,7 @@ pub async fn counts(conn: &mut AsyncPgConnection, user_ids: &[i64]) -> StoreResu
 }
 
 /// One event whose delta a batch applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AppliedEvent {
     /// The outbox id: orders the changes of one pair (a later change has a higher id).
     pub id: i64,
@@ -41,10 +41,12 @@ pub struct AppliedEvent {
     pub followee_id: i64,
     /// Whether the edge exists after this event.
     pub follows: bool,
+    /// Seconds from the event's commit (its `occurred_at`) to this application.
+    pub lag_seconds: f64,
 }
 
 /// What applying a batch of events did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AppliedBatch {
     /// Events whose outbox row this batch deleted, so whose delta it applied.
     pub events: Vec<AppliedEvent>,
@@ -64,6 +66,8 @@ struct AppliedRow {
     c: i64,
     #[diesel(sql_type = BigInt)]
     d: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    e: f64,
 }
 
 /// The signed delta of each outbox row, per user and per count, as SQL shared by apply and reconcile.
@@ -84,7 +88,8 @@ pub async fn apply_events(
     let deltas = DELTAS_PER_USER.replace("{src}", "applied");
     let sql = format!(
         "WITH applied AS ( \
-             DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id, kind, follower_id, followee_id), \
+             DELETE FROM outbox WHERE id = ANY($1::bigint[]) \
+             RETURNING id, kind, follower_id, followee_id, occurred_at), \
          deltas AS ({deltas}), \
          upserted AS ( \
              INSERT INTO user_stats (user_id, follower_count, following_count, version) \
@@ -98,9 +103,10 @@ pub async fn apply_events(
                  updated_at = now() \
              RETURNING user_id, follower_count, following_count, version) \
          SELECT 'event' AS row_kind, id AS a, follower_id AS b, followee_id AS c, \
-                CASE kind WHEN 'follow' THEN 1 ELSE 0 END::int8 AS d FROM applied \
+                CASE kind WHEN 'follow' THEN 1 ELSE 0 END::int8 AS d, \
+                EXTRACT(EPOCH FROM clock_timestamp() - occurred_at)::float8 AS e FROM applied \
          UNION ALL \
-         SELECT 'counts', user_id, follower_count, following_count, version FROM upserted"
+         SELECT 'counts', user_id, follower_count, following_count, version, 0::float8 FROM upserted"
     );
     let rows: Vec<AppliedRow> = diesel::sql_query(sql)
         .bind::<Array<BigInt>, _>(outbox_ids)
@@ -114,6 +120,7 @@ pub async fn apply_events(
                 follower_id: row.b,
                 followee_id: row.c,
                 follows: row.d == 1,
+                lag_seconds: row.e,
             });
         } else {
             batch.counts.push(Counts {

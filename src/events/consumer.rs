@@ -17,7 +17,7 @@ use crate::{
     redis_pool::redis::{
         self, AsyncConnectionConfig, Client, aio::MultiplexedConnection, streams::StreamReadReply,
     },
-    telemetry::metrics::{CONSUMER_APPLY, CONSUMER_BATCH, EVENTS_APPLIED},
+    telemetry::metrics::{APPLY_LAG, CONSUMER_APPLY, CONSUMER_BATCH, EVENTS_APPLIED},
 };
 
 /// Settings of one consumer.
@@ -176,6 +176,10 @@ pub async fn process_entries(
     ::metrics::histogram!(CONSUMER_APPLY).record(started.elapsed().as_secs_f64());
     ::metrics::histogram!(CONSUMER_BATCH).record(entries.len() as f64);
     ::metrics::counter!(EVENTS_APPLIED).increment(applied.events.len() as u64);
+    let lag = ::metrics::histogram!(APPLY_LAG);
+    for event in &applied.events {
+        lag.record(event.lag_seconds.max(0.0));
+    }
     settings.caches.record_applied(&applied).await;
     if !done.is_empty() {
         let _: i64 = redis::cmd("XACK")

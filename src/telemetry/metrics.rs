@@ -44,6 +44,8 @@ pub const CONSUMER_BATCH: &str = "follow_consumer_batch_size";
 pub const CONSUMER_APPLY: &str = "follow_consumer_apply_duration_seconds";
 /// Events whose delta a consumer applied (redeliveries not counted).
 pub const EVENTS_APPLIED: &str = "follow_events_applied_total";
+/// Time from an event's commit to its delta being applied to the counts.
+pub const APPLY_LAG: &str = "follow_event_commit_to_apply_seconds";
 /// Stream entries moved to the dead letters after the delivery limit.
 pub const DEAD_LETTERS: &str = "follow_events_dead_lettered_total";
 /// Pending entries taken over from another (dead or slow) consumer.
@@ -148,6 +150,11 @@ fn describe() {
         "Events applied to the counters (each exactly once)"
     );
     describe_counter!(EVENTS_PUBLISHED, "Events appended to the stream, by source");
+    describe_histogram!(
+        APPLY_LAG,
+        ::metrics::Unit::Seconds,
+        "Time from an event's commit to its count update"
+    );
     describe_counter!(DEAD_LETTERS, "Stream entries moved to the dead letters");
     describe_counter!(
         EVENTS_RECLAIMED,

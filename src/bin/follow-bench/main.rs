@@ -10,6 +10,7 @@
 mod drill;
 mod graph;
 mod load;
+mod pipeline;
 mod report;
 mod scenarios;
 
@@ -85,6 +86,10 @@ struct Args {
     /// restarted under a write load; then checks nothing was lost).
     #[arg(long)]
     drill: bool,
+    /// Measure the event pipeline instead: events applied per second by one consumer at batch sizes
+    /// 1, 100, 1,000, and commit-to-count time under 1,000 writes/s.
+    #[arg(long)]
+    pipeline: bool,
     /// Operations of the drill's write load.
     #[arg(long, default_value_t = 20_000)]
     drill_operations: u64,
@@ -108,6 +113,14 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_drill".to_owned()),
         };
         return drill::run(plan, server_binary()?).await;
+    }
+    if args.pipeline {
+        follow_service::telemetry::init(false);
+        let url = args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_pipeline".to_owned());
+        return pipeline::run(url, args.redis_url.clone()).await;
     }
     let database = if args.quick {
         "follow_bench_quick"
@@ -455,7 +468,7 @@ fn git_commit() -> String {
 
 /// Deletes every key under the benchmark's Redis prefix, so each run starts with cold caches and an
 /// empty stream, and runs do not pile keys up.
-async fn clear_redis_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
+pub(crate) async fn clear_redis_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
     use follow_service::redis_pool::redis;
     let client = redis::Client::open(redis_url)?;
     let mut conn = client
