@@ -152,6 +152,9 @@ impl App {
                     caches: self.caches.clone(),
                     claim_idle: self.config.claim_idle,
                     max_deliveries: self.config.max_deliveries,
+                    refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                        consumer::REFRESHES_IN_FLIGHT,
+                    )),
                 };
                 tokio::spawn(consumer::run(self.db.clone(), settings, shutdown.clone()))
             })

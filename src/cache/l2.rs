@@ -29,6 +29,11 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
 return 1
 ";
 
+/// The script, loaded into Redis once and then called by its hash (EVALSHA): sending and hashing its
+/// text on every write costs Redis as much as running it.
+static SET_IF_NEWER_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SET_IF_NEWER));
+
 /// Most keys remembered as dirty; past it the event consumer's refresh is the repair.
 const MAX_DIRTY: usize = 100_000;
 
@@ -47,6 +52,8 @@ pub struct L2 {
     timeout: Duration,
     dirty: Mutex<HashSet<String>>,
     dirty_overflowed: AtomicBool,
+    /// Whether this process has loaded the script since it last failed (Redis may have restarted).
+    script_loaded: AtomicBool,
 }
 
 impl L2 {
@@ -57,6 +64,7 @@ impl L2 {
             timeout,
             dirty: Mutex::new(HashSet::new()),
             dirty_overflowed: AtomicBool::new(false),
+            script_loaded: AtomicBool::new(false),
         }
     }
 
@@ -184,6 +192,10 @@ impl L2 {
             return true;
         }
         let mut pipe = redis::pipe();
+        let needs_script = writes.iter().any(|w| w.version != 0);
+        if needs_script && !self.script_loaded.load(Ordering::Relaxed) {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(SET_IF_NEWER).ignore();
+        }
         for write in writes {
             if write.version == 0 {
                 // A value read from PostgreSQL only fills a gap: a plain SET NX, no script.
@@ -196,8 +208,8 @@ impl L2 {
                     .ignore();
                 continue;
             }
-            pipe.cmd("EVAL")
-                .arg(SET_IF_NEWER)
+            pipe.cmd("EVALSHA")
+                .arg(SET_IF_NEWER_SCRIPT.get_hash())
                 .arg(1)
                 .arg(&write.key)
                 .arg(write.version)
@@ -209,6 +221,11 @@ impl L2 {
             pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
         }
         let done = self.run::<()>(&pipe).await.is_some();
+        // After a failure the script may be gone (Redis restarted): load it with the next write.
+        self.script_loaded.store(
+            done || !needs_script && self.script_loaded.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         if !done && authoritative {
             self.mark_dirty(writes.iter().map(|w| w.key.clone()));
         }
@@ -232,25 +249,22 @@ impl L2 {
         self.run::<()>(&pipe).await.is_some()
     }
 
-    /// Bumps list versions (each kept for `ttl`), then announces the new versions on `channel`.
+    /// Bumps list versions, then announces the new versions on `channel`.
     /// Returns the new versions, or `None` (the keys are then remembered as dirty).
     pub async fn bump_versions(
         &self,
         keys: &[String],
-        ttl: Duration,
         channel: &str,
         message: impl Fn(&[i64]) -> String,
     ) -> Option<Vec<i64>> {
         if keys.is_empty() {
             return Some(Vec::new());
         }
+        // No expiry: one key per list (two per user) stays bounded, and a version that never goes away
+        // can never bring an old page back.
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("INCR").arg(key);
-            pipe.cmd("EXPIRE")
-                .arg(key)
-                .arg(ttl.as_secs().max(1))
-                .ignore();
         }
         let Some(versions) = self.run::<Vec<i64>>(&pipe).await else {
             self.mark_dirty(keys.iter().cloned());
@@ -280,6 +294,15 @@ impl L2 {
             self.mark_dirty(keys.iter().cloned());
         }
         done
+    }
+
+    /// Deletes the keys that writes could not update while the breaker stayed closed (a single failed
+    /// call does not open it, so the probe's repair would not run).
+    pub async fn repair_dirty(&self) {
+        let empty = self.dirty.lock().map(|d| d.is_empty()).unwrap_or(true);
+        if !empty && self.available() && self.recover().await {
+            self.health.success();
+        }
     }
 
     /// A PING through the breaker: after an outage this is the probe that repairs and closes it.

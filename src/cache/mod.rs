@@ -108,10 +108,6 @@ impl std::ops::Deref for Caches {
     }
 }
 
-/// How long a list's version key lives in Redis: far longer than its pages, so a lost version key
-/// cannot bring an old page back.
-const LIST_VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
-
 fn count(cache: &'static str, level: &'static str, result: &'static str, n: usize) {
     if n > 0 {
         ::metrics::counter!(CACHE_REQUESTS, "cache" => cache, "level" => level, "result" => result)
@@ -203,9 +199,15 @@ impl Caches {
         hit
     }
 
-    /// Lets an open breaker probe Redis even when no request does (called by the metrics sampler).
+    /// Lets an open breaker probe Redis even when no request does, and repairs keys that writes could not
+    /// update (called every second by the invalidation subscriber and by the metrics sampler).
     pub async fn probe(&self) {
-        if self.settings.enabled && !self.l2.available() {
+        if !self.settings.enabled {
+            return;
+        }
+        if self.l2.available() {
+            self.l2.repair_dirty().await;
+        } else {
             self.l2.ping().await;
         }
     }
@@ -743,11 +745,7 @@ impl Caches {
                     .collect::<Vec<_>>(),
             )
         };
-        if let Some(versions) = self
-            .l2
-            .bump_versions(&names, LIST_VERSION_TTL, &channel, announce)
-            .await
-        {
+        if let Some(versions) = self.l2.bump_versions(&names, &channel, announce).await {
             for ((kind, owner), version) in lists.iter().zip(versions) {
                 self.list_versions
                     .put_if_newer((*kind, *owner), Versioned { version, value: () });

@@ -35,7 +35,12 @@ pub struct ConsumerSettings {
     pub claim_idle: Duration,
     /// Deliveries after which an entry that still could not be applied goes to the dead letters.
     pub max_deliveries: usize,
+    /// Cache refreshes in flight for this consumer: a batch's refresh overlaps the next batch's SQL.
+    pub refresh_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Cache refreshes a consumer lets run behind it before it waits.
+pub const REFRESHES_IN_FLIGHT: usize = 4;
 
 /// Runs the consumer until `shutdown` turns true.
 pub async fn run(db: DbPool, settings: ConsumerSettings, mut shutdown: watch::Receiver<bool>) {
@@ -175,12 +180,21 @@ pub async fn process_entries(
     let applied = apply_with_retry(db, &outbox_ids).await?;
     ::metrics::histogram!(CONSUMER_APPLY).record(started.elapsed().as_secs_f64());
     ::metrics::histogram!(CONSUMER_BATCH).record(entries.len() as f64);
-    ::metrics::counter!(EVENTS_APPLIED).increment(applied.events.len() as u64);
+    let applied_count = applied.events.len();
+    ::metrics::counter!(EVENTS_APPLIED).increment(applied_count as u64);
     let lag = ::metrics::histogram!(APPLY_LAG);
     for event in &applied.events {
         lag.record(event.lag_seconds.max(0.0));
     }
-    settings.caches.record_applied(&applied).await;
+    // The refresh runs behind the consumer (versions make the order of refreshes irrelevant), at most
+    // a few at a time, so Redis work overlaps the next batch's SQL instead of adding to it.
+    if let Ok(permit) = settings.refresh_slots.clone().acquire_owned().await {
+        let caches = settings.caches.clone();
+        tokio::spawn(async move {
+            caches.record_applied(&applied).await;
+            drop(permit);
+        });
+    }
     if !done.is_empty() {
         let _: i64 = redis::cmd("XACK")
             .arg(&settings.names.stream)
@@ -192,10 +206,10 @@ pub async fn process_entries(
     }
     tracing::debug!(
         entries = entries.len(),
-        applied = applied.events.len(),
+        applied = applied_count,
         "applied a batch"
     );
-    Ok(applied.events.len() as i64)
+    Ok(applied_count as i64)
 }
 
 /// Applies a batch, retrying a few times when PostgreSQL reports a deadlock or serialization failure

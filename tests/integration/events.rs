@@ -92,6 +92,9 @@ fn settings_named(app: &TestApp, batch_size: usize, name: &str) -> ConsumerSetti
         caches: app.app.caches.clone(),
         claim_idle: Duration::from_millis(100),
         max_deliveries: 3,
+        refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            consumer::REFRESHES_IN_FLIGHT,
+        )),
     }
 }
 

@@ -36,7 +36,8 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
         "FOLLOW_REDIS_PREFIX" => Some(prefix.to_owned()),
         "FOLLOW_JWT_SECRET" => Some("follow-bench-secret-not-for-production".to_owned()),
         "FOLLOW_CONSUMER_BLOCK_MS" => Some("100".to_owned()),
-        _ => None,
+        // Anything else from the environment (FOLLOW_CACHE=off measures the consumer without its cache refresh).
+        other => std::env::var(other).ok(),
     })?;
     let app = App::build(config)?;
     let checks = graph::client(&database_url).await?;
@@ -100,6 +101,9 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
             caches: app.caches.clone(),
             claim_idle: Duration::from_secs(60),
             max_deliveries: 3,
+            refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                consumer::REFRESHES_IN_FLIGHT,
+            )),
         };
         consumer::ensure_group(&mut conn, &app.stream).await?;
         let started = Instant::now();
