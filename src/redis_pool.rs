@@ -73,6 +73,18 @@ impl RedisPool {
         }
     }
 
+    /// Drops the slot's connection when the error says it is broken; returns the error.
+    fn failed(&self, slot: usize, err: redis::RedisError) -> anyhow::Error {
+        if err.is_unrecoverable_error()
+            || err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+        {
+            self.discard(slot);
+        }
+        err.into()
+    }
+
     /// Runs a pipeline; a connection that fails is replaced for the next call.
     pub async fn query_pipe<T: redis::FromRedisValue>(
         &self,
@@ -81,16 +93,7 @@ impl RedisPool {
         let (slot, mut conn) = self.connection().await?;
         match pipe.query_async::<T>(&mut conn).await {
             Ok(value) => Ok(value),
-            Err(err) => {
-                if err.is_unrecoverable_error()
-                    || err.is_io_error()
-                    || err.is_timeout()
-                    || err.is_connection_dropped()
-                {
-                    self.discard(slot);
-                }
-                Err(err.into())
-            }
+            Err(err) => Err(self.failed(slot, err)),
         }
     }
 
@@ -99,16 +102,7 @@ impl RedisPool {
         let (slot, mut conn) = self.connection().await?;
         match cmd.query_async::<T>(&mut conn).await {
             Ok(value) => Ok(value),
-            Err(err) => {
-                if err.is_unrecoverable_error()
-                    || err.is_io_error()
-                    || err.is_timeout()
-                    || err.is_connection_dropped()
-                {
-                    self.discard(slot);
-                }
-                Err(err.into())
-            }
+            Err(err) => Err(self.failed(slot, err)),
         }
     }
 

@@ -627,31 +627,51 @@ impl Caches {
         let mut writes = Vec::with_capacity(changes.len());
         let mut announcements = Vec::with_capacity(changes.len());
         for &(follower, followee, follows, version) in changes {
-            self.status.put_if_newer(
-                (follower, followee),
-                Versioned {
-                    version,
-                    value: follows,
-                },
-            );
-            writes.push(VersionedWrite {
-                key: self.names.status(follower, followee),
-                version,
-                payload: keys::encode_status(follows).to_owned(),
-                ttl: self.settings.status_ttl,
-            });
-            announcements.push(Announcement::Status {
+            self.stage_status(
                 follower,
                 followee,
-                version,
                 follows,
-            });
+                version,
+                &mut writes,
+                &mut announcements,
+            );
         }
         let channel = self.names.channel();
         let message = message(&announcements);
         self.l2
             .write_versioned(&writes, Some((&channel, &message)), true)
             .await;
+    }
+
+    /// A status change: into L1 now, and queued for L2 and the announcement.
+    fn stage_status(
+        &self,
+        follower: i64,
+        followee: i64,
+        follows: bool,
+        version: i64,
+        writes: &mut Vec<VersionedWrite>,
+        announcements: &mut Vec<Announcement>,
+    ) {
+        self.status.put_if_newer(
+            (follower, followee),
+            Versioned {
+                version,
+                value: follows,
+            },
+        );
+        writes.push(VersionedWrite {
+            key: self.names.status(follower, followee),
+            version,
+            payload: keys::encode_status(follows).to_owned(),
+            ttl: self.settings.status_ttl,
+        });
+        announcements.push(Announcement::Status {
+            follower,
+            followee,
+            version,
+            follows,
+        });
     }
 
     /// After the consumer applied a batch: statuses and counts it applied, and the versions of the lists
@@ -663,31 +683,15 @@ impl Caches {
         let mut writes = Vec::new();
         let mut announcements = Vec::new();
         for event in &batch.events {
-            let (follower, followee, follows, version) = (
-                event.follower_id,
-                event.followee_id,
-                event.follows,
-                event.id,
-            );
-            self.status.put_if_newer(
-                (follower, followee),
-                Versioned {
-                    version,
-                    value: follows,
-                },
-            );
-            writes.push(VersionedWrite {
-                key: self.names.status(follower, followee),
-                version,
-                payload: keys::encode_status(follows).to_owned(),
-                ttl: self.settings.status_ttl,
-            });
-            announcements.push(Announcement::Status {
+            let (follower, followee) = (event.follower_id, event.followee_id);
+            self.stage_status(
                 follower,
                 followee,
-                version,
-                follows,
-            });
+                event.follows,
+                event.id,
+                &mut writes,
+                &mut announcements,
+            );
         }
         for counts in &batch.counts {
             self.counts.put_if_newer(

@@ -170,35 +170,6 @@ async fn a_redelivered_or_duplicated_entry_changes_the_counts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_entry_does_not_block_the_ones_after_it() {
-    let app = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
-    app.create_users(1..=2).await;
-    let mut conn = connection(&app).await;
-    let _: String = redis::cmd("XADD")
-        .arg(&app.app.stream.stream)
-        .arg("*")
-        .arg("garbage")
-        .arg("yes")
-        .query_async(&mut conn)
-        .await
-        .expect("XADD poison");
-    app.follow(1, 2).await;
-    let settings = settings(&app, 10);
-    let mut applied = 0;
-    for _ in 0..5 {
-        applied += consumer::consume_once(&app.app.db, &mut conn, &settings)
-            .await
-            .expect("consume");
-    }
-    assert_eq!(applied, 1);
-    app.assert_counts_exact().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_committed_but_never_published_is_relayed_and_applied() {
     let app = TestApp::spawn().await;
     app.create_users(1..=3).await;
