@@ -13,7 +13,7 @@ pub const DEVELOPMENT_JWT_SECRET: &str =
 pub struct Config {
     /// `DATABASE_URL`: PostgreSQL; the database is created and migrated at start if missing.
     pub database_url: String,
-    /// `REDIS_URL`: Redis holding the event stream (and, later, the shared cache).
+    /// `REDIS_URL`: Redis holding the event stream, the shared (L2) cache and its invalidation channel.
     pub redis_url: String,
     /// `FOLLOW_LISTEN`: the HTTP address to bind.
     pub listen: SocketAddr,
