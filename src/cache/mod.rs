@@ -147,7 +147,7 @@ impl Caches {
     /// L1 only, no waiting: the status of a pair if this instance holds it (never for the viewer's own
     /// pairs). Resolvers try this before a DataLoader, so an L1 hit skips the batching window.
     pub fn peek_status(&self, pair: (i64, i64), viewer: Option<i64>) -> Option<bool> {
-        if Some(pair.0) == viewer || !self.l1_usable() {
+        if Some(pair.0) == viewer || !self.l1_active() {
             return None;
         }
         let hit = self.status.get(&pair).map(|v| v.value);
@@ -159,7 +159,7 @@ impl Caches {
 
     /// L1 only: a user's counts if this instance holds them.
     pub fn peek_counts(&self, user: i64) -> Option<Counts> {
-        if !self.l1_usable() {
+        if !self.l1_active() {
             return None;
         }
         let hit = self.counts.get(&user).map(|v| v.value);
@@ -171,7 +171,7 @@ impl Caches {
 
     /// L1 only: a user's record (`Some(None)`: known not to exist) if this instance holds it.
     pub fn peek_user(&self, user: i64) -> Option<Option<UserRecord>> {
-        if !self.l1_usable() {
+        if !self.l1_active() {
             return None;
         }
         let hit = self.users.get(&user).map(|v| v.value);
@@ -188,7 +188,7 @@ impl Caches {
         owner: i64,
         limit: i64,
     ) -> Option<Arc<Vec<ListEntry>>> {
-        if !self.l1_usable() {
+        if !self.l1_active() {
             return None;
         }
         let version = self.list_versions.get(&(kind, owner))?.version;
@@ -217,17 +217,8 @@ impl Caches {
         self.l2.available()
     }
 
-    /// Whether caching is on.
-    pub fn enabled(&self) -> bool {
-        self.settings.enabled
-    }
-
-    /// Whether L1 is in use (caching on and the invalidation subscription up).
+    /// Whether L1 is in use: caching on and the invalidation subscription up.
     pub fn l1_active(&self) -> bool {
-        self.l1_usable()
-    }
-
-    fn l1_usable(&self) -> bool {
         self.settings.enabled && self.l1_live.load(Ordering::SeqCst)
     }
 
@@ -257,7 +248,7 @@ impl Caches {
             let loaded = load(keys.to_vec()).await?;
             return Ok(loaded.into_iter().map(|(k, v)| (k, v.value)).collect());
         }
-        let use_l1 = self.l1_usable();
+        let use_l1 = self.l1_active();
         let mut pending = Vec::new();
         let (mut l1_hits, mut bypass) = (0, 0);
         for key in keys {
@@ -508,7 +499,7 @@ impl Caches {
         if !self.settings.enabled {
             return Ok(to_arcs(load(owners.to_vec()).await?, owners));
         }
-        let use_l1 = self.l1_usable();
+        let use_l1 = self.l1_active();
 
         // 1. Each list's version: L1, else one MGET (a missing version key is version 0).
         let mut versions: HashMap<i64, i64> = HashMap::new();

@@ -1,23 +1,18 @@
 //! Bearer tokens over HTTP: a bad token is never an anonymous request.
 
-use axum::{body::Body, http::Request};
 use follow_service::auth::JwtKeys;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::support::TestApp;
-
-fn post(token: Option<&str>, query: &str) -> Request<Body> {
-    let mut builder = Request::post("/graphql").header("content-type", "application/json");
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    builder
-        .body(Body::from(json!({ "query": query }).to_string()))
-        .expect("request")
-}
+use crate::support::{TestApp, graphql_post, query_body};
 
 async fn code_of(app: &TestApp, token: Option<&str>, query: &str) -> (u16, String) {
-    let (status, _, body) = app.http(post(token, query)).await;
+    let (status, _, body) = app
+        .http(
+            graphql_post(token)
+                .body(query_body(query))
+                .expect("request"),
+        )
+        .await;
     let body: Value = serde_json::from_slice(&body).expect("JSON body");
     (
         status.as_u16(),

@@ -6,7 +6,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::support::TestApp;
+use crate::support::{TestApp, graphql_post, query_body};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
@@ -14,12 +14,9 @@ async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
     app.create_users(1..=2).await;
     let token = app.token(1, false);
 
-    let request = Request::post("/graphql")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::from(
-            json!({ "query": r#"mutation { follow(userId: "2") { changed viewer { handle } } }"# })
-                .to_string(),
+    let request = graphql_post(Some(&token))
+        .body(query_body(
+            r#"mutation { follow(userId: "2") { changed viewer { handle } } }"#,
         ))
         .expect("request");
     let (status, headers, body) = app.http(request).await;
@@ -35,10 +32,9 @@ async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
     );
 
     // A request id sent by a proxy is kept.
-    let request = Request::post("/graphql")
-        .header(header::CONTENT_TYPE, "application/json")
+    let request = graphql_post(None)
         .header("x-request-id", "from-the-proxy-1")
-        .body(Body::from(json!({ "query": "{ __typename }" }).to_string()))
+        .body(query_body("{ __typename }"))
         .expect("request");
     let (_, headers, _) = app.http(request).await;
     assert_eq!(
@@ -50,8 +46,7 @@ async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
     let batch: Vec<Value> = (0..11)
         .map(|_| json!({ "query": "{ __typename }" }))
         .collect();
-    let request = Request::post("/graphql")
-        .header(header::CONTENT_TYPE, "application/json")
+    let request = graphql_post(None)
         .body(Body::from(Value::Array(batch).to_string()))
         .expect("request");
     let (status, _, body) = app.http(request).await;
@@ -95,8 +90,7 @@ async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
     let huge =
         json!({ "query": format!("{{ __typename }} # {}", "x".repeat(100_000)) }).to_string();
     for declared in [true, false] {
-        let mut request =
-            Request::post("/graphql").header(header::CONTENT_TYPE, "application/json");
+        let mut request = graphql_post(None);
         if declared {
             request = request.header(header::CONTENT_LENGTH, huge.len());
         }
@@ -119,8 +113,7 @@ async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
     }
 
     // Not JSON at all: 400 with a GraphQL-shaped error.
-    let request = Request::post("/graphql")
-        .header(header::CONTENT_TYPE, "application/json")
+    let request = graphql_post(None)
         .body(Body::from("{nope"))
         .expect("request");
     let (status, _, body) = app.http(request).await;
@@ -236,19 +229,14 @@ async fn metrics_show_requests_loaders_pipeline_and_pools() {
     let app = TestApp::spawn().await;
     app.create_users(1..=3).await;
     let token = app.token(1, false);
-    let request = Request::post("/graphql")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::from(
-            json!({ "query": "mutation MetricsFollow { follow(userId: \"2\") { changed user { followerCount } } }" }).to_string(),
+    let request = graphql_post(Some(&token))
+        .body(query_body(
+            "mutation MetricsFollow { follow(userId: \"2\") { changed user { followerCount } } }",
         ))
         .expect("request");
     assert_eq!(app.http(request).await.0, StatusCode::OK);
-    let bad = Request::post("/graphql")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(
-            json!({ "query": "query MetricsBad { user(id: \"x\") { id } }" }).to_string(),
-        ))
+    let bad = graphql_post(None)
+        .body(query_body("query MetricsBad { user(id: \"x\") { id } }"))
         .expect("request");
     assert_eq!(app.http(bad).await.0, StatusCode::OK);
     app.drained().await;

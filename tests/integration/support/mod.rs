@@ -335,23 +335,20 @@ impl TestApp {
 
     /// `viewer` follows `user` through the API.
     pub async fn follow(&self, viewer: i64, user: i64) -> Value {
-        self.data(
-            Some(viewer),
-            "mutation($u: ID!) { follow(userId: $u) { changed following } }",
-            json!({ "u": user.to_string() }),
-        )
-        .await["follow"]
-            .clone()
+        self.edge("follow", viewer, user).await
     }
 
     /// `viewer` unfollows `user` through the API.
     pub async fn unfollow(&self, viewer: i64, user: i64) -> Value {
-        self.data(
-            Some(viewer),
-            "mutation($u: ID!) { unfollow(userId: $u) { changed following } }",
-            json!({ "u": user.to_string() }),
-        )
-        .await["unfollow"]
+        self.edge("unfollow", viewer, user).await
+    }
+
+    /// Runs `follow` or `unfollow` as `viewer`; returns its `changed` and `following`.
+    async fn edge(&self, mutation: &str, viewer: i64, user: i64) -> Value {
+        let query =
+            format!("mutation($u: ID!) {{ {mutation}(userId: $u) {{ changed following }} }}");
+        self.data(Some(viewer), &query, json!({ "u": user.to_string() }))
+            .await[mutation]
             .clone()
     }
 
@@ -491,6 +488,21 @@ impl Drop for Instance {
             task.abort();
         }
     }
+}
+
+/// A `POST /graphql` with a JSON content type and, when given, a bearer token; add headers, then a body.
+pub fn graphql_post(token: Option<&str>) -> axum::http::request::Builder {
+    let builder = axum::http::Request::post("/graphql")
+        .header(axum::http::header::CONTENT_TYPE, "application/json");
+    match token {
+        Some(token) => builder.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}")),
+        None => builder,
+    }
+}
+
+/// The JSON body of one operation.
+pub fn query_body(query: &str) -> Body {
+    Body::from(json!({ "query": query }).to_string())
 }
 
 /// The secret test apps sign tokens with.
