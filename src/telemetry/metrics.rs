@@ -228,16 +228,22 @@ pub async fn sample_forever(app: crate::app::App, interval: Duration) {
     }
 }
 
+/// A pool's connections in use and idle, and its waiters.
+fn pool_gauges(connections: &'static str, waiting: &'static str, status: deadpool::Status) {
+    gauge!(connections, "state" => "in_use")
+        .set(status.size.saturating_sub(status.available) as f64);
+    gauge!(connections, "state" => "idle").set(status.available as f64);
+    gauge!(waiting).set(status.waiting as f64);
+}
+
 /// One sample of pools, stream and outbox; each source that does not answer in time is skipped.
 pub async fn sample_once(app: &crate::app::App) {
-    let db = app.db.status();
-    gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set((db.size - db.available) as f64);
-    gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(db.available as f64);
-    gauge!(DB_POOL_WAITING).set(db.waiting as f64);
-    let redis = app.redis.status();
-    gauge!(REDIS_POOL_CONNECTIONS, "state" => "in_use").set((redis.size - redis.available) as f64);
-    gauge!(REDIS_POOL_CONNECTIONS, "state" => "idle").set(redis.available as f64);
-    gauge!(REDIS_POOL_WAITING).set(redis.waiting as f64);
+    pool_gauges(DB_POOL_CONNECTIONS, DB_POOL_WAITING, app.db.status());
+    pool_gauges(
+        REDIS_POOL_CONNECTIONS,
+        REDIS_POOL_WAITING,
+        app.redis.status(),
+    );
     ::metrics::counter!(DB_QUERIES).absolute(app.queries.get());
 
     app.caches.probe().await;
