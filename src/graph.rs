@@ -2,7 +2,10 @@
 //! in one statement, then XADD) and batched reads. The GraphQL layer calls only this; it is the one
 //! place that will put the caches in front of the store.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use crate::{
     cache::Caches,
@@ -239,10 +242,8 @@ impl FollowGraph {
         kind: ListKind,
         owner: i64,
         limit: i64,
-    ) -> Option<Vec<ListEntry>> {
-        self.caches
-            .peek_first_page(kind, owner, limit)
-            .map(|page| page.as_ref().clone())
+    ) -> Option<Arc<Vec<ListEntry>>> {
+        self.caches.peek_first_page(kind, owner, limit)
     }
 
     /// Users by id; unknown ids are absent from the map.
@@ -300,7 +301,7 @@ impl FollowGraph {
         owner_ids: &[i64],
         after: Option<Keyset>,
         limit: i64,
-    ) -> Result<HashMap<i64, Vec<ListEntry>>, AppError> {
+    ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, AppError> {
         let load = |owners: Vec<i64>| async move {
             let mut conn = db::connect(&self.db).await?;
             let entries = db::follows::list_pages(&mut conn, kind, &owners, after, limit).await?;
@@ -311,16 +312,14 @@ impl FollowGraph {
             Ok::<_, AppError>(pages)
         };
         if after.is_some() {
-            return load(owner_ids.to_vec()).await;
+            let pages = load(owner_ids.to_vec()).await?;
+            return Ok(pages
+                .into_iter()
+                .map(|(owner, page)| (owner, Arc::new(page)))
+                .collect());
         }
-        let pages = self
-            .caches
-            .first_pages(kind, owner_ids, limit, load)
-            .await?;
-        Ok(pages
-            .into_iter()
-            .map(|(owner, page)| (owner, page.as_ref().clone()))
-            .collect())
+        // Cached pages are shared, never copied per request.
+        self.caches.first_pages(kind, owner_ids, limit, load).await
     }
 
     /// One page of the followers of `owner_id` whom `viewer_id` follows.

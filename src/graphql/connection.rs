@@ -1,5 +1,7 @@
 //! Building follow connections: page size and cursor checks, then one page through the loaders.
 
+use std::sync::Arc;
+
 use async_graphql::{Context, Result};
 
 use super::{
@@ -40,18 +42,12 @@ pub async fn list(
         after,
         limit: size + 1,
     };
-    let mut entries = loaders(ctx)?.list(key).await?;
-    let has_next_page = entries.len() as i64 > size;
-    entries.truncate(size as usize);
+    let rows = loaders(ctx)?.list(key).await?;
     let total = match kind {
         ListKind::Followers => TotalCount::Followers(owner_id),
         ListKind::Following => TotalCount::Following(owner_id),
     };
-    Ok(FollowConnection {
-        entries,
-        has_next_page,
-        total,
-    })
+    Ok(FollowConnection::page(rows, size as usize, total))
 }
 
 /// A page of the followers of `owner_id` whom the viewer follows; empty without a viewer.
@@ -64,26 +60,21 @@ pub async fn known_followers(
     let size = page_size(first)?;
     let after = after.as_deref().map(cursor::decode).transpose()?;
     let Some(viewer_id) = viewer_id(ctx) else {
-        return Ok(FollowConnection {
-            entries: Vec::new(),
-            has_next_page: false,
-            total: TotalCount::Zero,
-        });
+        return Ok(FollowConnection::page(
+            Default::default(),
+            0,
+            TotalCount::Zero,
+        ));
     };
     let graph = ctx.data::<FollowGraph>()?;
-    let mut entries = graph
+    let rows = graph
         .known_followers(owner_id, viewer_id, after, size + 1)
         .await?;
-    let has_next_page = entries.len() as i64 > size;
-    entries.truncate(size as usize);
-    Ok(FollowConnection {
-        entries,
-        has_next_page,
-        total: TotalCount::KnownFollowers {
-            owner_id,
-            viewer_id,
-        },
-    })
+    let total = TotalCount::KnownFollowers {
+        owner_id,
+        viewer_id,
+    };
+    Ok(FollowConnection::page(Arc::new(rows), size as usize, total))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! DataLoaders: every per-user and per-pair field of a response is gathered into one batched lookup
 //! per kind, so a page of 100 users costs a handful of queries, not hundreds.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_graphql::dataloader::{DataLoader, Loader};
 
@@ -107,7 +107,7 @@ impl Loaders {
     }
 
     /// One list page (`key.limit` rows at most).
-    pub async fn list(&self, key: ListKey) -> async_graphql::Result<Vec<ListEntry>> {
+    pub async fn list(&self, key: ListKey) -> async_graphql::Result<Arc<Vec<ListEntry>>> {
         if key.after.is_none()
             && let Some(page) = self
                 .graph
@@ -187,13 +187,13 @@ pub struct ListKey {
 pub struct ListLoader(FollowGraph);
 
 impl Loader<ListKey> for ListLoader {
-    type Value = Vec<ListEntry>;
+    type Value = Arc<Vec<ListEntry>>;
     type Error = async_graphql::Error;
 
     async fn load(
         &self,
         keys: &[ListKey],
-    ) -> Result<HashMap<ListKey, Vec<ListEntry>>, Self::Error> {
+    ) -> Result<HashMap<ListKey, Arc<Vec<ListEntry>>>, Self::Error> {
         record_batch("lists", keys.len());
         let mut groups: HashMap<(ListKind, Option<Keyset>, i64), Vec<i64>> = HashMap::new();
         for key in keys {

@@ -1,5 +1,7 @@
 //! The object types of the schema: users, follow connections, relationships, payloads, events.
 
+use std::sync::Arc;
+
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
 use super::{RequestViewer, cursor, loaders::Loaders, scalars::DateTime};
@@ -147,28 +149,42 @@ pub(crate) enum TotalCount {
 
 /// A page of users in a follow list (Relay cursor connection).
 pub struct FollowConnection {
-    pub(crate) entries: Vec<ListEntry>,
-    pub(crate) has_next_page: bool,
-    pub(crate) total: TotalCount,
+    /// The rows fetched (maybe shared with the cache): the page, and one more when a next page exists.
+    rows: Arc<Vec<ListEntry>>,
+    /// How many of `rows` the page shows.
+    shown: usize,
+    total: TotalCount,
+}
+
+impl FollowConnection {
+    /// A page of at most `size` entries from `rows`, fetched as `size + 1` to tell whether more follow.
+    pub(crate) fn page(rows: Arc<Vec<ListEntry>>, size: usize, total: TotalCount) -> Self {
+        let shown = rows.len().min(size);
+        Self { rows, shown, total }
+    }
+
+    fn entries(&self) -> &[ListEntry] {
+        &self.rows[..self.shown]
+    }
 }
 
 #[Object]
 impl FollowConnection {
     async fn edges(&self) -> Vec<FollowEdge> {
-        self.entries.iter().cloned().map(FollowEdge).collect()
+        self.entries().iter().cloned().map(FollowEdge).collect()
     }
 
     async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<User>> {
-        let ids: Vec<i64> = self.entries.iter().map(|e| e.user_id).collect();
+        let ids: Vec<i64> = self.entries().iter().map(|e| e.user_id).collect();
         load_users(ctx, &ids).await
     }
 
     async fn page_info(&self) -> PageInfo {
         PageInfo {
-            has_next_page: self.has_next_page,
+            has_next_page: self.rows.len() > self.shown,
             has_previous_page: false,
-            start_cursor: self.entries.first().map(entry_cursor),
-            end_cursor: self.entries.last().map(entry_cursor),
+            start_cursor: self.entries().first().map(entry_cursor),
+            end_cursor: self.entries().last().map(entry_cursor),
         }
     }
 
