@@ -187,20 +187,36 @@ pub async fn list_pages(
     })
 }
 
+/// The text of a list-page statement: the list of `$owner` (the column that picks it) shows `$other`,
+/// newest first; `$after` is empty for a first page, or the keyset condition.
+macro_rules! page_sql {
+    ($other:literal, $owner:literal, $after:literal) => {
+        concat!(
+            "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) ",
+            "CROSS JOIN LATERAL (SELECT f.",
+            $other,
+            " AS user_id, f.created_at AS followed_at FROM follows f ",
+            "WHERE f.",
+            $owner,
+            " = o.id",
+            $after,
+            " ORDER BY f.created_at DESC, f.",
+            $other,
+            " DESC LIMIT ?) AS e"
+        )
+    };
+}
+
 prepared!(
     /// The newest followers of each owner.
     FollowerFirstPages { owners: Vec<i64> => Array<BigInt>, limit: i64 => BigInt } =
-    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
-     CROSS JOIN LATERAL (SELECT f.follower_id AS user_id, f.created_at AS followed_at FROM follows f \
-         WHERE f.followee_id = o.id ORDER BY f.created_at DESC, f.follower_id DESC LIMIT ?) AS e"
+    page_sql!("follower_id", "followee_id", "")
 );
 
 prepared!(
     /// Whom each owner followed most recently.
     FollowingFirstPages { owners: Vec<i64> => Array<BigInt>, limit: i64 => BigInt } =
-    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
-     CROSS JOIN LATERAL (SELECT f.followee_id AS user_id, f.created_at AS followed_at FROM follows f \
-         WHERE f.follower_id = o.id ORDER BY f.created_at DESC, f.followee_id DESC LIMIT ?) AS e"
+    page_sql!("followee_id", "follower_id", "")
 );
 
 prepared!(
@@ -210,11 +226,7 @@ prepared!(
         at: DateTime<Utc> => Timestamptz,
         id: i64 => BigInt,
         limit: i64 => BigInt,
-    } =
-    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
-     CROSS JOIN LATERAL (SELECT f.follower_id AS user_id, f.created_at AS followed_at FROM follows f \
-         WHERE f.followee_id = o.id AND (f.created_at, f.follower_id) < (?, ?) \
-         ORDER BY f.created_at DESC, f.follower_id DESC LIMIT ?) AS e"
+    } = page_sql!("follower_id", "followee_id", " AND (f.created_at, f.follower_id) < (?, ?)")
 );
 
 prepared!(
@@ -224,11 +236,7 @@ prepared!(
         at: DateTime<Utc> => Timestamptz,
         id: i64 => BigInt,
         limit: i64 => BigInt,
-    } =
-    "SELECT o.id AS owner_id, e.user_id, e.followed_at FROM unnest(?::bigint[]) AS o(id) \
-     CROSS JOIN LATERAL (SELECT f.followee_id AS user_id, f.created_at AS followed_at FROM follows f \
-         WHERE f.follower_id = o.id AND (f.created_at, f.followee_id) < (?, ?) \
-         ORDER BY f.created_at DESC, f.followee_id DESC LIMIT ?) AS e"
+    } = page_sql!("followee_id", "follower_id", " AND (f.created_at, f.followee_id) < (?, ?)")
 );
 
 /// One page, newest first, of the followers of `owner_id` whom `viewer_id` follows.
