@@ -221,11 +221,14 @@ impl L2 {
             pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
         }
         let done = self.run::<()>(&pipe).await.is_some();
-        // After a failure the script may be gone (Redis restarted): load it with the next write.
-        self.script_loaded.store(
-            done || !needs_script && self.script_loaded.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        // Loaded once a pipeline that carried the script went through; after any failure Redis may have
+        // restarted without it, so the next write loads it again. (A successful pipeline of plain fills
+        // says nothing about the script, and used to mark it loaded.)
+        if !done {
+            self.script_loaded.store(false, Ordering::Relaxed);
+        } else if needs_script {
+            self.script_loaded.store(true, Ordering::Relaxed);
+        }
         if !done && authoritative {
             self.mark_dirty(writes.iter().map(|w| w.key.clone()));
         }
