@@ -149,11 +149,7 @@ async fn a_negative_status_is_cached_and_a_follow_flips_it_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_degrades_to_postgres_and_no_stale_value_comes_back() {
     // No consumer anywhere: only the instance's own repair can fix what the outage left in L2.
-    let a = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
+    let a = TestApp::without_pipeline().await;
     a.create_users(1..=3).await;
     let proxy = RedisProxy::start().await;
     let c = a
@@ -235,11 +231,7 @@ async fn redis_going_away_degrades_to_postgres_and_no_stale_value_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_of_a_cold_key_query_postgres_once() {
-    let a = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
+    let a = TestApp::without_pipeline().await;
     a.create_users(1..=2).await;
     let before = a.app.queries.get();
     let reads = (0..50).map(|_| {

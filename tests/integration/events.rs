@@ -112,11 +112,7 @@ async fn connection(app: &TestApp) -> redis::aio::MultiplexedConnection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_or_duplicated_entry_changes_the_counts_once() {
-    let app = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::without_pipeline().await;
     app.create_users(1..=2).await;
     let mut conn = connection(&app).await;
     app.follow(1, 2).await;
@@ -189,11 +185,7 @@ async fn an_event_committed_but_never_published_is_relayed_and_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_succeed_while_redis_is_unreachable_and_counts_catch_up_later() {
-    let app = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::without_pipeline().await;
     app.create_users(1..=3).await;
     // An instance whose Redis is gone (nothing listens on port 1).
     let cut_off = app.sibling(Options {
@@ -267,11 +259,7 @@ async fn reconcile_finds_and_repairs_a_corrupted_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_counts_pending_events_as_not_drift() {
-    let app = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::without_pipeline().await;
     app.create_users(1..=2).await;
     app.follow(1, 2).await;
     // The event is committed but not applied: user_stats says 0, the edge says 1, the outbox says +1.
@@ -354,11 +342,7 @@ async fn entries_held_by_a_dead_consumer_are_taken_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_entry_goes_to_the_dead_letters_after_the_delivery_limit() {
-    let app = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::without_pipeline().await;
     app.create_users(1..=2).await;
     let mut conn = connection(&app).await;
     let poison: String = redis::cmd("XADD")
@@ -442,11 +426,7 @@ async fn losing_the_stream_mid_flight_loses_no_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_every_entry_not_yet_applied() {
-    let app = TestApp::with_options(Options {
-        pipeline: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::without_pipeline().await;
     app.create_users(1..=30).await;
     let mut conn = connection(&app).await;
     for a in 2..=30 {

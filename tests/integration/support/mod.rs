@@ -196,17 +196,20 @@ impl TestApp {
         Self::with_options(Options::default()).await
     }
 
+    /// An app whose events wait in the stream and the outbox until a test applies them.
+    pub async fn without_pipeline() -> Self {
+        Self::with_options(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await
+    }
+
     pub async fn with_options(options: Options) -> Self {
         let database = fresh_database().await;
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let app = Self::build_app(&database, &prefix, &options);
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = if options.pipeline {
-            app.spawn_pipeline(stopped)
-        } else {
-            Vec::new()
-        };
-        tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
+        let (stop, tasks) = start_background(&app, options.pipeline);
         let test_app = Self {
             app,
             database,
@@ -228,13 +231,7 @@ impl TestApp {
     /// until it is dropped. Returns once its L1 is in use (when its Redis is reachable).
     pub async fn instance(&self, options: Options) -> Instance {
         let app = self.sibling(options.clone());
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = if options.pipeline {
-            app.spawn_pipeline(stopped)
-        } else {
-            Vec::new()
-        };
-        tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
+        let (stop, tasks) = start_background(&app, options.pipeline);
         self.wait_for_l1(&app).await;
         Instance {
             app,
@@ -473,6 +470,19 @@ impl Drop for TestApp {
         })
         .join();
     }
+}
+
+/// Starts what an instance runs in the background: the cache subscription, and the event pipeline when
+/// asked; they stop when the returned sender turns true or is dropped.
+fn start_background(app: &App, pipeline: bool) -> (watch::Sender<bool>, Vec<JoinHandle<()>>) {
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = if pipeline {
+        app.spawn_pipeline(stopped)
+    } else {
+        Vec::new()
+    };
+    tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
+    (stop, tasks)
 }
 
 /// A running instance besides the test's main one.
