@@ -10,7 +10,7 @@ use crate::{
     cache::Caches,
     config::Config,
     db::{self, DbPool},
-    events::{StreamNames, consumer, producer::Producer, relay},
+    events::{StreamNames, consumer, fanout::EventHub, producer::Producer, relay},
     graph::FollowGraph,
     graphql::{self, FollowSchema, SchemaLimits},
     redis_health::RedisHealth,
@@ -43,6 +43,10 @@ pub struct AppInner {
     pub caches: Caches,
     /// The Redis circuit breaker shared by the cache and the producer.
     pub redis_health: Arc<RedisHealth>,
+    /// Routes follow events from the stream to this instance's subscribers.
+    pub events: EventHub,
+    /// Turns true when the process begins to shut down: long-lived connections close so clients move.
+    pub closing: watch::Sender<bool>,
 }
 
 impl std::ops::Deref for App {
@@ -95,8 +99,10 @@ impl App {
             redis_health.clone(),
         );
         let graph = FollowGraph::new(db.clone(), producer, caches.clone());
+        let events = EventHub::new(config.subscription_buffer);
         let schema = graphql::build_schema(
             graph.clone(),
+            events.clone(),
             SchemaLimits {
                 max_depth: config.max_depth,
                 max_complexity: config.max_complexity,
@@ -115,6 +121,8 @@ impl App {
             stream,
             caches,
             redis_health,
+            events,
+            closing: watch::channel(false).0,
         })))
     }
 
@@ -193,6 +201,17 @@ impl App {
         ))
     }
 
+    /// Starts tailing the event stream for this instance's subscribers; it stops when `shutdown` turns true.
+    pub fn spawn_event_fanout(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(crate::events::fanout::run(
+            self.events.clone(),
+            self.config.redis_url.clone(),
+            self.stream.clone(),
+            FANOUT_BLOCK,
+            shutdown,
+        ))
+    }
+
     /// Whether PostgreSQL and Redis both answer, each with its error if not.
     pub async fn readiness(&self) -> (Result<(), String>, Result<(), String>) {
         let timeout = self.config.db_timeout;
@@ -216,6 +235,9 @@ impl App {
         tokio::join!(database, redis)
     }
 }
+
+/// How long the fan-out blocks in one XREAD: short enough to notice a shutdown soon.
+const FANOUT_BLOCK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A consumer name unique to this process: host, pid and a random suffix.
 fn consumer_name() -> String {

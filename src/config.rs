@@ -71,6 +71,17 @@ pub struct Config {
     pub breaker_cool_down: Duration,
     /// `FOLLOW_RUN_CONSUMER`: whether `serve` also runs the consumer and relay (default true).
     pub run_consumer: bool,
+    /// `FOLLOW_SUBSCRIPTION_BUFFER`: events one subscriber may have waiting before its subscription
+    /// ends as overrun (a slow client never stalls the others nor grows memory past this).
+    pub subscription_buffer: usize,
+    /// `FOLLOW_WS_MAX_SUBSCRIPTIONS`: operations one websocket may run at once.
+    pub ws_max_subscriptions: usize,
+    /// `FOLLOW_WS_INIT_TIMEOUT_MS`: how long a websocket may stay open without `connection_init`.
+    pub ws_init_timeout: Duration,
+    /// `FOLLOW_WS_IDLE_TIMEOUT_S`: a websocket silent this long (no message, no pong) is closed.
+    pub ws_idle_timeout: Duration,
+    /// `FOLLOW_APQ_TTL_S`: how long an automatic persisted query stays registered in Redis.
+    pub apq_ttl: Duration,
 }
 
 /// Where the service runs; production refuses the development secret.
@@ -179,6 +190,11 @@ impl Config {
             breaker_failures: number("FOLLOW_REDIS_BREAKER_FAILURES", 5)? as u32,
             breaker_cool_down: millis("FOLLOW_REDIS_BREAKER_COOLDOWN_MS", 1_000)?,
             run_consumer: flag("FOLLOW_RUN_CONSUMER", true)?,
+            subscription_buffer: number("FOLLOW_SUBSCRIPTION_BUFFER", 256)? as usize,
+            ws_max_subscriptions: number("FOLLOW_WS_MAX_SUBSCRIPTIONS", 32)? as usize,
+            ws_init_timeout: millis("FOLLOW_WS_INIT_TIMEOUT_MS", 3_000)?,
+            ws_idle_timeout: seconds("FOLLOW_WS_IDLE_TIMEOUT_S", 60)?,
+            apq_ttl: seconds("FOLLOW_APQ_TTL_S", 7 * 24 * 3_600)?,
         };
         config.validate()?;
         Ok(config)
@@ -208,6 +224,16 @@ impl Config {
             ("FOLLOW_MAX_COMPLEXITY", self.max_complexity),
             ("FOLLOW_MAX_BODY_BYTES", self.max_body_bytes),
             ("FOLLOW_CACHE_L1_ENTRIES", self.cache.l1_capacity as usize),
+            ("FOLLOW_SUBSCRIPTION_BUFFER", self.subscription_buffer),
+            ("FOLLOW_WS_MAX_SUBSCRIPTIONS", self.ws_max_subscriptions),
+            (
+                "FOLLOW_WS_INIT_TIMEOUT_MS",
+                self.ws_init_timeout.as_millis() as usize,
+            ),
+            (
+                "FOLLOW_WS_IDLE_TIMEOUT_S",
+                self.ws_idle_timeout.as_secs() as usize,
+            ),
             (
                 "FOLLOW_REDIS_TIMEOUT_MS",
                 self.redis_timeout.as_millis() as usize,

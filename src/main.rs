@@ -167,16 +167,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Vec::new()
     };
     tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
+    tasks.push(app.spawn_event_fanout(stop.subscribe()));
     let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await
         .with_context(|| format!("binding {}", app.config.listen))?;
     tracing::info!("GraphiQL at http://{}/graphql", listener.local_addr()?);
+    let closing = app.closing.clone();
     axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             if let Err(err) = app::shutdown_signal().await {
                 tracing::error!(error = %err, "signal handling failed");
             }
+            closing.send_replace(true);
         })
         .await?;
     sampler.abort();

@@ -10,6 +10,7 @@
 //! stream was lost), so every committed event is applied once, whatever was lost in Redis.
 
 pub mod consumer;
+pub mod fanout;
 pub mod producer;
 pub mod recovery;
 pub mod relay;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_graphql::{ErrorExtensions, Schema};
 
-use crate::{auth::Viewer, error::AppError, graph::FollowGraph};
+use crate::{auth::Viewer, error::AppError, events::fanout::EventHub, graph::FollowGraph};
 
 pub use self::{mutation::Mutation, query::Query, subscription::Subscription};
 
@@ -43,10 +43,11 @@ struct LoaderSettings {
     delay: Duration,
 }
 
-/// Builds the schema over the follow graph.
-pub fn build_schema(graph: FollowGraph, limits: SchemaLimits) -> FollowSchema {
+/// Builds the schema over the follow graph; subscriptions draw on `events`.
+pub fn build_schema(graph: FollowGraph, events: EventHub, limits: SchemaLimits) -> FollowSchema {
     Schema::build(Query::default(), Mutation::default(), Subscription)
         .data(graph)
+        .data(events)
         .data(LoaderSettings {
             delay: limits.loader_delay,
         })

@@ -1,10 +1,13 @@
-//! Subscription root: follow events that concern the viewer.
+//! Subscription root: follow events that concern the viewer, as this instance's event hub routes them.
 
 use async_graphql::{Context, Result, Subscription};
-use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 
-use super::{RequestViewer, types::FollowEvent};
-use crate::error::AppError;
+use super::types::{FollowEvent, viewer_id};
+use crate::{
+    error::AppError,
+    events::fanout::{Delivery, EventHub},
+};
 
 #[derive(Default)]
 pub struct Subscription;
@@ -12,15 +15,22 @@ pub struct Subscription;
 #[Subscription]
 impl Subscription {
     /// Follow events that concern the viewer: someone followed or unfollowed them. Needs a viewer.
-    async fn follow_events(&self, ctx: &Context<'_>) -> Result<BoxStream<'static, FollowEvent>> {
-        if ctx.data_opt::<RequestViewer>().and_then(|v| v.0).is_none() {
-            return Err(AppError::needs_viewer().into());
-        }
-        // Delivery over websockets comes with the subscriptions work (issue 6); until then the field
-        // answers clearly instead of holding a stream open that never yields.
-        Err(
-            AppError::ServiceUnavailable("followEvents is not served by this version yet".into())
-                .into(),
-        )
+    ///
+    /// Events arrive once committed and published, in stream order. A client that falls too far behind
+    /// gets one SERVICE_UNAVAILABLE error and the subscription ends: subscribe again and re-read.
+    async fn follow_events(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = Result<FollowEvent>> + use<>> {
+        let viewer = viewer_id(ctx).ok_or_else(AppError::needs_viewer)?;
+        let hub = ctx.data::<EventHub>()?;
+        Ok(hub.subscribe(viewer).map(|delivery| match delivery {
+            Delivery::Event(event) => Ok(FollowEvent(event)),
+            Delivery::Overrun => Err(AppError::ServiceUnavailable(
+                "this subscription fell too far behind its events and was ended; subscribe again"
+                    .into(),
+            )
+            .into()),
+        }))
     }
 }

@@ -1,26 +1,15 @@
 //! The GraphQL endpoint: authenticates the bearer token, then hands the request to the schema.
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse, rejection::GraphQLRejection};
 use axum::{
     Json,
     extract::{RawQuery, State},
     http::{HeaderMap, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
 };
 use serde_json::json;
 
 use crate::{app::App, auth::Viewer, error::AppError, graphql};
-
-/// GraphiQL, for people exploring the API in a browser.
-pub async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .finish(),
-    )
-}
 
 /// `POST /graphql`: one operation or a batch.
 pub async fn post_graphql(
@@ -70,7 +59,7 @@ pub async fn get_graphql(
         .is_some_and(|accept| accept.contains("text/html"));
     let query = query.unwrap_or_default();
     if wants_html || query.is_empty() {
-        return graphiql().await.into_response();
+        return super::graphiql::page().await;
     }
     let request = match async_graphql::http::parse_query_string(&query) {
         Ok(request) => request,

@@ -1,8 +1,10 @@
 //! The HTTP surface: routes, bearer-token extraction, limits, health.
 
+mod graphiql;
 mod graphql;
 mod health;
 mod metrics;
+mod ws;
 
 use axum::{
     Router,
@@ -30,14 +32,16 @@ pub fn router(app: App) -> Router {
     let body_limit = app.config.max_body_bytes;
     let timeout = app.config.request_timeout;
     Router::new()
-        .route("/", get(graphql::graphiql))
+        .route("/", get(graphiql::page))
         .route(
             "/graphql",
             get(graphql::get_graphql).post(graphql::post_graphql),
         )
+        .route("/graphql/ws", get(ws::upgrade))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .merge(graphiql::asset_routes())
         .with_state(app)
         // A declared length over the limit is refused before reading; a streamed body is cut at it.
         .layer(RequestBodyLimitLayer::new(body_limit))

@@ -69,6 +69,16 @@ pub const REDIS_BREAKER_TRANSITIONS: &str = "follow_redis_breaker_transitions_to
 pub const CACHE_COALESCED: &str = "follow_cache_coalesced_loads_total";
 /// Cache invalidation messages applied to this instance's L1, by `kind`.
 pub const CACHE_INVALIDATIONS: &str = "follow_cache_invalidations_total";
+/// `followEvents` subscriptions open on this instance.
+pub const SUBSCRIBERS: &str = "follow_subscriptions_active";
+/// Events handed to subscribers on this instance.
+pub const SUBSCRIPTION_EVENTS: &str = "follow_subscription_events_total";
+/// Subscriptions ended because their client fell too far behind.
+pub const SUBSCRIPTIONS_OVERRUN: &str = "follow_subscriptions_overrun_total";
+/// Websocket connections open on this instance.
+pub const WS_CONNECTIONS: &str = "follow_ws_connections_active";
+/// Automatic persisted queries looked up, by `result` (hit, miss, registered).
+pub const PERSISTED_QUERIES: &str = "follow_persisted_queries_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -180,6 +190,23 @@ fn describe() {
     describe_counter!(
         CACHE_INVALIDATIONS,
         "Cache invalidations applied to this instance's L1"
+    );
+    describe_gauge!(
+        SUBSCRIBERS,
+        "followEvents subscriptions open on this instance"
+    );
+    describe_counter!(SUBSCRIPTION_EVENTS, "Events handed to subscribers");
+    describe_counter!(
+        SUBSCRIPTIONS_OVERRUN,
+        "Subscriptions ended because their client fell behind"
+    );
+    describe_gauge!(
+        WS_CONNECTIONS,
+        "Websocket connections open on this instance"
+    );
+    describe_counter!(
+        PERSISTED_QUERIES,
+        "Automatic persisted query lookups, by result"
     );
     describe_gauge!(OUTBOX_BACKLOG, "Committed events not yet applied");
     describe_gauge!(

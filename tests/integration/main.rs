@@ -12,3 +12,4 @@ mod follows;
 mod http;
 mod pagination;
 mod queries;
+mod subscriptions;

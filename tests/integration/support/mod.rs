@@ -6,6 +6,8 @@
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_REDIS_URL`
 //! (default `redis://127.0.0.1:6379`) point the tests at other servers. `TEST_LOG=1` prints logs.
 
+pub mod ws;
+
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
@@ -263,6 +265,7 @@ impl TestApp {
             "FOLLOW_LOADER_DELAY_US" => Some(loader_delay.clone()),
             "FOLLOW_CACHE" => Some(cache.to_owned()),
             "FOLLOW_REDIS_BREAKER_COOLDOWN_MS" => Some("200".to_owned()),
+            "FOLLOW_WS_INIT_TIMEOUT_MS" => Some("500".to_owned()),
             _ => None,
         })
         .expect("test config is valid");
@@ -472,8 +475,8 @@ impl Drop for TestApp {
     }
 }
 
-/// Starts what an instance runs in the background: the cache subscription, and the event pipeline when
-/// asked; they stop when the returned sender turns true or is dropped.
+/// Starts what an instance runs in the background: the cache subscription, the event fan-out to
+/// subscribers, and the event pipeline when asked; they stop when the returned sender turns true or is dropped.
 fn start_background(app: &App, pipeline: bool) -> (watch::Sender<bool>, Vec<JoinHandle<()>>) {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = if pipeline {
@@ -482,7 +485,33 @@ fn start_background(app: &App, pipeline: bool) -> (watch::Sender<bool>, Vec<Join
         Vec::new()
     };
     tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
+    tasks.push(app.spawn_event_fanout(stop.subscribe()));
     (stop, tasks)
+}
+
+/// An instance's router served on a real socket until dropped.
+pub struct Served {
+    pub address: std::net::SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `app`'s router on a free local port.
+pub async fn serve(app: &App) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let router = http::router(app.clone());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Served { address, task }
 }
 
 /// A running instance besides the test's main one.

@@ -1,0 +1,394 @@
+//! `/graphql/ws`: GraphQL over websockets with the graphql-transport-ws protocol (the `graphql-ws`
+//! library's protocol, which Apollo Client, Relay, urql and GraphiQL speak).
+//!
+//! Written here rather than taken from async-graphql-axum because that one closes with the wrong codes
+//! (1002/1011 where the protocol says 4400/4401/4409), has no initialisation timeout and buffers without
+//! bound. Here:
+//! - the viewer comes from `connection_init`'s `Authorization` (or the upgrade request's header);
+//!   an invalid token closes with 4401, a subscribe before the acknowledgement with 4401, a message that is
+//!   not the protocol's with 4400, a second `connection_init` with 4429, a reused id with 4409, no
+//!   `connection_init` in time with 4408, an unoffered subprotocol with 4406;
+//! - every buffer is bounded: each operation writes into one bounded queue per connection, a writer task
+//!   drains it into the socket, and a client that stops reading stalls only its own operations, whose
+//!   subscriptions then overrun their own hub queues and end (see `events::fanout`);
+//! - a shutting-down instance closes with 1001 so that clients reconnect elsewhere.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_graphql::{Response, ServerError, Value};
+use axum::{
+    extract::{
+        State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, header},
+    response::Response as HttpResponse,
+};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
+
+use crate::{app::App, auth::Viewer, graphql, telemetry::metrics::WS_CONNECTIONS};
+
+/// The only subprotocol served.
+pub const PROTOCOL: &str = "graphql-transport-ws";
+
+/// Frames one connection may have waiting for the socket.
+const OUTGOING_FRAMES: usize = 32;
+
+/// Close codes of the protocol (and of RFC 6455 where it has one).
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const BAD_REQUEST: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const SUBPROTOCOL_NOT_ACCEPTABLE: u16 = 4406;
+    pub const INIT_TIMEOUT: u16 = 4408;
+    pub const SUBSCRIBER_EXISTS: u16 = 4409;
+    pub const TOO_MANY_INITS: u16 = 4429;
+}
+
+/// `GET /graphql/ws`: upgrades to a websocket that speaks graphql-transport-ws.
+pub async fn upgrade(
+    State(app): State<App>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> HttpResponse {
+    let header_auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let upgrade = upgrade
+        .protocols([PROTOCOL])
+        .max_message_size(app.config.max_body_bytes);
+    let agreed = upgrade.selected_protocol().is_some();
+    upgrade.on_upgrade(move |socket| async move {
+        if agreed {
+            serve(app, socket, header_auth).await;
+        } else {
+            close_now(
+                socket,
+                close::SUBPROTOCOL_NOT_ACCEPTABLE,
+                "Subprotocol not acceptable: use graphql-transport-ws",
+            )
+            .await;
+        }
+    })
+}
+
+/// A client message of the protocol.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<serde_json::Map<String, serde_json::Value>>,
+    },
+    Ping {},
+    Pong {},
+    Subscribe {
+        id: String,
+        /// A GraphQL-over-HTTP request body: query, operationName, variables, extensions.
+        payload: Box<async_graphql::Request>,
+    },
+    Complete {
+        id: String,
+    },
+}
+
+/// Why the server ends a connection: a close code and its reason.
+struct Closing(u16, String);
+
+/// The operations running on one connection, by the client's id.
+type Operations = Arc<Mutex<HashMap<String, AbortHandle>>>;
+
+/// One connection's protocol state.
+struct Connection {
+    app: App,
+    header_auth: Option<String>,
+    /// `None` until `connection_init` was accepted; then the viewer (or anonymous).
+    viewer: Option<Option<Viewer>>,
+    init_seen: bool,
+    operations: Operations,
+    outgoing: mpsc::Sender<Message>,
+}
+
+/// Runs one connection until either side closes it.
+async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
+    ::metrics::gauge!(WS_CONNECTIONS).increment(1.0);
+    let (mut sink, mut incoming) = socket.split();
+    let (outgoing, mut queue) = mpsc::channel::<Message>(OUTGOING_FRAMES);
+    // The only task that writes to the socket; it stops after sending a close frame.
+    let writer = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            let is_close = matches!(message, Message::Close(_));
+            if sink.send(message).await.is_err() || is_close {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut shutting_down = app.closing.subscribe();
+    let init_deadline = Instant::now() + app.config.ws_init_timeout;
+    let idle = app.config.ws_idle_timeout;
+    let mut connection = Connection {
+        app,
+        header_auth,
+        viewer: None,
+        init_seen: false,
+        operations: Arc::default(),
+        outgoing: outgoing.clone(),
+    };
+    let mut last_heard = Instant::now();
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + idle / 3, idle / 3);
+    let closing = loop {
+        tokio::select! {
+            frame = incoming.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(closing) = connection.handle(text.as_str()).await {
+                            break Some(closing);
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => break Some(Closing(
+                        close::BAD_REQUEST,
+                        "binary messages are not part of graphql-transport-ws".into(),
+                    )),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(init_deadline), if connection.viewer.is_none() => {
+                break Some(Closing(close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= idle {
+                    break Some(Closing(close::NORMAL, format!("nothing heard for {} s", idle.as_secs())));
+                }
+                // Clients answer a ping frame by themselves; the pong proves the client is still there.
+                let _ = outgoing.try_send(Message::Ping(Default::default()));
+            }
+            _ = async { let _ = shutting_down.wait_for(|closing| *closing).await; } => {
+                break Some(Closing(close::GOING_AWAY, "the server is shutting down; reconnect".into()));
+            }
+        }
+    };
+    connection.stop_all();
+    if let Some(Closing(code, reason)) = closing {
+        let frame = close_frame(code, &reason);
+        let _ = tokio::time::timeout(Duration::from_secs(1), outgoing.send(frame)).await;
+    }
+    drop(connection);
+    drop(outgoing);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    ::metrics::gauge!(WS_CONNECTIONS).decrement(1.0);
+}
+
+impl Connection {
+    /// Acts on one text message; `Err` closes the connection.
+    async fn handle(&mut self, text: &str) -> Result<(), Closing> {
+        let message: ClientMessage = serde_json::from_str(text).map_err(|err| {
+            Closing(
+                close::BAD_REQUEST,
+                format!("Invalid message received: {err}"),
+            )
+        })?;
+        match message {
+            ClientMessage::ConnectionInit { payload } => self.init(payload).await,
+            ClientMessage::Ping {} => {
+                self.send(json!({ "type": "pong" })).await;
+                Ok(())
+            }
+            ClientMessage::Pong {} => Ok(()),
+            ClientMessage::Subscribe { id, payload } => self.subscribe(id, *payload).await,
+            ClientMessage::Complete { id } => {
+                if let Some(operation) = self.operations().remove(&id) {
+                    operation.abort();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Authenticates the connection from the init payload (or the upgrade's header) and acknowledges it.
+    async fn init(
+        &mut self,
+        payload: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<(), Closing> {
+        if self.init_seen {
+            return Err(Closing(
+                close::TOO_MANY_INITS,
+                "Too many initialisation requests".into(),
+            ));
+        }
+        self.init_seen = true;
+        let from_payload = payload.as_ref().and_then(|payload| {
+            payload
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case("authorization"))
+                .map(|(_, value)| value.as_str().unwrap_or_default().to_owned())
+        });
+        let authorization = from_payload.or_else(|| self.header_auth.clone());
+        let viewer = self
+            .app
+            .jwt
+            .viewer_from_header(authorization.as_deref())
+            .map_err(|err| {
+                Closing(
+                    close::UNAUTHORIZED,
+                    format!("Unauthorized: {}", err.message()),
+                )
+            })?;
+        self.viewer = Some(viewer);
+        self.send(json!({ "type": "connection_ack" })).await;
+        Ok(())
+    }
+
+    /// Starts an operation whose results go to the client as `next` messages, then `complete`.
+    async fn subscribe(
+        &mut self,
+        id: String,
+        request: async_graphql::Request,
+    ) -> Result<(), Closing> {
+        let Some(viewer) = self.viewer else {
+            return Err(Closing(close::UNAUTHORIZED, "Unauthorized".into()));
+        };
+        let limit = self.app.config.ws_max_subscriptions;
+        // Only this loop adds operations, so the answer holds until the insert below.
+        let (exists, full) = {
+            let operations = self.operations();
+            (operations.contains_key(&id), operations.len() >= limit)
+        };
+        if exists {
+            return Err(Closing(
+                close::SUBSCRIBER_EXISTS,
+                format!("Subscriber for {id} already exists"),
+            ));
+        }
+        if full {
+            let message = format!(
+                "a connection may run at most {limit} operations at once (FOLLOW_WS_MAX_SUBSCRIPTIONS)"
+            );
+            let error = json!({ "message": message, "extensions": { "code": "BAD_USER_INPUT" } });
+            self.send(json!({ "id": id, "type": "error", "payload": [error] }))
+                .await;
+            return Ok(());
+        }
+        let request = graphql::prepare(&self.app.schema, request, viewer);
+        let task = tokio::spawn(run_operation(
+            self.app.clone(),
+            id.clone(),
+            request,
+            self.operations.clone(),
+            self.outgoing.clone(),
+        ));
+        self.operations().insert(id, task.abort_handle());
+        Ok(())
+    }
+
+    fn operations(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
+        self.operations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops every operation of the connection.
+    fn stop_all(&self) {
+        for (_, operation) in self.operations().drain() {
+            operation.abort();
+        }
+    }
+
+    /// Queues a message for the client (waits while the queue is full: that is the back-pressure).
+    async fn send(&self, message: serde_json::Value) {
+        let _ = self
+            .outgoing
+            .send(Message::Text(Utf8Bytes::from(message.to_string())))
+            .await;
+    }
+}
+
+/// Drives one operation: each result becomes a `next` message; a request error (the operation could not
+/// start: it does not parse or validate) becomes one `error` message; the end becomes `complete`.
+async fn run_operation(
+    app: App,
+    id: String,
+    request: async_graphql::Request,
+    operations: Operations,
+    outgoing: mpsc::Sender<Message>,
+) {
+    let mut results = app.schema.execute_stream(request);
+    let mut first = true;
+    while let Some(response) = results.next().await {
+        if first && is_request_error(&response) {
+            forget(&operations, &id);
+            let errors = serde_json::to_value(&response.errors).unwrap_or_default();
+            let _ = outgoing
+                .send(text(
+                    json!({ "id": id, "type": "error", "payload": errors }),
+                ))
+                .await;
+            return;
+        }
+        first = false;
+        let payload = serde_json::to_value(&response).unwrap_or_default();
+        if outgoing
+            .send(text(
+                json!({ "id": id, "type": "next", "payload": payload }),
+            ))
+            .await
+            .is_err()
+        {
+            return; // the connection is gone
+        }
+    }
+    // Forget the id before saying so: the client may reuse it as soon as it reads `complete`.
+    forget(&operations, &id);
+    let _ = outgoing
+        .send(text(json!({ "id": id, "type": "complete" })))
+        .await;
+}
+
+/// Whether a response reports that the operation never ran: no data and only errors without a path
+/// (parse and validation errors have none; a resolver's error always has one).
+fn is_request_error(response: &Response) -> bool {
+    matches!(response.data, Value::Null)
+        && !response.errors.is_empty()
+        && response
+            .errors
+            .iter()
+            .all(|e: &ServerError| e.path.is_empty())
+}
+
+fn forget(operations: &Operations, id: &str) {
+    if let Ok(mut operations) = operations.lock() {
+        operations.remove(id);
+    }
+}
+
+fn text(message: serde_json::Value) -> Message {
+    Message::Text(Utf8Bytes::from(message.to_string()))
+}
+
+/// A close frame; the reason is cut to the 123 bytes a close frame can carry.
+fn close_frame(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(&reason[..end]),
+    }))
+}
+
+/// Closes a socket at once with `code`.
+async fn close_now(mut socket: WebSocket, code: u16, reason: &str) {
+    let _ = socket.send(close_frame(code, reason)).await;
+}
