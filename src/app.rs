@@ -7,7 +7,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     auth::JwtKeys,
-    cache::Caches,
+    cache::{Caches, persisted::PersistedQueries},
     config::Config,
     db::{self, DbPool},
     events::{StreamNames, consumer, fanout::EventHub, producer::Producer, relay},
@@ -45,6 +45,8 @@ pub struct AppInner {
     pub redis_health: Arc<RedisHealth>,
     /// Routes follow events from the stream to this instance's subscribers.
     pub events: EventHub,
+    /// Persisted queries and parsed documents, shared by every transport.
+    pub documents: graphql::documents::Documents,
     /// Turns true when the process begins to shut down: long-lived connections close so clients move.
     pub closing: watch::Sender<bool>,
 }
@@ -110,6 +112,17 @@ impl App {
             },
         );
         let jwt = JwtKeys::new(&config.jwt_secret);
+        let documents = graphql::documents::Documents::new(
+            PersistedQueries::new(
+                redis.clone(),
+                redis_health.clone(),
+                config.redis_timeout,
+                config.apq_ttl,
+                &config.redis_prefix,
+                DOCUMENT_CACHE_BYTES,
+            ),
+            DOCUMENT_CACHE_BYTES,
+        );
         Ok(Self(Arc::new(AppInner {
             config,
             db,
@@ -122,6 +135,7 @@ impl App {
             caches,
             redis_health,
             events,
+            documents,
             closing: watch::channel(false).0,
         })))
     }
@@ -235,6 +249,10 @@ impl App {
         tokio::join!(database, redis)
     }
 }
+
+/// Operation text kept in process, parsed and as persisted queries (each): far more than any client's
+/// set of operations, and a bound against clients that send a new text every time.
+const DOCUMENT_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How long the fan-out blocks in one XREAD: short enough to notice a shutdown soon.
 const FANOUT_BLOCK: std::time::Duration = std::time::Duration::from_secs(5);

@@ -165,7 +165,7 @@ impl Config {
             request_timeout: millis("FOLLOW_REQUEST_TIMEOUT_MS", 10_000)?,
             max_body_bytes: number("FOLLOW_MAX_BODY_BYTES", 64 * 1024)? as usize,
             max_batch_operations: number("FOLLOW_MAX_BATCH_OPERATIONS", 10)? as usize,
-            max_depth: number("FOLLOW_MAX_DEPTH", 12)? as usize,
+            max_depth: number("FOLLOW_MAX_DEPTH", 16)? as usize,
             max_complexity: number("FOLLOW_MAX_COMPLEXITY", 20_000)? as usize,
             loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 1_000)?),
             consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,

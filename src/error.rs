@@ -18,6 +18,8 @@ pub enum ErrorCode {
     RateLimited,
     ServiceUnavailable,
     InternalServerError,
+    /// Apollo's APQ protocol: the hash is unknown here; the client sends the text with it again.
+    PersistedQueryNotFound,
 }
 
 impl ErrorCode {
@@ -31,6 +33,7 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::InternalServerError => "INTERNAL_SERVER_ERROR",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
         }
     }
 }
@@ -53,6 +56,7 @@ pub enum AppError {
     BadUserInput(String),
     NotFound(String),
     ServiceUnavailable(String),
+    PersistedQueryNotFound,
     /// Details are for the log only; the client sees "internal error".
     Internal(anyhow::Error),
 }
@@ -66,6 +70,7 @@ impl AppError {
             Self::BadUserInput(_) => ErrorCode::BadUserInput,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::ServiceUnavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::PersistedQueryNotFound => ErrorCode::PersistedQueryNotFound,
             Self::Internal(_) => ErrorCode::InternalServerError,
         }
     }
@@ -78,6 +83,8 @@ impl AppError {
             | Self::BadUserInput(m)
             | Self::NotFound(m)
             | Self::ServiceUnavailable(m) => m.clone(),
+            // The protocol's own message: clients match on it.
+            Self::PersistedQueryNotFound => "PersistedQueryNotFound".to_owned(),
             Self::Internal(_) => "internal error".to_owned(),
         }
     }

@@ -26,6 +26,7 @@ pub mod invalidation;
 pub mod keys;
 pub mod l1;
 pub mod l2;
+pub mod persisted;
 pub mod singleflight;
 
 use std::{

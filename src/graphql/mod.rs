@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod cursor;
+pub mod documents;
 pub mod ids;
 pub mod limits;
 pub mod loaders;

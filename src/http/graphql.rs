@@ -1,53 +1,101 @@
-//! The GraphQL endpoint: authenticates the bearer token, then hands the request to the schema.
+//! The GraphQL endpoint, as the GraphQL-over-HTTP specification says: POST with a JSON body, or GET with
+//! URL parameters for queries only; the response's media type chosen by `Accept`; status codes that
+//! tell a request error from a result under `application/graphql-response+json`, and 200 for every
+//! well-formed request under `application/json`, for clients that predate the specification.
+//!
+//! | case                                        | graphql-response+json | application/json |
+//! |---------------------------------------------|-----------------------|------------------|
+//! | result, with or without field errors        | 200                   | 200              |
+//! | document does not parse or validate         | 400 (no `data`)       | 200 (no `data`)  |
+//! | persisted query hash unknown                | 404                   | 200              |
+//! | body or URL parameters are not a request    | 400                   | 400              |
+//! | token present but invalid                   | 401                   | 401              |
+//! | mutation by GET                             | 405, `Allow: POST`    | 405              |
+//! | `Accept` allows neither type                | 406                   | 406              |
+//! | body too large                              | 413                   | 413              |
+//! | POST body not `application/json`            | 415                   | 415              |
 
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse, rejection::GraphQLRejection};
+use async_graphql::{BatchRequest, parser::types::OperationType};
+use async_graphql_axum::{GraphQLBatchRequest, rejection::GraphQLRejection};
 use axum::{
-    Json,
     extract::{RawQuery, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::{app::App, auth::Viewer, error::AppError, graphql};
+use super::negotiate::{MediaType, negotiate};
+use crate::{
+    app::App,
+    auth::Viewer,
+    error::{AppError, ErrorCode},
+    graphql::{self, documents::is_request_error},
+};
 
-/// `POST /graphql`: one operation or a batch.
+/// `POST /graphql`: one operation or a batch, as JSON.
 pub async fn post_graphql(
     State(app): State<App>,
     headers: HeaderMap,
     request: Result<GraphQLBatchRequest, GraphQLRejection>,
 ) -> Response {
-    let request = match request {
-        Ok(request) => request,
-        Err(rejection) => return unreadable_request(&app, rejection),
+    let media = match accepted(&headers) {
+        Ok(media) => media,
+        Err(response) => return *response,
     };
-    let viewer = match authenticate(&app, &headers) {
+    if !is_json(&headers) {
+        let err = AppError::bad_input(
+            "a POST body must be JSON, sent with Content-Type: application/json",
+        );
+        return refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, &err, media);
+    }
+    let request = match request {
+        Ok(request) => request.into_inner(),
+        Err(rejection) => return unreadable_request(&app, rejection, media),
+    };
+    let viewer = match authenticate(&app, &headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
-    let batch = request.into_inner();
-    let batch = match batch {
-        async_graphql::BatchRequest::Single(r) => {
-            async_graphql::BatchRequest::Single(graphql::prepare(&app.schema, r, viewer))
+    match request {
+        BatchRequest::Single(request) if lacks_query(&request) => {
+            refusal(StatusCode::BAD_REQUEST, &no_query(), media)
         }
-        async_graphql::BatchRequest::Batch(rs) if rs.len() > app.config.max_batch_operations => {
+        BatchRequest::Single(request) => render(media, run(&app, request, viewer).await),
+        BatchRequest::Batch(requests) if requests.len() > app.config.max_batch_operations => {
             let err = AppError::bad_input(format!(
                 "a batch may carry at most {} operations (FOLLOW_MAX_BATCH_OPERATIONS); got {}",
                 app.config.max_batch_operations,
-                rs.len()
+                requests.len()
             ));
-            return error_response(StatusCode::BAD_REQUEST, &err);
+            refusal(StatusCode::BAD_REQUEST, &err, media)
         }
-        async_graphql::BatchRequest::Batch(rs) => async_graphql::BatchRequest::Batch(
-            rs.into_iter()
-                .map(|r| graphql::prepare(&app.schema, r, viewer))
-                .collect(),
-        ),
-    };
-    GraphQLResponse::from(app.schema.execute_batch(batch).await).into_response()
+        BatchRequest::Batch(requests) => {
+            // Batching is not in the specification: each operation's outcome is in its own entry, and
+            // the batch as a whole is 200.
+            let mut bodies = Vec::with_capacity(requests.len());
+            for request in requests {
+                bodies.push(body_of(&run(&app, request, viewer).await));
+            }
+            with_media(StatusCode::OK, media, serde_json::Value::Array(bodies))
+        }
+    }
 }
 
-/// `GET /graphql`: GraphiQL for a browser, else a query from the URL's parameters.
+/// The URL parameters of a GET request (the names are the specification's, in camelCase).
+#[derive(Deserialize)]
+struct GetParameters {
+    #[serde(default)]
+    query: String,
+    #[serde(default, rename = "operationName")]
+    operation_name: Option<String>,
+    #[serde(default)]
+    variables: Option<String>,
+    #[serde(default)]
+    extensions: Option<String>,
+}
+
+/// `GET /graphql`: GraphiQL for a browser, else a query (or a persisted query's hash) from the URL.
 pub async fn get_graphql(
     State(app): State<App>,
     headers: HeaderMap,
@@ -61,72 +109,198 @@ pub async fn get_graphql(
     if wants_html || query.is_empty() {
         return super::graphiql::page().await;
     }
-    let request = match async_graphql::http::parse_query_string(&query) {
+    let media = match accepted(&headers) {
+        Ok(media) => media,
+        Err(response) => return *response,
+    };
+    let request = match parse_parameters(&query) {
         Ok(request) => request,
-        Err(err) => {
-            let err =
-                AppError::bad_input(format!("the query string is not a GraphQL request: {err}"));
-            return error_response(StatusCode::BAD_REQUEST, &err);
+        Err(message) => {
+            let err = AppError::bad_input(format!(
+                "the URL parameters are not a GraphQL request: {message}"
+            ));
+            return refusal(StatusCode::BAD_REQUEST, &err, media);
         }
     };
-    if is_mutation(&request) {
-        let err = AppError::bad_input("mutations are sent with POST, not GET");
-        let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, &err);
-        response
-            .headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-        return response;
+    if lacks_query(&request) {
+        return refusal(StatusCode::BAD_REQUEST, &no_query(), media);
     }
-    let viewer = match authenticate(&app, &headers) {
+    let mut request = request;
+    match resolve(&app, &mut request).await {
+        Err(response) => return render(media, response),
+        Ok(Some(OperationType::Mutation)) => {
+            let err = AppError::bad_input("mutations are sent with POST, not GET");
+            let mut response = refusal(StatusCode::METHOD_NOT_ALLOWED, &err, media);
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        Ok(_) => {}
+    }
+    let viewer = match authenticate(&app, &headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
     let request = graphql::prepare(&app.schema, request, viewer);
-    let response = app.schema.execute(request).await;
-    GraphQLResponse::from(response).into_response()
+    render(media, app.schema.execute(request).await)
+}
+
+/// Whether a request has neither a document nor a persisted query's hash: it is not a GraphQL request.
+fn lacks_query(request: &async_graphql::Request) -> bool {
+    request.query.trim().is_empty() && !request.extensions.0.contains_key("persistedQuery")
+}
+
+fn no_query() -> AppError {
+    AppError::bad_input("a GraphQL request needs a query (or a persisted query's hash)")
+}
+
+/// A GraphQL request from URL parameters; `variables` and `extensions` are JSON.
+fn parse_parameters(query: &str) -> Result<async_graphql::Request, String> {
+    let parameters: GetParameters = serde_urlencoded::from_str(query).map_err(|e| e.to_string())?;
+    let mut request = async_graphql::Request::new(parameters.query);
+    request.operation_name = parameters.operation_name;
+    if let Some(variables) = parameters.variables {
+        let value: serde_json::Value =
+            serde_json::from_str(&variables).map_err(|e| format!("variables is not JSON: {e}"))?;
+        if !value.is_object() && !value.is_null() {
+            return Err("variables must be a JSON object".into());
+        }
+        request.variables = async_graphql::Variables::from_json(value);
+    }
+    if let Some(extensions) = parameters.extensions {
+        request.extensions = serde_json::from_str(&extensions)
+            .map_err(|e| format!("extensions is not a JSON object: {e}"))?;
+    }
+    Ok(request)
+}
+
+/// Resolves the request's document (persisted query, parse cache) and returns the type of the operation
+/// it selects; a persisted query that cannot be resolved is a response already.
+async fn resolve(
+    app: &App,
+    request: &mut async_graphql::Request,
+) -> Result<Option<OperationType>, async_graphql::Response> {
+    app.documents
+        .resolve(request)
+        .await
+        .map_err(|error| async_graphql::Response::from_errors(vec![error]))
+}
+
+/// Resolves and runs one operation for `viewer`.
+async fn run(
+    app: &App,
+    mut request: async_graphql::Request,
+    viewer: Option<Viewer>,
+) -> async_graphql::Response {
+    if let Err(response) = resolve(app, &mut request).await {
+        return response;
+    }
+    let request = graphql::prepare(&app.schema, request, viewer);
+    app.schema.execute(request).await
+}
+
+/// The response body: the GraphQL response, without `data` when the operation never ran.
+fn body_of(response: &async_graphql::Response) -> serde_json::Value {
+    let mut body = serde_json::to_value(response).unwrap_or_else(|_| json!({}));
+    if is_request_error(response)
+        && let Some(fields) = body.as_object_mut()
+    {
+        fields.remove("data");
+    }
+    body
+}
+
+/// An executed (or refused-before-execution) operation's response, with the status its media type
+/// gives it (see the table above).
+fn render(media: MediaType, response: async_graphql::Response) -> Response {
+    let status = match media {
+        MediaType::Json => StatusCode::OK,
+        MediaType::GraphQLResponse if !is_request_error(&response) => StatusCode::OK,
+        MediaType::GraphQLResponse if has_code(&response, ErrorCode::PersistedQueryNotFound) => {
+            StatusCode::NOT_FOUND
+        }
+        MediaType::GraphQLResponse => StatusCode::BAD_REQUEST,
+    };
+    let mut http = with_media(status, media, body_of(&response));
+    for (name, value) in response.http_headers.iter() {
+        http.headers_mut().append(name, value.clone());
+    }
+    http
+}
+
+fn has_code(response: &async_graphql::Response, code: ErrorCode) -> bool {
+    response.errors.iter().any(|error| {
+        error
+            .extensions
+            .as_ref()
+            .and_then(|ext| ext.get("code"))
+            .is_some_and(|value| *value == async_graphql::Value::from(code.as_str()))
+    })
+}
+
+/// A JSON body in `media`, which varies with the request's `Accept`.
+fn with_media(status: StatusCode, media: MediaType, body: serde_json::Value) -> Response {
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = (status, bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media.content_type()),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    response
+}
+
+/// The media type to answer in, or 406 when the client accepts neither of the specification's.
+fn accepted(headers: &HeaderMap) -> Result<MediaType, Box<Response>> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    negotiate(accept).ok_or_else(|| {
+        let err = AppError::bad_input(
+            "the Accept header must allow application/graphql-response+json or application/json",
+        );
+        Box::new(refusal(StatusCode::NOT_ACCEPTABLE, &err, MediaType::Json))
+    })
+}
+
+/// Whether a POST declares a JSON body (`application/json`, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The viewer of the request's bearer token. A token that is present but not valid is refused with 401
 /// and a GraphQL error `UNAUTHENTICATED`: it never becomes an anonymous request.
-fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Viewer>, Box<Response>> {
+fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    media: MediaType,
+) -> Result<Option<Viewer>, Box<Response>> {
     let header = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
     app.jwt
         .viewer_from_header(header)
-        .map_err(|err| Box::new(error_response(StatusCode::UNAUTHORIZED, &err)))
+        .map_err(|err| Box::new(refusal(StatusCode::UNAUTHORIZED, &err, media)))
 }
 
 /// A GraphQL-shaped error body for a request refused before execution.
-fn error_response(status: StatusCode, err: &AppError) -> Response {
+fn refusal(status: StatusCode, err: &AppError, media: MediaType) -> Response {
     let body = json!({ "errors": [{ "message": err.message(), "extensions": { "code": err.code().as_str() } }] });
-    let mut response = (status, Json(body)).into_response();
+    let mut response = with_media(status, media, body);
     if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }
 
-/// Whether the operation a GET request would run is a mutation (GET must not change anything).
-fn is_mutation(request: &async_graphql::Request) -> bool {
-    use async_graphql::parser::types::OperationType;
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
-        return false; // the schema reports the parse error
-    };
-    document.operations.iter().any(|(name, operation)| {
-        let selected = match (&request.operation_name, name) {
-            (Some(wanted), Some(name)) => wanted.as_str() == name.as_str(),
-            _ => true,
-        };
-        selected && operation.node.ty == OperationType::Mutation
-    })
-}
-
 /// A body that is not a GraphQL request: 413 naming the limit when it was too large, else 400.
-fn unreadable_request(app: &App, rejection: GraphQLRejection) -> Response {
+fn unreadable_request(app: &App, rejection: GraphQLRejection, media: MediaType) -> Response {
     use async_graphql::ParseRequestError;
     let too_large = match &rejection.0 {
         ParseRequestError::PayloadTooLarge => true,
@@ -140,7 +314,7 @@ fn unreadable_request(app: &App, rejection: GraphQLRejection) -> Response {
         "the body is not a GraphQL request: {}",
         rejection.0
     ));
-    error_response(StatusCode::BAD_REQUEST, &err)
+    refusal(StatusCode::BAD_REQUEST, &err, media)
 }
 
 /// 413 with a GraphQL error that names the body size limit.
@@ -148,5 +322,5 @@ pub fn body_too_large(limit: usize) -> Response {
     let err = AppError::bad_input(format!(
         "the request body exceeds the limit of {limit} bytes (FOLLOW_MAX_BODY_BYTES)"
     ));
-    error_response(StatusCode::PAYLOAD_TOO_LARGE, &err)
+    refusal(StatusCode::PAYLOAD_TOO_LARGE, &err, MediaType::Json)
 }

@@ -4,6 +4,7 @@ mod graphiql;
 mod graphql;
 mod health;
 mod metrics;
+mod negotiate;
 mod ws;
 
 use axum::{

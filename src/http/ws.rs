@@ -19,7 +19,6 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::{Response, ServerError, Value};
 use axum::{
     extract::{
         State,
@@ -323,10 +322,21 @@ async fn run_operation(
     operations: Operations,
     outgoing: mpsc::Sender<Message>,
 ) {
+    let mut request = request;
+    if let Err(error) = app.documents.resolve(&mut request).await {
+        forget(&operations, &id);
+        let errors = serde_json::to_value([error]).unwrap_or_default();
+        let _ = outgoing
+            .send(text(
+                json!({ "id": id, "type": "error", "payload": errors }),
+            ))
+            .await;
+        return;
+    }
     let mut results = app.schema.execute_stream(request);
     let mut first = true;
     while let Some(response) = results.next().await {
-        if first && is_request_error(&response) {
+        if first && graphql::documents::is_request_error(&response) {
             forget(&operations, &id);
             let errors = serde_json::to_value(&response.errors).unwrap_or_default();
             let _ = outgoing
@@ -353,17 +363,6 @@ async fn run_operation(
     let _ = outgoing
         .send(text(json!({ "id": id, "type": "complete" })))
         .await;
-}
-
-/// Whether a response reports that the operation never ran: no data and only errors without a path
-/// (parse and validation errors have none; a resolver's error always has one).
-fn is_request_error(response: &Response) -> bool {
-    matches!(response.data, Value::Null)
-        && !response.errors.is_empty()
-        && response
-            .errors
-            .iter()
-            .all(|e: &ServerError| e.path.is_empty())
 }
 
 fn forget(operations: &Operations, id: &str) {

@@ -141,16 +141,16 @@ async fn depth_and_complexity_limits_refuse_before_any_resolver() {
     let app = TestApp::spawn().await;
     app.create_users(1..=2).await;
     let mut deep = String::from(r#"{ user(id: "1") { "#);
-    for _ in 0..7 {
+    for _ in 0..8 {
         deep.push_str("followers(first: 1) { nodes { ");
     }
     deep.push_str("id");
-    deep.push_str(&" } }".repeat(7));
+    deep.push_str(&" } }".repeat(8));
     deep.push_str(" } }");
     let response = app.run(None, &deep, json!({})).await;
     let message = response["errors"][0]["message"].as_str().unwrap_or("");
     assert!(
-        message.contains("nested too deep") && message.contains("depth limit is 12"),
+        message.contains("nested too deep") && message.contains("depth limit is 16"),
         "{response:#}"
     );
     assert!(

@@ -10,6 +10,7 @@ mod errors;
 mod events;
 mod follows;
 mod http;
+mod over_http;
 mod pagination;
 mod queries;
 mod subscriptions;

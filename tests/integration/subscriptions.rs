@@ -133,9 +133,12 @@ async fn queries_and_bad_operations_over_the_socket() {
             .is_some_and(|m| m.contains("noSuchField"))
     );
 
-    // The id of a finished operation may be used again.
-    client.subscribe("q", "{ viewer { id } }").await;
-    assert_eq!(client.next().await["payload"]["data"]["viewer"]["id"], "1");
+    // The id of a finished operation may be used again; fields come in the order asked.
+    client.subscribe("q", "{ viewer { id handle } }").await;
+    assert_eq!(
+        client.next().await["payload"].to_string(),
+        r#"{"data":{"viewer":{"id":"1","handle":"u1"}}}"#
+    );
 
     // Ping is answered with pong.
     client.send(json!({ "type": "ping" })).await;

@@ -413,20 +413,7 @@ impl TestApp {
         &self,
         request: axum::http::Request<Body>,
     ) -> (axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        let response = http::router(self.app.clone())
-            .oneshot(request)
-            .await
-            .expect("router answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .to_vec();
-        (status, headers, body)
+        send(&self.app, request).await
     }
 }
 
@@ -487,6 +474,27 @@ fn start_background(app: &App, pipeline: bool) -> (watch::Sender<bool>, Vec<Join
     tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
     tasks.push(app.spawn_event_fanout(stop.subscribe()));
     (stop, tasks)
+}
+
+/// Sends an HTTP request through `app`'s router in process; returns the status, headers and body.
+pub async fn send(
+    app: &App,
+    request: axum::http::Request<Body>,
+) -> (axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let response = http::router(app.clone())
+        .oneshot(request)
+        .await
+        .expect("router answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
 }
 
 /// An instance's router served on a real socket until dropped.

@@ -1,0 +1,195 @@
+//! Operation documents: Apollo's automatic persisted queries, and a cache of parsed documents.
+//!
+//! Every transport hands its request to [`Documents::resolve`] before execution. It swaps a persisted
+//! query's hash for its text (or registers a new text under its hash), attaches the parsed document
+//! from the cache (parsing once per distinct text), and tells the transport which kind of operation the
+//! request selects, so that HTTP can refuse a mutation sent by GET even when only its hash was sent.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+};
+
+use async_graphql::{
+    Request, ServerError,
+    parser::types::{DocumentOperations, ExecutableDocument, OperationType},
+};
+use mini_moka::sync::Cache as MokaCache;
+
+use crate::{
+    cache::persisted::{PersistedQueries, sha256_hex},
+    error::AppError,
+    telemetry::metrics::PERSISTED_QUERIES,
+};
+
+/// The request extension of Apollo's APQ protocol.
+const PERSISTED_QUERY: &str = "persistedQuery";
+
+/// Parsed documents and persisted queries of one process.
+pub struct Documents {
+    /// By a hash of the text (so a lookup copies nothing); each entry keeps its text to compare.
+    parsed: MokaCache<u64, Arc<Parsed>>,
+    hasher: RandomState,
+    persisted: PersistedQueries,
+}
+
+/// A text and its parsed document.
+struct Parsed {
+    text: Box<str>,
+    document: ExecutableDocument,
+}
+
+impl Documents {
+    /// Keeps parsed documents for about `parsed_bytes` of operation text.
+    pub fn new(persisted: PersistedQueries, parsed_bytes: u64) -> Self {
+        Self {
+            // A parsed document takes several times its text's size; the weight counts that.
+            parsed: MokaCache::builder()
+                .weigher(|_: &u64, parsed: &Arc<Parsed>| {
+                    u32::try_from(parsed.text.len().saturating_mul(8)).unwrap_or(u32::MAX)
+                })
+                .max_capacity(parsed_bytes.saturating_mul(8))
+                .build(),
+            hasher: RandomState::new(),
+            persisted,
+        }
+    }
+
+    /// Prepares `request` for execution: resolves a persisted query, attaches the parsed document, and
+    /// returns the type of the operation it selects (`None` when the schema will report why there is
+    /// none: the text does not parse, or names no single operation).
+    pub async fn resolve(
+        &self,
+        request: &mut Request,
+    ) -> Result<Option<OperationType>, ServerError> {
+        if let Some(extension) = request.extensions.0.remove(PERSISTED_QUERY) {
+            self.resolve_persisted(request, extension).await?;
+        }
+        let text: &str = &request.query;
+        let key = self.hasher.hash_one(text);
+        let parsed = match self.parsed.get(&key).filter(|p| &*p.text == text) {
+            Some(parsed) => parsed,
+            None => match async_graphql::parser::parse_query(text) {
+                Ok(document) => {
+                    let parsed = Arc::new(Parsed {
+                        text: text.into(),
+                        document,
+                    });
+                    self.parsed.insert(key, parsed.clone());
+                    parsed
+                }
+                // Left to the schema, which reports a parse error with its locations.
+                Err(_) => return Ok(None),
+            },
+        };
+        let kind = operation_type(&parsed.document, request.operation_name.as_deref());
+        request.set_parsed_query(parsed.document.clone());
+        Ok(kind)
+    }
+
+    /// APQ: a hash alone is replaced by its registered text; a hash with a text registers the text.
+    async fn resolve_persisted(
+        &self,
+        request: &mut Request,
+        extension: async_graphql::Value,
+    ) -> Result<(), ServerError> {
+        let (version, hash) = match &extension {
+            async_graphql::Value::Object(fields) => (
+                fields.get("version").cloned(),
+                fields.get("sha256Hash").and_then(|h| match h {
+                    async_graphql::Value::String(h) => Some(h.to_ascii_lowercase()),
+                    _ => None,
+                }),
+            ),
+            _ => (None, None),
+        };
+        if version != Some(async_graphql::Value::from(1)) {
+            return Err(bad_input(
+                "extensions.persistedQuery.version must be 1 (the only APQ version)",
+            ));
+        }
+        let Some(hash) = hash.filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
+            return Err(bad_input(
+                "extensions.persistedQuery.sha256Hash must be 64 hexadecimal digits",
+            ));
+        };
+        if request.query.is_empty() {
+            match self.persisted.get(&hash).await {
+                Some(text) => {
+                    ::metrics::counter!(PERSISTED_QUERIES, "result" => "hit").increment(1);
+                    request.query = text.to_string();
+                    Ok(())
+                }
+                None => {
+                    ::metrics::counter!(PERSISTED_QUERIES, "result" => "miss").increment(1);
+                    Err(to_server_error(AppError::PersistedQueryNotFound))
+                }
+            }
+        } else if sha256_hex(&request.query) == hash {
+            ::metrics::counter!(PERSISTED_QUERIES, "result" => "registered").increment(1);
+            self.persisted.put(&hash, &request.query).await;
+            Ok(())
+        } else {
+            Err(bad_input(
+                "provided sha does not match query: extensions.persistedQuery.sha256Hash must be the SHA-256 of the query text",
+            ))
+        }
+    }
+}
+
+/// The type of the operation a request selects, if it selects exactly one.
+fn operation_type(document: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
+    match (&document.operations, name) {
+        (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
+        (DocumentOperations::Multiple(operations), Some(name)) => operations
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, operation)| operation.node.ty),
+        (DocumentOperations::Multiple(_), None) => None,
+    }
+}
+
+fn bad_input(message: &str) -> ServerError {
+    to_server_error(AppError::bad_input(message))
+}
+
+/// A request error (before execution) with the message and `extensions.code` of `err`.
+fn to_server_error(err: AppError) -> ServerError {
+    let mut error = ServerError::new(err.message(), None);
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", err.code().as_str());
+    error.extensions = Some(extensions);
+    error
+}
+
+/// Whether a response reports that the operation never ran (the GraphQL spec's request error): no data
+/// and only errors without a path. Parse and validation errors have no path; a resolver's always has.
+pub fn is_request_error(response: &async_graphql::Response) -> bool {
+    matches!(response.data, async_graphql::Value::Null)
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(text: &str) -> ExecutableDocument {
+        async_graphql::parser::parse_query(text).expect("parses")
+    }
+
+    #[test]
+    fn the_selected_operation_decides_the_type() {
+        let doc = document("query A { __typename } mutation B { __typename }");
+        assert_eq!(operation_type(&doc, Some("A")), Some(OperationType::Query));
+        assert_eq!(
+            operation_type(&doc, Some("B")),
+            Some(OperationType::Mutation)
+        );
+        assert_eq!(operation_type(&doc, Some("C")), None);
+        assert_eq!(operation_type(&doc, None), None);
+        let single = document("mutation { __typename }");
+        assert_eq!(operation_type(&single, None), Some(OperationType::Mutation));
+    }
+}
