@@ -22,6 +22,7 @@ RUN --mount=type=cache,id=follow-service-cargo-registry,target=/usr/local/cargo/
 # points makes cargo rebuild the crate rather than trust the stubs' fingerprints (COPY keeps mtimes).
 COPY src ./src
 COPY migrations ./migrations
+COPY assets ./assets
 RUN --mount=type=cache,id=follow-service-cargo-registry,target=/usr/local/cargo/registry \
     touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
