@@ -62,7 +62,8 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL); with --write, write it to schema.graphql.
     Schema {
-        /// Write schema.graphql in the current directory instead of printing.
+        /// Write schema.graphql (for clients) and subgraph.graphql (for a federation router) in the
+        /// current directory instead of printing the former.
         #[arg(long)]
         write: bool,
     },
@@ -136,12 +137,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Prints the SDL, or writes it to `schema.graphql`; needs no configuration or server.
+/// Prints the clients' SDL, or writes it to `schema.graphql` and the subgraph's to `subgraph.graphql`;
+/// needs no configuration or server.
 fn print_schema(write: bool) -> anyhow::Result<()> {
     let sdl = graphql::sdl();
     if write {
         std::fs::write("schema.graphql", &sdl).context("writing schema.graphql")?;
-        println!("wrote schema.graphql");
+        std::fs::write("subgraph.graphql", graphql::subgraph_sdl())
+            .context("writing subgraph.graphql")?;
+        println!("wrote schema.graphql and subgraph.graphql");
     } else {
         print!("{sdl}");
     }

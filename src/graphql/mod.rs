@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod cursor;
 pub mod documents;
+pub mod entities;
 pub mod ids;
 pub mod limits;
 pub mod loaders;
@@ -20,10 +21,14 @@ use async_graphql::{ErrorExtensions, Schema};
 
 use crate::{auth::Viewer, error::AppError, events::fanout::EventHub, graph::FollowGraph};
 
-pub use self::{mutation::Mutation, query::Query, subscription::Subscription};
+pub use self::{
+    mutation::Mutation,
+    query::{Query, ServedQuery},
+    subscription::Subscription,
+};
 
-/// The executable schema.
-pub type FollowSchema = Schema<Query, Mutation, Subscription>;
+/// The executable schema: a federation v2 subgraph that direct clients use as well.
+pub type FollowSchema = Schema<ServedQuery, Mutation, Subscription>;
 
 /// The viewer of one request (`None`: anonymous), as the transport authenticated it.
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +51,7 @@ struct LoaderSettings {
 
 /// Builds the schema over the follow graph; subscriptions draw on `events`.
 pub fn build_schema(graph: FollowGraph, events: EventHub, limits: SchemaLimits) -> FollowSchema {
-    Schema::build(Query::default(), Mutation::default(), Subscription)
+    Schema::build(ServedQuery::default(), Mutation::default(), Subscription)
         .data(graph)
         .data(events)
         .data(LoaderSettings {
@@ -83,11 +88,23 @@ pub fn prepare(
     }
 }
 
-/// The schema's SDL, as committed in `schema.graphql`.
+/// The schema's SDL for clients, as committed in `schema.graphql`: without the federation fields.
 pub fn sdl() -> String {
-    FollowSchema::build(Query::default(), Mutation::default(), Subscription)
+    Schema::build(Query::default(), Mutation::default(), Subscription)
         .finish()
         .sdl()
+}
+
+/// The subgraph's SDL for a federation router, as `_service { sdl }` answers and `subgraph.graphql`
+/// holds (Federation v2: `@link`, `@key`, `@shareable`).
+pub fn subgraph_sdl() -> String {
+    Schema::build(ServedQuery::default(), Mutation::default(), Subscription)
+        .finish()
+        .sdl_with_options(
+            async_graphql::SDLExportOptions::new()
+                .federation()
+                .compose_directive(),
+        )
 }
 
 /// The cost of a list field: its page size times what each node asks for.

@@ -14,6 +14,15 @@ use crate::graph::FollowGraph;
 #[derive(MergedObject, Default)]
 pub struct Query(UserQuery, FollowQuery);
 
+// The query root as served: `Query` plus the federation entity resolvers, which add `_entities` and
+// `_service` for a router (and nothing a direct client must know about: `schema.graphql` is `Query`).
+// (A plain comment: a doc comment would become the type's description in the SDL.)
+/// Reading users and the follow graph between them. Everything here is public; a bearer token adds
+/// the viewer-relative fields.
+#[derive(MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct ServedQuery(UserQuery, FollowQuery, super::entities::Entities);
+
 /// Looking users up.
 #[derive(Default)]
 pub struct UserQuery;

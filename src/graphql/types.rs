@@ -38,16 +38,44 @@ pub(crate) async fn load_users(ctx: &Context<'_>, ids: &[i64]) -> Result<Vec<Use
 /// A user of the social product, with their place in the follow graph.
 pub struct User(pub UserRecord);
 
+impl User {
+    /// A user known only by id (a federation router's reference to a user this service has no record
+    /// of). Handles are never empty, so the empty one marks it.
+    pub fn reference(id: i64) -> Self {
+        Self(UserRecord {
+            id,
+            handle: String::new(),
+            display_name: None,
+            updated_at: chrono::DateTime::UNIX_EPOCH,
+        })
+    }
+
+    fn is_reference(&self) -> bool {
+        self.0.handle.is_empty()
+    }
+}
+
+// In a supergraph the users subgraph owns `handle` and `displayName`; this one keeps a copy of both
+// (`@shareable`) for the users it has records of.
 #[Object]
 impl User {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
 
-    async fn handle(&self) -> &str {
-        &self.0.handle
+    #[graphql(shareable)]
+    async fn handle(&self) -> Result<&str> {
+        if self.is_reference() {
+            return Err(AppError::NotFound(format!(
+                "user {} has no record in follow-service; its handle comes from the users service",
+                self.0.id
+            ))
+            .into());
+        }
+        Ok(&self.0.handle)
     }
 
+    #[graphql(shareable)]
     async fn display_name(&self) -> Option<&str> {
         self.0.display_name.as_deref()
     }
@@ -235,7 +263,9 @@ impl FollowEdge {
     }
 }
 
+// Relay's page info: other subgraphs define the same type (`@shareable`).
 #[derive(SimpleObject)]
+#[graphql(shareable)]
 pub struct PageInfo {
     pub has_next_page: bool,
     pub has_previous_page: bool,

@@ -63,6 +63,17 @@ fn schema_graphql_is_generated_from_the_code() {
 }
 
 #[test]
+fn subgraph_graphql_is_generated_from_the_code() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/subgraph.graphql"))
+            .expect("subgraph.graphql");
+    assert!(
+        committed == follow_service::graphql::subgraph_sdl(),
+        "subgraph.graphql is stale: run `cargo run -- schema --write` and commit it"
+    );
+}
+
+#[test]
 fn the_schema_keeps_every_type_field_and_argument_of_the_contract() {
     let contract = members(include_str!("../contract.graphql"));
     let server = members(&follow_service::graphql::sdl());

@@ -8,6 +8,7 @@ mod cache;
 mod contract;
 mod errors;
 mod events;
+mod federation;
 mod follows;
 mod http;
 mod over_http;

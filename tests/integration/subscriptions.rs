@@ -38,8 +38,15 @@ async fn a_follow_through_one_instance_reaches_a_subscriber_of_another() {
     assert_eq!(message["id"], "events");
     let event = &message["payload"]["data"]["followEvents"];
     assert_eq!(event["kind"], "FOLLOW", "{message}");
-    let fields: Vec<&String> = event.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-    assert_eq!(fields, ["kind", "at", "follower", "followee"], "the query's order");
+    let fields: Vec<&String> = event
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        fields,
+        ["kind", "at", "follower", "followee"],
+        "the query's order"
+    );
     assert_eq!(event["follower"], json!({ "id": "1", "handle": "u1" }));
     assert_eq!(event["followee"]["id"], "2");
     assert!(event["at"].as_str().is_some_and(|at| at.ends_with('Z')));
