@@ -119,9 +119,9 @@ impl App {
                 config.redis_timeout,
                 config.apq_ttl,
                 &config.redis_prefix,
-                DOCUMENT_CACHE_BYTES,
+                PERSISTED_TEXT_BYTES,
             ),
-            DOCUMENT_CACHE_BYTES,
+            PARSED_DOCUMENT_BYTES,
         );
         Ok(Self(Arc::new(AppInner {
             config,
@@ -250,9 +250,12 @@ impl App {
     }
 }
 
-/// Operation text kept in process, parsed and as persisted queries (each): far more than any client's
-/// set of operations, and a bound against clients that send a new text every time.
-const DOCUMENT_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Persisted query texts kept in process: far more than any client's set of operations, and a bound
+/// against clients that register a new text every time.
+const PERSISTED_TEXT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Memory for parsed documents (about 2 MiB of text at the worst ratio of tree to text).
+const PARSED_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long the fan-out blocks in one XREAD: short enough to notice a shutdown soon.
 const FANOUT_BLOCK: std::time::Duration = std::time::Duration::from_secs(5);

@@ -25,6 +25,14 @@ use crate::{
 /// The request extension of Apollo's APQ protocol.
 const PERSISTED_QUERY: &str = "persistedQuery";
 
+/// Texts longer than this are parsed every time: real operations are far shorter, and a huge one-off
+/// document must not sit in memory.
+const MAX_CACHED_TEXT: usize = 16 * 1024;
+
+/// Bytes of syntax tree a byte of text may become, at worst (a run of short field names): the weight
+/// that bounds the cache's memory, not just its text.
+const TREE_BYTES_PER_TEXT_BYTE: usize = 32;
+
 /// Parsed documents and persisted queries of one process.
 pub struct Documents {
     /// By a hash of the text (so a lookup copies nothing); each entry keeps its text to compare.
@@ -40,15 +48,15 @@ struct Parsed {
 }
 
 impl Documents {
-    /// Keeps parsed documents for about `parsed_bytes` of operation text.
-    pub fn new(persisted: PersistedQueries, parsed_bytes: u64) -> Self {
+    /// Keeps parsed documents taking at most about `memory_bytes`.
+    pub fn new(persisted: PersistedQueries, memory_bytes: u64) -> Self {
         Self {
-            // A parsed document takes several times its text's size; the weight counts that.
             parsed: MokaCache::builder()
                 .weigher(|_: &u64, parsed: &Arc<Parsed>| {
-                    u32::try_from(parsed.text.len().saturating_mul(8)).unwrap_or(u32::MAX)
+                    let weight = parsed.text.len().saturating_mul(TREE_BYTES_PER_TEXT_BYTE);
+                    u32::try_from(weight).unwrap_or(u32::MAX)
                 })
-                .max_capacity(parsed_bytes.saturating_mul(8))
+                .max_capacity(memory_bytes)
                 .build(),
             hasher: RandomState::new(),
             persisted,
@@ -75,7 +83,9 @@ impl Documents {
                         text: text.into(),
                         document,
                     });
-                    self.parsed.insert(key, parsed.clone());
+                    if text.len() <= MAX_CACHED_TEXT {
+                        self.parsed.insert(key, parsed.clone());
+                    }
                     parsed
                 }
                 // Left to the schema, which reports a parse error with its locations.
@@ -177,6 +187,52 @@ mod tests {
 
     fn document(text: &str) -> ExecutableDocument {
         async_graphql::parser::parse_query(text).expect("parses")
+    }
+
+    fn documents() -> Documents {
+        let timeout = std::time::Duration::from_millis(50);
+        // Nothing listens there: these tests never reach Redis (no persisted query is sent).
+        let redis =
+            crate::redis_pool::build_pool("redis://127.0.0.1:1", 1, timeout).expect("a lazy pool");
+        let health = Arc::new(crate::redis_health::RedisHealth::new(1, timeout));
+        let persisted = PersistedQueries::new(redis, health, timeout, timeout, "test", 1 << 20);
+        Documents::new(persisted, 1 << 24)
+    }
+
+    fn is_cached(documents: &Documents, text: &str) -> bool {
+        documents
+            .parsed
+            .contains_key(&documents.hasher.hash_one(text))
+    }
+
+    #[tokio::test]
+    async fn a_document_is_parsed_once_and_a_huge_one_is_not_kept() {
+        let documents = documents();
+        let text = "query A { __typename } mutation B { __typename }";
+        let mut first = Request::new(text).operation_name("A");
+        assert_eq!(
+            documents.resolve(&mut first).await,
+            Ok(Some(OperationType::Query))
+        );
+        assert!(is_cached(&documents, text));
+        // The cached tree serves another request of the same text, whatever operation it selects.
+        let mut second = Request::new(text).operation_name("B");
+        assert_eq!(
+            documents.resolve(&mut second).await,
+            Ok(Some(OperationType::Mutation))
+        );
+
+        let huge = format!("{{ {} }}", "__typename ".repeat(2_000));
+        let mut request = Request::new(huge.clone());
+        assert_eq!(
+            documents.resolve(&mut request).await,
+            Ok(Some(OperationType::Query))
+        );
+        assert!(!is_cached(&documents, &huge));
+
+        // A text that does not parse is left to the schema, which reports it with its location.
+        let mut broken = Request::new("{ user(");
+        assert_eq!(documents.resolve(&mut broken).await, Ok(None));
     }
 
     #[test]
