@@ -13,6 +13,7 @@ mod load;
 mod pipeline;
 mod report;
 mod scenarios;
+mod subscriptions;
 
 use std::{
     net::SocketAddr,
@@ -90,6 +91,16 @@ struct Args {
     /// 1, 100, 1,000, and commit-to-count time under 1,000 writes/s.
     #[arg(long)]
     pipeline: bool,
+    /// Measure subscription fan-out instead: websocket subscribers split over two instances, a
+    /// follow/unfollow load, delivery latency and the servers' memory (--duration defaults to 20 s here).
+    #[arg(long)]
+    subscriptions: bool,
+    /// Subscribers of --subscriptions, one run per count (comma-separated, e.g. 100,1000).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    subscribers: Vec<usize>,
+    /// Follows + unfollows per second of the --subscriptions write load.
+    #[arg(long, default_value_t = 500.0)]
+    write_rate: f64,
     /// Operations of the drill's write load.
     #[arg(long, default_value_t = 20_000)]
     drill_operations: u64,
@@ -113,6 +124,22 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_drill".to_owned()),
         };
         return drill::run(plan, server_binary()?).await;
+    }
+    if args.subscriptions {
+        follow_service::telemetry::init(false);
+        let plan = subscriptions::SubscriptionPlan {
+            sizes: args.subscribers.clone(),
+            write_rate: args.write_rate,
+            duration: Duration::from_secs_f64(args.duration.unwrap_or(20.0)),
+            lanes: args.concurrency.unwrap_or(32),
+            database_url: args.database_url.clone().unwrap_or_else(|| {
+                "postgres://postgres@127.0.0.1:5432/follow_subscriptions".to_owned()
+            }),
+            redis_url: args.redis_url.clone(),
+            server_env: args.server_env.clone(),
+            out: args.out.clone(),
+        };
+        return subscriptions::run(plan, server_binary()?).await;
     }
     if args.pipeline {
         follow_service::telemetry::init(false);
