@@ -22,7 +22,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, ser::SerializeMap};
 use serde_json::json;
 
 use super::negotiate::{MediaType, negotiate};
@@ -73,11 +73,12 @@ pub async fn post_graphql(
         BatchRequest::Batch(requests) => {
             // Batching is not in the specification: each operation's outcome is in its own entry, and
             // the batch as a whole is 200.
-            let mut bodies = Vec::with_capacity(requests.len());
+            let mut responses = Vec::with_capacity(requests.len());
             for request in requests {
-                bodies.push(body_of(&run(&app, request, viewer).await));
+                responses.push(run(&app, request, viewer).await);
             }
-            with_media(StatusCode::OK, media, serde_json::Value::Array(bodies))
+            let bodies: Vec<Wire<'_>> = responses.iter().map(Wire).collect();
+            with_media(StatusCode::OK, media, to_bytes(&bodies))
         }
     }
 }
@@ -200,15 +201,26 @@ async fn run(
     app.schema.execute(request).await
 }
 
-/// The response body: the GraphQL response, without `data` when the operation never ran.
-fn body_of(response: &async_graphql::Response) -> serde_json::Value {
-    let mut body = serde_json::to_value(response).unwrap_or_else(|_| json!({}));
-    if is_request_error(response)
-        && let Some(fields) = body.as_object_mut()
-    {
-        fields.remove("data");
+/// The wire form of a response: as async-graphql writes it, except that a request error (the operation
+/// never ran) has no `data` entry, as the GraphQL specification says. Serialized straight to bytes.
+struct Wire<'a>(&'a async_graphql::Response);
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !is_request_error(self.0) {
+            return self.0.serialize(serializer);
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("errors", &self.0.errors)?;
+        if !self.0.extensions.is_empty() {
+            map.serialize_entry("extensions", &self.0.extensions)?;
+        }
+        map.end()
     }
-    body
+}
+
+fn to_bytes(body: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 /// An executed (or refused-before-execution) operation's response, with the status its media type
@@ -222,7 +234,7 @@ fn render(media: MediaType, response: async_graphql::Response) -> Response {
         }
         MediaType::GraphQLResponse => StatusCode::BAD_REQUEST,
     };
-    let mut http = with_media(status, media, body_of(&response));
+    let mut http = with_media(status, media, to_bytes(&Wire(&response)));
     for (name, value) in response.http_headers.iter() {
         http.headers_mut().append(name, value.clone());
     }
@@ -240,9 +252,8 @@ fn has_code(response: &async_graphql::Response, code: ErrorCode) -> bool {
 }
 
 /// A JSON body in `media`, which varies with the request's `Accept`.
-fn with_media(status: StatusCode, media: MediaType, body: serde_json::Value) -> Response {
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = (status, bytes).into_response();
+fn with_media(status: StatusCode, media: MediaType, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -290,7 +301,7 @@ fn authenticate(
 /// A GraphQL-shaped error body for a request refused before execution.
 fn refusal(status: StatusCode, err: &AppError, media: MediaType) -> Response {
     let body = json!({ "errors": [{ "message": err.message(), "extensions": { "code": err.code().as_str() } }] });
-    let mut response = with_media(status, media, body);
+    let mut response = with_media(status, media, to_bytes(&body));
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
