@@ -40,6 +40,9 @@ pub const PROTOCOL: &str = "graphql-transport-ws";
 /// Frames one connection may have waiting for the socket.
 const OUTGOING_FRAMES: usize = 32;
 
+/// Bytes read from a socket at a time (see `follow-bench --subscriptions`: memory per subscriber).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Close codes of the protocol (and of RFC 6455 where it has one).
 mod close {
     pub const NORMAL: u16 = 1000;
@@ -64,7 +67,11 @@ pub async fn upgrade(
         .map(str::to_owned);
     let upgrade = upgrade
         .protocols([PROTOCOL])
-        .max_message_size(app.config.max_body_bytes);
+        .max_message_size(app.config.max_body_bytes)
+        .max_frame_size(app.config.max_body_bytes)
+        // tungstenite's default 128 KiB is zero-filled and resident for every socket, though the
+        // protocol's messages are a few hundred bytes; a larger frame still grows the buffer.
+        .read_buffer_size(READ_BUFFER_BYTES);
     let agreed = upgrade.selected_protocol().is_some();
     upgrade.on_upgrade(move |socket| async move {
         if agreed {
