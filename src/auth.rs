@@ -62,6 +62,12 @@ impl JwtKeys {
 
     /// The viewer a token names; a malformed, expired or forged token is `UNAUTHENTICATED`.
     pub fn verify(&self, token: &str) -> Result<Viewer, AppError> {
+        self.verify_until(token).map(|(viewer, _)| viewer)
+    }
+
+    /// As [`Self::verify`], with the token's expiry (Unix seconds): a long-lived connection must end
+    /// its viewer's session then.
+    pub fn verify_until(&self, token: &str) -> Result<(Viewer, i64), AppError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| {
             AppError::Unauthenticated(match err.kind() {
@@ -81,14 +87,23 @@ impl JwtKeys {
             .ok_or_else(|| {
                 AppError::Unauthenticated("the bearer token's sub is not a user id".into())
             })?;
-        Ok(Viewer {
+        let viewer = Viewer {
             user_id,
             is_admin: data.claims.role.as_deref() == Some("admin"),
-        })
+        };
+        Ok((viewer, data.claims.exp))
     }
 
     /// The viewer of an `Authorization` header value: `None` when absent, an error when not a valid bearer token.
     pub fn viewer_from_header(&self, header: Option<&str>) -> Result<Option<Viewer>, AppError> {
+        Ok(self.session_from_header(header)?.map(|(viewer, _)| viewer))
+    }
+
+    /// As [`Self::viewer_from_header`], with the token's expiry (Unix seconds).
+    pub fn session_from_header(
+        &self,
+        header: Option<&str>,
+    ) -> Result<Option<(Viewer, i64)>, AppError> {
         let Some(value) = header else { return Ok(None) };
         let token = value
             .strip_prefix("Bearer ")
@@ -100,7 +115,7 @@ impl JwtKeys {
                     "the Authorization header must be `Bearer <token>`".into(),
                 )
             })?;
-        self.verify(token).map(Some)
+        self.verify_until(token).map(Some)
     }
 }
 

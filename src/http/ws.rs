@@ -119,6 +119,9 @@ struct Connection {
     header_auth: Option<String>,
     /// `None` until `connection_init` was accepted; then the viewer (or anonymous).
     viewer: Option<Option<Viewer>>,
+    /// When the viewer's token expires: the connection closes then (4401), so an expired or
+    /// short-lived token cannot keep a subscription open for ever.
+    expires: Option<Instant>,
     init_seen: bool,
     operations: Operations,
     outgoing: mpsc::Sender<Message>,
@@ -146,6 +149,7 @@ async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
         app,
         header_auth,
         viewer: None,
+        expires: None,
         init_seen: false,
         operations: Arc::default(),
         outgoing: outgoing.clone(),
@@ -169,6 +173,9 @@ async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
                     )),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
+            }
+            _ = sleep_until_some(connection.expires) => {
+                break Some(Closing(close::UNAUTHORIZED, "Unauthorized: the bearer token has expired".into()));
             }
             _ = tokio::time::sleep_until(init_deadline), if connection.viewer.is_none() => {
                 break Some(Closing(close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
@@ -241,17 +248,18 @@ impl Connection {
                 .map(|(_, value)| value.as_str().unwrap_or_default().to_owned())
         });
         let authorization = from_payload.or_else(|| self.header_auth.clone());
-        let viewer = self
+        let session = self
             .app
             .jwt
-            .viewer_from_header(authorization.as_deref())
+            .session_from_header(authorization.as_deref())
             .map_err(|err| {
                 Closing(
                     close::UNAUTHORIZED,
                     format!("Unauthorized: {}", err.message()),
                 )
             })?;
-        self.viewer = Some(viewer);
+        self.expires = session.map(|(_, expiry)| instant_at(expiry));
+        self.viewer = Some(session.map(|(viewer, _)| viewer));
         self.send(json!({ "type": "connection_ack" })).await;
         Ok(())
     }
@@ -380,6 +388,20 @@ fn forget(operations: &Operations, id: &str) {
 
 fn text(message: serde_json::Value) -> Message {
     Message::Text(Utf8Bytes::from(message.to_string()))
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The instant of a Unix time in seconds (now, if it is past).
+fn instant_at(unix_seconds: i64) -> Instant {
+    let left = unix_seconds.saturating_sub(chrono::Utc::now().timestamp());
+    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
 }
 
 /// A close frame; the reason is cut to the 123 bytes a close frame can carry.

@@ -207,6 +207,20 @@ async fn the_protocol_closes_with_its_codes() {
 }
 
 #[tokio::test]
+async fn a_connection_ends_when_its_token_expires() {
+    let app = TestApp::without_pipeline().await;
+    let served = serve(&app.app).await;
+    let token = app.app.jwt.issue(1, false, 1).expect("token");
+    let mut client = WsClient::connect(served.address, Some(&token)).await;
+    client.subscribe("e", EVENTS).await;
+    subscribed(&app.app, 1).await;
+    let (code, reason) = client.closed().await;
+    assert_eq!(code, 4401, "{reason}");
+    assert!(reason.contains("expired"), "{reason}");
+    subscribed(&app.app, 0).await;
+}
+
+#[tokio::test]
 async fn a_stopping_instance_sends_its_subscribers_elsewhere() {
     let app = TestApp::without_pipeline().await;
     let served = serve(&app.app).await;
