@@ -341,6 +341,50 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How to start one `follow-service serve` child.
+pub struct ServeSettings<'a> {
+    pub database_url: &'a str,
+    pub redis_url: &'a str,
+    pub listen: SocketAddr,
+    pub redis_prefix: &'a str,
+    pub secret: &'a str,
+    /// Where its stdout and stderr go.
+    pub log: &'a std::path::Path,
+    /// `--server-env` pairs, KEY=VALUE.
+    pub extra_env: &'a [String],
+}
+
+/// The command that starts `follow-service serve` with `settings` (killed when dropped); logs at `warn`
+/// unless `BENCH_SERVER_LOG` says otherwise.
+pub fn serve_command(
+    binary: &std::path::Path,
+    settings: ServeSettings<'_>,
+) -> anyhow::Result<tokio::process::Command> {
+    let log = std::fs::File::create(settings.log)?;
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("serve")
+        .env("DATABASE_URL", settings.database_url)
+        .env("REDIS_URL", settings.redis_url)
+        .env("FOLLOW_LISTEN", settings.listen.to_string())
+        .env("FOLLOW_REDIS_PREFIX", settings.redis_prefix)
+        .env("FOLLOW_JWT_SECRET", settings.secret)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    for pair in settings.extra_env {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--server-env {pair:?} is not KEY=VALUE"))?;
+        command.env(key, value);
+    }
+    Ok(command)
+}
+
 /// The service under test: started here, or already running elsewhere.
 enum Server {
     Started {
@@ -358,33 +402,21 @@ impl Server {
             .local_addr()?
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = std::fs::File::create(std::env::temp_dir().join("follow-bench-server.log"))?;
+        let log_path = std::env::temp_dir().join("follow-bench-server.log");
         let prefix = "follow-bench".to_owned();
         clear_redis_prefix(&args.redis_url, &prefix).await?;
-        let mut command = tokio::process::Command::new(&binary);
-        command
-            .arg("serve")
-            .env(
-                "DATABASE_URL",
-                args.database_url.as_deref().unwrap_or_default(),
-            )
-            .env("REDIS_URL", &args.redis_url)
-            .env("FOLLOW_LISTEN", addr.to_string())
-            .env("FOLLOW_REDIS_PREFIX", &prefix)
-            .env("FOLLOW_JWT_SECRET", secret)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        for pair in &args.server_env {
-            let (key, value) = pair
-                .split_once('=')
-                .with_context(|| format!("--server-env {pair:?} is not KEY=VALUE"))?;
-            command.env(key, value);
-        }
+        let mut command = serve_command(
+            &binary,
+            ServeSettings {
+                database_url: args.database_url.as_deref().unwrap_or_default(),
+                redis_url: &args.redis_url,
+                listen: addr,
+                redis_prefix: &prefix,
+                secret,
+                log: &log_path,
+                extra_env: &args.server_env,
+            },
+        )?;
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;

@@ -137,19 +137,23 @@ pub fn machine() -> BTreeMap<String, String> {
     facts
 }
 
+/// A report's opening: when, at which commit, the command, and the machine.
+pub fn header(
+    started_at: &str,
+    commit: &str,
+    command: &str,
+    machine: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let machine: Vec<String> = machine.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(
+        "Run {started_at} at commit `{commit}`:\n\n```sh\n{command}\n```\n\nMachine: {}.\n\n",
+        machine.join(", ")
+    )
+}
+
 /// The run as Markdown: a header with the command and machine, then one table.
 pub fn markdown(run: &RunReport) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Run {} at commit `{}`:\n\n```sh\n{}\n```\n\n",
-        run.started_at, run.commit, run.command
-    ));
-    let machine: Vec<String> = run
-        .machine
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
-    out.push_str(&format!("Machine: {}.\n\n", machine.join(", ")));
+    let mut out = header(&run.started_at, &run.commit, &run.command, &run.machine);
     out.push_str(&format!(
         "Graph: {} users ({} writers besides), {} edges (Zipf s = {}), top follower counts {:?}; {} in {:.1} s.\n",
         run.graph.users,

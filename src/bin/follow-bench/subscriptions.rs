@@ -18,7 +18,6 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     path::PathBuf,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -300,28 +299,18 @@ impl Instance {
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log_path = std::env::temp_dir().join(format!("follow-bench-subscriptions-{name}.log"));
-        let log = std::fs::File::create(&log_path)?;
-        let mut command = Command::new(binary);
-        command
-            .arg("serve")
-            .env("DATABASE_URL", &plan.database_url)
-            .env("REDIS_URL", &plan.redis_url)
-            .env("FOLLOW_LISTEN", addr.to_string())
-            .env("FOLLOW_REDIS_PREFIX", PREFIX)
-            .env("FOLLOW_JWT_SECRET", crate::BENCH_SECRET)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        for pair in &plan.server_env {
-            let (key, value) = pair
-                .split_once('=')
-                .with_context(|| format!("--server-env {pair:?} is not KEY=VALUE"))?;
-            command.env(key, value);
-        }
+        let mut command = crate::serve_command(
+            binary,
+            crate::ServeSettings {
+                database_url: &plan.database_url,
+                redis_url: &plan.redis_url,
+                listen: addr,
+                redis_prefix: PREFIX,
+                secret: crate::BENCH_SECRET,
+                log: &log_path,
+                extra_env: &plan.server_env,
+            },
+        )?;
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -889,17 +878,7 @@ async fn metrics(instances: &[Instance]) -> Vec<String> {
 
 /// The run as Markdown: the command and machine, then delivery and memory tables.
 pub fn markdown(run: &SubscriptionsReport) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Run {} at commit `{}`:\n\n```sh\n{}\n```\n\n",
-        run.started_at, run.commit, run.command
-    ));
-    let machine: Vec<String> = run
-        .machine
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
-    out.push_str(&format!("Machine: {}.\n\n", machine.join(", ")));
+    let mut out = crate::report::header(&run.started_at, &run.commit, &run.command, &run.machine);
     out.push_str(&format!(
         "Two `serve` instances over one database and Redis prefix, subscribers split evenly between them \
          (graphql-transport-ws, one socket and one `followEvents` subscription per followee); \
