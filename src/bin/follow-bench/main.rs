@@ -319,16 +319,7 @@ async fn main() -> anyhow::Result<()> {
         server_peak_rss_mib,
     };
     let markdown = report::markdown(&run);
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("latest.md"), &markdown)?;
-    std::fs::write(
-        args.out.join("latest.json"),
-        serde_json::to_string_pretty(&run)?,
-    )?;
-    println!(
-        "\n{markdown}\nwritten to {}/latest.md and latest.json",
-        args.out.display()
-    );
+    crate::report::save(&args.out, &markdown, &run)?;
     let errors: u64 = run.scenarios.iter().map(|s| s.errors).sum();
     let mismatches: i64 = run
         .scenarios

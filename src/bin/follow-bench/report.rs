@@ -137,6 +137,18 @@ pub fn machine() -> BTreeMap<String, String> {
     facts
 }
 
+/// Writes a run to `out/latest.md` and `out/latest.json`, and prints the Markdown.
+pub fn save(out: &std::path::Path, markdown: &str, run: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("latest.md"), markdown)?;
+    std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(run)?)?;
+    println!(
+        "\n{markdown}\nwritten to {}/latest.md and latest.json",
+        out.display()
+    );
+    Ok(())
+}
+
 /// A report's opening: when, at which commit, the command, and the machine.
 pub fn header(
     started_at: &str,

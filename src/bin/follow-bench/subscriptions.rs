@@ -223,16 +223,7 @@ pub async fn run(plan: SubscriptionPlan, server_binary: PathBuf) -> anyhow::Resu
         sizes,
     };
     let markdown = markdown(&run);
-    std::fs::create_dir_all(&plan.out)?;
-    std::fs::write(plan.out.join("latest.md"), &markdown)?;
-    std::fs::write(
-        plan.out.join("latest.json"),
-        serde_json::to_string_pretty(&run)?,
-    )?;
-    println!(
-        "\n{markdown}\nwritten to {}/latest.md and latest.json",
-        plan.out.display()
-    );
+    crate::report::save(&plan.out, &markdown, &run)?;
     let faults: Vec<String> = run
         .sizes
         .iter()
