@@ -82,6 +82,9 @@ pub struct Config {
     pub ws_idle_timeout: Duration,
     /// `FOLLOW_APQ_TTL_S`: how long an automatic persisted query stays registered in Redis.
     pub apq_ttl: Duration,
+    /// `FOLLOW_CORS_ORIGINS`: web origins allowed to call the API from a browser (comma-separated,
+    /// `*` for any); empty: none, so only pages served by the API's own origin (GraphiQL) may.
+    pub cors_origins: Vec<String>,
 }
 
 /// Where the service runs; production refuses the development secret.
@@ -195,6 +198,11 @@ impl Config {
             ws_init_timeout: millis("FOLLOW_WS_INIT_TIMEOUT_MS", 3_000)?,
             ws_idle_timeout: seconds("FOLLOW_WS_IDLE_TIMEOUT_S", 60)?,
             apq_ttl: seconds("FOLLOW_APQ_TTL_S", 7 * 24 * 3_600)?,
+            cors_origins: parse("FOLLOW_CORS_ORIGINS", "")
+                .split(',')
+                .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
         };
         config.validate()?;
         Ok(config)
@@ -212,6 +220,16 @@ impl Config {
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             bail!("FOLLOW_REDIS_PREFIX must be non-empty, without braces or spaces");
+        }
+        for origin in &self.cors_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                bail!(
+                    "FOLLOW_CORS_ORIGINS must list origins such as https://app.example.com (or *), not {origin:?}"
+                );
+            }
         }
         for (name, value) in [
             ("FOLLOW_DB_POOL_SIZE", self.db_pool_size),
@@ -270,6 +288,23 @@ mod tests {
             Config::from_lookup(|name| (name == "FOLLOW_ENV").then(|| "production".to_owned()))
                 .expect_err("must refuse");
         assert!(err.to_string().contains("FOLLOW_JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_of_origins() {
+        let with = |value: &'static str| {
+            Config::from_lookup(move |name| {
+                (name == "FOLLOW_CORS_ORIGINS").then(|| value.to_owned())
+            })
+        };
+        let config = with(" https://app.example.com/, http://localhost:5173 ").expect("valid");
+        assert_eq!(
+            config.cors_origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        assert!(with("").expect("valid").cors_origins.is_empty());
+        let err = with("app.example.com").expect_err("not an origin");
+        assert!(err.to_string().contains("FOLLOW_CORS_ORIGINS"), "{err}");
     }
 
     #[test]

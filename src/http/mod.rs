@@ -10,12 +10,13 @@ mod ws;
 use axum::{
     Router,
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::{Method, StatusCode, header},
     middleware::{self, Next},
     response::Response,
     routing::get,
 };
 use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
@@ -32,6 +33,7 @@ use crate::app::App;
 pub fn router(app: App) -> Router {
     let body_limit = app.config.max_body_bytes;
     let timeout = app.config.request_timeout;
+    let cors = cors(&app.config.cors_origins);
     Router::new()
         .route("/", get(graphiql::page))
         .route(
@@ -61,6 +63,35 @@ pub fn router(app: App) -> Router {
             tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path())
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // Outermost: a preflight is answered before any limit, and every answer carries the headers.
+        .layer(cors)
+}
+
+/// CORS for web apps on other origins (`FOLLOW_CORS_ORIGINS`): GET and POST with the headers GraphQL
+/// clients send. Tokens travel in `Authorization`, not cookies, so no credentials mode is needed.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| header::HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            REQUEST_ID,
+            header::HeaderName::from_static("apollographql-client-name"),
+            header::HeaderName::from_static("apollographql-client-version"),
+        ])
+        .expose_headers([REQUEST_ID])
+        .max_age(std::time::Duration::from_secs(3_600))
 }
 
 /// Refuses a request whose `Content-Length` exceeds the limit, with a message naming the limit.

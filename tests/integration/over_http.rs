@@ -291,3 +291,65 @@ async fn a_persisted_query_registers_once_and_runs_by_hash_on_every_instance() {
     let (status, _, _) = get(&app.app, accept, &query).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn web_apps_on_listed_origins_may_call_the_api() {
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        cors_origins: "https://app.example.com, https://admin.example.com".into(),
+        ..Options::default()
+    })
+    .await;
+    let allowed_origin = |headers: &HeaderMap| {
+        headers
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let preflight = |origin: &str| {
+        Request::options("/graphql")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .expect("request")
+    };
+
+    // The browser's preflight for a POST with a bearer token is answered for a listed origin.
+    let (status, headers, _) = app.http(preflight("https://app.example.com")).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(
+        allowed_origin(&headers).as_deref(),
+        Some("https://app.example.com")
+    );
+    let allowed_headers = headers
+        .get(header::ACCESS_CONTROL_ALLOW_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(allowed_headers.contains("authorization") && allowed_headers.contains("content-type"));
+
+    // Another origin gets no permission.
+    let (_, headers, _) = app.http(preflight("https://evil.example.net")).await;
+    assert_eq!(allowed_origin(&headers), None);
+
+    // The request itself carries the permission, and lets the page read the request id.
+    let request = graphql_post(None)
+        .header(header::ORIGIN, "https://admin.example.com")
+        .body(query_body("{ __typename }"))
+        .expect("request");
+    let (status, headers, _) = app.http(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        allowed_origin(&headers).as_deref(),
+        Some("https://admin.example.com")
+    );
+    let exposed = headers
+        .get(header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+}

@@ -168,6 +168,8 @@ pub struct Options {
     pub database_url: Option<String>,
     /// The two-level cache on (`FOLLOW_CACHE`).
     pub cache: bool,
+    /// `FOLLOW_CORS_ORIGINS`.
+    pub cors_origins: String,
 }
 
 impl Default for Options {
@@ -179,6 +181,7 @@ impl Default for Options {
             loader_delay: Duration::from_millis(1),
             database_url: None,
             cache: true,
+            cors_origins: String::new(),
         }
     }
 }
@@ -252,6 +255,7 @@ impl TestApp {
         let relay_after = options.relay_after.as_millis().to_string();
         let loader_delay = options.loader_delay.as_micros().to_string();
         let cache = if options.cache { "on" } else { "off" };
+        let cors_origins = options.cors_origins.clone();
         let config = Config::from_lookup(move |name| match name {
             "DATABASE_URL" => Some(url.clone()),
             "REDIS_URL" => Some(redis_url.clone()),
@@ -266,6 +270,7 @@ impl TestApp {
             "FOLLOW_CACHE" => Some(cache.to_owned()),
             "FOLLOW_REDIS_BREAKER_COOLDOWN_MS" => Some("200".to_owned()),
             "FOLLOW_WS_INIT_TIMEOUT_MS" => Some("500".to_owned()),
+            "FOLLOW_CORS_ORIGINS" => Some(cors_origins.clone()),
             _ => None,
         })
         .expect("test config is valid");
