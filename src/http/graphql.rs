@@ -106,14 +106,14 @@ pub async fn get_graphql(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
-    let query = query.unwrap_or_default();
-    if wants_html || query.is_empty() {
+    if wants_html {
         return super::graphiql::page().await;
     }
     let media = match accepted(&headers) {
         Ok(media) => media,
         Err(response) => return *response,
     };
+    let query = query.unwrap_or_default();
     let request = match parse_parameters(&query) {
         Ok(request) => request,
         Err(message) => {

@@ -185,7 +185,9 @@ async fn get_runs_queries_and_refuses_mutations() {
         Some("POST")
     );
 
-    // Parameters that are not a request: 400.
+    // Parameters that are not a request: 400 (a browser asking for HTML gets GraphiQL instead).
+    let (status, _, body) = get(&app.app, accept, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, _, _) = get(
         &app.app,
         accept,
