@@ -28,7 +28,8 @@ impl ExtensionFactory for Observe {
 #[derive(Default)]
 pub struct ObserveRequest {
     operation: Mutex<Option<(Option<String>, &'static str)>>,
-    document: Mutex<Option<ExecutableDocument>>,
+    /// The document's operations (name, type): all `execute` needs, without a copy of the document.
+    operations: Mutex<Vec<(Option<String>, OperationType)>>,
 }
 
 fn type_name(ty: OperationType) -> &'static str {
@@ -79,8 +80,15 @@ impl Extension for ObserveRequest {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
-        if let Ok(mut slot) = self.document.lock() {
-            *slot = Some(document.clone());
+        let operations = match &document.operations {
+            DocumentOperations::Single(op) => vec![(None, op.node.ty)],
+            DocumentOperations::Multiple(ops) => ops
+                .iter()
+                .map(|(name, op)| (Some(name.to_string()), op.node.ty))
+                .collect(),
+        };
+        if let Ok(mut slot) = self.operations.lock() {
+            *slot = operations;
         }
         Ok(document)
     }
@@ -91,13 +99,17 @@ impl Extension for ObserveRequest {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
-        let document = self.document.lock().ok().and_then(|mut d| d.take());
-        let ty = document.and_then(|doc| match &doc.operations {
-            DocumentOperations::Single(op) => Some(type_name(op.node.ty)),
-            DocumentOperations::Multiple(ops) => operation_name
-                .and_then(|name| ops.iter().find(|(n, _)| n.as_str() == name))
-                .map(|(_, op)| type_name(op.node.ty)),
-        });
+        let operations = self
+            .operations
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default();
+        let ty = match operations.as_slice() {
+            [(None, ty)] => Some(type_name(*ty)),
+            many => operation_name
+                .and_then(|wanted| many.iter().find(|(n, _)| n.as_deref() == Some(wanted)))
+                .map(|(_, ty)| type_name(*ty)),
+        };
         if let Ok(mut slot) = self.operation.lock() {
             *slot = Some((operation_name.map(str::to_owned), ty.unwrap_or("unknown")));
         }
