@@ -75,7 +75,16 @@ impl JwtKeys {
                 ErrorKind::InvalidSignature => {
                     "the bearer token's signature is not valid".to_owned()
                 }
-                _ => format!("the bearer token is not valid: {err}"),
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
+                    "the bearer token is not a JWT".to_owned()
+                }
+                ErrorKind::InvalidAlgorithm => {
+                    "the bearer token must be signed with HS256".to_owned()
+                }
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    format!("the bearer token has no `{claim}` claim")
+                }
+                _ => "the bearer token is not valid".to_owned(),
             })
         })?;
         let user_id = data
@@ -122,6 +131,19 @@ impl JwtKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_token_is_explained_in_plain_words() {
+        let keys = JwtKeys::new("a-secret-of-sixteen-bytes");
+        let message = |token: &str| keys.verify(token).expect_err("refused").message();
+        assert_eq!(message("nope"), "the bearer token is not a JWT");
+        let other = JwtKeys::new("another-secret-of-16-bytes")
+            .issue(1, false, 60)
+            .expect("signs");
+        assert_eq!(message(&other), "the bearer token's signature is not valid");
+        let expired = keys.issue(1, false, -60).expect("signs");
+        assert_eq!(message(&expired), "the bearer token has expired");
+    }
 
     #[test]
     fn a_token_round_trips() {
