@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # End-to-end test of the GraphiQL page in headless Chromium (tests/browser/graphiql.mjs): starts the
 # already-built service on a fresh, seeded database and a free port, opens GET /graphql as a browser
-# would, runs queries from the page, and fails if the page reaches any other host.
+# would, runs queries from the page, and fails if the page reaches any other host. Then, against the
+# same server, runs the typed TypeScript client end to end (examples/web-client, `npm run e2e`,
+# src/e2e.ts): one seeded user subscribes to followEvents while another follows and unfollows them,
+# reads the follow back, pages the followers and waits for followerCount; bad tokens must be refused.
 #
 #   FOLLOW_BIN=target/debug/follow-service scripts/browser-test.sh
 #
 # Does not build the service (FOLLOW_BIN, default target/debug/follow-service, must exist). Installs what
 # is missing: Debian's chromium (apt, as root or through sudo) and tests/browser's npm packages (npm ci).
+# Expects scripts/check-web-client.sh to have run first (examples/web-client's node_modules installed and
+# its types generated); when examples/web-client/node_modules is missing it runs npm ci and codegen there.
 # Needs Node.js 20 or later, PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and Redis on
 # 127.0.0.1:6379 (scripts/ensure-services.sh starts them). Leaves target/browser/graphiql.png and
 # target/browser/server.log; drops its database and Redis keys on exit, pass or fail.
@@ -52,6 +57,17 @@ log "$("$CHROMIUM" --version 2>/dev/null | head -n 1)"
 
 log "npm ci in tests/browser"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+# The typed client's end-to-end check (run last) expects scripts/check-web-client.sh to have installed
+# and generated examples/web-client, as CI does; installed here otherwise, before the server starts.
+readonly WEB_CLIENT=examples/web-client
+if [[ ! -d $WEB_CLIENT/node_modules ]]; then
+    log "no $WEB_CLIENT/node_modules (scripts/check-web-client.sh did not run first): npm ci and codegen there"
+    (cd "$WEB_CLIENT" && npm ci --no-audit --no-fund && npm run codegen)
+elif [[ ! -f $WEB_CLIENT/src/gql/index.ts ]]; then
+    log "no generated types in $WEB_CLIENT/src/gql: npm run codegen there"
+    (cd "$WEB_CLIENT" && npm run codegen)
+fi
 
 mkdir -p "$OUT"
 readonly RUN_ID="browser_$$_${RANDOM}"
@@ -116,3 +132,18 @@ GRAPHIQL_OTHER_TOKEN=$("$BIN" token --user 2)
 export CHROMIUM GRAPHIQL_VIEWER_TOKEN GRAPHIQL_OTHER_TOKEN
 GRAPHIQL_URL="http://127.0.0.1:$port/graphql" GRAPHIQL_SCREENSHOT="$ROOT/$OUT/graphiql.png" \
     node tests/browser/graphiql.mjs
+
+# The typed client end to end, against the same server. Users 3 (A, the subscriber) and 4 (B, the
+# follower) are not the GraphiQL test's 1 and 2; should the seed have made 4 follow 3, e2e.ts unfollows first.
+readonly E2E_USER_A=3 E2E_USER_B=4
+log "typed client end to end ($WEB_CLIENT: npm run e2e): user $E2E_USER_A subscribes, user $E2E_USER_B follows"
+E2E_TOKEN_A=$("$BIN" token --user "$E2E_USER_A")
+E2E_TOKEN_B=$("$BIN" token --user "$E2E_USER_B")
+(
+    cd "$WEB_CLIENT"
+    FOLLOW_URL="http://127.0.0.1:$port/graphql" \
+        FOLLOW_USER_A=$E2E_USER_A FOLLOW_TOKEN_A=$E2E_TOKEN_A \
+        FOLLOW_USER_B=$E2E_USER_B FOLLOW_TOKEN_B=$E2E_TOKEN_B \
+        npm run e2e
+) || die "the typed client's end-to-end check failed (server log: $SERVER_LOG)"
+log "passed: GraphiQL page and typed client end to end"

@@ -4,7 +4,7 @@
 // schema. Works in browsers and in Node 20 (pass a WebSocket implementation there, e.g. `ws`).
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import { getOperationAST, print, type DocumentNode, type GraphQLFormattedError } from 'graphql';
-import { createClient, type Client as WsClient } from 'graphql-ws';
+import { createClient, type Client as WsClient, type ClientOptions as WsClientOptions } from 'graphql-ws';
 
 /** The `extensions.code` values follow-service sends (README.md "Errors", src/error.rs). */
 export const ERROR_CODES = [
@@ -95,6 +95,11 @@ export interface FollowClientOptions {
   webSocketImpl?: unknown;
   /** How long one HTTP request may take, in ms, when the call passes no signal of its own. */
   timeoutMs?: number;
+  /**
+   * graphql-ws event listeners for the shared WebSocket (`connected`, `closed`, …). `connected` fires
+   * once the server acknowledged connection_init; the server does not acknowledge a subscribe.
+   */
+  on?: WsClientOptions['on'];
 }
 
 export interface ExecuteOptions {
@@ -151,6 +156,7 @@ export class FollowClient {
   readonly #fetch: typeof fetch;
   readonly #webSocketImpl: unknown;
   readonly #timeoutMs: number;
+  readonly #on: WsClientOptions['on'];
   #ws: WsClient | undefined;
 
   constructor(options: FollowClientOptions) {
@@ -160,6 +166,7 @@ export class FollowClient {
     this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.#webSocketImpl = options.webSocketImpl;
     this.#timeoutMs = options.timeoutMs ?? 15_000;
+    this.#on = options.on;
   }
 
   /**
@@ -261,6 +268,7 @@ export class FollowClient {
       ...(this.#webSocketImpl === undefined ? {} : { webSocketImpl: this.#webSocketImpl }),
       connectionParams: this.#token === undefined ? {} : { Authorization: `Bearer ${this.#token}` },
       retryAttempts: 3,
+      ...(this.#on === undefined ? {} : { on: this.#on }),
     });
     return this.#ws;
   }
