@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Options, TestApp, eventually, serve, ws::WsClient};
+use crate::support::{Options, RedisProxy, TestApp, eventually, serve, ws::WsClient};
 
 const EVENTS: &str =
     "subscription { followEvents { kind at follower { id handle } followee { id } } }";
@@ -63,6 +63,40 @@ async fn a_follow_through_one_instance_reaches_a_subscriber_of_another() {
         .send(json!({ "id": "events", "type": "complete" }))
         .await;
     subscribed(&other.app, 0).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_gets_what_was_written_while_its_instance_had_lost_redis() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=3).await;
+    let proxy = RedisProxy::start().await;
+    let other = app
+        .instance(Options {
+            pipeline: false,
+            redis_url: proxy.url.clone(),
+            ..Options::default()
+        })
+        .await;
+    let served = serve(&other.app).await;
+    let mut subscriber = WsClient::connect(served.address, Some(&app.token(2, false))).await;
+    subscriber.subscribe("events", EVENTS).await;
+    subscribed(&other.app, 1).await;
+
+    // The subscriber's instance loses Redis; writes go on through the first instance meanwhile.
+    proxy.cut();
+    app.follow(1, 2).await;
+    app.follow(3, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+
+    // Its fan-out reconnects and reads on from the last entry it had seen: nothing is skipped.
+    let mut followers = Vec::new();
+    for _ in 0..2 {
+        let message = subscriber.next().await;
+        assert_eq!(message["type"], "next", "{message}");
+        followers.push(message["payload"]["data"]["followEvents"]["follower"]["id"].clone());
+    }
+    assert_eq!(followers, [json!("1"), json!("3")]);
 }
 
 #[tokio::test]
