@@ -277,6 +277,14 @@ impl FollowGraph {
             .await
     }
 
+    /// Counts as the edges stand now, past the caches and the consumer's lag: for the users whose
+    /// edges the request has just changed (see `db::stats::counts_now`).
+    pub async fn counts_now(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let counts = db::stats::counts_now(&mut conn, ids).await?;
+        Ok(counts.into_iter().map(|c| (c.user_id, c)).collect())
+    }
+
     /// Follow status of each (follower, followee) pair. The viewer's own pairs are read past L1, so that
     /// a viewer sees their own follows on every instance as soon as the write returned.
     pub async fn statuses(

@@ -22,6 +22,10 @@ use crate::{
 pub struct Loaders {
     users: DataLoader<UserLoader>,
     counts: DataLoader<CountsLoader>,
+    counts_now: DataLoader<CountsNowLoader>,
+    /// Users whose edges this request changed: their counts are read as they stand now, not from the
+    /// caches, so a mutation's payload shows its own effect.
+    written: std::sync::Mutex<std::collections::HashSet<i64>>,
     statuses: DataLoader<StatusLoader>,
     lists: DataLoader<ListLoader>,
     graph: FollowGraph,
@@ -34,6 +38,8 @@ impl Loaders {
         Self {
             users: DataLoader::new(UserLoader(graph.clone()), spawn_in_span).delay(delay),
             counts: DataLoader::new(CountsLoader(graph.clone()), spawn_in_span).delay(delay),
+            counts_now: DataLoader::new(CountsNowLoader(graph.clone()), spawn_in_span).delay(delay),
+            written: std::sync::Mutex::default(),
             statuses: DataLoader::new(StatusLoader(graph.clone(), viewer_id), spawn_in_span)
                 .delay(delay),
             lists: DataLoader::new(ListLoader(graph.clone()), spawn_in_span).delay(delay),
@@ -71,10 +77,24 @@ impl Loaders {
 
     /// A user's counts (zeros for a user with no edges yet).
     pub async fn counts(&self, id: i64) -> async_graphql::Result<Counts> {
+        if self.was_written(id) {
+            return Ok(self.counts_now.load_one(id).await?.unwrap_or_default());
+        }
         match self.graph.peek_counts(id) {
             Some(hit) => Ok(hit),
             None => Ok(self.counts.load_one(id).await?.unwrap_or_default()),
         }
+    }
+
+    /// Notes that this request changed these users' edges (read their counts as they stand now).
+    pub fn mark_written(&self, ids: impl IntoIterator<Item = i64>) {
+        if let Ok(mut written) = self.written.lock() {
+            written.extend(ids);
+        }
+    }
+
+    fn was_written(&self, id: i64) -> bool {
+        self.written.lock().is_ok_and(|w| w.contains(&id))
     }
 
     /// Whether `pair.0` follows `pair.1`.
@@ -154,6 +174,19 @@ impl Loader<i64> for CountsLoader {
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Counts>, Self::Error> {
         record_batch("counts", keys.len());
         self.0.counts(keys).await.map_err(to_graphql_error)
+    }
+}
+
+/// Counts as the edges stand now, for users the request wrote.
+pub struct CountsNowLoader(FollowGraph);
+
+impl Loader<i64> for CountsNowLoader {
+    type Value = Counts;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Counts>, Self::Error> {
+        record_batch("counts_now", keys.len());
+        self.0.counts_now(keys).await.map_err(to_graphql_error)
     }
 }
 

@@ -21,6 +21,19 @@ fn require_viewer(ctx: &Context<'_>) -> Result<Viewer, AppError> {
         .ok_or_else(AppError::needs_viewer)
 }
 
+/// The payload of one follow or unfollow; a changed edge makes the request read both ends' counts as
+/// they stand now, so the payload's counts include this write.
+fn payload(
+    ctx: &Context<'_>,
+    viewer_id: i64,
+    outcome: crate::graph::FollowOutcome,
+) -> Result<FollowPayload> {
+    if outcome.changed {
+        super::types::loaders(ctx)?.mark_written([viewer_id, outcome.user_id]);
+    }
+    Ok(FollowPayload { viewer_id, outcome })
+}
+
 /// Changing the viewer's follows.
 #[derive(Default)]
 pub struct FollowMutation;
@@ -35,10 +48,7 @@ impl FollowMutation {
             .data::<FollowGraph>()?
             .follow(viewer.user_id, target)
             .await?;
-        Ok(FollowPayload {
-            viewer_id: viewer.user_id,
-            outcome,
-        })
+        payload(ctx, viewer.user_id, outcome)
     }
 
     /// The viewer stops following userId. Unfollowing a user not followed has changed = false.
@@ -49,10 +59,7 @@ impl FollowMutation {
             .data::<FollowGraph>()?
             .unfollow(viewer.user_id, target)
             .await?;
-        Ok(FollowPayload {
-            viewer_id: viewer.user_id,
-            outcome,
-        })
+        payload(ctx, viewer.user_id, outcome)
     }
 
     /// follow for each id, in order. At most 100 ids; checked whole before anything is written.
@@ -67,13 +74,10 @@ impl FollowMutation {
             .data::<FollowGraph>()?
             .follow_many(viewer.user_id, &targets)
             .await?;
-        Ok(outcomes
+        outcomes
             .into_iter()
-            .map(|outcome| FollowPayload {
-                viewer_id: viewer.user_id,
-                outcome,
-            })
-            .collect())
+            .map(|outcome| payload(ctx, viewer.user_id, outcome))
+            .collect()
     }
 
     /// unfollow for each id, in order. At most 100 ids; checked whole before anything is written.
@@ -88,13 +92,10 @@ impl FollowMutation {
             .data::<FollowGraph>()?
             .unfollow_many(viewer.user_id, &targets)
             .await?;
-        Ok(outcomes
+        outcomes
             .into_iter()
-            .map(|outcome| FollowPayload {
-                viewer_id: viewer.user_id,
-                outcome,
-            })
-            .collect())
+            .map(|outcome| payload(ctx, viewer.user_id, outcome))
+            .collect()
     }
 }
 

@@ -266,3 +266,41 @@ async fn upsert_user_creates_updates_and_guards_handles() {
     }
     assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
 }
+
+#[tokio::test]
+async fn a_mutations_payload_counts_include_its_own_write() {
+    // No consumer runs: the stored counts never move, so only the outbox can account for the writes.
+    let app = TestApp::without_pipeline().await;
+    app.create_users(1..=4).await;
+    app.follow(3, 2).await; // another viewer's pending follow of user 2
+    let follow = r#"mutation($u: ID!) { follow(userId: $u) {
+        changed user { followerCount followers(first: 1) { totalCount } } viewer { followingCount } } }"#;
+    let data = app.data(Some(1), follow, json!({ "u": "2" })).await;
+    assert_eq!(
+        data["follow"],
+        json!({ "changed": true,
+                "user": { "followerCount": 2, "followers": { "totalCount": 2 } },
+                "viewer": { "followingCount": 1 } })
+    );
+
+    // followMany and unfollow: each payload counts every write made before it in the request.
+    let many = r#"mutation { followMany(userIds: ["3", "4"]) { user { id followerCount } viewer { followingCount } } }"#;
+    let data = app.data(Some(1), many, json!({})).await;
+    assert_eq!(
+        data["followMany"][1]["user"],
+        json!({ "id": "4", "followerCount": 1 })
+    );
+    assert_eq!(data["followMany"][1]["viewer"]["followingCount"], 3);
+    let unfollow = r#"mutation { unfollow(userId: "2") { changed user { followerCount } viewer { followingCount } } }"#;
+    let data = app.data(Some(1), unfollow, json!({})).await;
+    assert_eq!(
+        data["unfollow"],
+        json!({ "changed": true, "user": { "followerCount": 1 }, "viewer": { "followingCount": 2 } })
+    );
+    // A read in another request still goes through the caches and the stored counts (eventually
+    // consistent, as the contract says): here the consumer never ran, so they are still zero.
+    let stored = app
+        .data(None, r#"{ user(id: "2") { followerCount } }"#, json!({}))
+        .await;
+    assert_eq!(stored["user"]["followerCount"], 0);
+}
