@@ -133,7 +133,7 @@ impl Documents {
                 }
                 None => {
                     ::metrics::counter!(PERSISTED_QUERIES, "result" => "miss").increment(1);
-                    Err(to_server_error(AppError::PersistedQueryNotFound))
+                    Err(super::request_error(AppError::PersistedQueryNotFound))
                 }
             }
         } else if sha256_hex(&request.query) == hash {
@@ -161,24 +161,7 @@ fn operation_type(document: &ExecutableDocument, name: Option<&str>) -> Option<O
 }
 
 fn bad_input(message: &str) -> ServerError {
-    to_server_error(AppError::bad_input(message))
-}
-
-/// A request error (before execution) with the message and `extensions.code` of `err`.
-fn to_server_error(err: AppError) -> ServerError {
-    let mut error = ServerError::new(err.message(), None);
-    let mut extensions = async_graphql::ErrorExtensionValues::default();
-    extensions.set("code", err.code().as_str());
-    error.extensions = Some(extensions);
-    error
-}
-
-/// Whether a response reports that the operation never ran (the GraphQL spec's request error): no data
-/// and only errors without a path. Parse and validation errors have no path; a resolver's always has.
-pub fn is_request_error(response: &async_graphql::Response) -> bool {
-    matches!(response.data, async_graphql::Value::Null)
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty())
+    super::request_error(AppError::bad_input(message))
 }
 
 #[cfg(test)]

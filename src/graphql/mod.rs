@@ -123,6 +123,22 @@ pub fn to_graphql_error(err: AppError) -> async_graphql::Error {
     async_graphql::Error::new(err.message()).extend_with(|_, ext| ext.set("code", code.as_str()))
 }
 
+/// A request error (the operation never ran): the message and `extensions.code` of `err`, without a
+/// location or path. Every transport builds its refusals with this, so they all look alike.
+pub fn request_error(err: AppError) -> async_graphql::ServerError {
+    let mut error = to_graphql_error(err).into_server_error(async_graphql::Pos::default());
+    error.locations.clear();
+    error
+}
+
+/// Whether a response reports that the operation never ran (the GraphQL spec's request error): no data
+/// and only errors without a path. Parse and validation errors have no path; a resolver's always has.
+pub fn is_request_error(response: &async_graphql::Response) -> bool {
+    matches!(response.data, async_graphql::Value::Null)
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
 impl From<AppError> for async_graphql::Error {
     fn from(err: AppError) -> Self {
         to_graphql_error(err)

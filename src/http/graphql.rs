@@ -23,14 +23,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize, ser::SerializeMap};
-use serde_json::json;
 
 use super::negotiate::{MediaType, negotiate};
 use crate::{
     app::App,
     auth::Viewer,
     error::{AppError, ErrorCode},
-    graphql::{self, documents::is_request_error},
+    graphql::{self, is_request_error},
 };
 
 /// `POST /graphql`: one operation or a batch, as JSON.
@@ -47,7 +46,7 @@ pub async fn post_graphql(
         let err = AppError::bad_input(
             "a POST body must be JSON, sent with Content-Type: application/json",
         );
-        return refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, &err, media);
+        return refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, err, media);
     }
     let request = match request {
         Ok(request) => request.into_inner(),
@@ -59,7 +58,7 @@ pub async fn post_graphql(
     };
     match request {
         BatchRequest::Single(request) if lacks_query(&request) => {
-            refusal(StatusCode::BAD_REQUEST, &no_query(), media)
+            refusal(StatusCode::BAD_REQUEST, no_query(), media)
         }
         BatchRequest::Single(request) => render(media, run(&app, request, viewer).await),
         BatchRequest::Batch(requests) if requests.len() > app.config.max_batch_operations => {
@@ -68,7 +67,7 @@ pub async fn post_graphql(
                 app.config.max_batch_operations,
                 requests.len()
             ));
-            refusal(StatusCode::BAD_REQUEST, &err, media)
+            refusal(StatusCode::BAD_REQUEST, err, media)
         }
         BatchRequest::Batch(requests) => {
             // Batching is not in the specification: each operation's outcome is in its own entry, and
@@ -120,18 +119,18 @@ pub async fn get_graphql(
             let err = AppError::bad_input(format!(
                 "the URL parameters are not a GraphQL request: {message}"
             ));
-            return refusal(StatusCode::BAD_REQUEST, &err, media);
+            return refusal(StatusCode::BAD_REQUEST, err, media);
         }
     };
     if lacks_query(&request) {
-        return refusal(StatusCode::BAD_REQUEST, &no_query(), media);
+        return refusal(StatusCode::BAD_REQUEST, no_query(), media);
     }
     let mut request = request;
     match resolve(&app, &mut request).await {
         Err(response) => return render(media, response),
         Ok(Some(OperationType::Mutation)) => {
             let err = AppError::bad_input("mutations are sent with POST, not GET");
-            let mut response = refusal(StatusCode::METHOD_NOT_ALLOWED, &err, media);
+            let mut response = refusal(StatusCode::METHOD_NOT_ALLOWED, err, media);
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -270,7 +269,7 @@ fn accepted(headers: &HeaderMap) -> Result<MediaType, Box<Response>> {
         let err = AppError::bad_input(
             "the Accept header must allow application/graphql-response+json or application/json",
         );
-        Box::new(refusal(StatusCode::NOT_ACCEPTABLE, &err, MediaType::Json))
+        Box::new(refusal(StatusCode::NOT_ACCEPTABLE, err, MediaType::Json))
     })
 }
 
@@ -295,13 +294,13 @@ fn authenticate(
         .map(|v| v.to_str().unwrap_or(""));
     app.jwt
         .viewer_from_header(header)
-        .map_err(|err| Box::new(refusal(StatusCode::UNAUTHORIZED, &err, media)))
+        .map_err(|err| Box::new(refusal(StatusCode::UNAUTHORIZED, err, media)))
 }
 
 /// A GraphQL-shaped error body for a request refused before execution.
-fn refusal(status: StatusCode, err: &AppError, media: MediaType) -> Response {
-    let body = json!({ "errors": [{ "message": err.message(), "extensions": { "code": err.code().as_str() } }] });
-    let mut response = with_media(status, media, to_bytes(&body));
+fn refusal(status: StatusCode, err: AppError, media: MediaType) -> Response {
+    let body = async_graphql::Response::from_errors(vec![graphql::request_error(err)]);
+    let mut response = with_media(status, media, to_bytes(&Wire(&body)));
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
@@ -325,7 +324,7 @@ fn unreadable_request(app: &App, rejection: GraphQLRejection, media: MediaType) 
         "the body is not a GraphQL request: {}",
         rejection.0
     ));
-    refusal(StatusCode::BAD_REQUEST, &err, media)
+    refusal(StatusCode::BAD_REQUEST, err, media)
 }
 
 /// 413 with a GraphQL error that names the body size limit.
@@ -333,5 +332,5 @@ pub fn body_too_large(limit: usize) -> Response {
     let err = AppError::bad_input(format!(
         "the request body exceeds the limit of {limit} bytes (FOLLOW_MAX_BODY_BYTES)"
     ));
-    refusal(StatusCode::PAYLOAD_TOO_LARGE, &err, MediaType::Json)
+    refusal(StatusCode::PAYLOAD_TOO_LARGE, err, MediaType::Json)
 }

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
-use crate::{app::App, auth::Viewer, graphql, telemetry::metrics::WS_CONNECTIONS};
+use crate::{app::App, auth::Viewer, error::AppError, graphql, telemetry::metrics::WS_CONNECTIONS};
 
 /// The only subprotocol served.
 pub const PROTOCOL: &str = "graphql-transport-ws";
@@ -289,7 +289,7 @@ impl Connection {
             let message = format!(
                 "a connection may run at most {limit} operations at once (FOLLOW_WS_MAX_SUBSCRIPTIONS)"
             );
-            let error = json!({ "message": message, "extensions": { "code": "BAD_USER_INPUT" } });
+            let error = graphql::request_error(AppError::bad_input(message));
             self.send(json!({ "id": id, "type": "error", "payload": [error] }))
                 .await;
             return Ok(());
@@ -351,7 +351,7 @@ async fn run_operation(
     let mut results = app.schema.execute_stream(request);
     let mut first = true;
     while let Some(response) = results.next().await {
-        if first && graphql::documents::is_request_error(&response) {
+        if first && graphql::is_request_error(&response) {
             forget(&operations, &id);
             let errors = serde_json::to_value(&response.errors).unwrap_or_default();
             let _ = outgoing
