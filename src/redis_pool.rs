@@ -112,6 +112,19 @@ impl RedisPool {
     }
 }
 
+/// A connection of its own, outside the pool, for a task that blocks in Redis (XREAD, XREADGROUP): a
+/// blocking command would hold up every call pipelined on a shared connection. Replies may take up to
+/// `block` plus a margin.
+pub async fn dedicated(redis_url: &str, block: Duration) -> anyhow::Result<MultiplexedConnection> {
+    let client = redis::Client::open(redis_url)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(block + Duration::from_secs(5)));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
 /// Checks that Redis answers (for `/readyz`).
 pub async fn ping(pool: &RedisPool, timeout: Duration) -> anyhow::Result<()> {
     let ping = redis::cmd("PING");

@@ -14,9 +14,7 @@ use tokio::sync::watch;
 use super::{FollowEvent, StreamNames};
 use crate::{
     db::{self, DbPool, stats::AppliedBatch},
-    redis_pool::redis::{
-        self, AsyncConnectionConfig, Client, aio::MultiplexedConnection, streams::StreamReadReply,
-    },
+    redis_pool::redis::{self, aio::MultiplexedConnection, streams::StreamReadReply},
     telemetry::metrics::{APPLY_LAG, CONSUMER_APPLY, CONSUMER_BATCH, EVENTS_APPLIED},
 };
 
@@ -82,15 +80,9 @@ pub async fn run(db: DbPool, settings: ConsumerSettings, mut shutdown: watch::Re
     tracing::info!(consumer = %settings.consumer_name, "event consumer stopped");
 }
 
-/// A dedicated connection: XREADGROUP blocks, so it must not share a pooled, multiplexed connection.
+/// A dedicated connection (XREADGROUP blocks), with the group in place.
 async fn connect(settings: &ConsumerSettings) -> anyhow::Result<MultiplexedConnection> {
-    let client = Client::open(settings.redis_url.as_str())?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(settings.block + Duration::from_secs(5)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let mut conn = crate::redis_pool::dedicated(&settings.redis_url, settings.block).await?;
     ensure_group(&mut conn, &settings.names).await?;
     Ok(conn)
 }

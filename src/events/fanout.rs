@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{FollowEvent, StreamNames};
 use crate::{
-    redis_pool::redis::{self, AsyncConnectionConfig, Client, streams::StreamReadReply},
+    redis_pool::redis::{self, streams::StreamReadReply},
     telemetry::metrics::{SUBSCRIBERS, SUBSCRIPTION_EVENTS, SUBSCRIPTIONS_OVERRUN},
 };
 
@@ -226,7 +226,7 @@ pub async fn run(
         let step = async {
             let connection = match conn.as_mut() {
                 Some(c) => c,
-                None => conn.insert(connect(&redis_url, block).await?),
+                None => conn.insert(crate::redis_pool::dedicated(&redis_url, block).await?),
             };
             let from = match last_id.as_mut() {
                 Some(id) => id,
@@ -251,20 +251,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// A dedicated connection: XREAD blocks, so it must not share a pooled, multiplexed one.
-async fn connect(
-    redis_url: &str,
-    block: Duration,
-) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = Client::open(redis_url)?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(block + Duration::from_secs(5)));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
 }
 
 /// The stream id of Redis's current time: entries appended from now on come after it.
