@@ -148,38 +148,20 @@ impl Caches {
     /// L1 only, no waiting: the status of a pair if this instance holds it (never for the viewer's own
     /// pairs). Resolvers try this before a DataLoader, so an L1 hit skips the batching window.
     pub fn peek_status(&self, pair: (i64, i64), viewer: Option<i64>) -> Option<bool> {
-        if Some(pair.0) == viewer || !self.l1_active() {
+        if Some(pair.0) == viewer {
             return None;
         }
-        let hit = self.status.get(&pair).map(|v| v.value);
-        if hit.is_some() {
-            count("status", "l1", "hit", 1); // a miss is counted by the lookup that follows
-        }
-        hit
+        self.peek("status", || self.status.get(&pair).map(|v| v.value))
     }
 
     /// L1 only: a user's counts if this instance holds them.
     pub fn peek_counts(&self, user: i64) -> Option<Counts> {
-        if !self.l1_active() {
-            return None;
-        }
-        let hit = self.counts.get(&user).map(|v| v.value);
-        if hit.is_some() {
-            count("counts", "l1", "hit", 1); // a miss is counted by the lookup that follows
-        }
-        hit
+        self.peek("counts", || self.counts.get(&user).map(|v| v.value))
     }
 
     /// L1 only: a user's record (`Some(None)`: known not to exist) if this instance holds it.
     pub fn peek_user(&self, user: i64) -> Option<Option<UserRecord>> {
-        if !self.l1_active() {
-            return None;
-        }
-        let hit = self.users.get(&user).map(|v| v.value);
-        if hit.is_some() {
-            count("users", "l1", "hit", 1); // a miss is counted by the lookup that follows
-        }
-        hit
+        self.peek("users", || self.users.get(&user).map(|v| v.value))
     }
 
     /// L1 only: the first page (`limit` rows) of a list if this instance holds it at the list's version.
@@ -189,13 +171,20 @@ impl Caches {
         owner: i64,
         limit: i64,
     ) -> Option<Arc<Vec<ListEntry>>> {
+        self.peek("lists", || {
+            let version = self.list_versions.get(&(kind, owner))?.version;
+            self.pages.get(&(kind, owner, version, limit))
+        })
+    }
+
+    /// An L1 lookup while L1 is in use, counting its hit (a miss is counted by the lookup that follows).
+    fn peek<T>(&self, cache: &'static str, lookup: impl FnOnce() -> Option<T>) -> Option<T> {
         if !self.l1_active() {
             return None;
         }
-        let version = self.list_versions.get(&(kind, owner))?.version;
-        let hit = self.pages.get(&(kind, owner, version, limit));
+        let hit = lookup();
         if hit.is_some() {
-            count("lists", "l1", "hit", 1); // a miss is counted by the lookup that follows
+            count(cache, "l1", "hit", 1);
         }
         hit
     }
