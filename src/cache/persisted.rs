@@ -27,12 +27,7 @@ pub struct PersistedQueries {
 
 /// The lowercase hex SHA-256 of an operation's text, as APQ names it.
 pub fn sha256_hex(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        hex.push_str(&format!("{byte:02x}"));
-    }
-    hex
+    format!("{:x}", Sha256::digest(text.as_bytes()))
 }
 
 impl PersistedQueries {

@@ -321,10 +321,7 @@ impl Connection {
 
     /// Queues a message for the client (waits while the queue is full: that is the back-pressure).
     async fn send(&self, message: serde_json::Value) {
-        let _ = self
-            .outgoing
-            .send(Message::Text(Utf8Bytes::from(message.to_string())))
-            .await;
+        let _ = self.outgoing.send(text(message)).await;
     }
 }
 
