@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The request extension of Apollo's APQ protocol.
-const PERSISTED_QUERY: &str = "persistedQuery";
+pub const PERSISTED_QUERY: &str = "persistedQuery";
 
 /// Texts longer than this are parsed every time: real operations are far shorter, and a huge one-off
 /// document must not sit in memory.

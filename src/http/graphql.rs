@@ -113,7 +113,7 @@ pub async fn get_graphql(
         Err(response) => return *response,
     };
     let query = query.unwrap_or_default();
-    let request = match parse_parameters(&query) {
+    let mut request = match parse_parameters(&query) {
         Ok(request) => request,
         Err(message) => {
             let err = AppError::bad_input(format!(
@@ -125,7 +125,6 @@ pub async fn get_graphql(
     if lacks_query(&request) {
         return refusal(StatusCode::BAD_REQUEST, no_query(), media);
     }
-    let mut request = request;
     match resolve(&app, &mut request).await {
         Err(response) => return render(media, response),
         Ok(Some(OperationType::Mutation)) => {
@@ -142,13 +141,16 @@ pub async fn get_graphql(
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
-    let request = graphql::prepare(&app.schema, request, viewer);
-    render(media, app.schema.execute(request).await)
+    render(media, execute(&app, request, viewer).await)
 }
 
 /// Whether a request has neither a document nor a persisted query's hash: it is not a GraphQL request.
 fn lacks_query(request: &async_graphql::Request) -> bool {
-    request.query.trim().is_empty() && !request.extensions.0.contains_key("persistedQuery")
+    request.query.trim().is_empty()
+        && !request
+            .extensions
+            .0
+            .contains_key(graphql::documents::PERSISTED_QUERY)
 }
 
 fn no_query() -> AppError {
@@ -193,11 +195,21 @@ async fn run(
     mut request: async_graphql::Request,
     viewer: Option<Viewer>,
 ) -> async_graphql::Response {
-    if let Err(response) = resolve(app, &mut request).await {
-        return response;
+    match resolve(app, &mut request).await {
+        Ok(_) => execute(app, request, viewer).await,
+        Err(response) => response,
     }
-    let request = graphql::prepare(&app.schema, request, viewer);
-    app.schema.execute(request).await
+}
+
+/// Runs a resolved request for `viewer`.
+async fn execute(
+    app: &App,
+    request: async_graphql::Request,
+    viewer: Option<Viewer>,
+) -> async_graphql::Response {
+    app.schema
+        .execute(graphql::prepare(&app.schema, request, viewer))
+        .await
 }
 
 /// The wire form of a response: as async-graphql writes it, except that a request error (the operation
