@@ -122,7 +122,6 @@ struct Connection {
     /// When the viewer's token expires: the connection closes then (4401), so an expired or
     /// short-lived token cannot keep a subscription open for ever.
     expires: Option<Instant>,
-    init_seen: bool,
     operations: Operations,
     outgoing: mpsc::Sender<Message>,
 }
@@ -150,9 +149,8 @@ async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
         header_auth,
         viewer: None,
         expires: None,
-        init_seen: false,
         operations: Arc::default(),
-        outgoing: outgoing.clone(),
+        outgoing,
     };
     let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval_at(Instant::now() + idle / 3, idle / 3);
@@ -185,7 +183,7 @@ async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
                     break Some(Closing(close::NORMAL, format!("nothing heard for {} s", idle.as_secs())));
                 }
                 // Clients answer a ping frame by themselves; the pong proves the client is still there.
-                let _ = outgoing.try_send(Message::Ping(Default::default()));
+                let _ = connection.outgoing.try_send(Message::Ping(Default::default()));
             }
             _ = async { let _ = shutting_down.wait_for(|closing| *closing).await; } => {
                 break Some(Closing(close::GOING_AWAY, "the server is shutting down; reconnect".into()));
@@ -195,10 +193,10 @@ async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
     connection.stop_all();
     if let Some(Closing(code, reason)) = closing {
         let frame = close_frame(code, &reason);
-        let _ = tokio::time::timeout(Duration::from_secs(1), outgoing.send(frame)).await;
+        let send = connection.outgoing.send(frame);
+        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
     }
-    drop(connection);
-    drop(outgoing);
+    drop(connection); // its sender was the writer's last: the writer ends
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     ::metrics::gauge!(WS_CONNECTIONS).decrement(1.0);
 }
@@ -234,13 +232,13 @@ impl Connection {
         &mut self,
         payload: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<(), Closing> {
-        if self.init_seen {
+        // A refused init closes the connection, so a second one always follows an accepted one.
+        if self.viewer.is_some() {
             return Err(Closing(
                 close::TOO_MANY_INITS,
                 "Too many initialisation requests".into(),
             ));
         }
-        self.init_seen = true;
         let from_payload = payload.as_ref().and_then(|payload| {
             payload
                 .iter()
