@@ -102,12 +102,17 @@ impl App {
         );
         let graph = FollowGraph::new(db.clone(), producer, caches.clone());
         let events = EventHub::new(config.subscription_buffer);
+        let cost_limits = graphql::cost::CostLimits {
+            max_depth: config.max_depth,
+            max_complexity: config.max_complexity,
+            max_fields: config.max_fields,
+            max_entities: config.max_entities,
+        };
         let schema = graphql::build_schema(
             graph.clone(),
             events.clone(),
             SchemaLimits {
-                max_depth: config.max_depth,
-                max_complexity: config.max_complexity,
+                cost: cost_limits,
                 loader_delay: config.loader_delay,
             },
         );
@@ -122,6 +127,7 @@ impl App {
                 PERSISTED_TEXT_BYTES,
             ),
             PARSED_DOCUMENT_BYTES,
+            cost_limits,
         );
         Ok(Self(Arc::new(AppInner {
             config,

@@ -43,6 +43,10 @@ pub struct Config {
     pub max_depth: usize,
     /// `FOLLOW_MAX_COMPLEXITY`: most expensive query accepted (list fields cost `first` times their children).
     pub max_complexity: usize,
+    /// `FOLLOW_MAX_FIELDS`: most fields a document may have once its fragments are expanded.
+    pub max_fields: usize,
+    /// `FOLLOW_MAX_ENTITIES`: most representations one federation `_entities` call may carry.
+    pub max_entities: usize,
     /// `FOLLOW_LOADER_DELAY_US`: how long a DataLoader waits to gather keys into one batch.
     pub loader_delay: Duration,
     /// `FOLLOW_CONSUMER_BATCH`: most stream entries a consumer reads and applies in one transaction.
@@ -170,6 +174,8 @@ impl Config {
             max_batch_operations: number("FOLLOW_MAX_BATCH_OPERATIONS", 10)? as usize,
             max_depth: number("FOLLOW_MAX_DEPTH", 16)? as usize,
             max_complexity: number("FOLLOW_MAX_COMPLEXITY", 20_000)? as usize,
+            max_fields: number("FOLLOW_MAX_FIELDS", 2_000)? as usize,
+            max_entities: number("FOLLOW_MAX_ENTITIES", 100)? as usize,
             loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 1_000)?),
             consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,
             consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,
@@ -240,6 +246,8 @@ impl Config {
             ("FOLLOW_MAX_DEPTH", self.max_depth),
             ("FOLLOW_MAX_BATCH_OPERATIONS", self.max_batch_operations),
             ("FOLLOW_MAX_COMPLEXITY", self.max_complexity),
+            ("FOLLOW_MAX_FIELDS", self.max_fields),
+            ("FOLLOW_MAX_ENTITIES", self.max_entities),
             ("FOLLOW_MAX_BODY_BYTES", self.max_body_bytes),
             ("FOLLOW_CACHE_L1_ENTRIES", self.cache.l1_capacity as usize),
             ("FOLLOW_SUBSCRIPTION_BUFFER", self.subscription_buffer),

@@ -1,9 +1,14 @@
 //! Operation documents: Apollo's automatic persisted queries, and a cache of parsed documents.
 //!
 //! Every transport hands its request to [`Documents::resolve`] before execution. It swaps a persisted
-//! query's hash for its text (or registers a new text under its hash), attaches the parsed document
-//! from the cache (parsing once per distinct text), and tells the transport which kind of operation the
-//! request selects, so that HTTP can refuse a mutation sent by GET even when only its hash was sent.
+//! query's hash for its text, attaches the parsed document from the cache (parsing once per distinct
+//! text), measures its cost against the limits (see [`super::cost`]), and tells the transport which kind
+//! of operation the request selects and what it costs: HTTP refuses a mutation sent by GET even when only
+//! its hash was sent, and every transport spends the cost against the client's rate limits.
+//!
+//! A new persisted text is registered only once it parsed and passed the limits, and only when the
+//! transport says so ([`Documents::register`]), after it authenticated the client and charged the
+//! registration to its budget: nobody can fill the store with junk.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -16,6 +21,10 @@ use async_graphql::{
 };
 use mini_moka::sync::Cache as MokaCache;
 
+use super::{
+    cost::{self, Cost, CostLimits},
+    limits::CheckedDocument,
+};
 use crate::{
     cache::persisted::{PersistedQueries, sha256_hex},
     error::AppError,
@@ -33,23 +42,46 @@ const MAX_CACHED_TEXT: usize = 16 * 1024;
 /// that bounds the cache's memory, not just its text.
 const TREE_BYTES_PER_TEXT_BYTE: usize = 32;
 
+/// The longest text a client may register as a persisted query (real operations are far shorter).
+pub const MAX_PERSISTED_TEXT: usize = MAX_CACHED_TEXT;
+
 /// Parsed documents and persisted queries of one process.
 pub struct Documents {
     /// By a hash of the text (so a lookup copies nothing); each entry keeps its text to compare.
     parsed: MokaCache<u64, Arc<Parsed>>,
     hasher: RandomState,
     persisted: PersistedQueries,
+    limits: CostLimits,
 }
 
 /// A text and its parsed document.
 struct Parsed {
     text: Box<str>,
-    document: ExecutableDocument,
+    document: Arc<ExecutableDocument>,
+}
+
+/// What a resolved request is: the operation it selects and what that costs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// `None` when the schema will report why there is none: the text does not parse, or names no
+    /// single operation.
+    pub kind: Option<OperationType>,
+    /// `None` when the text does not parse (the schema reports the syntax error).
+    pub cost: Option<Cost>,
+    /// A text sent with its hash to be registered: the transport registers it once it allows it.
+    pub registration: Option<Registration>,
+}
+
+/// A persisted query's text waiting to be registered under its hash (already parsed and measured).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Registration {
+    hash: String,
+    text: String,
 }
 
 impl Documents {
-    /// Keeps parsed documents taking at most about `memory_bytes`.
-    pub fn new(persisted: PersistedQueries, memory_bytes: u64) -> Self {
+    /// Keeps parsed documents taking at most about `memory_bytes`; documents over `limits` are refused.
+    pub fn new(persisted: PersistedQueries, memory_bytes: u64, limits: CostLimits) -> Self {
         Self {
             parsed: MokaCache::builder()
                 .weigher(|_: &u64, parsed: &Arc<Parsed>| {
@@ -60,18 +92,16 @@ impl Documents {
                 .build(),
             hasher: RandomState::new(),
             persisted,
+            limits,
         }
     }
 
     /// Prepares `request` for execution: resolves a persisted query, attaches the parsed document, and
-    /// returns the type of the operation it selects (`None` when the schema will report why there is
-    /// none: the text does not parse, or names no single operation).
-    pub async fn resolve(
-        &self,
-        request: &mut Request,
-    ) -> Result<Option<OperationType>, ServerError> {
+    /// measures it. A document over the limits is a request error here, before anything else reads it.
+    pub async fn resolve(&self, request: &mut Request) -> Result<Resolved, ServerError> {
+        let mut registration = None;
         if let Some(extension) = request.extensions.0.remove(PERSISTED_QUERY) {
-            self.resolve_persisted(request, extension).await?;
+            registration = self.resolve_persisted(request, extension).await?;
         }
         let text: &str = &request.query;
         let key = self.hasher.hash_one(text);
@@ -81,28 +111,52 @@ impl Documents {
                 Ok(document) => {
                     let parsed = Arc::new(Parsed {
                         text: text.into(),
-                        document,
+                        document: Arc::new(document),
                     });
                     if text.len() <= MAX_CACHED_TEXT {
                         self.parsed.insert(key, parsed.clone());
                     }
                     parsed
                 }
+                // A text that does not parse is never registered.
+                Err(_) if registration.is_some() => {
+                    return Err(bad_input(
+                        "a persisted query must be a GraphQL document that parses",
+                    ));
+                }
                 // Left to the schema, which reports a parse error with its locations.
-                Err(_) => return Ok(None),
+                Err(_) => return Ok(Resolved::default()),
             },
         };
-        let kind = operation_type(&parsed.document, request.operation_name.as_deref());
-        request.set_parsed_query(parsed.document.clone());
-        Ok(kind)
+        let name = request.operation_name.as_deref();
+        let cost = cost::analyze(&parsed.document, name, &request.variables, &self.limits)
+            .map_err(cost::CostError::into_server_error)?;
+        let kind = operation_type(&parsed.document, name);
+        request
+            .data
+            .insert(CheckedDocument(parsed.document.clone()));
+        Ok(Resolved {
+            kind,
+            cost: Some(cost),
+            registration,
+        })
     }
 
-    /// APQ: a hash alone is replaced by its registered text; a hash with a text registers the text.
+    /// Stores a persisted query's text under its hash (for every instance).
+    pub async fn register(&self, registration: Registration) {
+        ::metrics::counter!(PERSISTED_QUERIES, "result" => "registered").increment(1);
+        self.persisted
+            .put(&registration.hash, &registration.text)
+            .await;
+    }
+
+    /// APQ: a hash alone is replaced by its registered text; a hash with a text (checked against the
+    /// hash and the size limit) is to be registered.
     async fn resolve_persisted(
         &self,
         request: &mut Request,
         extension: async_graphql::Value,
-    ) -> Result<(), ServerError> {
+    ) -> Result<Option<Registration>, ServerError> {
         let (version, hash) = match &extension {
             async_graphql::Value::Object(fields) => (
                 fields.get("version").cloned(),
@@ -129,17 +183,22 @@ impl Documents {
                 Some(text) => {
                     ::metrics::counter!(PERSISTED_QUERIES, "result" => "hit").increment(1);
                     request.query = text.to_string();
-                    Ok(())
+                    Ok(None)
                 }
                 None => {
                     ::metrics::counter!(PERSISTED_QUERIES, "result" => "miss").increment(1);
                     Err(super::request_error(AppError::PersistedQueryNotFound))
                 }
             }
+        } else if request.query.len() > MAX_PERSISTED_TEXT {
+            Err(bad_input(&format!(
+                "a persisted query's text may be at most {MAX_PERSISTED_TEXT} bytes; send a longer one without the persistedQuery extension"
+            )))
         } else if sha256_hex(&request.query) == hash {
-            ::metrics::counter!(PERSISTED_QUERIES, "result" => "registered").increment(1);
-            self.persisted.put(&hash, &request.query).await;
-            Ok(())
+            Ok(Some(Registration {
+                hash,
+                text: request.query.clone(),
+            }))
         } else {
             Err(bad_input(
                 "provided sha does not match query: extensions.persistedQuery.sha256Hash must be the SHA-256 of the query text",
@@ -179,7 +238,13 @@ mod tests {
             crate::redis_pool::build_pool("redis://127.0.0.1:1", 1, timeout).expect("a lazy pool");
         let health = Arc::new(crate::redis_health::RedisHealth::new(1, timeout));
         let persisted = PersistedQueries::new(redis, health, timeout, timeout, "test", 1 << 20);
-        Documents::new(persisted, 1 << 24)
+        let limits = CostLimits {
+            max_depth: 16,
+            max_complexity: 20_000,
+            max_fields: 2_000,
+            max_entities: 100,
+        };
+        Documents::new(persisted, 1 << 24, limits)
     }
 
     fn is_cached(documents: &Documents, text: &str) -> bool {
@@ -194,28 +259,31 @@ mod tests {
         let text = "query A { __typename } mutation B { __typename }";
         let mut first = Request::new(text).operation_name("A");
         assert_eq!(
-            documents.resolve(&mut first).await,
+            documents.resolve(&mut first).await.map(|r| r.kind),
             Ok(Some(OperationType::Query))
         );
         assert!(is_cached(&documents, text));
         // The cached tree serves another request of the same text, whatever operation it selects.
         let mut second = Request::new(text).operation_name("B");
         assert_eq!(
-            documents.resolve(&mut second).await,
+            documents.resolve(&mut second).await.map(|r| r.kind),
             Ok(Some(OperationType::Mutation))
         );
 
         let huge = format!("{{ {} }}", "__typename ".repeat(2_000));
         let mut request = Request::new(huge.clone());
         assert_eq!(
-            documents.resolve(&mut request).await,
+            documents.resolve(&mut request).await.map(|r| r.kind),
             Ok(Some(OperationType::Query))
         );
         assert!(!is_cached(&documents, &huge));
 
         // A text that does not parse is left to the schema, which reports it with its location.
         let mut broken = Request::new("{ user(");
-        assert_eq!(documents.resolve(&mut broken).await, Ok(None));
+        assert_eq!(
+            documents.resolve(&mut broken).await,
+            Ok(Resolved::default())
+        );
     }
 
     #[test]

@@ -1,51 +1,50 @@
-//! Makes depth and complexity refusals name the limit they hit (async-graphql's own messages do not).
+//! The cost check as a schema extension: every document is measured (see [`super::cost`]) right after it
+//! is parsed and before the library touches it, whoever executes it (HTTP, websocket, tests).
+//!
+//! The library's own parse step walks every fragment spread without memoizing (its recursion-depth
+//! check), so this extension replaces that step instead of wrapping it: it parses the text itself, or
+//! takes the document a transport already parsed and measured ([`CheckedDocument`]), and never calls the
+//! library's parser.
 
 use std::sync::Arc;
 
 use async_graphql::{
-    ServerError, ValidationResult,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation},
+    ServerResult, Variables,
+    extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery},
+    parser::types::ExecutableDocument,
 };
 
-/// The limits to name, installed as a schema extension.
-#[derive(Clone, Copy, Debug)]
-pub struct NameTheLimits {
-    pub max_depth: usize,
-    pub max_complexity: usize,
-}
+use super::cost::{self, CostLimits};
 
-impl ExtensionFactory for NameTheLimits {
+/// Request data: this request's document, parsed and found within the limits by its transport.
+pub struct CheckedDocument(pub Arc<ExecutableDocument>);
+
+/// Refuses documents over the limits before validation, installed as a schema extension.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckCost(pub CostLimits);
+
+impl ExtensionFactory for CheckCost {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(*self)
     }
 }
 
 #[async_trait::async_trait]
-impl Extension for NameTheLimits {
-    async fn validation(
+impl Extension for CheckCost {
+    async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|mut error| {
-                    if error.message == "Query is too complex." {
-                        error.message = format!(
-                            "Query is too complex: its cost exceeds the complexity limit of {} \
-                             (a list field costs its `first` times its selection)",
-                            self.max_complexity
-                        );
-                    } else if error.message == "Query is nested too deep." {
-                        error.message = format!(
-                            "Query is nested too deep: the depth limit is {}",
-                            self.max_depth
-                        );
-                    }
-                    error
-                })
-                .collect()
-        })
+        query: &str,
+        variables: &Variables,
+        // Deliberately not run: see the module doc.
+        _next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        if let Some(checked) = ctx.data_opt::<CheckedDocument>() {
+            return Ok((*checked.0).clone());
+        }
+        let document = async_graphql::parser::parse_query(query)?;
+        cost::analyze(&document, None, variables, &self.0)
+            .map_err(cost::CostError::into_server_error)?;
+        Ok(document)
     }
 }

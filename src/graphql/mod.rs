@@ -2,6 +2,7 @@
 //! a request and the viewer it authenticated ([`prepare`]), and tests drive the same schema directly.
 
 pub mod connection;
+pub mod cost;
 pub mod cursor;
 pub mod documents;
 pub mod entities;
@@ -34,11 +35,11 @@ pub type FollowSchema = Schema<ServedQuery, Mutation, Subscription>;
 #[derive(Clone, Copy, Debug)]
 pub struct RequestViewer(pub Option<Viewer>);
 
-/// Limits the schema enforces during validation, before any resolver runs.
+/// Limits the schema enforces before validation, before any resolver runs.
 #[derive(Clone, Copy, Debug)]
 pub struct SchemaLimits {
-    pub max_depth: usize,
-    pub max_complexity: usize,
+    /// Depth, complexity, fields and entities a document may reach (see [`cost`]).
+    pub cost: cost::CostLimits,
     /// How long a DataLoader gathers keys before querying.
     pub loader_delay: Duration,
 }
@@ -57,13 +58,10 @@ pub fn build_schema(graph: FollowGraph, events: EventHub, limits: SchemaLimits) 
         .data(LoaderSettings {
             delay: limits.loader_delay,
         })
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
+        // The library's own depth and complexity limits are not set: its visitors follow fragment
+        // spreads without memoizing, so the linear-time cost check runs first and is the one that refuses.
         .extension(observe::Observe)
-        .extension(limits::NameTheLimits {
-            max_depth: limits.max_depth,
-            max_complexity: limits.max_complexity,
-        })
+        .extension(limits::CheckCost(limits.cost))
         .finish()
 }
 

@@ -125,22 +125,26 @@ pub async fn get_graphql(
     if lacks_query(&request) {
         return refusal(StatusCode::BAD_REQUEST, no_query(), media);
     }
-    match resolve(&app, &mut request).await {
-        Err(response) => return render(media, response),
-        Ok(Some(OperationType::Mutation)) => {
-            let err = AppError::bad_input("mutations are sent with POST, not GET");
-            let mut response = refusal(StatusCode::METHOD_NOT_ALLOWED, err, media);
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return response;
-        }
-        Ok(_) => {}
-    }
+    // Authenticated first: a persisted query is registered only for a client the service knows.
     let viewer = match authenticate(&app, &headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
+    let resolved = match resolve(&app, &mut request).await {
+        Err(response) => return render(media, response),
+        Ok(resolved) => resolved,
+    };
+    if resolved.kind == Some(OperationType::Mutation) {
+        let err = AppError::bad_input("mutations are sent with POST, not GET");
+        let mut response = refusal(StatusCode::METHOD_NOT_ALLOWED, err, media);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    if let Some(registration) = resolved.registration {
+        app.documents.register(registration).await;
+    }
     render(media, execute(&app, request, viewer).await)
 }
 
@@ -177,12 +181,12 @@ fn parse_parameters(query: &str) -> Result<async_graphql::Request, String> {
     Ok(request)
 }
 
-/// Resolves the request's document (persisted query, parse cache) and returns the type of the operation
-/// it selects; a persisted query that cannot be resolved is a response already.
+/// Resolves the request's document (persisted query, parse cache, cost); a persisted query that cannot
+/// be resolved, or a document over the limits, is a response already.
 async fn resolve(
     app: &App,
     request: &mut async_graphql::Request,
-) -> Result<Option<OperationType>, async_graphql::Response> {
+) -> Result<graphql::documents::Resolved, async_graphql::Response> {
     app.documents
         .resolve(request)
         .await
@@ -196,7 +200,12 @@ async fn run(
     viewer: Option<Viewer>,
 ) -> async_graphql::Response {
     match resolve(app, &mut request).await {
-        Ok(_) => execute(app, request, viewer).await,
+        Ok(resolved) => {
+            if let Some(registration) = resolved.registration {
+                app.documents.register(registration).await;
+            }
+            execute(app, request, viewer).await
+        }
         Err(response) => response,
     }
 }

@@ -333,15 +333,22 @@ async fn run_operation(
     outgoing: mpsc::Sender<Message>,
 ) {
     let mut request = request;
-    if let Err(error) = app.documents.resolve(&mut request).await {
-        forget(&operations, &id);
-        let errors = serde_json::to_value([error]).unwrap_or_default();
-        let _ = outgoing
-            .send(text(
-                json!({ "id": id, "type": "error", "payload": errors }),
-            ))
-            .await;
-        return;
+    match app.documents.resolve(&mut request).await {
+        Ok(resolved) => {
+            if let Some(registration) = resolved.registration {
+                app.documents.register(registration).await;
+            }
+        }
+        Err(error) => {
+            forget(&operations, &id);
+            let errors = serde_json::to_value([error]).unwrap_or_default();
+            let _ = outgoing
+                .send(text(
+                    json!({ "id": id, "type": "error", "payload": errors }),
+                ))
+                .await;
+            return;
+        }
     }
     let mut results = app.schema.execute_stream(request);
     let mut first = true;

@@ -10,6 +10,7 @@ mod errors;
 mod events;
 mod federation;
 mod follows;
+mod hostile;
 mod http;
 mod over_http;
 mod pagination;
