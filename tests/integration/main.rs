@@ -11,6 +11,7 @@ mod events;
 mod federation;
 mod follows;
 mod http;
+mod known_followers;
 mod over_http;
 mod pagination;
 mod queries;
