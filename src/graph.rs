@@ -11,7 +11,7 @@ use crate::{
     cache::Caches,
     db::{
         self, DbPool,
-        follows::{EdgeError, Keyset, ListEntry, ListKind},
+        follows::{EdgeError, Keyset, KnownPage, ListEntry, ListKind},
         stats::Counts,
         users::{UpsertError, UserRecord},
     },
@@ -330,26 +330,27 @@ impl FollowGraph {
         self.caches.first_pages(kind, owner_ids, limit, load).await
     }
 
-    /// One page of the followers of `owner_id` whom `viewer_id` follows.
-    pub async fn known_followers(
+    /// Known-followers pages of one viewer (the followers of each page's owner whom the viewer follows),
+    /// in the order asked, all in one SQL statement. Not cached: such a page is one viewer's, and rarely
+    /// asked twice.
+    pub async fn known_followers_pages(
         &self,
-        owner_id: i64,
         viewer_id: i64,
-        after: Option<Keyset>,
-        limit: i64,
-    ) -> Result<Vec<ListEntry>, AppError> {
+        pages: &[KnownPage],
+    ) -> Result<Vec<Vec<ListEntry>>, AppError> {
         let mut conn = db::connect(&self.db).await?;
-        Ok(db::follows::known_followers_page(&mut conn, owner_id, viewer_id, after, limit).await?)
+        Ok(db::follows::known_followers_pages(&mut conn, viewer_id, pages).await?)
     }
 
-    /// How many followers of `owner_id` the viewer follows.
-    pub async fn known_followers_count(
+    /// How many followers of each owner the viewer follows (exact; absent: none), in one SQL statement.
+    pub async fn known_followers_counts(
         &self,
-        owner_id: i64,
         viewer_id: i64,
-    ) -> Result<i64, AppError> {
+        owner_ids: &[i64],
+    ) -> Result<HashMap<i64, i64>, AppError> {
         let mut conn = db::connect(&self.db).await?;
-        Ok(db::follows::known_followers_count(&mut conn, owner_id, viewer_id).await?)
+        let counts = db::follows::known_followers_counts(&mut conn, viewer_id, owner_ids).await?;
+        Ok(counts.into_iter().collect())
     }
 }
 

@@ -1,18 +1,16 @@
 //! Building follow connections: page size and cursor checks, then one page through the loaders.
 
-use std::sync::Arc;
-
 use async_graphql::{Context, Result};
 
 use super::{
     cursor,
-    loaders::ListKey,
+    loaders::{KnownCountKey, KnownKey, ListKey},
     types::{FollowConnection, TotalCount, loaders, viewer_id},
 };
 use crate::{
-    db::follows::ListKind,
+    db::follows::{KnownPage, ListKind},
     error::AppError,
-    graph::{DEFAULT_PAGE, FollowGraph, MAX_PAGE},
+    graph::{DEFAULT_PAGE, MAX_PAGE},
 };
 
 /// The page size asked: null means the default; outside 1..=100 is `BAD_USER_INPUT` naming the limit.
@@ -50,7 +48,9 @@ pub async fn list(
     Ok(FollowConnection::page(rows, size as usize, total))
 }
 
-/// A page of the followers of `owner_id` whom the viewer follows; empty without a viewer.
+/// A page of the followers of `owner_id` whom the viewer follows; empty without a viewer. The page and
+/// its `totalCount` go through the known-followers loaders: the request's pages cost one statement, and
+/// its counts another, however many users ask.
 pub async fn known_followers(
     ctx: &Context<'_>,
     owner_id: i64,
@@ -66,15 +66,20 @@ pub async fn known_followers(
             TotalCount::Zero,
         ));
     };
-    let graph = ctx.data::<FollowGraph>()?;
-    let rows = graph
-        .known_followers(owner_id, viewer_id, after, size + 1)
-        .await?;
-    let total = TotalCount::KnownFollowers {
-        owner_id,
+    let key = KnownKey {
         viewer_id,
+        page: KnownPage {
+            owner_id,
+            after,
+            limit: size + 1,
+        },
     };
-    Ok(FollowConnection::page(Arc::new(rows), size as usize, total))
+    let rows = loaders(ctx)?.known_followers(key).await?;
+    let total = TotalCount::KnownFollowers(KnownCountKey {
+        viewer_id,
+        owner_id,
+    });
+    Ok(FollowConnection::page(rows, size as usize, total))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use async_graphql::dataloader::{DataLoader, Loader};
 use super::to_graphql_error;
 use crate::{
     db::{
-        follows::{Keyset, ListEntry, ListKind},
+        follows::{Keyset, KnownPage, ListEntry, ListKind},
         stats::Counts,
         users::UserRecord,
     },
@@ -28,6 +28,8 @@ pub struct Loaders {
     written: std::sync::Mutex<std::collections::HashSet<i64>>,
     statuses: DataLoader<StatusLoader>,
     lists: DataLoader<ListLoader>,
+    known_followers: DataLoader<KnownFollowersLoader>,
+    known_counts: DataLoader<KnownCountLoader>,
     graph: FollowGraph,
     viewer_id: Option<i64>,
 }
@@ -43,6 +45,10 @@ impl Loaders {
             statuses: DataLoader::new(StatusLoader(graph.clone(), viewer_id), spawn_in_span)
                 .delay(delay),
             lists: DataLoader::new(ListLoader(graph.clone()), spawn_in_span).delay(delay),
+            known_followers: DataLoader::new(KnownFollowersLoader(graph.clone()), spawn_in_span)
+                .delay(delay),
+            known_counts: DataLoader::new(KnownCountLoader(graph.clone()), spawn_in_span)
+                .delay(delay),
             graph: graph.clone(),
             viewer_id,
         }
@@ -136,6 +142,25 @@ impl Loaders {
             return Ok(page);
         }
         Ok(self.lists.load_one(key).await?.unwrap_or_default())
+    }
+
+    /// One known-followers page (`key.page.limit` rows at most). Not cached: it goes to PostgreSQL with
+    /// every other known-followers page of the request, in one statement.
+    pub async fn known_followers(
+        &self,
+        key: KnownKey,
+    ) -> async_graphql::Result<Arc<Vec<ListEntry>>> {
+        Ok(self
+            .known_followers
+            .load_one(key)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// How many followers of `key.owner_id` the viewer follows, batched with the request's other
+    /// known-followers counts into one statement.
+    pub async fn known_followers_count(&self, key: KnownCountKey) -> async_graphql::Result<i64> {
+        Ok(self.known_counts.load_one(key).await?.unwrap_or(0))
     }
 }
 
@@ -256,5 +281,95 @@ impl Loader<ListKey> for ListLoader {
             }
         }
         Ok(pages)
+    }
+}
+
+/// One page of the followers of `page.owner_id` whom `viewer_id` follows. The viewer is part of the key
+/// (rather than of the loader) so that a batch can never mix one viewer's answers into another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KnownKey {
+    pub viewer_id: i64,
+    /// Owner, cursor and rows to fetch (the page size plus one, to learn whether a next page exists).
+    pub page: KnownPage,
+}
+
+/// Known-followers pages: every key of a batch (all of one viewer, as keys of one request are) is
+/// fetched in one statement, whatever their owners, cursors and sizes.
+pub struct KnownFollowersLoader(FollowGraph);
+
+impl Loader<KnownKey> for KnownFollowersLoader {
+    type Value = Arc<Vec<ListEntry>>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[KnownKey],
+    ) -> Result<HashMap<KnownKey, Arc<Vec<ListEntry>>>, Self::Error> {
+        record_batch("known_followers", keys.len());
+        let mut by_viewer: HashMap<i64, Vec<KnownPage>> = HashMap::new();
+        for key in keys {
+            by_viewer.entry(key.viewer_id).or_default().push(key.page);
+        }
+        let mut pages = HashMap::with_capacity(keys.len());
+        for (viewer_id, asked) in by_viewer {
+            let found = self
+                .0
+                .known_followers_pages(viewer_id, &asked)
+                .await
+                .map_err(to_graphql_error)?;
+            for (page, entries) in asked.into_iter().zip(found) {
+                pages.insert(KnownKey { viewer_id, page }, Arc::new(entries));
+            }
+        }
+        Ok(pages)
+    }
+}
+
+/// How many followers of `owner_id` the viewer `viewer_id` follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KnownCountKey {
+    pub viewer_id: i64,
+    pub owner_id: i64,
+}
+
+/// Known-followers counts: every owner of a batch (per viewer: one per request) in one GROUP BY
+/// statement; every key gets an answer, zero included.
+pub struct KnownCountLoader(FollowGraph);
+
+impl Loader<KnownCountKey> for KnownCountLoader {
+    type Value = i64;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[KnownCountKey],
+    ) -> Result<HashMap<KnownCountKey, i64>, Self::Error> {
+        record_batch("known_counts", keys.len());
+        let mut by_viewer: HashMap<i64, Vec<i64>> = HashMap::new();
+        for key in keys {
+            by_viewer
+                .entry(key.viewer_id)
+                .or_default()
+                .push(key.owner_id);
+        }
+        let mut counts = HashMap::with_capacity(keys.len());
+        for (viewer_id, owners) in by_viewer {
+            let found = self
+                .0
+                .known_followers_counts(viewer_id, &owners)
+                .await
+                .map_err(to_graphql_error)?;
+            for owner_id in owners {
+                let n = found.get(&owner_id).copied().unwrap_or(0);
+                counts.insert(
+                    KnownCountKey {
+                        viewer_id,
+                        owner_id,
+                    },
+                    n,
+                );
+            }
+        }
+        Ok(counts)
     }
 }

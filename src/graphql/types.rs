@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
-use super::{RequestViewer, cursor, loaders::Loaders, scalars::DateTime};
+use super::{
+    RequestViewer, cursor,
+    loaders::{KnownCountKey, Loaders},
+    scalars::DateTime,
+};
 use crate::{
     db::{follows::ListEntry, users::UserRecord},
     error::AppError,
@@ -171,7 +175,8 @@ fn clamp_count(n: i64) -> i32 {
 pub(crate) enum TotalCount {
     Followers(i64),
     Following(i64),
-    KnownFollowers { owner_id: i64, viewer_id: i64 },
+    /// How many followers of the owner the viewer follows (through the known-counts loader).
+    KnownFollowers(KnownCountKey),
     Zero,
 }
 
@@ -216,18 +221,16 @@ impl FollowConnection {
         }
     }
 
+    // For knownFollowers: exact (one GROUP BY statement for the request's owners), and 0 without a
+    // viewer. The description below is the contract's: it stays as the contract words it.
     /// The list's whole length (for followers and following: the user's followerCount or followingCount).
     async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let loaders = loaders(ctx)?;
         Ok(match self.total {
             TotalCount::Followers(id) => clamp_count(loaders.counts(id).await?.follower_count),
             TotalCount::Following(id) => clamp_count(loaders.counts(id).await?.following_count),
-            TotalCount::KnownFollowers {
-                owner_id,
-                viewer_id,
-            } => {
-                let graph = ctx.data::<crate::graph::FollowGraph>()?;
-                clamp_count(graph.known_followers_count(owner_id, viewer_id).await?)
+            TotalCount::KnownFollowers(key) => {
+                clamp_count(loaders.known_followers_count(key).await?)
             }
             TotalCount::Zero => 0,
         })

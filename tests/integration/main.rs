@@ -12,6 +12,7 @@ mod federation;
 mod follows;
 mod hostile;
 mod http;
+mod known_followers;
 mod over_http;
 mod pagination;
 mod queries;
