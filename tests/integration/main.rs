@@ -14,4 +14,5 @@ mod http;
 mod over_http;
 mod pagination;
 mod queries;
+mod ratelimit;
 mod subscriptions;
