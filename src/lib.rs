@@ -9,6 +9,7 @@
 //!   [`redis_health`]: the circuit breaker every Redis user asks first.
 //! - [`graph`]: the follow graph's operations; the GraphQL layer calls only this.
 //! - [`graphql`]: schema, resolvers, DataLoaders. Knows nothing of HTTP.
+//! - [`ratelimit`]: rate limits shared by every instance (GCRA in Redis, a local one while it is down).
 //! - [`http`]: routes, authentication, limits, health. [`app`]: builds all of it from a [`config::Config`].
 //! - [`seed`], [`telemetry`], [`redis_pool`]: demo data, logging, Redis connections.
 
@@ -22,6 +23,7 @@ pub mod events;
 pub mod graph;
 pub mod graphql;
 pub mod http;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod redis_health;
 pub mod redis_pool;

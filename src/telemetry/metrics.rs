@@ -79,6 +79,11 @@ pub const SUBSCRIPTIONS_OVERRUN: &str = "follow_subscriptions_overrun_total";
 pub const WS_CONNECTIONS: &str = "follow_ws_connections_active";
 /// Automatic persisted queries looked up, by `result` (hit, miss, registered).
 pub const PERSISTED_QUERIES: &str = "follow_persisted_queries_total";
+/// Requests the rate limiter refused, by `limit` (the quota's name) and `source` (redis, local).
+pub const RATE_LIMITED: &str = "follow_rate_limited_total";
+/// Rate limit checks answered by the local limiter because Redis was unavailable, by `reason`
+/// (breaker_open, error, timeout).
+pub const RATE_LIMITER_FALLBACK: &str = "follow_rate_limiter_fallback_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -213,6 +218,14 @@ fn describe() {
         OUTBOX_OLDEST_AGE,
         ::metrics::Unit::Seconds,
         "Age of the oldest unapplied event"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by the rate limiter, by limit and source"
+    );
+    describe_counter!(
+        RATE_LIMITER_FALLBACK,
+        "Rate limit checks answered locally because Redis was unavailable, by reason"
     );
 }
 

@@ -16,4 +16,5 @@ mod known_followers;
 mod over_http;
 mod pagination;
 mod queries;
+mod ratelimit;
 mod subscriptions;
