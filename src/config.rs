@@ -8,6 +8,15 @@ use anyhow::{Context, bail};
 pub const DEVELOPMENT_JWT_SECRET: &str =
     "follow-service-development-secret-do-not-use-in-production";
 
+/// Secrets that appear in this repository (the built-in one, docker-compose's default, the tests' and the
+/// benchmark's): anyone can sign tokens with them, so production refuses every one.
+pub const PUBLISHED_JWT_SECRETS: &[&str] = &[
+    DEVELOPMENT_JWT_SECRET,
+    "compose-development-secret-change-me",
+    "follow-bench-secret-not-for-production",
+    "test-secret-of-at-least-sixteen-bytes",
+];
+
 /// Every setting of the service; one field per environment variable.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -86,9 +95,106 @@ pub struct Config {
     pub ws_idle_timeout: Duration,
     /// `FOLLOW_APQ_TTL_S`: how long an automatic persisted query stays registered in Redis.
     pub apq_ttl: Duration,
+    /// `FOLLOW_RATE_LIMIT` and `FOLLOW_RATE_*`: the rate limits (on by default).
+    pub rate: RateSettings,
+    /// `FOLLOW_TRUSTED_PROXIES`: networks (CIDR, comma-separated) of proxies whose `X-Forwarded-For`
+    /// names the client; empty: the peer address is the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `FOLLOW_MAX_CONNECTIONS`: open HTTP connections per process; more are refused with 503.
+    pub max_connections: usize,
+    /// `FOLLOW_HEADER_TIMEOUT_MS`: how long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// `FOLLOW_KEEP_ALIVE_IDLE_S`: an idle keep-alive connection is closed after this long.
+    pub keep_alive_idle: Duration,
+    /// `FOLLOW_WS_MAX_CONNECTIONS`: websockets open per process.
+    pub ws_max_connections: usize,
+    /// `FOLLOW_WS_MAX_PER_VIEWER`: websockets one viewer (or one anonymous address) may hold per process.
+    pub ws_max_per_viewer: usize,
+    /// `FOLLOW_METRICS_LISTEN`: serve `/metrics` on this address only (not on the public listener).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `FOLLOW_JWT_ISSUER`: when set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// `FOLLOW_JWT_AUDIENCE`: when set, tokens must carry this `aud`.
+    pub jwt_audience: Option<String>,
     /// `FOLLOW_CORS_ORIGINS`: web origins allowed to call the API from a browser (comma-separated,
     /// `*` for any); empty: none, so only pages served by the API's own origin (GraphiQL) may.
     pub cors_origins: Vec<String>,
+}
+
+/// The rate limits' budgets (`FOLLOW_RATE_*`), each per client and per minute unless named otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct RateSettings {
+    /// `FOLLOW_RATE_LIMIT`: `off` turns every limiter off (load benchmarks), with a warning at start.
+    pub enabled: bool,
+    /// `FOLLOW_RATE_VIEWER_POINTS`: query cost points a viewer (token `sub`) may spend per minute.
+    pub viewer_points: u32,
+    /// `FOLLOW_RATE_ANONYMOUS_POINTS`: query cost points one client address may spend per minute.
+    pub anonymous_points: u32,
+    /// `FOLLOW_RATE_FOLLOWS_PER_MINUTE`: follows and unfollows a viewer may make per minute.
+    pub follows_per_minute: u32,
+    /// `FOLLOW_RATE_FOLLOWS_PER_DAY`: follows and unfollows a viewer may make per day (admins exempt).
+    pub follows_per_day: u32,
+    /// `FOLLOW_RATE_APQ_PER_MINUTE`: persisted queries a client may register per minute.
+    pub registrations_per_minute: u32,
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is a network of one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    address: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (address, prefix) = match s.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (s, None),
+        };
+        let address: std::net::IpAddr = address
+            .trim()
+            .parse()
+            .with_context(|| format!("{s:?} is not an address or a network such as 10.0.0.0/8"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .with_context(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { address, prefix })
+    }
 }
 
 /// Where the service runs; production refuses the development secret.
@@ -143,6 +249,11 @@ impl Config {
                 Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
                 Some(v) => bail!("{name} must be true or false, not {v:?}"),
             }
+        };
+
+        let points = |name: &str, default: u32| -> anyhow::Result<u32> {
+            let value = number(name, u64::from(default))?;
+            u32::try_from(value).with_context(|| format!("{name} must be at most {}", u32::MAX))
         };
 
         let environment: Environment = parse("FOLLOW_ENV", "development").parse()?;
@@ -204,6 +315,32 @@ impl Config {
             ws_init_timeout: millis("FOLLOW_WS_INIT_TIMEOUT_MS", 3_000)?,
             ws_idle_timeout: seconds("FOLLOW_WS_IDLE_TIMEOUT_S", 60)?,
             apq_ttl: seconds("FOLLOW_APQ_TTL_S", 7 * 24 * 3_600)?,
+            rate: RateSettings {
+                enabled: flag("FOLLOW_RATE_LIMIT", true)?,
+                viewer_points: points("FOLLOW_RATE_VIEWER_POINTS", 60_000)?,
+                anonymous_points: points("FOLLOW_RATE_ANONYMOUS_POINTS", 30_000)?,
+                follows_per_minute: points("FOLLOW_RATE_FOLLOWS_PER_MINUTE", 100)?,
+                follows_per_day: points("FOLLOW_RATE_FOLLOWS_PER_DAY", 400)?,
+                registrations_per_minute: points("FOLLOW_RATE_APQ_PER_MINUTE", 60)?,
+            },
+            trusted_proxies: parse("FOLLOW_TRUSTED_PROXIES", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|net| !net.is_empty())
+                .map(|net| net.parse().context("FOLLOW_TRUSTED_PROXIES"))
+                .collect::<anyhow::Result<_>>()?,
+            max_connections: number("FOLLOW_MAX_CONNECTIONS", 10_000)? as usize,
+            header_timeout: millis("FOLLOW_HEADER_TIMEOUT_MS", 5_000)?,
+            keep_alive_idle: seconds("FOLLOW_KEEP_ALIVE_IDLE_S", 75)?,
+            ws_max_connections: number("FOLLOW_WS_MAX_CONNECTIONS", 5_000)? as usize,
+            ws_max_per_viewer: number("FOLLOW_WS_MAX_PER_VIEWER", 8)? as usize,
+            metrics_listen: get("FOLLOW_METRICS_LISTEN")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| v.trim().parse())
+                .transpose()
+                .context("FOLLOW_METRICS_LISTEN must be an address such as 127.0.0.1:9090")?,
+            jwt_issuer: get("FOLLOW_JWT_ISSUER").filter(|v| !v.trim().is_empty()),
+            jwt_audience: get("FOLLOW_JWT_AUDIENCE").filter(|v| !v.trim().is_empty()),
             cors_origins: parse("FOLLOW_CORS_ORIGINS", "")
                 .split(',')
                 .map(|origin| origin.trim().trim_end_matches('/').to_owned())
@@ -220,6 +357,24 @@ impl Config {
             bail!(
                 "FOLLOW_ENV=production needs FOLLOW_JWT_SECRET: the built-in development secret is public"
             );
+        }
+        if self.environment == Environment::Production
+            && PUBLISHED_JWT_SECRETS.contains(&self.jwt_secret.as_str())
+        {
+            bail!(
+                "FOLLOW_ENV=production refuses this FOLLOW_JWT_SECRET: it is published in the service's repository, so anyone can sign tokens with it"
+            );
+        }
+        for (name, points) in [
+            ("FOLLOW_RATE_VIEWER_POINTS", self.rate.viewer_points),
+            ("FOLLOW_RATE_ANONYMOUS_POINTS", self.rate.anonymous_points),
+        ] {
+            if self.rate.enabled && (points as usize) < self.max_complexity {
+                bail!(
+                    "{name} ({points}) must be at least FOLLOW_MAX_COMPLEXITY ({}): a query within the complexity limit must fit in a minute's budget",
+                    self.max_complexity
+                );
+            }
         }
         if self.jwt_secret.len() < 16 {
             bail!("FOLLOW_JWT_SECRET must be at least 16 bytes long");
@@ -249,6 +404,37 @@ impl Config {
             ("FOLLOW_MAX_FIELDS", self.max_fields),
             ("FOLLOW_MAX_ENTITIES", self.max_entities),
             ("FOLLOW_MAX_BODY_BYTES", self.max_body_bytes),
+            ("FOLLOW_MAX_CONNECTIONS", self.max_connections),
+            ("FOLLOW_WS_MAX_CONNECTIONS", self.ws_max_connections),
+            ("FOLLOW_WS_MAX_PER_VIEWER", self.ws_max_per_viewer),
+            (
+                "FOLLOW_HEADER_TIMEOUT_MS",
+                self.header_timeout.as_millis() as usize,
+            ),
+            (
+                "FOLLOW_KEEP_ALIVE_IDLE_S",
+                self.keep_alive_idle.as_secs() as usize,
+            ),
+            (
+                "FOLLOW_RATE_VIEWER_POINTS",
+                self.rate.viewer_points as usize,
+            ),
+            (
+                "FOLLOW_RATE_ANONYMOUS_POINTS",
+                self.rate.anonymous_points as usize,
+            ),
+            (
+                "FOLLOW_RATE_FOLLOWS_PER_MINUTE",
+                self.rate.follows_per_minute as usize,
+            ),
+            (
+                "FOLLOW_RATE_FOLLOWS_PER_DAY",
+                self.rate.follows_per_day as usize,
+            ),
+            (
+                "FOLLOW_RATE_APQ_PER_MINUTE",
+                self.rate.registrations_per_minute as usize,
+            ),
             ("FOLLOW_CACHE_L1_ENTRIES", self.cache.l1_capacity as usize),
             ("FOLLOW_SUBSCRIPTION_BUFFER", self.subscription_buffer),
             ("FOLLOW_WS_MAX_SUBSCRIPTIONS", self.ws_max_subscriptions),
@@ -296,6 +482,47 @@ mod tests {
             Config::from_lookup(|name| (name == "FOLLOW_ENV").then(|| "production".to_owned()))
                 .expect_err("must refuse");
         assert!(err.to_string().contains("FOLLOW_JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_every_secret_published_in_the_repository() {
+        let compose = include_str!("../docker-compose.yml");
+        let default = compose
+            .split("FOLLOW_JWT_SECRET:-")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("docker-compose.yml has a default secret");
+        assert!(PUBLISHED_JWT_SECRETS.contains(&default), "{default}");
+        for secret in PUBLISHED_JWT_SECRETS {
+            let err = Config::from_lookup(|name| match name {
+                "FOLLOW_ENV" => Some("production".to_owned()),
+                "FOLLOW_JWT_SECRET" => Some((*secret).to_owned()),
+                _ => None,
+            })
+            .expect_err("must refuse");
+            assert!(err.to_string().contains("FOLLOW_JWT_SECRET"), "{err}");
+        }
+        let fine = Config::from_lookup(|name| match name {
+            "FOLLOW_ENV" => Some("production".to_owned()),
+            "FOLLOW_JWT_SECRET" => Some("a-secret-only-this-deployment-knows".to_owned()),
+            _ => None,
+        });
+        assert!(fine.is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks() {
+        let net: IpNet = "10.1.0.0/16".parse().expect("a network");
+        assert!(net.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!net.contains("10.2.0.1".parse().expect("ip")));
+        let one: IpNet = "127.0.0.1".parse().expect("an address");
+        assert!(one.contains("::ffff:127.0.0.1".parse().expect("mapped")));
+        let v6: IpNet = "2001:db8::/32".parse().expect("v6");
+        assert!(v6.contains("2001:db8:1::5".parse().expect("ip")));
+        let all: IpNet = "0.0.0.0/0".parse().expect("all");
+        assert!(all.contains("203.0.113.9".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("proxy.local".parse::<IpNet>().is_err());
     }
 
     #[test]
