@@ -128,7 +128,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { user, admin, hours } => {
             anyhow::ensure!(user > 0, "--user must be a positive user id");
-            let keys = follow_service::auth::JwtKeys::new(&config.jwt_secret);
+            let keys = follow_service::auth::JwtKeys::new(&config.jwt_secret)
+                .requiring(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
             println!("{}", keys.issue(user, admin, hours * 3600)?);
             Ok(())
         }
@@ -163,6 +164,11 @@ fn warn_if_development_secret(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     warn_if_development_secret(&config);
+    if !config.rate.enabled {
+        tracing::warn!(
+            "FOLLOW_RATE_LIMIT=off: no rate limit applies to any client. Use this for load benchmarks only."
+        );
+    }
     let app = App::start(config).await?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = if app.config.run_consumer {
@@ -177,15 +183,36 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", app.config.listen))?;
     tracing::info!("GraphiQL at http://{}/graphql", listener.local_addr()?);
+    let operators = match app.config.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding FOLLOW_METRICS_LISTEN {address}"))?;
+            tracing::info!("metrics at http://{address}/metrics (not on the public listener)");
+            let router = http::operator_router(app.clone());
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            }))
+        }
+        None => None,
+    };
     let closing = app.closing.clone();
-    axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(async move {
-            if let Err(err) = app::shutdown_signal().await {
-                tracing::error!(error = %err, "signal handling failed");
-            }
-            closing.send_replace(true);
-        })
-        .await?;
+    let limits = http::server::ServerLimits {
+        max_connections: app.config.max_connections,
+        header_timeout: app.config.header_timeout,
+        keep_alive_idle: app.config.keep_alive_idle,
+        drain: app.config.request_timeout,
+    };
+    http::server::serve(listener, http::router(app.clone()), limits, async move {
+        if let Err(err) = app::shutdown_signal().await {
+            tracing::error!(error = %err, "signal handling failed");
+        }
+        closing.send_replace(true);
+    })
+    .await?;
+    if let Some(operators) = operators {
+        operators.abort();
+    }
     sampler.abort();
     let _ = stop.send(true);
     for task in tasks {

@@ -10,7 +10,8 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready: PostgreSQL and Redis both answer; 503 naming the one that does not.
+/// Ready: PostgreSQL and Redis both answer; 503 naming the one that does not. The driver's own words
+/// (addresses, user names) go to the log, not to whoever asks.
 pub async fn readyz(State(app): State<App>) -> impl IntoResponse {
     let (database, redis) = app.readiness().await;
     let status = if database.is_ok() && redis.is_ok() {
@@ -18,12 +19,16 @@ pub async fn readyz(State(app): State<App>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let describe = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
+    let describe = |name: &str, r: &Result<(), String>| match r {
+        Ok(()) => "ok",
+        Err(e) => {
+            tracing::warn!(dependency = name, error = %e, "not ready");
+            "unavailable"
+        }
     };
+    let (database, redis) = (describe("postgres", &database), describe("redis", &redis));
     (
         status,
-        Json(json!({ "postgres": describe(&database), "redis": describe(&redis) })),
+        Json(json!({ "postgres": database, "redis": redis })),
     )
 }

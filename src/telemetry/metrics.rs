@@ -77,6 +77,12 @@ pub const SUBSCRIPTION_EVENTS: &str = "follow_subscription_events_total";
 pub const SUBSCRIPTIONS_OVERRUN: &str = "follow_subscriptions_overrun_total";
 /// Websocket connections open on this instance.
 pub const WS_CONNECTIONS: &str = "follow_ws_connections_active";
+/// HTTP connections open on this instance (websockets count in `WS_CONNECTIONS` once upgraded).
+pub const HTTP_CONNECTIONS: &str = "follow_http_connections_active";
+/// Connections refused because the instance held `FOLLOW_MAX_CONNECTIONS`.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "follow_http_connections_refused_total";
+/// Websockets refused by their caps, by `cap` (`instance`, `client`).
+pub const WS_REFUSED: &str = "follow_ws_refused_total";
 /// Automatic persisted queries looked up, by `result` (hit, miss, registered).
 pub const PERSISTED_QUERIES: &str = "follow_persisted_queries_total";
 /// Requests the rate limiter refused, by `limit` (the quota's name) and `source` (redis, local).
@@ -208,6 +214,15 @@ fn describe() {
     describe_gauge!(
         WS_CONNECTIONS,
         "Websocket connections open on this instance"
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open on this instance");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "Connections refused because the instance was at FOLLOW_MAX_CONNECTIONS"
+    );
+    describe_counter!(
+        WS_REFUSED,
+        "Websockets refused by their caps, by cap (instance, client)"
     );
     describe_counter!(
         PERSISTED_QUERIES,

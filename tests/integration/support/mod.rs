@@ -170,6 +170,8 @@ pub struct Options {
     pub cache: bool,
     /// `FOLLOW_CORS_ORIGINS`.
     pub cors_origins: String,
+    /// Any other settings, by variable name (they win over the ones above).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -182,6 +184,7 @@ impl Default for Options {
             database_url: None,
             cache: true,
             cors_origins: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -256,22 +259,28 @@ impl TestApp {
         let loader_delay = options.loader_delay.as_micros().to_string();
         let cache = if options.cache { "on" } else { "off" };
         let cors_origins = options.cors_origins.clone();
-        let config = Config::from_lookup(move |name| match name {
-            "DATABASE_URL" => Some(url.clone()),
-            "REDIS_URL" => Some(redis_url.clone()),
-            "FOLLOW_REDIS_PREFIX" => Some(prefix.clone()),
-            "FOLLOW_JWT_SECRET" => Some(TEST_SECRET.to_owned()),
-            "FOLLOW_DB_POOL_SIZE" => Some("6".to_owned()),
-            "FOLLOW_REDIS_POOL_SIZE" => Some("4".to_owned()),
-            "FOLLOW_CONSUMER_BLOCK_MS" => Some("100".to_owned()),
-            "FOLLOW_RELAY_AFTER_MS" => Some(relay_after.clone()),
-            "FOLLOW_RELAY_INTERVAL_MS" => Some("100".to_owned()),
-            "FOLLOW_LOADER_DELAY_US" => Some(loader_delay.clone()),
-            "FOLLOW_CACHE" => Some(cache.to_owned()),
-            "FOLLOW_REDIS_BREAKER_COOLDOWN_MS" => Some("200".to_owned()),
-            "FOLLOW_WS_INIT_TIMEOUT_MS" => Some("500".to_owned()),
-            "FOLLOW_CORS_ORIGINS" => Some(cors_origins.clone()),
-            _ => None,
+        let env = options.env.clone();
+        let config = Config::from_lookup(move |name| {
+            if let Some((_, value)) = env.iter().find(|(n, _)| *n == name) {
+                return Some(value.clone());
+            }
+            match name {
+                "DATABASE_URL" => Some(url.clone()),
+                "REDIS_URL" => Some(redis_url.clone()),
+                "FOLLOW_REDIS_PREFIX" => Some(prefix.clone()),
+                "FOLLOW_JWT_SECRET" => Some(TEST_SECRET.to_owned()),
+                "FOLLOW_DB_POOL_SIZE" => Some("6".to_owned()),
+                "FOLLOW_REDIS_POOL_SIZE" => Some("4".to_owned()),
+                "FOLLOW_CONSUMER_BLOCK_MS" => Some("100".to_owned()),
+                "FOLLOW_RELAY_AFTER_MS" => Some(relay_after.clone()),
+                "FOLLOW_RELAY_INTERVAL_MS" => Some("100".to_owned()),
+                "FOLLOW_LOADER_DELAY_US" => Some(loader_delay.clone()),
+                "FOLLOW_CACHE" => Some(cache.to_owned()),
+                "FOLLOW_REDIS_BREAKER_COOLDOWN_MS" => Some("200".to_owned()),
+                "FOLLOW_WS_INIT_TIMEOUT_MS" => Some("500".to_owned()),
+                "FOLLOW_CORS_ORIGINS" => Some(cors_origins.clone()),
+                _ => None,
+            }
         })
         .expect("test config is valid");
         App::build(config).expect("app builds")
@@ -521,8 +530,14 @@ pub async fn serve(app: &App) -> Served {
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let router = http::router(app.clone());
+    let limits = http::server::ServerLimits {
+        max_connections: app.config.max_connections,
+        header_timeout: app.config.header_timeout,
+        keep_alive_idle: app.config.keep_alive_idle,
+        drain: app.config.request_timeout,
+    };
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = http::server::serve(listener, router, limits, std::future::pending()).await;
     });
     Served { address, task }
 }
