@@ -47,6 +47,10 @@ pub struct AppInner {
     pub events: EventHub,
     /// Persisted queries and parsed documents, shared by every transport.
     pub documents: graphql::documents::Documents,
+    /// The rate limits' buckets, shared by every instance through Redis (disabled by `FOLLOW_RATE_LIMIT=off`).
+    pub limiter: crate::ratelimit::RateLimiter,
+    /// Open websockets, in all and by client, against their caps.
+    pub sockets: crate::http::ws::Sockets,
     /// Turns true when the process begins to shut down: long-lived connections close so clients move.
     pub closing: watch::Sender<bool>,
 }
@@ -116,7 +120,18 @@ impl App {
                 loader_delay: config.loader_delay,
             },
         );
-        let jwt = JwtKeys::new(&config.jwt_secret);
+        let jwt = JwtKeys::new(&config.jwt_secret)
+            .requiring(config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
+        let limiter = if config.rate.enabled {
+            crate::ratelimit::RateLimiter::new(
+                redis.clone(),
+                redis_health.clone(),
+                &config.redis_prefix,
+                config.redis_timeout,
+            )
+        } else {
+            crate::ratelimit::RateLimiter::disabled()
+        };
         let documents = graphql::documents::Documents::new(
             PersistedQueries::new(
                 redis.clone(),
@@ -129,6 +144,8 @@ impl App {
             PARSED_DOCUMENT_BYTES,
             cost_limits,
         );
+        let sockets =
+            crate::http::ws::Sockets::new(config.ws_max_connections, config.ws_max_per_viewer);
         Ok(Self(Arc::new(AppInner {
             config,
             db,
@@ -142,6 +159,8 @@ impl App {
             redis_health,
             events,
             documents,
+            limiter,
+            sockets,
             closing: watch::channel(false).0,
         })))
     }

@@ -56,6 +56,11 @@ pub enum AppError {
     BadUserInput(String),
     NotFound(String),
     ServiceUnavailable(String),
+    /// Over a rate limit: the message names the limit; a retry after `retry_after_secs` passes.
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     PersistedQueryNotFound,
     /// Details are for the log only; the client sees "internal error".
     Internal(anyhow::Error),
@@ -70,6 +75,7 @@ impl AppError {
             Self::BadUserInput(_) => ErrorCode::BadUserInput,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::ServiceUnavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::PersistedQueryNotFound => ErrorCode::PersistedQueryNotFound,
             Self::Internal(_) => ErrorCode::InternalServerError,
         }
@@ -82,7 +88,8 @@ impl AppError {
             | Self::Forbidden(m)
             | Self::BadUserInput(m)
             | Self::NotFound(m)
-            | Self::ServiceUnavailable(m) => m.clone(),
+            | Self::ServiceUnavailable(m)
+            | Self::RateLimited { message: m, .. } => m.clone(),
             // The protocol's own message: clients match on it.
             Self::PersistedQueryNotFound => "PersistedQueryNotFound".to_owned(),
             Self::Internal(_) => "internal error".to_owned(),

@@ -118,7 +118,18 @@ pub fn to_graphql_error(err: AppError) -> async_graphql::Error {
         tracing::error!(error = %format!("{details:#}"), "internal error");
     }
     let code = err.code();
-    async_graphql::Error::new(err.message()).extend_with(|_, ext| ext.set("code", code.as_str()))
+    let retry_after = match &err {
+        AppError::RateLimited {
+            retry_after_secs, ..
+        } => Some(*retry_after_secs),
+        _ => None,
+    };
+    async_graphql::Error::new(err.message()).extend_with(|_, ext| {
+        ext.set("code", code.as_str());
+        if let Some(seconds) = retry_after {
+            ext.set("retryAfter", seconds);
+        }
+    })
 }
 
 /// A request error (the operation never ran): the message and `extensions.code` of `err`, without a

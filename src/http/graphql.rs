@@ -8,6 +8,7 @@
 //! | result, with or without field errors        | 200                   | 200              |
 //! | document does not parse or validate         | 400 (no `data`)       | 200 (no `data`)  |
 //! | persisted query hash unknown                | 404                   | 200              |
+//! | over a rate limit (`RATE_LIMITED`)          | 429, `Retry-After`    | 429              |
 //! | body or URL parameters are not a request    | 400                   | 400              |
 //! | token present but invalid                   | 401                   | 401              |
 //! | mutation by GET                             | 405, `Allow: POST`    | 405              |
@@ -18,23 +19,29 @@
 use async_graphql::{BatchRequest, parser::types::OperationType};
 use async_graphql_axum::{GraphQLBatchRequest, rejection::GraphQLRejection};
 use axum::{
+    Extension,
     extract::{RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize, ser::SerializeMap};
 
-use super::negotiate::{MediaType, negotiate};
+use super::{
+    admission::{self, Admission, Client, ClientAddress, Refused},
+    negotiate::{MediaType, negotiate},
+};
 use crate::{
     app::App,
     auth::Viewer,
     error::{AppError, ErrorCode},
     graphql::{self, is_request_error},
+    ratelimit::Decision,
 };
 
 /// `POST /graphql`: one operation or a batch, as JSON.
 pub async fn post_graphql(
     State(app): State<App>,
+    Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     request: Result<GraphQLBatchRequest, GraphQLRejection>,
 ) -> Response {
@@ -56,11 +63,15 @@ pub async fn post_graphql(
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
+    let asker = Asker {
+        viewer,
+        client: Client::new(viewer, address),
+    };
     match request {
         BatchRequest::Single(request) if lacks_query(&request) => {
             refusal(StatusCode::BAD_REQUEST, no_query(), media)
         }
-        BatchRequest::Single(request) => render(media, run(&app, request, viewer).await),
+        BatchRequest::Single(request) => render(media, run(&app, request, &asker).await),
         BatchRequest::Batch(requests) if requests.len() > app.config.max_batch_operations => {
             let err = AppError::bad_input(format!(
                 "a batch may carry at most {} operations (FOLLOW_MAX_BATCH_OPERATIONS); got {}",
@@ -72,12 +83,17 @@ pub async fn post_graphql(
         BatchRequest::Batch(requests) => {
             // Batching is not in the specification: each operation's outcome is in its own entry, and
             // the batch as a whole is 200.
-            let mut responses = Vec::with_capacity(requests.len());
+            let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
-                responses.push(run(&app, request, viewer).await);
+                outcomes.push(run(&app, request, &asker).await);
             }
-            let bodies: Vec<Wire<'_>> = responses.iter().map(Wire).collect();
-            with_media(StatusCode::OK, media, to_bytes(&bodies))
+            let bodies: Vec<Wire<'_>> = outcomes.iter().map(|o| Wire(&o.response)).collect();
+            let mut response = with_media(StatusCode::OK, media, to_bytes(&bodies));
+            // The budget the batch left: the last operation's answer is the most recent.
+            if let Some(budget) = outcomes.iter().rev().find_map(|o| o.budget) {
+                admission::set_headers(response.headers_mut(), &budget);
+            }
+            response
         }
     }
 }
@@ -98,6 +114,7 @@ struct GetParameters {
 /// `GET /graphql`: GraphiQL for a browser, else a query (or a persisted query's hash) from the URL.
 pub async fn get_graphql(
     State(app): State<App>,
+    Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -131,7 +148,7 @@ pub async fn get_graphql(
         Err(response) => return *response,
     };
     let resolved = match resolve(&app, &mut request).await {
-        Err(response) => return render(media, response),
+        Err(response) => return render(media, Outcome::unmetered(response)),
         Ok(resolved) => resolved,
     };
     if resolved.kind == Some(OperationType::Mutation) {
@@ -142,10 +159,14 @@ pub async fn get_graphql(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    if let Some(registration) = resolved.registration {
-        app.documents.register(registration).await;
-    }
-    render(media, execute(&app, request, viewer).await)
+    let asker = Asker {
+        viewer,
+        client: Client::new(viewer, address),
+    };
+    render(
+        media,
+        admit_and_execute(&app, request, resolved, &asker).await,
+    )
 }
 
 /// Whether a request has neither a document nor a persisted query's hash: it is not a GraphQL request.
@@ -193,20 +214,63 @@ async fn resolve(
         .map_err(|error| async_graphql::Response::from_errors(vec![error]))
 }
 
-/// Resolves and runs one operation for `viewer`.
-async fn run(
-    app: &App,
-    mut request: async_graphql::Request,
+/// Who asks: the viewer of the token, and the client whose budget the request spends.
+struct Asker {
     viewer: Option<Viewer>,
-) -> async_graphql::Response {
-    match resolve(app, &mut request).await {
-        Ok(resolved) => {
-            if let Some(registration) = resolved.registration {
-                app.documents.register(registration).await;
-            }
-            execute(app, request, viewer).await
+    client: Client,
+}
+
+/// An operation's response and the budget it left (none when nothing was spent).
+struct Outcome {
+    response: async_graphql::Response,
+    budget: Option<Decision>,
+}
+
+impl Outcome {
+    fn unmetered(response: async_graphql::Response) -> Self {
+        Self {
+            response,
+            budget: None,
         }
-        Err(response) => response,
+    }
+}
+
+/// Resolves and runs one operation for `asker`.
+async fn run(app: &App, mut request: async_graphql::Request, asker: &Asker) -> Outcome {
+    match resolve(app, &mut request).await {
+        Ok(resolved) => admit_and_execute(app, request, resolved, asker).await,
+        Err(response) => Outcome::unmetered(response),
+    }
+}
+
+/// Spends a resolved operation's cost (and its registration, if it carries one), then runs it.
+async fn admit_and_execute(
+    app: &App,
+    request: async_graphql::Request,
+    resolved: graphql::documents::Resolved,
+    asker: &Asker,
+) -> Outcome {
+    let limits = Admission::of(app);
+    let refused = |refused: Refused| Outcome {
+        response: async_graphql::Response::from_errors(vec![graphql::request_error(refused.error)]),
+        budget: refused.budget,
+    };
+    if let Some(registration) = resolved.registration {
+        if let Err(refusal) = limits.admit_registration(&asker.client).await {
+            return refused(refusal);
+        }
+        app.documents.register(registration).await;
+    }
+    let budget = match resolved.cost {
+        Some(cost) => match limits.admit(&asker.client, asker.viewer, &cost).await {
+            Ok(budget) => budget,
+            Err(refusal) => return refused(refusal),
+        },
+        None => None,
+    };
+    Outcome {
+        response: execute(app, request, asker.viewer).await,
+        budget,
     }
 }
 
@@ -244,9 +308,13 @@ fn to_bytes(body: &impl Serialize) -> Vec<u8> {
 }
 
 /// An executed (or refused-before-execution) operation's response, with the status its media type
-/// gives it (see the table above).
-fn render(media: MediaType, response: async_graphql::Response) -> Response {
+/// gives it (see the table above) and the budget's headers.
+fn render(media: MediaType, outcome: Outcome) -> Response {
+    let Outcome { response, budget } = outcome;
     let status = match media {
+        _ if is_request_error(&response) && has_code(&response, ErrorCode::RateLimited) => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         MediaType::Json => StatusCode::OK,
         MediaType::GraphQLResponse if !is_request_error(&response) => StatusCode::OK,
         MediaType::GraphQLResponse if has_code(&response, ErrorCode::PersistedQueryNotFound) => {
@@ -257,6 +325,9 @@ fn render(media: MediaType, response: async_graphql::Response) -> Response {
     let mut http = with_media(status, media, to_bytes(&Wire(&response)));
     for (name, value) in response.http_headers.iter() {
         http.headers_mut().append(name, value.clone());
+    }
+    if let Some(budget) = budget {
+        admission::set_headers(http.headers_mut(), &budget);
     }
     http
 }

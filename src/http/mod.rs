@@ -1,11 +1,13 @@
 //! The HTTP surface: routes, bearer-token extraction, limits, health.
 
+pub mod admission;
 mod graphiql;
 mod graphql;
 mod health;
 mod metrics;
 mod negotiate;
-mod ws;
+pub mod server;
+pub mod ws;
 
 use axum::{
     Router,
@@ -34,7 +36,9 @@ pub fn router(app: App) -> Router {
     let body_limit = app.config.max_body_bytes;
     let timeout = app.config.request_timeout;
     let cors = cors(&app.config.cors_origins);
-    Router::new()
+    let trusted_proxies = std::sync::Arc::new(app.config.trusted_proxies.clone());
+    let public_metrics = app.config.metrics_listen.is_none();
+    let mut routes = Router::new()
         .route("/", get(graphiql::page))
         .route(
             "/graphql",
@@ -42,10 +46,17 @@ pub fn router(app: App) -> Router {
         )
         .route("/graphql/ws", get(ws::upgrade))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
+        .route("/readyz", get(health::readyz));
+    if public_metrics {
+        routes = routes.route("/metrics", get(metrics::render));
+    }
+    routes
         .merge(graphiql::asset_routes())
         .with_state(app)
+        .layer(middleware::from_fn_with_state(
+            trusted_proxies,
+            admission::client_address,
+        ))
         // A declared length over the limit is refused before reading; a streamed body is cut at it.
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(middleware::from_fn_with_state(
@@ -65,6 +76,16 @@ pub fn router(app: App) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         // Outermost: a preflight is answered before any limit, and every answer carries the headers.
         .layer(cors)
+}
+
+/// The operators' listener (`FOLLOW_METRICS_LISTEN`): `/metrics`, `/healthz` and `/readyz`, kept off the
+/// public address so that load and dependency details are not published to clients.
+pub fn operator_router(app: App) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(app)
 }
 
 /// CORS for web apps on other origins (`FOLLOW_CORS_ORIGINS`): GET and POST with the headers GraphQL

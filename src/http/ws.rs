@@ -11,7 +11,13 @@
 //! - every buffer is bounded: each operation writes into one bounded queue per connection, a writer task
 //!   drains it into the socket, and a client that stops reading stalls only its own operations, whose
 //!   subscriptions then overrun their own hub queues and end (see `events::fanout`);
-//! - a shutting-down instance closes with 1001 so that clients reconnect elsewhere.
+//! - a shutting-down instance closes with 1001 so that clients reconnect elsewhere;
+//! - sockets are capped: past `FOLLOW_WS_MAX_CONNECTIONS` per process a new one closes with 1013 (try
+//!   again later, which clients retry), past `FOLLOW_WS_MAX_PER_VIEWER` for one viewer (or one anonymous
+//!   address) with 4429;
+//! - the read loop never waits on the socket's writer: a client that stops reading cannot hold off the
+//!   token-expiry and idle closes; when even the control queue is full, the connection closes (1008);
+//! - every subscribe spends its cost against the client's rate limits, as an HTTP request does.
 
 use std::{
     collections::HashMap,
@@ -20,6 +26,7 @@ use std::{
 };
 
 use axum::{
+    Extension,
     extract::{
         State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
@@ -32,7 +39,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
-use crate::{app::App, auth::Viewer, error::AppError, graphql, telemetry::metrics::WS_CONNECTIONS};
+use super::admission::{Admission, Client, ClientAddress};
+use crate::{
+    app::App,
+    auth::Viewer,
+    error::AppError,
+    graphql,
+    telemetry::metrics::{WS_CONNECTIONS, WS_REFUSED},
+};
 
 /// The only subprotocol served.
 pub const PROTOCOL: &str = "graphql-transport-ws";
@@ -47,6 +61,8 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const BAD_REQUEST: u16 = 4400;
     pub const UNAUTHORIZED: u16 = 4401;
     pub const SUBPROTOCOL_NOT_ACCEPTABLE: u16 = 4406;
@@ -58,6 +74,7 @@ mod close {
 /// `GET /graphql/ws`: upgrades to a websocket that speaks graphql-transport-ws.
 pub async fn upgrade(
     State(app): State<App>,
+    Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> HttpResponse {
@@ -74,17 +91,96 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES);
     let agreed = upgrade.selected_protocol().is_some();
     upgrade.on_upgrade(move |socket| async move {
-        if agreed {
-            serve(app, socket, header_auth).await;
-        } else {
+        if !agreed {
             close_now(
                 socket,
                 close::SUBPROTOCOL_NOT_ACCEPTABLE,
                 "Subprotocol not acceptable: use graphql-transport-ws",
             )
             .await;
+        } else if let Some(slot) = app.sockets.open() {
+            serve(app, socket, header_auth, address, slot).await;
+        } else {
+            ::metrics::counter!(WS_REFUSED, "cap" => "instance").increment(1);
+            let reason = format!(
+                "Too many connections: this instance holds {} (FOLLOW_WS_MAX_CONNECTIONS); try again later",
+                app.config.ws_max_connections
+            );
+            close_now(socket, close::TRY_AGAIN_LATER, &reason).await;
         }
     })
+}
+
+/// Open websockets of a process, in all and by client (viewer or anonymous address).
+pub struct Sockets {
+    max: usize,
+    max_per_client: usize,
+    open: Arc<Mutex<SocketCounts>>,
+}
+
+#[derive(Default)]
+struct SocketCounts {
+    all: usize,
+    by_client: HashMap<String, usize>,
+}
+
+/// One open socket: counted until dropped.
+pub struct SocketSlot {
+    open: Arc<Mutex<SocketCounts>>,
+    client: Option<String>,
+}
+
+impl Sockets {
+    pub fn new(max: usize, max_per_client: usize) -> Self {
+        Self {
+            max,
+            max_per_client,
+            open: Arc::default(),
+        }
+    }
+
+    fn counts(open: &Mutex<SocketCounts>) -> std::sync::MutexGuard<'_, SocketCounts> {
+        open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A slot for a new socket, unless the process holds its maximum.
+    fn open(&self) -> Option<SocketSlot> {
+        let mut counts = Self::counts(&self.open);
+        (counts.all < self.max).then(|| {
+            counts.all += 1;
+            SocketSlot {
+                open: self.open.clone(),
+                client: None,
+            }
+        })
+    }
+
+    /// Counts `slot` against `client`'s sockets, unless the client holds its maximum.
+    fn claim(&self, slot: &mut SocketSlot, client: &Client) -> bool {
+        let mut counts = Self::counts(&self.open);
+        let held = counts.by_client.entry(client.key().to_owned()).or_default();
+        if *held >= self.max_per_client {
+            return false;
+        }
+        *held += 1;
+        slot.client = Some(client.key().to_owned());
+        true
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut counts = Sockets::counts(&self.open);
+        counts.all = counts.all.saturating_sub(1);
+        if let Some(client) = self.client.take()
+            && let Some(held) = counts.by_client.get_mut(&client)
+        {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.by_client.remove(&client);
+            }
+        }
+    }
 }
 
 /// A client message of the protocol.
@@ -117,8 +213,14 @@ type Operations = Arc<Mutex<HashMap<String, AbortHandle>>>;
 struct Connection {
     app: App,
     header_auth: Option<String>,
+    /// Where the connection comes from (the client of an anonymous viewer).
+    address: ClientAddress,
+    /// This socket's place in the process's and the client's counts.
+    slot: SocketSlot,
     /// `None` until `connection_init` was accepted; then the viewer (or anonymous).
     viewer: Option<Option<Viewer>>,
+    /// Whose budget the connection's operations spend (known once `connection_init` was accepted).
+    client: Option<Client>,
     /// When the viewer's token expires: the connection closes then (4401), so an expired or
     /// short-lived token cannot keep a subscription open for ever.
     expires: Option<Instant>,
@@ -127,7 +229,13 @@ struct Connection {
 }
 
 /// Runs one connection until either side closes it.
-async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
+async fn serve(
+    app: App,
+    socket: WebSocket,
+    header_auth: Option<String>,
+    address: ClientAddress,
+    slot: SocketSlot,
+) {
     ::metrics::gauge!(WS_CONNECTIONS).increment(1.0);
     let (mut sink, mut incoming) = socket.split();
     let (outgoing, mut queue) = mpsc::channel::<Message>(OUTGOING_FRAMES);
@@ -147,7 +255,10 @@ async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
     let mut connection = Connection {
         app,
         header_auth,
+        address,
+        slot,
         viewer: None,
+        client: None,
         expires: None,
         operations: Arc::default(),
         outgoing,
@@ -197,7 +308,13 @@ async fn serve(app: App, socket: WebSocket, header_auth: Option<String>) {
         let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
     }
     drop(connection); // its sender was the writer's last: the writer ends
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        abort.abort(); // a client that does not read would hold the writer (and the socket) for ever
+    }
     ::metrics::gauge!(WS_CONNECTIONS).decrement(1.0);
 }
 
@@ -212,10 +329,7 @@ impl Connection {
         })?;
         match message {
             ClientMessage::ConnectionInit { payload } => self.init(payload).await,
-            ClientMessage::Ping {} => {
-                self.send(json!({ "type": "pong" })).await;
-                Ok(())
-            }
+            ClientMessage::Ping {} => self.send(json!({ "type": "pong" })),
             ClientMessage::Pong {} => Ok(()),
             ClientMessage::Subscribe { id, payload } => self.subscribe(id, *payload).await,
             ClientMessage::Complete { id } => {
@@ -256,10 +370,22 @@ impl Connection {
                     format!("Unauthorized: {}", err.message()),
                 )
             })?;
+        let viewer = session.map(|(viewer, _)| viewer);
+        let client = Client::new(viewer, self.address);
+        if !self.app.sockets.claim(&mut self.slot, &client) {
+            ::metrics::counter!(WS_REFUSED, "cap" => "client").increment(1);
+            return Err(Closing(
+                close::TOO_MANY_INITS,
+                format!(
+                    "Too many connections for this client: at most {} per instance (FOLLOW_WS_MAX_PER_VIEWER)",
+                    self.app.config.ws_max_per_viewer
+                ),
+            ));
+        }
         self.expires = session.map(|(_, expiry)| instant_at(expiry));
-        self.viewer = Some(session.map(|(viewer, _)| viewer));
-        self.send(json!({ "type": "connection_ack" })).await;
-        Ok(())
+        self.viewer = Some(viewer);
+        self.client = Some(client);
+        self.send(json!({ "type": "connection_ack" }))
     }
 
     /// Starts an operation whose results go to the client as `next` messages, then `complete`.
@@ -268,7 +394,7 @@ impl Connection {
         id: String,
         request: async_graphql::Request,
     ) -> Result<(), Closing> {
-        let Some(viewer) = self.viewer else {
+        let (Some(viewer), Some(client)) = (self.viewer, self.client.clone()) else {
             return Err(Closing(close::UNAUTHORIZED, "Unauthorized".into()));
         };
         let limit = self.app.config.ws_max_subscriptions;
@@ -288,15 +414,12 @@ impl Connection {
                 "a connection may run at most {limit} operations at once (FOLLOW_WS_MAX_SUBSCRIPTIONS)"
             );
             let error = graphql::request_error(AppError::bad_input(message));
-            self.send(json!({ "id": id, "type": "error", "payload": [error] }))
-                .await;
-            return Ok(());
+            return self.send(json!({ "id": id, "type": "error", "payload": [error] }));
         }
-        let request = graphql::prepare(&self.app.schema, request, viewer);
         let task = tokio::spawn(run_operation(
             self.app.clone(),
             id.clone(),
-            request,
+            (request, viewer, client),
             self.operations.clone(),
             self.outgoing.clone(),
         ));
@@ -317,9 +440,17 @@ impl Connection {
         }
     }
 
-    /// Queues a message for the client (waits while the queue is full: that is the back-pressure).
-    async fn send(&self, message: serde_json::Value) {
-        let _ = self.outgoing.send(text(message)).await;
+    /// Queues a control message for the client without waiting: the read loop must stay free to
+    /// close on time. A full queue means the client stopped reading: the connection closes.
+    fn send(&self, message: serde_json::Value) -> Result<(), Closing> {
+        match self.outgoing.try_send(text(message)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Closing(
+                close::POLICY_VIOLATION,
+                "the client does not read its messages".into(),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        }
     }
 }
 
@@ -328,17 +459,13 @@ impl Connection {
 async fn run_operation(
     app: App,
     id: String,
-    request: async_graphql::Request,
+    (request, viewer, client): (async_graphql::Request, Option<Viewer>, Client),
     operations: Operations,
     outgoing: mpsc::Sender<Message>,
 ) {
     let mut request = request;
-    match app.documents.resolve(&mut request).await {
-        Ok(resolved) => {
-            if let Some(registration) = resolved.registration {
-                app.documents.register(registration).await;
-            }
-        }
+    match admit(&app, &mut request, viewer, &client).await {
+        Ok(()) => {}
         Err(error) => {
             forget(&operations, &id);
             let errors = serde_json::to_value([error]).unwrap_or_default();
@@ -350,6 +477,7 @@ async fn run_operation(
             return;
         }
     }
+    let request = graphql::prepare(&app.schema, request, viewer);
     let mut results = app.schema.execute_stream(request);
     let mut first = true;
     while let Some(response) = results.next().await {
@@ -382,6 +510,32 @@ async fn run_operation(
         .await;
 }
 
+/// Resolves an operation's document and spends its cost (and its registration) against the client's
+/// limits, as HTTP does.
+async fn admit(
+    app: &App,
+    request: &mut async_graphql::Request,
+    viewer: Option<Viewer>,
+    client: &Client,
+) -> Result<(), async_graphql::ServerError> {
+    let resolved = app.documents.resolve(request).await?;
+    let limits = Admission::of(app);
+    if let Some(registration) = resolved.registration {
+        limits
+            .admit_registration(client)
+            .await
+            .map_err(|refused| graphql::request_error(refused.error))?;
+        app.documents.register(registration).await;
+    }
+    if let Some(cost) = resolved.cost {
+        limits
+            .admit(client, viewer, &cost)
+            .await
+            .map_err(|refused| graphql::request_error(refused.error))?;
+    }
+    Ok(())
+}
+
 fn forget(operations: &Operations, id: &str) {
     if let Ok(mut operations) = operations.lock() {
         operations.remove(id);
@@ -403,7 +557,11 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 /// The instant of a Unix time in seconds (now, if it is past).
 fn instant_at(unix_seconds: i64) -> Instant {
     let left = unix_seconds.saturating_sub(chrono::Utc::now().timestamp());
-    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+    let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
+    // Tokens' expiries are clamped (auth::MAX_SESSION_SECONDS); this guards the addition all the same.
+    let now = Instant::now();
+    now.checked_add(left)
+        .unwrap_or(now + Duration::from_secs(86_400))
 }
 
 /// A close frame; the reason is cut to the 123 bytes a close frame can carry.

@@ -136,11 +136,13 @@ async fn persisted_queries_store_only_documents_that_parse_and_pass_the_limits()
     use follow_service::cache::persisted::sha256_hex;
     let app = TestApp::without_pipeline().await;
     let register = |text: &str| {
-        let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(text) } });
+        let extensions =
+            json!({ "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(text) } });
         Body::from(json!({ "query": text, "extensions": extensions }).to_string())
     };
     let lookup = |text: &str| {
-        let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(text) } });
+        let extensions =
+            json!({ "persistedQuery": { "version": 1, "sha256Hash": sha256_hex(text) } });
         Body::from(json!({ "extensions": extensions }).to_string())
     };
     let junk = "}}} not GraphQL at all {{{ ".repeat(20);
@@ -151,7 +153,10 @@ async fn persisted_queries_store_only_documents_that_parse_and_pass_the_limits()
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
         let (status, body, _) = post(&app, None, lookup(text)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "not stored: {body:#}");
-        assert_eq!(body["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"],
+            "PERSISTED_QUERY_NOT_FOUND"
+        );
     }
     // A real operation is stored and answers by its hash alone.
     let good = "{ __typename }";

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cache;
+mod connections;
 mod contract;
 mod errors;
 mod events;
@@ -13,6 +14,7 @@ mod follows;
 mod hostile;
 mod http;
 mod known_followers;
+mod limits;
 mod over_http;
 mod pagination;
 mod queries;

@@ -1,0 +1,325 @@
+//! Rate limits at the door: who is asking, and what each operation spends before it runs.
+//!
+//! - **Who**: the viewer (token `sub`) when the request has a valid token, else the client's address:
+//!   the peer's, or, when the peer is a trusted proxy (`FOLLOW_TRUSTED_PROXIES`), the nearest address in
+//!   `X-Forwarded-For` that is not one. An IPv6 client is its /64, which one subscriber usually holds whole.
+//! - **What**: an operation's complexity (see `graphql::cost`) against the reader's points per minute,
+//!   as large public GraphQL APIs meter; a mutation's follows and unfollows, one per edge it asks to
+//!   change, against a per-minute and a per-day cap (admins are exempt from these caps only); a
+//!   persisted query's registration against its own per-minute count.
+//! - **Answer**: `RATE_LIMITED` with `extensions.retryAfter`, HTTP 429 with `Retry-After`, and the
+//!   `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers on every answer that spent.
+//!   An operation that could never fit a budget (1,500 follows in one document) is `BAD_USER_INPUT`
+//!   naming the limit, since no retry would help.
+//!
+//! The budgets are shared by every instance through Redis (see `ratelimit`); `FOLLOW_RATE_LIMIT=off`
+//! turns them all off, for load benchmarks.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, Request},
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    middleware::Next,
+    response::Response,
+};
+
+use crate::{
+    auth::Viewer,
+    config::{IpNet, RateSettings},
+    error::AppError,
+    graphql::cost::Cost,
+    ratelimit::{Decision, Limit, Quota, RateLimiter, Verdict},
+};
+
+/// The address a request comes from, as the proxies in front say (request extension set by
+/// [`client_address`]); `None` when it is not known (a request driven in process).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientAddress(pub Option<IpAddr>);
+
+/// Who spends the budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// The key of the client's buckets: `viewer:42` or `ip:203.0.113.9`.
+    key: String,
+}
+
+impl Client {
+    /// The key of this client's buckets and counts.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The viewer when there is one, else the address.
+    pub fn new(viewer: Option<Viewer>, address: ClientAddress) -> Self {
+        let key = match (viewer, address.0) {
+            (Some(viewer), _) => format!("viewer:{}", viewer.user_id),
+            (None, Some(IpAddr::V6(v6))) if v6.to_ipv4_mapped().is_none() => {
+                let net = u128::from(v6) & (u128::MAX << 64);
+                format!("ip:{}/64", std::net::Ipv6Addr::from(net))
+            }
+            (None, Some(IpAddr::V6(v6))) => format!("ip:{}", v6.to_canonical()),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "ip:unknown".to_owned(),
+        };
+        Self { key }
+    }
+}
+
+/// An operation the limits refused: the error for the client, and the budget that refused it (for the
+/// `RateLimit-*` and `Retry-After` headers).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: AppError,
+    pub budget: Option<Decision>,
+}
+
+/// The limits, over the shared limiter of the process.
+pub struct Admission<'a> {
+    limiter: &'a RateLimiter,
+    rate: &'a RateSettings,
+}
+
+/// Metric labels and key suffixes of the limits.
+mod names {
+    pub const POINTS: &str = "points";
+    pub const FOLLOWS_MINUTE: &str = "follows-minute";
+    pub const FOLLOWS_DAY: &str = "follows-day";
+    pub const REGISTRATIONS: &str = "apq-minute";
+}
+
+impl<'a> Admission<'a> {
+    /// The limits of `app`.
+    pub fn of(app: &'a crate::app::App) -> Self {
+        Self {
+            limiter: &app.limiter,
+            rate: &app.config.rate,
+        }
+    }
+
+    /// Spends what an operation costs; returns the budget to tell the client, or why it must wait.
+    pub async fn admit(
+        &self,
+        client: &Client,
+        viewer: Option<Viewer>,
+        cost: &Cost,
+    ) -> Result<Option<Decision>, Refused> {
+        if !self.limiter.is_enabled() {
+            return Ok(None);
+        }
+        let exempt = viewer.is_some_and(|v| v.is_admin);
+        if cost.edge_changes > 0 && !exempt {
+            let limits = [
+                Limit::new(
+                    names::FOLLOWS_MINUTE,
+                    &client.key,
+                    Quota::per_minute(self.rate.follows_per_minute),
+                ),
+                Limit::new(
+                    names::FOLLOWS_DAY,
+                    &client.key,
+                    Quota::per_day(self.rate.follows_per_day),
+                ),
+            ];
+            let spent = saturate(cost.edge_changes);
+            let decision = self.limiter.check(&limits, spent).await;
+            refuse_unless_allowed(&decision, || {
+                format!(
+                    "this operation asks for {spent} follows and unfollows; a viewer may make {} a minute (FOLLOW_RATE_FOLLOWS_PER_MINUTE) and {} a day (FOLLOW_RATE_FOLLOWS_PER_DAY)",
+                    self.rate.follows_per_minute, self.rate.follows_per_day
+                )
+            })?;
+        }
+        let points = if viewer.is_some() {
+            self.rate.viewer_points
+        } else {
+            self.rate.anonymous_points
+        };
+        let setting = if viewer.is_some() {
+            "FOLLOW_RATE_VIEWER_POINTS"
+        } else {
+            "FOLLOW_RATE_ANONYMOUS_POINTS"
+        };
+        let limits = [Limit::new(
+            names::POINTS,
+            &client.key,
+            Quota::per_minute(points),
+        )];
+        let decision = self.limiter.check(&limits, saturate(cost.complexity)).await;
+        refuse_unless_allowed(&decision, || {
+            format!(
+                "this operation costs {} points; a client may spend {points} a minute ({setting})",
+                cost.complexity
+            )
+        })?;
+        Ok(Some(decision))
+    }
+
+    /// Spends one registration of a persisted query.
+    pub async fn admit_registration(&self, client: &Client) -> Result<(), Refused> {
+        if !self.limiter.is_enabled() {
+            return Ok(());
+        }
+        let limits = [Limit::new(
+            names::REGISTRATIONS,
+            &client.key,
+            Quota::per_minute(self.rate.registrations_per_minute),
+        )];
+        let decision = self.limiter.check(&limits, 1).await;
+        refuse_unless_allowed(&decision, || {
+            format!(
+                "a client may register {} persisted queries a minute (FOLLOW_RATE_APQ_PER_MINUTE)",
+                self.rate.registrations_per_minute
+            )
+        })
+    }
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// `RATE_LIMITED` (retry later) or `BAD_USER_INPUT` (never fits) unless the decision allowed it.
+fn refuse_unless_allowed(
+    decision: &Decision,
+    explain: impl FnOnce() -> String,
+) -> Result<(), Refused> {
+    let error = match decision.verdict {
+        Verdict::Allowed => return Ok(()),
+        Verdict::TooCostly => AppError::bad_input(format!(
+            "{}: more than the whole budget, so it can never pass",
+            explain()
+        )),
+        Verdict::Limited => AppError::RateLimited {
+            message: format!(
+                "rate limited: {}; retry after {} s",
+                explain(),
+                decision.retry_after_secs()
+            ),
+            retry_after_secs: decision.retry_after_secs(),
+        },
+    };
+    Err(Refused {
+        error,
+        budget: Some(*decision),
+    })
+}
+
+/// The `RateLimit-*` headers of a decision (and `Retry-After` when it refused).
+pub fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
+    const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    if decision.limit == u32::MAX {
+        return; // unlimited: nothing to tell
+    }
+    headers.insert(LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(RESET, HeaderValue::from(decision.reset_secs()));
+    if decision.verdict == Verdict::Limited {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(decision.retry_after_secs()),
+        );
+    }
+}
+
+/// Middleware: records the client's address ([`ClientAddress`]) for the handlers.
+pub async fn client_address(
+    axum::extract::State(trusted): axum::extract::State<std::sync::Arc<Vec<IpNet>>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let address = ClientAddress(peer.map(|peer| resolve(peer, request.headers(), &trusted)));
+    request.extensions_mut().insert(address);
+    next.run(request).await
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy; then the nearest address in
+/// `X-Forwarded-For` (read from the right) that is not a trusted proxy itself.
+fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            // A hop that is not an address was written by someone untrusted: stop at what we know.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(value).expect("value"),
+        );
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let headers = forwarded("198.51.100.7, 203.0.113.5, 10.0.0.2");
+        // From a trusted proxy: the nearest untrusted hop, not the left-most (which anyone can forge).
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &headers, &trusted),
+            ip("203.0.113.5")
+        );
+        // From anywhere else the header is ignored.
+        assert_eq!(
+            resolve(ip("192.0.2.1"), &headers, &trusted),
+            ip("192.0.2.1")
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+        // Garbage stops the walk at the last address known good.
+        let junk = forwarded("nonsense, 10.0.0.9");
+        assert_eq!(resolve(ip("10.0.0.1"), &junk, &trusted), ip("10.0.0.9"));
+    }
+
+    #[test]
+    fn clients_are_viewers_or_addresses() {
+        let viewer = Viewer {
+            user_id: 42,
+            is_admin: false,
+        };
+        let address = ClientAddress(Some(ip("2001:db8:1:2:3:4:5:6")));
+        assert_eq!(Client::new(Some(viewer), address).key, "viewer:42");
+        assert_eq!(Client::new(None, address).key, "ip:2001:db8:1:2::/64");
+        let mapped = ClientAddress(Some(ip("::ffff:203.0.113.9")));
+        assert_eq!(Client::new(None, mapped).key, "ip:203.0.113.9");
+        assert_eq!(Client::new(None, ClientAddress(None)).key, "ip:unknown");
+    }
+}
