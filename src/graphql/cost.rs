@@ -41,6 +41,11 @@ const MAX_BATCH: usize = 100;
 /// library's own recursion limit, which this pass replaces): it bounds the walk's stack.
 pub const MAX_NESTING: usize = 32;
 
+/// How deeply brackets (`{`, `[`, `(`) may nest in a document's text. The parser builds argument values
+/// recursively without a limit of its own (a few hundred nested lists overflow a thread's stack), so
+/// texts are measured before they are parsed; real documents nest a few dozen at most.
+pub const MAX_TEXT_NESTING: usize = 64;
+
 /// The page size of a connection when `first` is not given.
 const DEFAULT_PAGE: usize = 20;
 
@@ -114,7 +119,7 @@ impl CostError {
             ),
             Self::TooNested { max } => format!(
                 "The recursion depth of the query cannot be greater than {max} \
-                 (selections, fragments and inline fragments nested in each other)"
+                 (selections, fragments, inline fragments or argument values nested in each other)"
             ),
             Self::FragmentCycle { name } => {
                 format!("Cannot spread fragment \"{name}\" within itself")
@@ -231,6 +236,53 @@ impl TypeMap {
             .get(&(parent.to_owned(), field.to_owned()))
             .map(String::as_str)
     }
+}
+
+/// Refuses a text whose brackets nest deeper than [`MAX_TEXT_NESTING`], before anything parses it: one
+/// pass over the bytes, skipping strings, block strings and comments.
+pub fn check_text_nesting(text: &str) -> Result<(), CostError> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    // An escaped triple quote stays inside the block string.
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > MAX_TEXT_NESTING {
+                    return Err(CostError::TooNested {
+                        max: MAX_TEXT_NESTING,
+                    });
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Measures every operation of `document` against `limits` and returns the cost of the one `name`
@@ -532,6 +584,28 @@ mod tests {
             cost(&text, serde_json::json!({})),
             Err(CostError::TooNested { max: MAX_NESTING })
         );
+    }
+
+    #[test]
+    fn nested_values_are_refused_before_parsing() {
+        let deep = format!(
+            r#"{{ users(ids: {}"1"{}) {{ id }} }}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        assert_eq!(
+            check_text_nesting(&deep),
+            Err(CostError::TooNested {
+                max: MAX_TEXT_NESTING
+            })
+        );
+        // Brackets inside strings, block strings and comments do not count.
+        let quoted = format!(
+            "# {open}\n{{ userByHandle(handle: \"{open}\\\"\") {{ id }} a: userByHandle(handle: \"\"\"{open}\\\"\"\"\"\"\") {{ id }} }}",
+            open = "[".repeat(300)
+        );
+        assert_eq!(check_text_nesting(&quoted), Ok(()));
+        assert_eq!(check_text_nesting("{ a { b { c } } }"), Ok(()));
     }
 
     #[test]

@@ -107,7 +107,10 @@ impl Documents {
         let key = self.hasher.hash_one(text);
         let parsed = match self.parsed.get(&key).filter(|p| &*p.text == text) {
             Some(parsed) => parsed,
-            None => match async_graphql::parser::parse_query(text) {
+            None => match cost::check_text_nesting(text)
+                .map_err(cost::CostError::into_server_error)
+                .and_then(|()| Ok(async_graphql::parser::parse_query(text)))?
+            {
                 Ok(document) => {
                     let parsed = Arc::new(Parsed {
                         text: text.into(),

@@ -42,6 +42,7 @@ impl Extension for CheckCost {
         if let Some(checked) = ctx.data_opt::<CheckedDocument>() {
             return Ok((*checked.0).clone());
         }
+        cost::check_text_nesting(query).map_err(cost::CostError::into_server_error)?;
         let document = async_graphql::parser::parse_query(query)?;
         cost::analyze(&document, None, variables, &self.0)
             .map_err(cost::CostError::into_server_error)?;

@@ -194,3 +194,32 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_values_are_refused_before_they_reach_the_parser() {
+    let app = TestApp::without_pipeline().await;
+    // 20,000 nested lists: the parser alone would overflow the stack and abort the process.
+    for depth in [300, 20_000] {
+        let text = format!(
+            r#"{{ users(ids: {}"1"{}) {{ id }} }}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let (status, body, _) = post(&app, None, query_body(&text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+        assert!(first_message(&body).contains("recursion depth"), "{body:#}");
+    }
+    // The same through the schema directly (the path that parses for itself).
+    let text = format!(
+        r#"{{ user(id: {}"1"{}) {{ id }} }}"#,
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    let response = app.run(None, &text, json!({})).await;
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("recursion depth")),
+        "{response:#}"
+    );
+}

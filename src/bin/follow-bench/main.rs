@@ -360,6 +360,9 @@ pub fn serve_command(
         .env("FOLLOW_LISTEN", settings.listen.to_string())
         .env("FOLLOW_REDIS_PREFIX", settings.redis_prefix)
         .env("FOLLOW_JWT_SECRET", settings.secret)
+        // Thousands of requests a second from one address: a load test is not a client to limit.
+        // Reports say so; `--server-env FOLLOW_RATE_LIMIT=on` measures with the limits.
+        .env("FOLLOW_RATE_LIMIT", "off")
         .env(
             "RUST_LOG",
             std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),

@@ -177,7 +177,7 @@ pub fn markdown(run: &RunReport) -> String {
         run.seeding.seconds
     ));
     out.push_str(&format!(
-        "Load: {} keep-alive connections from one client thread, {:.1} s warm-up then {:.1} s measured per scenario.{}\n\n",
+        "Load: {} keep-alive connections from one client thread, {:.1} s warm-up then {:.1} s measured per scenario. Rate limits off (`FOLLOW_RATE_LIMIT=off`) unless the settings say otherwise: every request comes from one address.{}\n\n",
         run.concurrency,
         run.warmup_s,
         run.duration_s,
