@@ -109,7 +109,7 @@ impl Documents {
             Some(parsed) => parsed,
             None => match cost::check_text_nesting(text)
                 .map_err(cost::CostError::into_server_error)
-                .and_then(|()| Ok(async_graphql::parser::parse_query(text)))?
+                .map(|()| async_graphql::parser::parse_query(text))?
             {
                 Ok(document) => {
                     let parsed = Arc::new(Parsed {
