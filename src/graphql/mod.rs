@@ -105,10 +105,23 @@ pub fn subgraph_sdl() -> String {
         )
 }
 
-/// The cost of a list field: its page size times what each node asks for.
+/// Where the library's own complexity count stops growing: far above any limit, far enough below
+/// `usize::MAX` that its unchecked `+ 1`s cannot overflow (a panic in debug builds, a wrap in release).
+const COMPLEXITY_CEILING: usize = 1 << 40;
+
+/// The cost of a list field: its page size times what each node asks for. The limits are enforced by
+/// [`cost`] before the library counts; this keeps the library's count meaningful and overflow-free.
 pub fn list_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     let size = first.unwrap_or(20).clamp(1, 100) as usize;
-    size.saturating_mul(child_complexity).saturating_add(1)
+    batch_complexity(size, child_complexity)
+}
+
+/// The cost of a field that resolves its selection once per id (`users`, `relationships`).
+pub fn batch_complexity(items: usize, child_complexity: usize) -> usize {
+    items
+        .saturating_mul(child_complexity)
+        .saturating_add(1)
+        .min(COMPLEXITY_CEILING)
 }
 
 /// The response error for an `AppError`: its message and `extensions.code`. An internal error is

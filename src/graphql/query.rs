@@ -53,7 +53,7 @@ impl UserQuery {
     }
 
     /// Users by id, in the order asked, null where unknown. At most 100 ids.
-    #[graphql(complexity = "ids.len() * child_complexity + 1")]
+    #[graphql(complexity = "super::batch_complexity(ids.len(), child_complexity)")]
     async fn users(&self, ctx: &Context<'_>, ids: Vec<ID>) -> Result<Vec<Option<User>>> {
         let ids = parse_user_ids(&ids, "ids")?;
         let found = loaders(ctx)?.users(&ids).await?;
@@ -86,7 +86,7 @@ impl FollowQuery {
     }
 
     /// The relationship between userId and each of otherIds, in the order asked. At most 100 ids.
-    #[graphql(complexity = "other_ids.len() * child_complexity + 1")]
+    #[graphql(complexity = "super::batch_complexity(other_ids.len(), child_complexity)")]
     async fn relationships(
         &self,
         ctx: &Context<'_>,
