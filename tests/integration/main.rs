@@ -10,6 +10,7 @@ mod errors;
 mod events;
 mod federation;
 mod follows;
+mod fuzz;
 mod http;
 mod over_http;
 mod pagination;
