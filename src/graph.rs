@@ -214,14 +214,18 @@ impl FollowGraph {
             ));
         }
         let mut conn = db::connect(&self.db).await?;
-        db::users::upsert(&mut conn, id, handle, display_name)
+        let record = db::users::upsert(&mut conn, id, handle, display_name)
             .await
             .map_err(|err| match err {
                 UpsertError::HandleTaken => {
                     AppError::bad_input(format!("the handle {handle:?} is taken"))
                 }
                 UpsertError::Store(err) => err.into(),
-            })
+            })?;
+        // The new record replaces what every instance cached, a miss included: else a user looked up
+        // before it existed stays unknown (and a follow of it cannot load it), and a handle stays old.
+        self.caches.record_user(&record).await;
+        Ok(record)
     }
 
     /// What this instance's L1 holds, without waiting: resolvers try these before their DataLoader.

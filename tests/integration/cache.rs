@@ -278,3 +278,70 @@ async fn with_caching_off_every_read_goes_to_postgres() {
         "nothing cached"
     );
 }
+
+/// Found by the fuzz (`fuzz::documents_from_the_schema`): `upsertUser` left the user caches as they
+/// were, so a user looked up before it existed stayed "no such user" after its creation (a follow of it
+/// then failed with INTERNAL_SERVER_ERROR reading the payload's `user`), and a renamed handle stayed old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upserted_user_is_read_back_at_once_even_after_a_miss_was_cached() {
+    let a = TestApp::spawn().await;
+    a.create_users(1..=2).await;
+    let b = a
+        .instance(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await;
+    let query = r#"{ user(id: "30") { handle } renamed: user(id: "2") { handle } }"#;
+    // Both instances have the miss (and user 2's old handle) in L1 and L2.
+    for app in [&a.app, &b.app] {
+        for _ in 0..2 {
+            let data = run_on(app, None, query, json!({})).await;
+            assert_eq!(
+                data["data"],
+                json!({ "user": null, "renamed": { "handle": "u2" } })
+            );
+        }
+    }
+
+    let admin = Some(follow_service::auth::Viewer {
+        user_id: 1,
+        is_admin: true,
+    });
+    let upsert = "mutation($i: UpsertUserInput!) { upsertUser(input: $i) { id } }";
+    for (id, handle) in [("30", "newcomer"), ("2", "renamed_2")] {
+        let upserted = crate::support::run_as(
+            &a.app,
+            admin,
+            upsert,
+            json!({ "i": { "id": id, "handle": handle } }),
+        )
+        .await;
+        assert!(upserted.get("errors").is_none(), "{upserted:#}");
+    }
+
+    let expected =
+        json!({ "user": { "handle": "newcomer" }, "renamed": { "handle": "renamed_2" } });
+    // The instance that wrote: at once.
+    assert_eq!(
+        run_on(&a.app, None, query, json!({})).await["data"],
+        expected
+    );
+    let followed = a
+        .data(
+            Some(1),
+            r#"mutation { follow(userId: "30") { changed user { handle } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        followed,
+        json!({ "follow": { "changed": true, "user": { "handle": "newcomer" } } })
+    );
+    // The other: as soon as the announcement arrives.
+    let fresh = eventually(Duration::from_secs(2), || async {
+        run_on(&b.app, None, query, json!({})).await["data"] == expected
+    })
+    .await;
+    assert!(fresh, "{:#}", run_on(&b.app, None, query, json!({})).await);
+}

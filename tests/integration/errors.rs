@@ -4,6 +4,12 @@ use serde_json::json;
 
 use crate::support::TestApp;
 
+/// A cursor in this API's format at `micros` after the Unix epoch.
+fn cursor_at(micros: i64) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD.encode(format!("v1:{micros}:2"))
+}
+
 fn ids(n: usize) -> Vec<String> {
     (2..2 + n as i64).map(|id| id.to_string()).collect()
 }
@@ -103,6 +109,23 @@ async fn refused_reads_name_the_limit() {
         (
             r#"{ user(id: "1") { followers(after: "not-a-cursor") { totalCount } } }"#,
             json!({}),
+            "cursor",
+        ),
+        // Cursors of instants no follow can have, which PostgreSQL cannot hold (found by the fuzz:
+        // they were INTERNAL_SERVER_ERROR): "v1:-2108668032000000001:0", and years -200000 and 200000.
+        (
+            r#"{ user(id: "1") { followers(after: "djE6LTIxMDg2NjgwMzIwMDAwMDAwMTow") { totalCount } } }"#,
+            json!({}),
+            "cursor",
+        ),
+        (
+            "query($c: String) { user(id: \"1\") { knownFollowers(after: $c) { totalCount } } }",
+            json!({ "c": cursor_at(-6_373_000_000_000_000_000) }),
+            "cursor",
+        ),
+        (
+            "query($c: String) { user(id: \"1\") { following(after: $c) { totalCount } } }",
+            json!({ "c": cursor_at(6_250_000_000_000_000_000) }),
             "cursor",
         ),
         (r#"{ user(id: "-4") { id } }"#, json!({}), "not a user id"),

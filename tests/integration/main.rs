@@ -11,6 +11,7 @@ mod errors;
 mod events;
 mod federation;
 mod follows;
+mod fuzz;
 mod hostile;
 mod http;
 mod known_followers;
