@@ -134,6 +134,7 @@ impl Documents {
         let name = request.operation_name.as_deref();
         let cost = cost::analyze(&parsed.document, name, &request.variables, &self.limits)
             .map_err(cost::CostError::into_server_error)?;
+        check_required_variables(&parsed.document, name, &request.variables)?;
         let kind = operation_type(&parsed.document, name);
         request
             .data
@@ -208,6 +209,40 @@ impl Documents {
             ))
         }
     }
+}
+
+/// Refuses a request that leaves a required variable (non-null, without a default) of its operation
+/// without a value, as the specification's CoerceVariableValues does before execution: async-graphql
+/// would instead fail each field that reads it, with a path and no code.
+fn check_required_variables(
+    document: &ExecutableDocument,
+    name: Option<&str>,
+    variables: &async_graphql::Variables,
+) -> Result<(), ServerError> {
+    let operation = match (&document.operations, name) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            match operations.iter().find(|(n, _)| n.as_str() == name) {
+                Some((_, operation)) => operation,
+                None => return Ok(()), // the schema reports the unknown operation
+            }
+        }
+        (DocumentOperations::Multiple(_), None) => return Ok(()),
+    };
+    for definition in &operation.node.variable_definitions {
+        let definition = &definition.node;
+        let required = !definition.var_type.node.nullable && definition.default_value.is_none();
+        let given = variables
+            .get(&definition.name.node)
+            .is_some_and(|value| !matches!(value, async_graphql::Value::Null));
+        if required && !given {
+            return Err(super::request_error(AppError::bad_input(format!(
+                "variable ${} of required type {} was not provided",
+                definition.name.node, definition.var_type.node
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// The type of the operation a request selects, if it selects exactly one.

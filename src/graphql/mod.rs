@@ -1,6 +1,7 @@
 //! The GraphQL schema: types, resolvers and DataLoaders. Knows nothing of HTTP: the transport hands it
 //! a request and the viewer it authenticated ([`prepare`]), and tests drive the same schema directly.
 
+pub mod coded;
 pub mod connection;
 pub mod cost;
 pub mod cursor;
@@ -62,6 +63,7 @@ pub fn build_schema(graph: FollowGraph, events: EventHub, limits: SchemaLimits) 
         // spreads without memoizing, so the linear-time cost check runs first and is the one that refuses.
         .extension(observe::Observe)
         .extension(limits::CheckCost(limits.cost))
+        .extension(coded::CodeArgumentErrors)
         .finish()
 }
 

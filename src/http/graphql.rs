@@ -255,6 +255,14 @@ async fn admit_and_execute(
         response: async_graphql::Response::from_errors(vec![graphql::request_error(refused.error)]),
         budget: refused.budget,
     };
+    if resolved.kind == Some(OperationType::Subscription) {
+        return refused(Refused {
+            error: AppError::bad_input(
+                "subscriptions are served over websockets at /graphql/ws (graphql-transport-ws), not over HTTP",
+            ),
+            budget: None,
+        });
+    }
     if let Some(registration) = resolved.registration {
         if let Err(refusal) = limits.admit_registration(&asker.client).await {
             return refused(refusal);

@@ -223,3 +223,40 @@ async fn deeply_nested_values_are_refused_before_they_reach_the_parser() {
         "{response:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_inputs_found_by_the_fuzzer_get_a_code() {
+    let app = TestApp::without_pipeline().await;
+    app.create_users(1..=2).await;
+    // A required variable without a value is refused before execution.
+    let (status, body, _) = post(
+        &app,
+        None,
+        query_body(r#"query($v: ID!) { isFollowing(followerId: $v, followeeId: "1") }"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert!(first_message(&body).contains("$v"), "{body:#}");
+    // A scalar where an input object belongs passes the library's validation; the field's error has a code.
+    let admin = app.token(1, true);
+    let (_, body, _) = post(
+        &app,
+        Some(&admin),
+        query_body("mutation { upsertUser(input: 1) { id } }"),
+    )
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
+    // A subscription over HTTP points to the websocket.
+    let (status, body, _) = post(
+        &app,
+        None,
+        query_body("subscription { followEvents { kind } }"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    assert!(first_message(&body).contains("/graphql/ws"), "{body:#}");
+}
