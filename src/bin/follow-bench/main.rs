@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use follow_service::{auth::JwtKeys, seed::ZipfSampler};
+use follow_service::auth::JwtKeys;
 
 use crate::{
     graph::GraphPlan,
@@ -205,28 +205,16 @@ async fn main() -> anyhow::Result<()> {
     wait_healthy(addr).await?;
 
     let keys = JwtKeys::new(&secret);
-    // The active viewers: 2,000 users (fewer in a small graph) spread over the id range.
-    let active = 2_000.min(plan.users);
-    let viewer_tokens = (0..active)
-        .map(|i| {
-            let id = 1 + (i * 7919) % plan.users;
-            Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let writer_tokens = (plan.users + 1..=plan.users + plan.writers)
-        .map(|id| Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?))))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shared = Arc::new(Shared::new(
+        &plan,
+        &keys,
+        plan.users + 1..=plan.users + plan.writers,
+        deep_cursors,
+    )?);
     anyhow::ensure!(
-        writer_tokens.len() >= concurrency,
+        shared.writer_tokens.len() >= concurrency,
         "need at least as many writers as connections"
     );
-    let shared = Arc::new(Shared {
-        zipf: ZipfSampler::new(plan.users as usize, plan.exponent),
-        active_zipf: ZipfSampler::new(active as usize, plan.exponent),
-        viewer_tokens,
-        writer_tokens,
-        deep_cursors,
-    });
     let checks = graph::client(&database_url).await?;
 
     let mut reports = Vec::new();
@@ -389,34 +377,32 @@ impl Server {
     /// Starts `follow-service serve` (the binary beside this one, built first when run through cargo).
     async fn start(args: &Args, secret: &str) -> anyhow::Result<Self> {
         let binary = server_binary()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log_path = std::env::temp_dir().join("follow-bench-server.log");
-        let prefix = "follow-bench".to_owned();
-        clear_redis_prefix(&args.redis_url, &prefix).await?;
-        let mut command = serve_command(
+        let prefix = "follow-bench";
+        clear_redis_prefix(&args.redis_url, prefix).await?;
+        Self::spawn(
             &binary,
             ServeSettings {
                 database_url: args.database_url.as_deref().unwrap_or_default(),
                 redis_url: &args.redis_url,
-                listen: addr,
-                redis_prefix: &prefix,
+                listen: free_local_addr()?,
+                redis_prefix: prefix,
                 secret,
-                log: &log_path,
+                log: &std::env::temp_dir().join("follow-bench-server.log"),
                 extra_env: &args.server_env,
             },
-        )?;
-        let child = command
+        )
+    }
+
+    /// Starts `binary serve` with `settings`.
+    fn spawn(binary: &std::path::Path, settings: ServeSettings<'_>) -> anyhow::Result<Self> {
+        let (addr, log) = (settings.listen, settings.log.to_owned());
+        let child = serve_command(binary, settings)?
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         println!(
             "started {} on {addr} (log: {})",
             binary.display(),
-            std::env::temp_dir()
-                .join("follow-bench-server.log")
-                .display()
+            log.display()
         );
         Ok(Self::Started { child, addr })
     }
@@ -427,21 +413,27 @@ impl Server {
         }
     }
 
-    /// The server's peak resident memory (VmHWM), when this process started it.
-    fn peak_rss_mib(&self) -> Option<f64> {
+    /// A `/proc/<pid>/status` figure of the server (`VmRSS`, `VmHWM`) in MiB, when this process
+    /// started it.
+    fn memory_mib(&self, field: &str) -> Option<f64> {
         let Self::Started { child, .. } = self else {
             return None;
         };
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()?)).ok()?;
         let kib: f64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
             .trim()
             .trim_end_matches("kB")
             .trim()
             .parse()
             .ok()?;
         Some(kib / 1024.0)
+    }
+
+    /// The server's peak resident memory (VmHWM), when this process started it.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        self.memory_mib("VmHWM")
     }
 
     async fn stop(&mut self) {
@@ -461,6 +453,14 @@ impl Server {
             }
         }
     }
+}
+
+/// A free port on 127.0.0.1 for a server to listen on.
+fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(([127, 0, 0, 1], port).into())
 }
 
 /// The `follow-service` binary beside this one; when run through cargo and it is missing, build it.
