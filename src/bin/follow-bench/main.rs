@@ -5,8 +5,10 @@
 //! ```sh
 //! cargo run --release --bin follow-bench            # default size: 100,000 users, ~2,000,000 edges
 //! cargo run --release --bin follow-bench -- --quick # a small graph and short runs (CI smoke)
+//! cargo run --release --bin follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
 //! ```
 
+mod abuse;
 mod drill;
 mod graph;
 mod load;
@@ -104,9 +106,33 @@ struct Args {
     /// Operations of the drill's write load.
     #[arg(long, default_value_t = 20_000)]
     drill_operations: u64,
-    /// Where to write latest.md and latest.json.
-    #[arg(long, default_value = "bench-results")]
-    out: PathBuf,
+    /// Measure abuse instead (issue 10): the legitimate mix at a fixed offered rate (--rate, over
+    /// --concurrency connections, 16 by default) while one client sends each hostile class flat out, one
+    /// phase each, beside a phase without it. The server gets FOLLOW_TRUSTED_PROXIES=127.0.0.1/32 and
+    /// FOLLOW_RATE_LIMIT=on before --server-env. Reports go to target/bench-abuse unless --out.
+    #[arg(long)]
+    abuse: bool,
+    /// Legitimate requests per second --abuse offers, over all its connections.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections of the --abuse attacker (one client).
+    #[arg(long, default_value_t = 4)]
+    attacker_connections: usize,
+    /// Hostile classes of --abuse, one phase each (comma-separated; default all): fragments, entities,
+    /// known_followers, persisted, follow_flood, slowloris, flood.
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
+    /// Levels of the --abuse fragments class (default 24; 20 with --quick, where 24 would keep a debug
+    /// server busy for minutes).
+    #[arg(long)]
+    fragment_depth: Option<usize>,
+    /// Connections of the --abuse slowloris class that never finish their headers (default 2,000; 500
+    /// with --quick); a quarter as many idle keep-alive ones besides. Capped by the open-file limit.
+    #[arg(long)]
+    slow_connections: Option<usize>,
+    /// Where to write latest.md and latest.json (default bench-results; target/bench-abuse with --abuse).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -137,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             redis_url: args.redis_url.clone(),
             server_env: args.server_env.clone(),
-            out: args.out.clone(),
+            out: args.out.clone().unwrap_or_else(default_out),
         };
         return subscriptions::run(plan, server_binary()?).await;
     }
@@ -148,6 +174,10 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_pipeline".to_owned());
         return pipeline::run(url, args.redis_url.clone()).await;
+    }
+    if args.abuse {
+        follow_service::telemetry::init(false);
+        return abuse::run(abuse_plan(&args)?, server_binary()?).await;
     }
     let database = if args.quick {
         "follow_bench_quick"
@@ -307,7 +337,11 @@ async fn main() -> anyhow::Result<()> {
         server_peak_rss_mib,
     };
     let markdown = report::markdown(&run);
-    crate::report::save(&args.out, &markdown, &run)?;
+    crate::report::save(
+        &args.out.clone().unwrap_or_else(default_out),
+        &markdown,
+        &run,
+    )?;
     let errors: u64 = run.scenarios.iter().map(|s| s.errors).sum();
     let mismatches: i64 = run
         .scenarios
@@ -318,6 +352,81 @@ async fn main() -> anyhow::Result<()> {
         bail!("{errors} request errors and {mismatches} count mismatches");
     }
     Ok(())
+}
+
+fn default_out() -> PathBuf {
+    PathBuf::from("bench-results")
+}
+
+/// The `--abuse` run the arguments ask for; its own database (`follow_bench_abuse`, or
+/// `follow_bench_abuse_quick`), so that it never disturbs another run's graph.
+fn abuse_plan(args: &Args) -> anyhow::Result<abuse::AbusePlan> {
+    anyhow::ensure!(
+        args.url.is_none(),
+        "--abuse starts its own server (it sets the attacker up in the database first): drop --url"
+    );
+    let quick = args.quick;
+    let database = if quick {
+        "follow_bench_abuse_quick"
+    } else {
+        "follow_bench_abuse"
+    };
+    let attacks = if args.attacks.is_empty() {
+        abuse::Attack::ALL.to_vec()
+    } else {
+        args.attacks
+            .iter()
+            .map(|name| {
+                abuse::Attack::parse(name).with_context(|| format!("unknown attack {name:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let slow_connections = args
+        .slow_connections
+        .unwrap_or(if quick { 500 } else { 2_000 });
+    let seconds = |value: Option<f64>, quick_default: f64, default: f64| {
+        Duration::from_secs_f64(value.unwrap_or(if quick { quick_default } else { default }))
+    };
+    Ok(abuse::AbusePlan {
+        graph: GraphPlan {
+            users: args.users.unwrap_or(if quick { 2_000 } else { 100_000 }),
+            edges: args.edges.unwrap_or(if quick { 40_000 } else { 2_000_000 }),
+            writers: if quick { 100 } else { 1_000 },
+            exponent: args.zipf,
+            rng_seed: args.seed,
+        },
+        database_url: args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:5432/{database}")),
+        redis_url: args.redis_url.clone(),
+        server_env: abuse::SERVER_ENV
+            .iter()
+            .map(|pair| (*pair).to_owned())
+            .chain(args.server_env.iter().cloned())
+            .collect(),
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("target/bench-abuse")),
+        attacks,
+        rate: args.rate.unwrap_or(if quick {
+            abuse::QUICK_RATE
+        } else {
+            abuse::DEFAULT_RATE
+        }),
+        connections: args.concurrency.unwrap_or(16),
+        attacker_connections: args.attacker_connections,
+        initial_warmup: seconds(None, 1.0, 10.0),
+        warmup: seconds(args.warmup, 0.5, 3.0),
+        duration: seconds(args.duration, 2.0, 10.0),
+        grace: seconds(None, 3.0, 10.0),
+        recovery_limit: seconds(None, 30.0, 180.0),
+        fragment_depth: args.fragment_depth.unwrap_or(if quick { 20 } else { 24 }),
+        slow_connections,
+        idle_connections: slow_connections / 4,
+        rng_seed: args.seed,
+    })
 }
 
 /// How to start one `follow-service serve` child.
