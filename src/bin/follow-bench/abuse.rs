@@ -388,6 +388,11 @@ pub async fn run(mut plan: AbusePlan, server_binary: PathBuf) -> anyhow::Result<
     let outcome = phases(&plan, &server, &checks, &shared, &setup).await;
     let server_peak_rss_mib = server.peak_rss_mib();
     server.stop().await;
+    // The run leaves hundreds of thousands of keys (statuses, the attacker's junk): a shared Redis
+    // is slower for everyone with them (KEYS, SCAN), so they go now rather than when they expire.
+    if let Err(err) = crate::clear_redis_prefix(&plan.redis_url, PREFIX).await {
+        println!("abuse: could not delete the run's Redis keys ({PREFIX}:*): {err:#}");
+    }
     let phases = outcome?;
 
     // Every write the run made (legitimate and the flood's) must be in the counts: checked when every
