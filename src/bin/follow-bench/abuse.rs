@@ -10,11 +10,13 @@
 //!   takes CPU; a fixed rate the service sustains comfortably shows whether the legitimate traffic is
 //!   still *served*. Latency runs from each request's scheduled time, not from when it was sent, so a
 //!   connection held up by a stalled server counts its wait (no coordinated omission); a connection
-//!   behind schedule sends at once until it catches up. Nothing is sent after the window: requests still
-//!   unsent at its end are reported as not sent (with the time they had waited as a lower bound of
-//!   their latency), and throughput counts only successful answers (200 without `errors`) to requests
-//!   scheduled in the window. A 429, a 200 with `errors`, any other status, a broken connection, or no
-//!   answer within the grace after the window is a legitimate error.
+//!   behind schedule sends at once, in schedule order, until it catches up. The window counts what
+//!   happens in it: throughput is the clean answers (200 without `errors`) received during the window,
+//!   whenever they were scheduled, and the percentiles take every answer from the window's start on.
+//!   Nothing is sent after the window: what a connection still behind schedule had not sent by then is
+//!   reported as not sent, the time it had waited entering the percentiles as a lower bound. A 429, a
+//!   200 with `errors`, any other status, a broken connection, or no answer within the grace after the
+//!   window is a legitimate error.
 //! - **Identities.** The server runs with `FOLLOW_TRUSTED_PROXIES=127.0.0.1/32` and `FOLLOW_RATE_LIMIT=on`
 //!   (then `--server-env`, which may override them). Legitimate connection n is the client
 //!   `X-Forwarded-For: 203.0.113.<n>` (TEST-NET-3: only header strings) and its authenticated requests
@@ -283,17 +285,18 @@ pub struct PhaseReport {
 /// The legitimate traffic of one phase's measured window.
 #[derive(Debug, Serialize)]
 pub struct LegitReport {
-    /// Requests scheduled in the window.
+    /// Requests the schedule offered within the window (rate × window).
     pub scheduled: u64,
-    /// Answered 200 without `errors`.
+    /// Answered 200 without `errors` during the window.
     pub ok: u64,
-    /// Failed answers and requests without an answer.
+    /// Failed answers received from the window's start on, and requests without an answer.
     pub errors: u64,
     /// Outcomes that are not a clean 200, by kind.
     pub error_kinds: BTreeMap<String, u64>,
     /// The first error of each kind.
     pub error_samples: BTreeMap<String, String>,
-    /// Scheduled in the window but never sent: the connection was still waiting at its end.
+    /// Requests not sent by the window's end because their connection was still behind schedule
+    /// (scheduled during the warm-up or the window).
     pub unsent: u64,
     pub throughput_per_s: f64,
     pub p50_ms: f64,
@@ -800,32 +803,23 @@ async fn legit_load(
             // The connections' schedules interleave evenly.
             let offset = interval.mul_f64(worker as f64 / connections as f64);
             let scheduled_at = |k: u32| start + offset + interval * k;
+            tally.scheduled = (0..)
+                .map(scheduled_at)
+                .take_while(|&at| at < end)
+                .filter(|&at| at >= start_measure)
+                .count() as u64;
             let mut conn: Option<load::Connection> = None;
             let mut k = 0u32;
             loop {
                 let scheduled = scheduled_at(k);
-                if scheduled >= end {
-                    break;
-                }
-                let measured = scheduled >= start_measure;
                 let now = Instant::now();
-                if now >= end {
-                    // Still busy when the window closed: the rest of the schedule was never sent.
-                    let mut unsent = scheduled;
-                    while unsent < end {
-                        if unsent >= start_measure {
-                            tally.scheduled += 1;
-                            tally.unsent += 1;
-                            tally.latency(end - unsent);
-                        }
-                        k += 1;
-                        unsent = scheduled_at(k);
-                    }
+                // Nothing is sent once the window has closed.
+                if scheduled >= end || now >= end {
                     break;
                 }
                 if scheduled > now {
                     tokio::time::sleep_until(scheduled.into()).await;
-                } else if measured {
+                } else if now >= start_measure {
                     tally.max_behind = tally.max_behind.max(now - scheduled);
                 }
                 k += 1;
@@ -838,19 +832,22 @@ async fn legit_load(
                     load::send_from(conn, addr, &request, Some(&client)).await
                 })
                 .await;
-                let latency = scheduled.elapsed();
-                if !measured {
-                    // A warm-up request answered after the window's start still held the connection:
-                    // the next turn counts what it could not send.
-                    if !matches!(outcome, Ok(Ok(_))) {
-                        conn = None;
-                    }
+                let answered = Instant::now();
+                if !matches!(outcome, Ok(Ok(_))) {
+                    conn = None;
+                }
+                // Answers before the window are the warm-up; any later one counts, whenever it was
+                // scheduled (a connection behind schedule sends warm-up requests in the window).
+                if answered < start_measure {
                     continue;
                 }
-                tally.scheduled += 1;
-                tally.latency(latency);
+                tally.latency(answered - scheduled);
                 match outcome {
-                    Ok(Ok((status, body))) if !load::is_error(status, &body) => tally.ok += 1,
+                    Ok(Ok((status, body))) if !load::is_error(status, &body) => {
+                        if answered < end {
+                            tally.ok += 1;
+                        }
+                    }
                     Ok(Ok((status, body))) => {
                         let kind = if status == 200 {
                             "200 with errors".to_owned()
@@ -865,7 +862,6 @@ async fn legit_load(
                         });
                     }
                     Ok(Err(err)) => {
-                        conn = None;
                         tally.error("transport error".to_owned(), || format!("{err:#}"));
                     }
                     Err(_) => {
@@ -875,9 +871,17 @@ async fn legit_load(
                                 (deadline - end).as_secs_f64()
                             )
                         });
-                        conn = None;
                     }
                 }
+            }
+            // What the connection, still behind schedule, never sent before the window closed: each
+            // had waited at least until then.
+            let mut unsent = scheduled_at(k);
+            while unsent < end {
+                tally.unsent += 1;
+                tally.latency(end - unsent);
+                k += 1;
+                unsent = scheduled_at(k);
             }
             // Undo an outstanding follow so the graph ends as it began (best effort).
             if let Some(request) = generator.cleanup(&shared) {
@@ -1431,11 +1435,12 @@ pub fn markdown(run: &AbuseReport) -> String {
     let _ = writeln!(
         out,
         "\nAims (issue 10), against the first phase: legitimate throughput at least 0.8×, p99 at most 2×, no \
-         legitimate errors. Throughput counts clean answers (200 without `errors`); an error is any other \
-         answer (a 429 included), a broken connection, or no answer {:.0} s after the window. \"Not sent\": \
-         requests a connection still waiting for an answer could not send before the window closed (their \
-         wait so far counts in the percentiles). \"Quiet after\": from the attacker's stop until `/healthz` \
-         answered within {} ms {} times in a row and the outbox was empty.",
+         legitimate errors. Throughput counts the clean answers (200 without `errors`) received during the \
+         window; latency runs from each request's scheduled time; an error is any other answer (a 429 \
+         included), a broken connection, or no answer {:.0} s after the window. \"Not sent\": requests a \
+         connection behind schedule had not sent when the window closed (the time they had waited counts \
+         in the percentiles). \"Quiet after\": from the attacker's stop until `/healthz` answered within \
+         {} ms {} times in a row and the outbox was empty.",
         run.grace_s,
         QUIET_PROBE.as_millis(),
         QUIET_PROBES
