@@ -417,7 +417,7 @@ fn abuse_plan(args: &Args) -> anyhow::Result<abuse::AbusePlan> {
         }),
         connections: args.concurrency.unwrap_or(16),
         attacker_connections: args.attacker_connections,
-        initial_warmup: seconds(None, 1.0, 10.0),
+        initial_warmup: seconds(None, 1.0, 20.0),
         warmup: seconds(args.warmup, 0.5, 3.0),
         duration: seconds(args.duration, 2.0, 10.0),
         grace: seconds(None, 3.0, 10.0),
