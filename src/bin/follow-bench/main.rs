@@ -112,7 +112,8 @@ struct Args {
     /// FOLLOW_RATE_LIMIT=on before --server-env. Reports go to target/bench-abuse unless --out.
     #[arg(long)]
     abuse: bool,
-    /// Legitimate requests per second --abuse offers, over all its connections.
+    /// Legitimate requests per second --abuse offers, over all its connections (default 500; 20 with
+    /// --quick, for a debug build).
     #[arg(long)]
     rate: Option<f64>,
     /// Connections of the --abuse attacker (one client).
