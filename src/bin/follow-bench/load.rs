@@ -46,11 +46,25 @@ pub async fn send(
     addr: SocketAddr,
     request: &Request,
 ) -> anyhow::Result<(u16, Bytes)> {
+    send_from(conn, addr, request, None).await
+}
+
+/// Sends one request as the client at `forwarded_for` (an `X-Forwarded-For` header, which the service
+/// believes only from a trusted proxy); returns the status and body.
+pub async fn send_from(
+    conn: &mut Connection,
+    addr: SocketAddr,
+    request: &Request,
+    forwarded_for: Option<&str>,
+) -> anyhow::Result<(u16, Bytes)> {
     let mut builder = HttpRequest::post("/graphql")
         .header(header::HOST, addr.to_string())
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(token) = &request.token {
         builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(client) = forwarded_for {
+        builder = builder.header("x-forwarded-for", client);
     }
     let http = builder.body(Full::new(request.body.clone()))?;
     conn.sender.ready().await?;
@@ -77,7 +91,8 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-fn is_error(status: u16, body: &[u8]) -> bool {
+/// Whether an answer is a failure: not 200, or a body carrying `errors`.
+pub fn is_error(status: u16, body: &[u8]) -> bool {
     status != 200 || body.windows(8).any(|w| w == b"\"errors\"")
 }
 

@@ -5,8 +5,10 @@
 //! ```sh
 //! cargo run --release --bin follow-bench            # default size: 100,000 users, ~2,000,000 edges
 //! cargo run --release --bin follow-bench -- --quick # a small graph and short runs (CI smoke)
+//! cargo run --release --bin follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
 //! ```
 
+mod abuse;
 mod drill;
 mod graph;
 mod load;
@@ -25,7 +27,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use follow_service::{auth::JwtKeys, seed::ZipfSampler};
+use follow_service::auth::JwtKeys;
 
 use crate::{
     graph::GraphPlan,
@@ -104,9 +106,34 @@ struct Args {
     /// Operations of the drill's write load.
     #[arg(long, default_value_t = 20_000)]
     drill_operations: u64,
-    /// Where to write latest.md and latest.json.
-    #[arg(long, default_value = "bench-results")]
-    out: PathBuf,
+    /// Measure abuse instead (issue 10): the legitimate mix at a fixed offered rate (--rate, over
+    /// --concurrency connections, 16 by default) while one client sends each hostile class flat out, one
+    /// phase each, beside a phase without it. The server gets FOLLOW_TRUSTED_PROXIES=127.0.0.1/32 and
+    /// FOLLOW_RATE_LIMIT=on before --server-env. Reports go to target/bench-abuse unless --out.
+    #[arg(long)]
+    abuse: bool,
+    /// Legitimate requests per second --abuse offers, over all its connections (default 500; 20 with
+    /// --quick, for a debug build).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections of the --abuse attacker (one client).
+    #[arg(long, default_value_t = 4)]
+    attacker_connections: usize,
+    /// Hostile classes of --abuse, one phase each (comma-separated; default all): fragments, entities,
+    /// known_followers, persisted, follow_flood, slowloris, flood.
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
+    /// Levels of the --abuse fragments class (default 24; 20 with --quick, where 24 would keep a debug
+    /// server busy for minutes).
+    #[arg(long)]
+    fragment_depth: Option<usize>,
+    /// Connections of the --abuse slowloris class that never finish their headers (default 2,000; 500
+    /// with --quick); a quarter as many idle keep-alive ones besides. Capped by the open-file limit.
+    #[arg(long)]
+    slow_connections: Option<usize>,
+    /// Where to write latest.md and latest.json (default bench-results; target/bench-abuse with --abuse).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -137,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             redis_url: args.redis_url.clone(),
             server_env: args.server_env.clone(),
-            out: args.out.clone(),
+            out: args.out.clone().unwrap_or_else(default_out),
         };
         return subscriptions::run(plan, server_binary()?).await;
     }
@@ -148,6 +175,10 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_pipeline".to_owned());
         return pipeline::run(url, args.redis_url.clone()).await;
+    }
+    if args.abuse {
+        follow_service::telemetry::init(false);
+        return abuse::run(abuse_plan(&args)?, server_binary()?).await;
     }
     let database = if args.quick {
         "follow_bench_quick"
@@ -205,28 +236,16 @@ async fn main() -> anyhow::Result<()> {
     wait_healthy(addr).await?;
 
     let keys = JwtKeys::new(&secret);
-    // The active viewers: 2,000 users (fewer in a small graph) spread over the id range.
-    let active = 2_000.min(plan.users);
-    let viewer_tokens = (0..active)
-        .map(|i| {
-            let id = 1 + (i * 7919) % plan.users;
-            Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let writer_tokens = (plan.users + 1..=plan.users + plan.writers)
-        .map(|id| Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?))))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shared = Arc::new(Shared::new(
+        &plan,
+        &keys,
+        plan.users + 1..=plan.users + plan.writers,
+        deep_cursors,
+    )?);
     anyhow::ensure!(
-        writer_tokens.len() >= concurrency,
+        shared.writer_tokens.len() >= concurrency,
         "need at least as many writers as connections"
     );
-    let shared = Arc::new(Shared {
-        zipf: ZipfSampler::new(plan.users as usize, plan.exponent),
-        active_zipf: ZipfSampler::new(active as usize, plan.exponent),
-        viewer_tokens,
-        writer_tokens,
-        deep_cursors,
-    });
     let checks = graph::client(&database_url).await?;
 
     let mut reports = Vec::new();
@@ -319,7 +338,11 @@ async fn main() -> anyhow::Result<()> {
         server_peak_rss_mib,
     };
     let markdown = report::markdown(&run);
-    crate::report::save(&args.out, &markdown, &run)?;
+    crate::report::save(
+        &args.out.clone().unwrap_or_else(default_out),
+        &markdown,
+        &run,
+    )?;
     let errors: u64 = run.scenarios.iter().map(|s| s.errors).sum();
     let mismatches: i64 = run
         .scenarios
@@ -330,6 +353,81 @@ async fn main() -> anyhow::Result<()> {
         bail!("{errors} request errors and {mismatches} count mismatches");
     }
     Ok(())
+}
+
+fn default_out() -> PathBuf {
+    PathBuf::from("bench-results")
+}
+
+/// The `--abuse` run the arguments ask for; its own database (`follow_bench_abuse`, or
+/// `follow_bench_abuse_quick`), so that it never disturbs another run's graph.
+fn abuse_plan(args: &Args) -> anyhow::Result<abuse::AbusePlan> {
+    anyhow::ensure!(
+        args.url.is_none(),
+        "--abuse starts its own server (it sets the attacker up in the database first): drop --url"
+    );
+    let quick = args.quick;
+    let database = if quick {
+        "follow_bench_abuse_quick"
+    } else {
+        "follow_bench_abuse"
+    };
+    let attacks = if args.attacks.is_empty() {
+        abuse::Attack::ALL.to_vec()
+    } else {
+        args.attacks
+            .iter()
+            .map(|name| {
+                abuse::Attack::parse(name).with_context(|| format!("unknown attack {name:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let slow_connections = args
+        .slow_connections
+        .unwrap_or(if quick { 500 } else { 2_000 });
+    let seconds = |value: Option<f64>, quick_default: f64, default: f64| {
+        Duration::from_secs_f64(value.unwrap_or(if quick { quick_default } else { default }))
+    };
+    Ok(abuse::AbusePlan {
+        graph: GraphPlan {
+            users: args.users.unwrap_or(if quick { 2_000 } else { 100_000 }),
+            edges: args.edges.unwrap_or(if quick { 40_000 } else { 2_000_000 }),
+            writers: if quick { 100 } else { 1_000 },
+            exponent: args.zipf,
+            rng_seed: args.seed,
+        },
+        database_url: args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:5432/{database}")),
+        redis_url: args.redis_url.clone(),
+        server_env: abuse::SERVER_ENV
+            .iter()
+            .map(|pair| (*pair).to_owned())
+            .chain(args.server_env.iter().cloned())
+            .collect(),
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("target/bench-abuse")),
+        attacks,
+        rate: args.rate.unwrap_or(if quick {
+            abuse::QUICK_RATE
+        } else {
+            abuse::DEFAULT_RATE
+        }),
+        connections: args.concurrency.unwrap_or(16),
+        attacker_connections: args.attacker_connections,
+        initial_warmup: seconds(None, 1.0, 20.0),
+        warmup: seconds(args.warmup, 0.5, 3.0),
+        duration: seconds(args.duration, 2.0, 10.0),
+        grace: seconds(None, 3.0, 10.0),
+        recovery_limit: seconds(None, 30.0, 180.0),
+        fragment_depth: args.fragment_depth.unwrap_or(if quick { 20 } else { 24 }),
+        slow_connections,
+        idle_connections: slow_connections / 4,
+        rng_seed: args.seed,
+    })
 }
 
 /// How to start one `follow-service serve` child.
@@ -392,34 +490,32 @@ impl Server {
     /// Starts `follow-service serve` (the binary beside this one, built first when run through cargo).
     async fn start(args: &Args, secret: &str) -> anyhow::Result<Self> {
         let binary = server_binary()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log_path = std::env::temp_dir().join("follow-bench-server.log");
-        let prefix = "follow-bench".to_owned();
-        clear_redis_prefix(&args.redis_url, &prefix).await?;
-        let mut command = serve_command(
+        let prefix = "follow-bench";
+        clear_redis_prefix(&args.redis_url, prefix).await?;
+        Self::spawn(
             &binary,
             ServeSettings {
                 database_url: args.database_url.as_deref().unwrap_or_default(),
                 redis_url: &args.redis_url,
-                listen: addr,
-                redis_prefix: &prefix,
+                listen: free_local_addr()?,
+                redis_prefix: prefix,
                 secret,
-                log: &log_path,
+                log: &std::env::temp_dir().join("follow-bench-server.log"),
                 extra_env: &args.server_env,
             },
-        )?;
-        let child = command
+        )
+    }
+
+    /// Starts `binary serve` with `settings`.
+    fn spawn(binary: &std::path::Path, settings: ServeSettings<'_>) -> anyhow::Result<Self> {
+        let (addr, log) = (settings.listen, settings.log.to_owned());
+        let child = serve_command(binary, settings)?
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         println!(
             "started {} on {addr} (log: {})",
             binary.display(),
-            std::env::temp_dir()
-                .join("follow-bench-server.log")
-                .display()
+            log.display()
         );
         Ok(Self::Started { child, addr })
     }
@@ -430,21 +526,27 @@ impl Server {
         }
     }
 
-    /// The server's peak resident memory (VmHWM), when this process started it.
-    fn peak_rss_mib(&self) -> Option<f64> {
+    /// A `/proc/<pid>/status` figure of the server (`VmRSS`, `VmHWM`) in MiB, when this process
+    /// started it.
+    fn memory_mib(&self, field: &str) -> Option<f64> {
         let Self::Started { child, .. } = self else {
             return None;
         };
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()?)).ok()?;
         let kib: f64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
             .trim()
             .trim_end_matches("kB")
             .trim()
             .parse()
             .ok()?;
         Some(kib / 1024.0)
+    }
+
+    /// The server's peak resident memory (VmHWM), when this process started it.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        self.memory_mib("VmHWM")
     }
 
     async fn stop(&mut self) {
@@ -464,6 +566,14 @@ impl Server {
             }
         }
     }
+}
+
+/// A free port on 127.0.0.1 for a server to listen on.
+fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(([127, 0, 0, 1], port).into())
 }
 
 /// The `follow-service` binary beside this one; when run through cargo and it is missing, build it.

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use follow_service::seed::ZipfSampler;
+use follow_service::{auth::JwtKeys, seed::ZipfSampler};
 use rand::{Rng, rngs::StdRng};
 use serde_json::json;
+
+use crate::graph::GraphPlan;
 
 /// One scenario of the benchmark, reported alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -97,6 +99,36 @@ pub struct Shared {
     pub writer_tokens: Vec<(i64, Arc<str>)>,
     /// Deep cursors: (owner, cursor).
     pub deep_cursors: Vec<(i64, String)>,
+}
+
+impl Shared {
+    /// The samplers and tokens of `plan`'s graph: 2,000 active viewers (fewer in a small graph) spread
+    /// over the id range, and the `writers` given (user ids) with their tokens.
+    pub fn new(
+        plan: &GraphPlan,
+        keys: &JwtKeys,
+        writers: impl IntoIterator<Item = i64>,
+        deep_cursors: Vec<(i64, String)>,
+    ) -> anyhow::Result<Self> {
+        let active = 2_000.min(plan.users);
+        let viewer_tokens = (0..active)
+            .map(|i| {
+                let id = 1 + (i * 7919) % plan.users;
+                Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let writer_tokens = writers
+            .into_iter()
+            .map(|id| Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?))))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            zipf: ZipfSampler::new(plan.users as usize, plan.exponent),
+            active_zipf: ZipfSampler::new(active as usize, plan.exponent),
+            viewer_tokens,
+            writer_tokens,
+            deep_cursors,
+        })
+    }
 }
 
 /// One request to send: its JSON body and bearer token.
