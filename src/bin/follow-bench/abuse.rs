@@ -18,9 +18,10 @@
 //!   200 with `errors`, any other status, a broken connection, or no answer within the grace after the
 //!   window is a legitimate error.
 //! - **Identities.** The server runs with `FOLLOW_TRUSTED_PROXIES=127.0.0.1/32` and `FOLLOW_RATE_LIMIT=on`
-//!   (then `--server-env`, which may override them). Legitimate connection n is the client
-//!   `X-Forwarded-For: 203.0.113.<n>` (TEST-NET-3: only header strings) and its authenticated requests
-//!   carry the graph's viewer and writer tokens; the attacker is one client, `198.51.100.7`, with one
+//!   (then `--server-env`, which may override them). Every legitimate request
+//!   comes from one of 1,024 addresses drawn at random (`X-Forwarded-For: 2001:db8:<n>::1`, IPv6
+//!   documentation /64s: only header strings) and, where it has a token, from one of the graph's active
+//!   viewers drawn uniformly, or a writer: many people at a human pace each; the attacker is one client, `198.51.100.7`, with one
 //!   token of its own (the last writer user, whom no legitimate request uses), on a few connections
 //!   driven from a thread of its own, so that its work as a client does not delay the legitimate
 //!   client's thread (it still competes for the machine's cores, as a real attacker's traffic does).
@@ -58,6 +59,16 @@ use crate::{
 
 /// The Redis key prefix of the benchmark's server.
 const PREFIX: &str = "follow-bench-abuse";
+
+/// Addresses the legitimate requests come from, one drawn per request: many people at a human pace each,
+/// as a per-client limit sees real traffic.
+const LEGIT_ADDRESSES: u32 = 1_024;
+
+/// Legitimate address `n`: a /64 of its own in the IPv6 documentation prefix (only a header string;
+/// the rate limits key an IPv6 client by its /64).
+fn legit_address(n: u32) -> String {
+    format!("2001:db8:{n:x}::1")
+}
 
 /// The attacker's address, as its `X-Forwarded-For` says (TEST-NET-2).
 pub const ATTACKER_ADDRESS: &str = "198.51.100.7";
@@ -337,10 +348,6 @@ pub async fn run(mut plan: AbusePlan, server_binary: PathBuf) -> anyhow::Result<
         "--rate, --concurrency and --attacker-connections must be positive"
     );
     anyhow::ensure!(
-        plan.connections <= 254,
-        "at most 254 legitimate connections: each is one address of 203.0.113.0/24"
-    );
-    anyhow::ensure!(
         plan.graph.users >= 200 && plan.graph.writers > plan.connections as i64,
         "--abuse needs at least 200 users and more writers than connections (one is the attacker)"
     );
@@ -509,14 +516,11 @@ async fn give_follows(
 /// Requests per second one legitimate address sends, requests per second the busiest viewer token
 /// carries, writes per minute per writer: what a per-identity rate limit sees from the legitimate load.
 fn identity_rates(plan: &AbusePlan, shared: &Shared) -> (f64, f64, f64) {
-    // The mix: 50 % list pages with a viewer token, 15 % writes with a writer token.
-    let active = shared.viewer_tokens.len();
-    let harmonic: f64 = (1..=active)
-        .map(|k| (k as f64).powf(-plan.graph.exponent))
-        .sum();
-    let busiest = plan.rate * 0.50 / harmonic;
+    // The mix: 50 % list pages with a viewer token (drawn uniformly), 15 % writes with a writer token,
+    // every request from one of the addresses drawn uniformly.
+    let per_viewer = plan.rate * 0.50 / shared.viewer_tokens.len().max(1) as f64;
     let per_writer = plan.rate * 0.15 * 60.0 / shared.writer_tokens.len().max(1) as f64;
-    (plan.rate / plan.connections as f64, busiest, per_writer)
+    (plan.rate / f64::from(LEGIT_ADDRESSES), per_viewer, per_writer)
 }
 
 /// The first warm-up, then every phase in turn.
@@ -816,9 +820,9 @@ async fn legit_load(
     for worker in 0..connections {
         let shared = shared.clone();
         workers.push(tokio::spawn(async move {
-            let client = format!("203.0.113.{}", worker + 1);
             let rng = StdRng::seed_from_u64(seed ^ ((worker as u64 + 1) * 0x9E37_79B9));
             let mut generator = Generator::new(worker, connections, rng);
+            generator.uniform_viewers = true;
             let mut tally = LegitTally::new();
             // The connections' schedules interleave evenly.
             let offset = interval.mul_f64(worker as f64 / connections as f64);
@@ -844,6 +848,7 @@ async fn legit_load(
                 }
                 k += 1;
                 let request = generator.next(Scenario::Mix, &shared);
+                let client = legit_address(generator.rng.random_range(0..LEGIT_ADDRESSES));
                 let outcome = tokio::time::timeout_at(deadline.into(), async {
                     let conn = match &mut conn {
                         Some(conn) => conn,
@@ -905,6 +910,7 @@ async fn legit_load(
             }
             // Undo an outstanding follow so the graph ends as it began (best effort).
             if let Some(request) = generator.cleanup(&shared) {
+                let client = legit_address(0);
                 let _ = tokio::time::timeout(Duration::from_secs(5), async {
                     let mut conn = match conn {
                         Some(conn) => conn,
@@ -1384,7 +1390,7 @@ pub fn markdown(run: &AbuseReport) -> String {
     let _ = writeln!(
         out,
         "Legitimate load: the `mix` scenario ({}) offered at {:.0} requests/s over {} keep-alive connections, \
-         each its own client (`X-Forwarded-For: 203.0.113.<n>`, the graph's viewer and writer tokens); \
+         every request from one of 1,024 client addresses (`X-Forwarded-For: 2001:db8:<n>::1`) and, where it has a token, one of the active viewers drawn uniformly, or a writer; \
          latency from each request's scheduled time. {:.0} s of warm-up before the first phase; each phase \
          {:.1} s of warm-up (the attacker already at work) then {:.1} s measured.",
         Scenario::Mix.describe(),
@@ -1396,7 +1402,7 @@ pub fn markdown(run: &AbuseReport) -> String {
     );
     let _ = writeln!(
         out,
-        "Per legitimate identity: {:.0} requests/s per address, {:.1} requests/s for the busiest viewer token, \
+        "Per legitimate identity: {:.2} requests/s per address, {:.2} requests/s per viewer token, \
          {:.1} writes/min per writer token.",
         run.per_address_per_s, run.busiest_viewer_per_s, run.writes_per_writer_per_min
     );

@@ -147,6 +147,9 @@ pub struct Generator {
     /// A follow this worker made and has not undone yet: (writer index, target).
     pending_unfollow: Option<(usize, i64)>,
     next_writer: usize,
+    /// Whether viewers are drawn uniformly from the active ones instead of by Zipf: `--abuse` measures
+    /// many clients at a human pace each, as per-client rate limits see real traffic.
+    pub uniform_viewers: bool,
 }
 
 fn body(query: &str, variables: serde_json::Value) -> Bytes {
@@ -161,6 +164,7 @@ impl Generator {
             rng,
             pending_unfollow: None,
             next_writer: 0,
+            uniform_viewers: false,
         }
     }
 
@@ -168,8 +172,17 @@ impl Generator {
         shared.zipf.sample(&mut self.rng) as i64
     }
 
+    /// The rank of an active viewer: by Zipf (the busiest most often), or uniformly.
+    fn viewer_rank(&mut self, shared: &Shared) -> usize {
+        if self.uniform_viewers {
+            self.rng.random_range(0..shared.viewer_tokens.len().max(1))
+        } else {
+            shared.active_zipf.sample(&mut self.rng) - 1
+        }
+    }
+
     fn viewer(&mut self, shared: &Shared) -> Arc<str> {
-        let rank = shared.active_zipf.sample(&mut self.rng) - 1;
+        let rank = self.viewer_rank(shared);
         shared.viewer_tokens[rank % shared.viewer_tokens.len()]
             .1
             .clone()
@@ -211,7 +224,7 @@ impl Generator {
 
     /// A user who is looking at the product now: one of the active viewers, the busiest most often.
     fn active_user(&mut self, shared: &Shared) -> i64 {
-        let rank = shared.active_zipf.sample(&mut self.rng) - 1;
+        let rank = self.viewer_rank(shared);
         shared.viewer_tokens[rank % shared.viewer_tokens.len()].0
     }
 
