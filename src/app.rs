@@ -49,6 +49,8 @@ pub struct AppInner {
     pub documents: graphql::documents::Documents,
     /// The rate limits' buckets, shared by every instance through Redis (disabled by `FOLLOW_RATE_LIMIT=off`).
     pub limiter: crate::ratelimit::RateLimiter,
+    /// Clients out of points, turned away before their requests are read (see `http::admission`).
+    pub penalties: crate::http::admission::PenaltyBox,
     /// Open websockets, in all and by client, against their caps.
     pub sockets: crate::http::ws::Sockets,
     /// Turns true when the process begins to shut down: long-lived connections close so clients move.
@@ -160,6 +162,7 @@ impl App {
             events,
             documents,
             limiter,
+            penalties: Default::default(),
             sockets,
             closing: watch::channel(false).0,
         })))

@@ -12,10 +12,21 @@
 //!   An operation that could never fit a budget (1,500 follows in one document) is `BAD_USER_INPUT`
 //!   naming the limit, since no retry would help.
 //!
+//! - **Refusals cost too**: a request refused before execution (it does not parse, passes a cost
+//!   limit, names an unknown persisted query...) still cost the server its parse, so it spends one
+//!   point per [`REFUSED_BYTES_PER_POINT`] bytes of its body. A client that keeps sending 64 KB
+//!   documents the limits refuse runs out of points after a few.
+//! - **A client out of points is turned away at the door**: once its points are refused, the instance
+//!   remembers until when ([`PenaltyBox`]), and [`gate`] answers its requests with 429 before their
+//!   body is read or parsed, without asking Redis. An attacker's refused requests then cost nothing.
+//!
 //! The budgets are shared by every instance through Redis (see `ratelimit`); `FOLLOW_RATE_LIMIT=off`
 //! turns them all off, for load benchmarks.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use axum::{
     extract::{ConnectInfo, Request},
@@ -74,10 +85,46 @@ pub struct Refused {
     pub budget: Option<Decision>,
 }
 
+/// Bytes of a refused request's body that cost one point: a 64 KB document refused costs 4,096, a
+/// 500-byte typo 31.
+pub const REFUSED_BYTES_PER_POINT: usize = 16;
+
+/// Clients whose points were refused, and until when (per instance): their requests are turned away
+/// before anything reads them. Bounded; an entry is only a shortcut for what Redis would answer.
+pub struct PenaltyBox {
+    until: mini_moka::sync::Cache<String, Instant>,
+}
+
+impl Default for PenaltyBox {
+    fn default() -> Self {
+        Self {
+            until: mini_moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(120))
+                .build(),
+        }
+    }
+}
+
+impl PenaltyBox {
+    /// How long `client` must still wait, if it must.
+    pub fn wait(&self, client: &Client) -> Option<Duration> {
+        let until = self.until.get(&client.key)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    fn hold(&self, client: &Client, wait: Duration) {
+        if !wait.is_zero() {
+            self.until.insert(client.key.clone(), Instant::now() + wait);
+        }
+    }
+}
+
 /// The limits, over the shared limiter of the process.
 pub struct Admission<'a> {
     limiter: &'a RateLimiter,
     rate: &'a RateSettings,
+    penalties: &'a PenaltyBox,
 }
 
 /// Metric labels and key suffixes of the limits.
@@ -94,7 +141,30 @@ impl<'a> Admission<'a> {
         Self {
             limiter: &app.limiter,
             rate: &app.config.rate,
+            penalties: &app.penalties,
         }
+    }
+
+    /// Charges a request refused before execution for the work its `bytes` cost to read and parse.
+    pub async fn charge_refusal(&self, client: &Client, viewer: Option<Viewer>, bytes: usize) {
+        if !self.limiter.is_enabled() {
+            return;
+        }
+        let quota = self.points_quota(viewer);
+        let points = saturate(bytes / REFUSED_BYTES_PER_POINT).clamp(1, quota.points);
+        let limits = [Limit::new(names::POINTS, &client.key, quota)];
+        let decision = self.limiter.check(&limits, points).await;
+        if decision.verdict == Verdict::Limited {
+            self.penalties.hold(client, decision.retry_after);
+        }
+    }
+
+    fn points_quota(&self, viewer: Option<Viewer>) -> Quota {
+        Quota::per_minute(if viewer.is_some() {
+            self.rate.viewer_points
+        } else {
+            self.rate.anonymous_points
+        })
     }
 
     /// Spends what an operation costs; returns the budget to tell the client, or why it must wait.
@@ -146,6 +216,9 @@ impl<'a> Admission<'a> {
             Quota::per_minute(points),
         )];
         let decision = self.limiter.check(&limits, saturate(cost.complexity)).await;
+        if decision.verdict == Verdict::Limited {
+            self.penalties.hold(client, decision.retry_after);
+        }
         refuse_unless_allowed(&decision, || {
             format!(
                 "this operation costs {} points; a client may spend {points} a minute ({setting})",
@@ -222,6 +295,53 @@ pub fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
             HeaderValue::from(decision.retry_after_secs()),
         );
     }
+}
+
+/// Middleware on the GraphQL routes: a client in the [`PenaltyBox`] gets 429 `RATE_LIMITED` with
+/// `Retry-After` before its body is read. The viewer is read from the token when it is valid (an
+/// invalid one is the handler's to refuse with 401).
+pub async fn gate(
+    axum::extract::State(app): axum::extract::State<crate::app::App>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let address = request
+        .extensions()
+        .get::<ClientAddress>()
+        .copied()
+        .unwrap_or_default();
+    let viewer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| app.jwt.viewer_from_header(Some(value)).ok().flatten());
+    let client = Client::new(viewer, address);
+    match app.penalties.wait(&client) {
+        Some(wait) => turned_away(wait),
+        None => next.run(request).await,
+    }
+}
+
+/// The 429 of a client in the penalty box.
+fn turned_away(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let body = serde_json::json!({
+        "errors": [{
+            "message": format!("rate limited: this client spent its points; retry after {seconds} s"),
+            "extensions": { "code": "RATE_LIMITED", "retryAfter": seconds },
+        }]
+    });
+    let mut response = axum::response::IntoResponse::into_response((
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        body.to_string(),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// Middleware: records the client's address ([`ClientAddress`]) for the handlers.

@@ -55,17 +55,29 @@ pub async fn post_graphql(
         );
         return refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, err, media);
     }
+    let body_bytes = declared_length(&headers);
     let request = match request {
         Ok(request) => request.into_inner(),
-        Err(rejection) => return unreadable_request(&app, rejection, media),
+        Err(rejection) => {
+            let client = Client::new(None, address);
+            Admission::of(&app)
+                .charge_refusal(&client, None, body_bytes.unwrap_or(0))
+                .await;
+            return unreadable_request(&app, rejection, media);
+        }
     };
     let viewer = match authenticate(&app, &headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
+    let operations = match &request {
+        BatchRequest::Single(_) => 1,
+        BatchRequest::Batch(requests) => requests.len().max(1),
+    };
     let asker = Asker {
         viewer,
         client: Client::new(viewer, address),
+        bytes: body_bytes.map(|bytes| bytes / operations),
     };
     match request {
         BatchRequest::Single(request) if lacks_query(&request) => {
@@ -147,8 +159,17 @@ pub async fn get_graphql(
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
+    let asker = Asker {
+        viewer,
+        client: Client::new(viewer, address),
+        bytes: Some(query.len()),
+    };
     let resolved = match resolve(&app, &mut request).await {
-        Err(response) => return render(media, Outcome::unmetered(response)),
+        Err(response) => {
+            let outcome = Outcome::unmetered(response);
+            charge_if_refused(&app, &asker, &outcome, 0).await;
+            return render(media, outcome);
+        }
         Ok(resolved) => resolved,
     };
     if resolved.kind == Some(OperationType::Mutation) {
@@ -159,14 +180,10 @@ pub async fn get_graphql(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let asker = Asker {
-        viewer,
-        client: Client::new(viewer, address),
-    };
-    render(
-        media,
-        admit_and_execute(&app, request, resolved, &asker).await,
-    )
+    let text_bytes = request.query.len();
+    let outcome = admit_and_execute(&app, request, resolved, &asker).await;
+    charge_if_refused(&app, &asker, &outcome, text_bytes).await;
+    render(media, outcome)
 }
 
 /// Whether a request has neither a document nor a persisted query's hash: it is not a GraphQL request.
@@ -218,6 +235,8 @@ async fn resolve(
 struct Asker {
     viewer: Option<Viewer>,
     client: Client,
+    /// The bytes of the request each operation stands for (its share of the body), when known.
+    bytes: Option<usize>,
 }
 
 /// An operation's response and the budget it left (none when nothing was spent).
@@ -235,12 +254,36 @@ impl Outcome {
     }
 }
 
-/// Resolves and runs one operation for `asker`.
+/// Resolves and runs one operation for `asker`; a refusal before execution is charged to its client.
 async fn run(app: &App, mut request: async_graphql::Request, asker: &Asker) -> Outcome {
-    match resolve(app, &mut request).await {
+    let text_bytes = request.query.len();
+    let outcome = match resolve(app, &mut request).await {
         Ok(resolved) => admit_and_execute(app, request, resolved, asker).await,
         Err(response) => Outcome::unmetered(response),
+    };
+    charge_if_refused(app, asker, &outcome, text_bytes).await;
+    outcome
+}
+
+/// Charges the client for a request refused before execution (it still cost its parse); a rate-limit
+/// refusal has been charged already.
+async fn charge_if_refused(app: &App, asker: &Asker, outcome: &Outcome, text_bytes: usize) {
+    if is_request_error(&outcome.response) && !has_code(&outcome.response, ErrorCode::RateLimited) {
+        let bytes = asker.bytes.unwrap_or(0).max(text_bytes);
+        Admission::of(app)
+            .charge_refusal(&asker.client, asker.viewer, bytes)
+            .await;
     }
+}
+
+/// The body length a request declares, if it does.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Spends a resolved operation's cost (and its registration, if it carries one), then runs it.

@@ -42,9 +42,15 @@ pub fn router(app: App) -> Router {
         .route("/", get(graphiql::page))
         .route(
             "/graphql",
-            get(graphql::get_graphql).post(graphql::post_graphql),
+            get(graphql::get_graphql)
+                .post(graphql::post_graphql)
+                .route_layer(middleware::from_fn_with_state(app.clone(), admission::gate)),
         )
-        .route("/graphql/ws", get(ws::upgrade))
+        .route(
+            "/graphql/ws",
+            get(ws::upgrade)
+                .route_layer(middleware::from_fn_with_state(app.clone(), admission::gate)),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if public_metrics {

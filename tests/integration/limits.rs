@@ -223,3 +223,28 @@ async fn persisted_query_registrations_are_rate_limited_per_client() {
         String::from_utf8_lossy(&body)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_documents_spend_points_and_a_spent_client_is_turned_away_at_the_door() {
+    let app = TestApp::with_options(small_budgets(&[])).await;
+    // 2,000 bytes of a document that does not parse: 125 points each, more than the whole budget.
+    let junk = format!("{{ {} ", "broken(".repeat(250));
+    let (status, _, _) = ask(&app.app, None, &junk).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = ask(&app.app, None, &junk).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "refused, and now out of points"
+    );
+    // Any request of that client is now turned away before it is read, with an honest wait.
+    let (status, headers, body) = ask(&app.app, None, "{ __typename }").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body:#}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    let wait = header(&headers, "retry-after").expect("Retry-After");
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Another client is not.
+    let token = app.token(1, false);
+    let (status, _, _) = ask(&app.app, Some(&token), "{ __typename }").await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -520,7 +520,11 @@ fn identity_rates(plan: &AbusePlan, shared: &Shared) -> (f64, f64, f64) {
     // every request from one of the addresses drawn uniformly.
     let per_viewer = plan.rate * 0.50 / shared.viewer_tokens.len().max(1) as f64;
     let per_writer = plan.rate * 0.15 * 60.0 / shared.writer_tokens.len().max(1) as f64;
-    (plan.rate / f64::from(LEGIT_ADDRESSES), per_viewer, per_writer)
+    (
+        plan.rate / f64::from(LEGIT_ADDRESSES),
+        per_viewer,
+        per_writer,
+    )
 }
 
 /// The first warm-up, then every phase in turn.
