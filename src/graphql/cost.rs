@@ -188,7 +188,8 @@ fn special_field(parent: &str, field: &str) -> FieldKind {
 
 /// The result type of every field of the client schema, by parent type and field name.
 pub struct TypeMap {
-    fields: HashMap<(String, String), String>,
+    /// Parent type → field → the field's named type (looked up by `&str`, allocating nothing).
+    fields: HashMap<String, HashMap<String, String>>,
 }
 
 impl TypeMap {
@@ -201,7 +202,7 @@ impl TypeMap {
 
     /// Reads object and interface types' fields from SDL (an unparsable text gives an empty map).
     pub fn from_sdl(sdl: &str) -> TypeMap {
-        let mut fields = HashMap::new();
+        let mut fields: HashMap<String, HashMap<String, String>> = HashMap::new();
         let Ok(document) = async_graphql::parser::parse_schema(sdl) else {
             return TypeMap { fields };
         };
@@ -221,10 +222,10 @@ impl TypeMap {
                     base = &inner.base;
                 }
                 if let BaseType::Named(name) = base {
-                    fields.insert(
-                        (parent.clone(), field.node.name.node.to_string()),
-                        name.to_string(),
-                    );
+                    fields
+                        .entry(parent.clone())
+                        .or_default()
+                        .insert(field.node.name.node.to_string(), name.to_string());
                 }
             }
         }
@@ -233,7 +234,8 @@ impl TypeMap {
 
     fn field_type(&self, parent: &str, field: &str) -> Option<&str> {
         self.fields
-            .get(&(parent.to_owned(), field.to_owned()))
+            .get(parent)?
+            .get(field)
             .map(String::as_str)
     }
 }
