@@ -233,10 +233,7 @@ impl TypeMap {
     }
 
     fn field_type(&self, parent: &str, field: &str) -> Option<&str> {
-        self.fields
-            .get(parent)?
-            .get(field)
-            .map(String::as_str)
+        self.fields.get(parent)?.get(field).map(String::as_str)
     }
 }
 

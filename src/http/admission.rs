@@ -116,7 +116,9 @@ impl PenaltyBox {
     /// Whether anyone may be held now.
     fn is_empty(&self) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64;
-        now >= self.last_release_ms.load(std::sync::atomic::Ordering::Relaxed)
+        now >= self
+            .last_release_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long `client` must still wait, if it must.

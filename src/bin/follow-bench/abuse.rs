@@ -259,10 +259,10 @@ pub struct AbuseReport {
     /// Why the slowloris class opens fewer connections than asked, if it does.
     pub socket_note: Option<String>,
     pub server_env: Vec<String>,
-    /// What one legitimate identity sends: requests per second per address, from the busiest viewer
-    /// token, and writes per minute per writer token.
+    /// What one legitimate identity sends: requests per second per address and per viewer token, and
+    /// writes per minute per writer token.
     pub per_address_per_s: f64,
-    pub busiest_viewer_per_s: f64,
+    pub per_viewer_per_s: f64,
     pub writes_per_writer_per_min: f64,
     /// What the phases with an attacker are held against: the higher throughput and the lower p99
     /// of the two phases without it (the first and the last). The machine is shared: other work can
@@ -419,7 +419,7 @@ pub async fn run(mut plan: AbusePlan, server_binary: PathBuf) -> anyhow::Result<
         None
     };
 
-    let (per_address_per_s, busiest_viewer_per_s, writes_per_writer_per_min) =
+    let (per_address_per_s, per_viewer_per_s, writes_per_writer_per_min) =
         identity_rates(&plan, &shared);
     let run = AbuseReport {
         started_at,
@@ -445,7 +445,7 @@ pub async fn run(mut plan: AbusePlan, server_binary: PathBuf) -> anyhow::Result<
         socket_note,
         server_env: plan.server_env.clone(),
         per_address_per_s,
-        busiest_viewer_per_s,
+        per_viewer_per_s,
         writes_per_writer_per_min,
         reference_throughput_per_s,
         reference_p99_ms,
@@ -513,8 +513,8 @@ async fn give_follows(
         .context("giving the attacker its follows")
 }
 
-/// Requests per second one legitimate address sends, requests per second the busiest viewer token
-/// carries, writes per minute per writer: what a per-identity rate limit sees from the legitimate load.
+/// Requests per second one legitimate address sends, requests per second one viewer token carries,
+/// writes per minute per writer: what a per-identity rate limit sees from the legitimate load.
 fn identity_rates(plan: &AbusePlan, shared: &Shared) -> (f64, f64, f64) {
     // The mix: 50 % list pages with a viewer token (drawn uniformly), 15 % writes with a writer token,
     // every request from one of the addresses drawn uniformly.
@@ -1408,7 +1408,7 @@ pub fn markdown(run: &AbuseReport) -> String {
         out,
         "Per legitimate identity: {:.2} requests/s per address, {:.2} requests/s per viewer token, \
          {:.1} writes/min per writer token.",
-        run.per_address_per_s, run.busiest_viewer_per_s, run.writes_per_writer_per_min
+        run.per_address_per_s, run.per_viewer_per_s, run.writes_per_writer_per_min
     );
     let _ = writeln!(
         out,
