@@ -23,6 +23,8 @@ use std::{
     sync::LazyLock,
 };
 
+use async_graphql_value::Value;
+
 use async_graphql::{
     Name, Positioned, Value as ConstValue, Variables,
     parser::types::{
@@ -491,28 +493,36 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// An argument's value with variables substituted (from the request, else their defaults).
-    fn argument(&self, field: &'a Field, name: &str) -> Option<ConstValue> {
-        let value = &field.get_argument(name)?.node;
-        value
-            .clone()
-            .into_const_with(|variable: Name| -> Result<ConstValue, ()> {
-                Ok(self
+    /// What an argument holds, read in place (variables from the request, else their defaults): the
+    /// walk runs on every request, and copying a 100-id list to count it would be waste.
+    fn argument(&self, field: &'a Field, name: &str) -> Shape {
+        let Some(value) = field.get_argument(name) else {
+            return Shape::Missing;
+        };
+        match &value.node {
+            Value::Variable(variable) => {
+                let given = self
                     .variables
-                    .get(&variable)
-                    .or_else(|| self.defaults.get(variable.as_str()).copied())
-                    .cloned()
-                    .unwrap_or(ConstValue::Null))
-            })
-            .ok()
+                    .get(variable)
+                    .or_else(|| self.defaults.get(variable.as_str()).copied());
+                match given {
+                    None | Some(ConstValue::Null) => Shape::Null,
+                    Some(ConstValue::List(items)) => Shape::List(items.len()),
+                    Some(ConstValue::Number(n)) => Shape::Number(n.as_u64()),
+                    Some(_) => Shape::Other,
+                }
+            }
+            Value::Null => Shape::Null,
+            Value::List(items) => Shape::List(items.len()),
+            Value::Number(n) => Shape::Number(n.as_u64()),
+            _ => Shape::Other,
+        }
     }
 
     /// `first`, as the resolver reads it: absent or null is the default, and it costs at most 100.
     fn page_size(&self, field: &'a Field) -> usize {
         match self.argument(field, "first") {
-            Some(ConstValue::Number(n)) => {
-                n.as_u64().map_or(1, |n| (n as usize).clamp(1, MAX_PAGE))
-            }
+            Shape::Number(n) => n.map_or(1, |n| (n as usize).clamp(1, MAX_PAGE)),
             _ => DEFAULT_PAGE,
         }
     }
@@ -520,11 +530,22 @@ impl<'a> Pass<'a> {
     /// How many items a list argument holds (a single value is a list of one, as input coercion says).
     fn id_count(&self, field: &'a Field, name: &str) -> usize {
         match self.argument(field, name) {
-            None | Some(ConstValue::Null) => 0,
-            Some(ConstValue::List(items)) => items.len(),
-            Some(_) => 1,
+            Shape::Missing | Shape::Null => 0,
+            Shape::List(items) => items,
+            Shape::Number(_) | Shape::Other => 1,
         }
     }
+}
+
+/// What an argument holds, as far as its cost goes.
+enum Shape {
+    Missing,
+    Null,
+    /// A list of this many items.
+    List(usize),
+    /// A number (`None`: negative or not an integer).
+    Number(Option<u64>),
+    Other,
 }
 
 #[cfg(test)]
