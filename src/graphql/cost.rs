@@ -23,8 +23,6 @@ use std::{
     sync::LazyLock,
 };
 
-use async_graphql_value::Value;
-
 use async_graphql::{
     Name, Positioned, Value as ConstValue, Variables,
     parser::types::{
@@ -32,6 +30,7 @@ use async_graphql::{
         SelectionSet, TypeKind, TypeSystemDefinition,
     },
 };
+use async_graphql_value::Value;
 
 /// What database work done for each parent costs, in complexity points: about a page of ten users.
 pub const STATEMENT_COST: usize = 10;
