@@ -41,6 +41,7 @@ use crate::{
     error::AppError,
     graphql::cost::Cost,
     ratelimit::{Decision, Limit, Quota, RateLimiter, Verdict},
+    telemetry::metrics::RATE_LIMITED,
 };
 
 /// The address a request comes from, as the proxies in front say (request extension set by
@@ -339,7 +340,11 @@ pub async fn gate(
         .and_then(|value| app.jwt.viewer_from_header(Some(value)).ok().flatten());
     let client = Client::new(viewer, address);
     match app.penalties.wait(&client) {
-        Some(wait) => turned_away(wait),
+        Some(wait) => {
+            ::metrics::counter!(RATE_LIMITED, "limit" => "door", "source" => "penalty_box")
+                .increment(1);
+            turned_away(wait)
+        }
         None => next.run(request).await,
     }
 }

@@ -85,7 +85,8 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "follow_http_connections_refused_tota
 pub const WS_REFUSED: &str = "follow_ws_refused_total";
 /// Automatic persisted queries looked up, by `result` (hit, miss, registered).
 pub const PERSISTED_QUERIES: &str = "follow_persisted_queries_total";
-/// Requests the rate limiter refused, by `limit` (the quota's name) and `source` (redis, local).
+/// Requests the rate limits refused, by `limit` (the quota's name, or `door` for a client turned away
+/// from the penalty box) and `source` (redis, local, penalty_box).
 pub const RATE_LIMITED: &str = "follow_rate_limited_total";
 /// Rate limit checks answered by the local limiter because Redis was unavailable, by `reason`
 /// (breaker_open, error, timeout).
