@@ -16,8 +16,8 @@ use std::{
 };
 
 use async_graphql::{
-    Request, ServerError,
-    parser::types::{DocumentOperations, ExecutableDocument, OperationType},
+    Positioned, Request, ServerError,
+    parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition, OperationType},
 };
 use mini_moka::sync::Cache as MokaCache;
 
@@ -219,15 +219,9 @@ fn check_required_variables(
     name: Option<&str>,
     variables: &async_graphql::Variables,
 ) -> Result<(), ServerError> {
-    let operation = match (&document.operations, name) {
-        (DocumentOperations::Single(operation), _) => operation,
-        (DocumentOperations::Multiple(operations), Some(name)) => {
-            match operations.iter().find(|(n, _)| n.as_str() == name) {
-                Some((_, operation)) => operation,
-                None => return Ok(()), // the schema reports the unknown operation
-            }
-        }
-        (DocumentOperations::Multiple(_), None) => return Ok(()),
+    // No single operation selected: the schema reports why.
+    let Some(operation) = selected_operation(document, name) else {
+        return Ok(());
     };
     for definition in &operation.node.variable_definitions {
         let definition = &definition.node;
@@ -247,12 +241,20 @@ fn check_required_variables(
 
 /// The type of the operation a request selects, if it selects exactly one.
 fn operation_type(document: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
+    selected_operation(document, name).map(|operation| operation.node.ty)
+}
+
+/// The operation a request selects, if it selects exactly one.
+fn selected_operation<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
     match (&document.operations, name) {
-        (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
+        (DocumentOperations::Single(operation), _) => Some(operation),
         (DocumentOperations::Multiple(operations), Some(name)) => operations
             .iter()
             .find(|(n, _)| n.as_str() == name)
-            .map(|(_, operation)| operation.node.ty),
+            .map(|(_, operation)| operation),
         (DocumentOperations::Multiple(_), None) => None,
     }
 }
