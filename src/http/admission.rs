@@ -170,7 +170,7 @@ impl<'a> Admission<'a> {
         if !self.limiter.is_enabled() {
             return;
         }
-        let quota = self.points_quota(viewer);
+        let (quota, _) = self.points_quota(viewer);
         let points = saturate(bytes / REFUSED_BYTES_PER_POINT).clamp(1, quota.points);
         let limits = [Limit::new(names::POINTS, &client.key, quota)];
         let decision = self.limiter.check(&limits, points).await;
@@ -179,12 +179,37 @@ impl<'a> Admission<'a> {
         }
     }
 
-    fn points_quota(&self, viewer: Option<Viewer>) -> Quota {
-        Quota::per_minute(if viewer.is_some() {
-            self.rate.viewer_points
-        } else {
-            self.rate.anonymous_points
-        })
+    /// The points a client may spend per minute, and the setting that says so.
+    fn points_quota(&self, viewer: Option<Viewer>) -> (Quota, &'static str) {
+        match viewer {
+            Some(_) => (
+                Quota::per_minute(self.rate.viewer_points),
+                "FOLLOW_RATE_VIEWER_POINTS",
+            ),
+            None => (
+                Quota::per_minute(self.rate.anonymous_points),
+                "FOLLOW_RATE_ANONYMOUS_POINTS",
+            ),
+        }
+    }
+
+    /// Spends what a resolved operation costs, as every transport does: its registration as a
+    /// persisted query (registered once allowed), then its cost. Returns the budget left.
+    pub async fn admit_resolved(
+        &self,
+        documents: &crate::graphql::documents::Documents,
+        client: &Client,
+        viewer: Option<Viewer>,
+        resolved: crate::graphql::documents::Resolved,
+    ) -> Result<Option<Decision>, Refused> {
+        if let Some(registration) = resolved.registration {
+            self.admit_registration(client).await?;
+            documents.register(registration).await;
+        }
+        match resolved.cost {
+            Some(cost) => self.admit(client, viewer, &cost).await,
+            None => Ok(None),
+        }
     }
 
     /// Spends what an operation costs; returns the budget to tell the client, or why it must wait.
@@ -220,21 +245,9 @@ impl<'a> Admission<'a> {
                 )
             })?;
         }
-        let points = if viewer.is_some() {
-            self.rate.viewer_points
-        } else {
-            self.rate.anonymous_points
-        };
-        let setting = if viewer.is_some() {
-            "FOLLOW_RATE_VIEWER_POINTS"
-        } else {
-            "FOLLOW_RATE_ANONYMOUS_POINTS"
-        };
-        let limits = [Limit::new(
-            names::POINTS,
-            &client.key,
-            Quota::per_minute(points),
-        )];
+        let (quota, setting) = self.points_quota(viewer);
+        let points = quota.points;
+        let limits = [Limit::new(names::POINTS, &client.key, quota)];
         let decision = self.limiter.check(&limits, saturate(cost.complexity)).await;
         if decision.verdict == Verdict::Limited {
             self.penalties.hold(client, decision.retry_after);

@@ -306,18 +306,12 @@ async fn admit_and_execute(
             budget: None,
         });
     }
-    if let Some(registration) = resolved.registration {
-        if let Err(refusal) = limits.admit_registration(&asker.client).await {
-            return refused(refusal);
-        }
-        app.documents.register(registration).await;
-    }
-    let budget = match resolved.cost {
-        Some(cost) => match limits.admit(&asker.client, asker.viewer, &cost).await {
-            Ok(budget) => budget,
-            Err(refusal) => return refused(refusal),
-        },
-        None => None,
+    let budget = match limits
+        .admit_resolved(&app.documents, &asker.client, asker.viewer, resolved)
+        .await
+    {
+        Ok(budget) => budget,
+        Err(refusal) => return refused(refusal),
     };
     Outcome {
         response: execute(app, request, asker.viewer).await,

@@ -519,21 +519,11 @@ async fn admit(
     client: &Client,
 ) -> Result<(), async_graphql::ServerError> {
     let resolved = app.documents.resolve(request).await?;
-    let limits = Admission::of(app);
-    if let Some(registration) = resolved.registration {
-        limits
-            .admit_registration(client)
-            .await
-            .map_err(|refused| graphql::request_error(refused.error))?;
-        app.documents.register(registration).await;
-    }
-    if let Some(cost) = resolved.cost {
-        limits
-            .admit(client, viewer, &cost)
-            .await
-            .map_err(|refused| graphql::request_error(refused.error))?;
-    }
-    Ok(())
+    Admission::of(app)
+        .admit_resolved(&app.documents, client, viewer, resolved)
+        .await
+        .map(|_| ())
+        .map_err(|refused| graphql::request_error(refused.error))
 }
 
 fn forget(operations: &Operations, id: &str) {
