@@ -197,12 +197,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let closing = app.closing.clone();
-    let limits = http::server::ServerLimits {
-        max_connections: app.config.max_connections,
-        header_timeout: app.config.header_timeout,
-        keep_alive_idle: app.config.keep_alive_idle,
-        drain: app.config.request_timeout,
-    };
+    let limits = http::server::ServerLimits::from_config(&app.config);
     http::server::serve(listener, http::router(app.clone()), limits, async move {
         if let Err(err) = app::shutdown_signal().await {
             tracing::error!(error = %err, "signal handling failed");

@@ -48,6 +48,18 @@ pub struct ServerLimits {
     pub drain: Duration,
 }
 
+impl ServerLimits {
+    /// The limits `config` sets; a shutdown waits for requests in flight up to their own timeout.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            keep_alive_idle: config.keep_alive_idle,
+            drain: config.request_timeout,
+        }
+    }
+}
+
 /// The answer to a connection over the cap: complete, so that any HTTP client reads it as a refusal.
 fn over_capacity() -> String {
     let body = r#"{"errors":[{"message":"too many connections: this instance is at its limit (FOLLOW_MAX_CONNECTIONS); retry shortly","extensions":{"code":"SERVICE_UNAVAILABLE"}}]}"#;

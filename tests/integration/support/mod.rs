@@ -530,12 +530,7 @@ pub async fn serve(app: &App) -> Served {
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let router = http::router(app.clone());
-    let limits = http::server::ServerLimits {
-        max_connections: app.config.max_connections,
-        header_timeout: app.config.header_timeout,
-        keep_alive_idle: app.config.keep_alive_idle,
-        drain: app.config.request_timeout,
-    };
+    let limits = http::server::ServerLimits::from_config(&app.config);
     let task = tokio::spawn(async move {
         let _ = http::server::serve(listener, router, limits, std::future::pending()).await;
     });
