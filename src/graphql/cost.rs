@@ -664,6 +664,22 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_costs_what_it_says() {
+        // README, Limits: a page of 20 followers with `id handle`, inside its `user`, costs 62.
+        let page = r#"{ user(id: "1") { followers { nodes { id handle } } } }"#;
+        assert_eq!(
+            cost(page, serde_json::json!({})).map(|c| c.complexity),
+            Ok(62)
+        );
+        // BENCHMARKS, Abuse: the benchmark's list page costs 222 points.
+        let bench = r#"{ user(id: "1") { followers(first: 20) { edges { cursor node { id handle viewerIsFollowing followerCount followingCount } } pageInfo { hasNextPage endCursor } } } }"#;
+        assert_eq!(
+            cost(bench, serde_json::json!({})).map(|c| c.complexity),
+            Ok(222)
+        );
+    }
+
+    #[test]
     fn per_parent_statements_multiply_with_the_page() {
         let one = r#"{ user(id: "1") { followers(first: 100) { nodes { knownFollowers(first: 1) { totalCount } } } } }"#;
         let single = cost(one, serde_json::json!({})).expect("one page is fine");
