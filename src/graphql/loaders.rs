@@ -3,9 +3,9 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::Loader;
 
-use super::to_graphql_error;
+use super::{batch::Batched, to_graphql_error};
 use crate::{
     db::{
         follows::{Keyset, KnownPage, ListEntry, ListKind},
@@ -20,16 +20,16 @@ use crate::{
 /// Resolvers call the methods, not the loaders: each first asks this instance's L1, which answers at
 /// once, and only a miss waits for the loader's batching window.
 pub struct Loaders {
-    users: DataLoader<UserLoader>,
-    counts: DataLoader<CountsLoader>,
-    counts_now: DataLoader<CountsNowLoader>,
+    users: Batched<i64, UserLoader>,
+    counts: Batched<i64, CountsLoader>,
+    counts_now: Batched<i64, CountsNowLoader>,
     /// Users whose edges this request changed: their counts are read as they stand now, not from the
     /// caches, so a mutation's payload shows its own effect.
     written: std::sync::Mutex<std::collections::HashSet<i64>>,
-    statuses: DataLoader<StatusLoader>,
-    lists: DataLoader<ListLoader>,
-    known_followers: DataLoader<KnownFollowersLoader>,
-    known_counts: DataLoader<KnownCountLoader>,
+    statuses: Batched<(i64, i64), StatusLoader>,
+    lists: Batched<ListKey, ListLoader>,
+    known_followers: Batched<KnownKey, KnownFollowersLoader>,
+    known_counts: Batched<KnownCountKey, KnownCountLoader>,
     graph: FollowGraph,
     viewer_id: Option<i64>,
 }
@@ -38,17 +38,18 @@ impl Loaders {
     /// Fresh loaders over `graph`; `delay` is how long each waits to gather keys into one batch.
     pub fn new(graph: &FollowGraph, delay: Duration, viewer_id: Option<i64>) -> Self {
         Self {
-            users: DataLoader::new(UserLoader(graph.clone()), spawn_in_span).delay(delay),
-            counts: DataLoader::new(CountsLoader(graph.clone()), spawn_in_span).delay(delay),
-            counts_now: DataLoader::new(CountsNowLoader(graph.clone()), spawn_in_span).delay(delay),
+            users: Batched::new("users", UserLoader(graph.clone()), delay),
+            counts: Batched::new("counts", CountsLoader(graph.clone()), delay),
+            counts_now: Batched::new("counts_now", CountsNowLoader(graph.clone()), delay),
             written: std::sync::Mutex::default(),
-            statuses: DataLoader::new(StatusLoader(graph.clone(), viewer_id), spawn_in_span)
-                .delay(delay),
-            lists: DataLoader::new(ListLoader(graph.clone()), spawn_in_span).delay(delay),
-            known_followers: DataLoader::new(KnownFollowersLoader(graph.clone()), spawn_in_span)
-                .delay(delay),
-            known_counts: DataLoader::new(KnownCountLoader(graph.clone()), spawn_in_span)
-                .delay(delay),
+            statuses: Batched::new("statuses", StatusLoader(graph.clone(), viewer_id), delay),
+            lists: Batched::new("lists", ListLoader(graph.clone()), delay),
+            known_followers: Batched::new(
+                "known_followers",
+                KnownFollowersLoader(graph.clone()),
+                delay,
+            ),
+            known_counts: Batched::new("known_counts", KnownCountLoader(graph.clone()), delay),
             graph: graph.clone(),
             viewer_id,
         }
@@ -164,18 +165,6 @@ impl Loaders {
     }
 }
 
-/// Runs a loader's batch in the span of the request that started it, so its log lines carry the request id.
-fn spawn_in_span(batch: futures::future::BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
-    use tracing::Instrument;
-    tokio::spawn(batch.in_current_span())
-}
-
-/// Records how many keys one batch of `loader` carried.
-fn record_batch(loader: &'static str, keys: usize) {
-    ::metrics::histogram!(crate::telemetry::metrics::LOADER_BATCH, "loader" => loader)
-        .record(keys as f64);
-}
-
 /// User records by id.
 pub struct UserLoader(FollowGraph);
 
@@ -184,7 +173,6 @@ impl Loader<i64> for UserLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, UserRecord>, Self::Error> {
-        record_batch("users", keys.len());
         self.0.users(keys).await.map_err(to_graphql_error)
     }
 }
@@ -197,7 +185,6 @@ impl Loader<i64> for CountsLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Counts>, Self::Error> {
-        record_batch("counts", keys.len());
         self.0.counts(keys).await.map_err(to_graphql_error)
     }
 }
@@ -210,7 +197,6 @@ impl Loader<i64> for CountsNowLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Counts>, Self::Error> {
-        record_batch("counts_now", keys.len());
         self.0.counts_now(keys).await.map_err(to_graphql_error)
     }
 }
@@ -223,7 +209,6 @@ impl Loader<(i64, i64)> for StatusLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[(i64, i64)]) -> Result<HashMap<(i64, i64), bool>, Self::Error> {
-        record_batch("statuses", keys.len());
         self.0
             .statuses(keys, self.1)
             .await
@@ -252,7 +237,6 @@ impl Loader<ListKey> for ListLoader {
         &self,
         keys: &[ListKey],
     ) -> Result<HashMap<ListKey, Arc<Vec<ListEntry>>>, Self::Error> {
-        record_batch("lists", keys.len());
         let mut groups: HashMap<(ListKind, Option<Keyset>, i64), Vec<i64>> = HashMap::new();
         for key in keys {
             groups
@@ -305,7 +289,6 @@ impl Loader<KnownKey> for KnownFollowersLoader {
         &self,
         keys: &[KnownKey],
     ) -> Result<HashMap<KnownKey, Arc<Vec<ListEntry>>>, Self::Error> {
-        record_batch("known_followers", keys.len());
         let mut by_viewer: HashMap<i64, Vec<KnownPage>> = HashMap::new();
         for key in keys {
             by_viewer.entry(key.viewer_id).or_default().push(key.page);
@@ -344,7 +327,6 @@ impl Loader<KnownCountKey> for KnownCountLoader {
         &self,
         keys: &[KnownCountKey],
     ) -> Result<HashMap<KnownCountKey, i64>, Self::Error> {
-        record_batch("known_counts", keys.len());
         let mut by_viewer: HashMap<i64, Vec<i64>> = HashMap::new();
         for key in keys {
             by_viewer
