@@ -55,6 +55,24 @@ pub struct AppInner {
     pub sockets: crate::http::ws::Sockets,
     /// Turns true when the process begins to shut down: long-lived connections close so clients move.
     pub closing: watch::Sender<bool>,
+    /// The start-up warm-up of the caches: `/readyz` waits for it.
+    pub warm_up: Arc<WarmUpState>,
+}
+
+/// Where the start-up warm-up stands.
+#[derive(Debug, Default)]
+pub struct WarmUpState {
+    /// 0: none planned, 1: running, 2: finished or cut short by its bound.
+    phase: std::sync::atomic::AtomicU8,
+    /// What it loaded.
+    pub loaded: crate::graph::WarmUp,
+}
+
+impl WarmUpState {
+    /// Whether the warm-up keeps the instance from being ready.
+    pub fn running(&self) -> bool {
+        self.phase.load(std::sync::atomic::Ordering::SeqCst) == 1
+    }
 }
 
 impl std::ops::Deref for App {
@@ -163,6 +181,7 @@ impl App {
             documents,
             limiter,
             penalties: Default::default(),
+            warm_up: Default::default(),
             sockets,
             closing: watch::channel(false).0,
         })))
@@ -252,6 +271,48 @@ impl App {
             FANOUT_BLOCK,
             shutdown,
         ))
+    }
+
+    /// Warms the caches (see `FollowGraph::warm_up`) within `FOLLOW_WARMUP_TIMEOUT_S`; `/readyz`
+    /// answers 503 until it finishes or its time is up.
+    pub fn spawn_warm_up(&self) -> JoinHandle<()> {
+        let state = self.warm_up.clone();
+        state.phase.store(1, std::sync::atomic::Ordering::SeqCst);
+        let (graph, config) = (self.graph.clone(), self.config.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = tokio::time::timeout(
+                config.warmup_timeout,
+                graph.warm_up(config.warmup_users, config.warmup_viewers, &state.loaded),
+            )
+            .await;
+            let (users, sets) = (
+                state
+                    .loaded
+                    .users
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                state.loaded.sets.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let ms = started.elapsed().as_millis() as u64;
+            match outcome {
+                Ok(Ok(())) => tracing::info!(
+                    hot_users = users,
+                    following_sets = sets,
+                    ms,
+                    "cache warm-up done"
+                ),
+                Ok(Err(err)) => {
+                    tracing::warn!(hot_users = users, following_sets = sets, ms, error = ?err, "cache warm-up failed; serving cold")
+                }
+                Err(_) => tracing::warn!(
+                    hot_users = users,
+                    following_sets = sets,
+                    ms,
+                    "cache warm-up cut short by FOLLOW_WARMUP_TIMEOUT_S; serving partly cold"
+                ),
+            }
+            state.phase.store(2, std::sync::atomic::Ordering::SeqCst);
+        })
     }
 
     /// Whether PostgreSQL and Redis both answer, each with its error if not.

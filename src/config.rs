@@ -56,7 +56,14 @@ pub struct Config {
     pub max_fields: usize,
     /// `FOLLOW_MAX_ENTITIES`: most representations one federation `_entities` call may carry.
     pub max_entities: usize,
-    /// `FOLLOW_LOADER_DELAY_US`: how long a DataLoader waits to gather keys into one batch.
+    /// `FOLLOW_WARMUP_TIMEOUT_S`: longest warm-up at start before `/readyz` answers ready anyway.
+    pub warmup_timeout: Duration,
+    /// `FOLLOW_WARMUP_USERS`: most-followed users whose counts and first pages warm-up loads.
+    pub warmup_users: usize,
+    /// `FOLLOW_WARMUP_VIEWERS`: recently active viewers whose following sets warm-up loads.
+    pub warmup_viewers: usize,
+    /// `FOLLOW_LOADER_DELAY_US`: how long a loader waits to gather keys into one batch (0: the keys
+    /// asked in one scheduling pass).
     pub loader_delay: Duration,
     /// `FOLLOW_CONSUMER_BATCH`: most stream entries a consumer reads and applies in one transaction.
     pub consumer_batch: usize,
@@ -287,7 +294,10 @@ impl Config {
             max_complexity: number("FOLLOW_MAX_COMPLEXITY", 20_000)? as usize,
             max_fields: number("FOLLOW_MAX_FIELDS", 2_000)? as usize,
             max_entities: number("FOLLOW_MAX_ENTITIES", 100)? as usize,
-            loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 1_000)?),
+            loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 0)?),
+            warmup_timeout: seconds("FOLLOW_WARMUP_TIMEOUT_S", 10)?,
+            warmup_users: number("FOLLOW_WARMUP_USERS", 1_000)? as usize,
+            warmup_viewers: number("FOLLOW_WARMUP_VIEWERS", 10_000)? as usize,
             consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,
             consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,
             consumers: number("FOLLOW_CONSUMERS", 4)? as usize,
@@ -299,8 +309,10 @@ impl Config {
             metrics_sample: millis("FOLLOW_METRICS_SAMPLE_MS", 2_000)?,
             cache: crate::cache::CacheSettings {
                 enabled: flag("FOLLOW_CACHE", true)?,
-                l1_capacity: number("FOLLOW_CACHE_L1_ENTRIES", 200_000)?,
-                l1_ttl: seconds("FOLLOW_CACHE_L1_TTL_S", 30)?,
+                l1_max_bytes: number("FOLLOW_L1_MAX_BYTES", 256 * 1024 * 1024)?,
+                l1_ttl: seconds("FOLLOW_CACHE_L1_TTL_S", 3_600)?,
+                set_limit: number("FOLLOW_CACHE_SET_LIMIT", 5_000)? as usize,
+                sets_ttl: seconds("FOLLOW_CACHE_SETS_TTL_S", 3_600)?,
                 status_ttl: seconds("FOLLOW_CACHE_STATUS_TTL_S", 3_600)?,
                 counts_ttl: seconds("FOLLOW_CACHE_COUNTS_TTL_S", 1_800)?,
                 lists_ttl: seconds("FOLLOW_CACHE_LISTS_TTL_S", 600)?,
@@ -435,7 +447,8 @@ impl Config {
                 "FOLLOW_RATE_APQ_PER_MINUTE",
                 self.rate.registrations_per_minute as usize,
             ),
-            ("FOLLOW_CACHE_L1_ENTRIES", self.cache.l1_capacity as usize),
+            ("FOLLOW_L1_MAX_BYTES", self.cache.l1_max_bytes as usize),
+            ("FOLLOW_CACHE_SET_LIMIT", self.cache.set_limit),
             ("FOLLOW_SUBSCRIPTION_BUFFER", self.subscription_buffer),
             ("FOLLOW_WS_MAX_SUBSCRIPTIONS", self.ws_max_subscriptions),
             (

@@ -26,6 +26,15 @@ pub const MAX_PAGE: i64 = 100;
 /// Page size when the client does not say.
 pub const DEFAULT_PAGE: i64 = 20;
 
+/// What a warm-up has loaded so far (it may be cut short by its time bound).
+#[derive(Debug, Default)]
+pub struct WarmUp {
+    /// Hot users whose counts, record and first page of followers are cached.
+    pub users: std::sync::atomic::AtomicUsize,
+    /// Following sets of recently active viewers cached.
+    pub sets: std::sync::atomic::AtomicUsize,
+}
+
 /// What a follow or unfollow did to one pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FollowOutcome {
@@ -297,12 +306,75 @@ impl FollowGraph {
         viewer_id: Option<i64>,
     ) -> Result<HashMap<(i64, i64), bool>, AppError> {
         self.caches
-            .statuses(pairs, viewer_id, |pairs| async move {
-                let mut conn = db::connect(&self.db).await?;
-                let edges = db::follows::existing_pairs(&mut conn, &pairs).await?;
-                Ok::<_, AppError>(edges.into_iter().collect::<HashSet<_>>())
-            })
+            .statuses(
+                pairs,
+                viewer_id,
+                |users| self.load_following_sets(users),
+                |pairs| async move {
+                    let mut conn = db::connect(&self.db).await?;
+                    let edges = db::follows::existing_pairs(&mut conn, &pairs).await?;
+                    Ok::<_, AppError>(edges.into_iter().collect::<HashSet<_>>())
+                },
+            )
             .await
+    }
+
+    /// Whom each user follows, each cut at the set limit + 1 (so that "over the limit" shows).
+    async fn load_following_sets(
+        &self,
+        users: Vec<i64>,
+    ) -> Result<HashMap<i64, Vec<i64>>, AppError> {
+        let limit = self.caches.set_limit() as i64 + 1;
+        let mut conn = db::connect(&self.db).await?;
+        let sets = db::follows::following_sets(&mut conn, &users, limit).await?;
+        Ok(sets.into_iter().collect())
+    }
+
+    /// Notes a viewer as active, for the next instance's warm-up.
+    pub fn note_active(&self, viewer_id: i64) {
+        self.caches.note_active(viewer_id);
+    }
+
+    /// Fills this instance's caches before it takes traffic: the most-followed users' counts, records
+    /// and first pages of followers, then the following sets of the viewers active most recently. Waits
+    /// for L1 to be live first (it is emptied when the invalidation subscription comes up). Returns
+    /// what it loaded; the caller bounds its time.
+    pub async fn warm_up(
+        &self,
+        users: usize,
+        viewers: usize,
+        progress: &WarmUp,
+    ) -> Result<(), AppError> {
+        if !self.caches.enabled() {
+            return Ok(());
+        }
+        while !self.caches.l1_active() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let hot = {
+            let mut conn = db::connect(&self.db).await?;
+            db::stats::most_followed(&mut conn, users as i64).await?
+        };
+        for chunk in hot.chunks(MAX_PAGE as usize) {
+            self.counts(chunk).await?;
+            self.users(chunk).await?;
+            self.list_pages(ListKind::Followers, chunk, None, DEFAULT_PAGE + 1)
+                .await?;
+            progress
+                .users
+                .fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let active = self.caches.active_viewers(viewers).await;
+        for chunk in active.chunks(MAX_PAGE as usize) {
+            let loaded = self
+                .caches
+                .load_following_sets(chunk, |users| self.load_following_sets(users))
+                .await?;
+            progress
+                .sets
+                .fetch_add(loaded, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// One page of the lists of several owners (one SQL query), `limit` entries at most per owner. First

@@ -178,6 +178,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
     tasks.push(app.spawn_event_fanout(stop.subscribe()));
+    let _warm_up = app.spawn_warm_up();
     let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await

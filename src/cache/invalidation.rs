@@ -42,6 +42,10 @@ pub enum Announcement {
     DropCounts {
         user: i64,
     },
+    /// A following set that could not be changed in place: reload it when next asked.
+    DropSet {
+        user: i64,
+    },
     Heartbeat {
         instance: String,
         beat: u64,
@@ -79,6 +83,7 @@ impl Announcement {
                 version,
             } => format!("l {} {owner} {version}", keys::kind_tag(*kind)),
             Self::DropCounts { user } => format!("dc {user}"),
+            Self::DropSet { user } => format!("ds {user}"),
             Self::Heartbeat { instance, beat } => format!("hb {instance} {beat}"),
         }
     }
@@ -126,6 +131,7 @@ impl Announcement {
                 following,
             },
             ("dc", &[user]) => Self::DropCounts { user },
+            ("ds", &[user]) => Self::DropSet { user },
             _ => return None,
         })
     }
@@ -150,6 +156,7 @@ impl Caches {
                 version,
                 follows,
             } => {
+                self.sets.change(follower, followee, version, follows);
                 self.status.put_if_newer(
                     (follower, followee),
                     Versioned {
@@ -210,6 +217,10 @@ impl Caches {
                 self.counts.remove(&user);
                 "counts"
             }
+            Announcement::DropSet { user } => {
+                self.sets.remove(user);
+                "sets"
+            }
             Announcement::Heartbeat { .. } => return,
         };
         ::metrics::counter!(CACHE_INVALIDATIONS, "kind" => kind).increment(1);
@@ -217,6 +228,7 @@ impl Caches {
 
     fn set_l1_live(&self, live: bool) {
         // Emptied on both edges: going down it may miss announcements, coming up it may have missed some.
+        self.sets.clear();
         self.status.clear();
         self.counts.clear();
         self.users.clear();
@@ -227,6 +239,9 @@ impl Caches {
 
 /// How often this instance checks that its own announcements come back.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Heartbeats between two flushes of the active viewers to Redis.
+const ACTIVE_FLUSH_TICKS: u64 = 5;
 
 /// Subscribes to the invalidation channel and applies every announcement, until `shutdown`.
 pub async fn run(caches: Caches, redis_url: String, mut shutdown: watch::Receiver<bool>) {
@@ -299,6 +314,9 @@ async fn subscribe_once(caches: &Caches, redis_url: &str, instance: &str) -> any
             }
             _ = ticker.tick() => {
                 caches.probe().await;
+                if sent % ACTIVE_FLUSH_TICKS == 0 {
+                    caches.flush_active().await;
+                }
                 if sent > received + 2 && last_seen.elapsed() > HEARTBEAT * 3 {
                     anyhow::bail!("own heartbeats stopped coming back");
                 }
@@ -344,6 +362,7 @@ mod tests {
                 version: 10,
             },
             Announcement::DropCounts { user: 11 },
+            Announcement::DropSet { user: 13 },
             Announcement::Heartbeat {
                 instance: "abc".to_owned(),
                 beat: 12,

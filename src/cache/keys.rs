@@ -52,6 +52,21 @@ impl KeyNames {
         )
     }
 
+    /// The set of ids a user follows (a Redis set; see `sets`).
+    pub fn following_set(&self, user: i64) -> String {
+        format!("{}:{LAYOUT}:fs:{{{user}}}", self.prefix)
+    }
+
+    /// A user's follows and unfollows of the last minute, and the generation that set fills check.
+    pub fn recent_changes(&self, user: i64) -> String {
+        format!("{}:{LAYOUT}:rc:{{{user}}}", self.prefix)
+    }
+
+    /// Viewers active lately (a sorted set by last seen), for warm-up.
+    pub fn active_viewers(&self) -> String {
+        format!("{}:{LAYOUT}:active", self.prefix)
+    }
+
     /// The pub/sub channel of L1 invalidations.
     pub fn channel(&self) -> String {
         format!("{}:{LAYOUT}:invalidate", self.prefix)

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use mini_moka::sync::Cache;
+use mini_moka::sync::{Cache, ConcurrentCacheExt};
 
 /// A value and the version it was read or written at (0: read from PostgreSQL with no version known).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,10 +31,12 @@ where
     K: Hash + Eq + Send + Sync + Clone + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
+    /// A cache of at most `max_bytes` as `weigh` counts them, each entry kept at most `ttl`.
+    pub fn new(max_bytes: u64, ttl: Duration, weigh: fn(&K, &Versioned<V>) -> u32) -> Self {
         Self {
             entries: Cache::builder()
-                .max_capacity(capacity)
+                .weigher(weigh)
+                .max_capacity(max_bytes.max(1))
                 .time_to_live(ttl)
                 .build(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -67,6 +69,16 @@ where
     pub fn clear(&self) {
         self.entries.invalidate_all();
     }
+
+    /// Bytes held, as weighed (after `sync`, exact).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Runs pending evictions now.
+    pub fn sync(&self) {
+        self.entries.sync();
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +87,7 @@ mod tests {
 
     #[test]
     fn an_older_version_never_replaces_a_newer_one() {
-        let cache = VersionedCache::<i64, &str>::new(100, Duration::from_secs(60));
+        let cache = VersionedCache::<i64, &str>::new(1000, Duration::from_secs(60), |_, _| 1);
         cache.put_if_newer(
             1,
             Versioned {

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use super::sets;
 use crate::{
     redis_health::{Permit, RedisHealth},
     redis_pool::{RedisPool, redis},
@@ -33,9 +34,58 @@ return 1
 /// text on every write costs Redis as much as running it.
 static SET_IF_NEWER_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(SET_IF_NEWER));
+static RECORD_CHANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(sets::RECORD_CHANGE));
+static FILL_SET_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(sets::FILL_SET));
+
+/// Every script the cache calls by hash, loaded together.
+const SCRIPTS: [&str; 3] = [SET_IF_NEWER, sets::RECORD_CHANGE, sets::FILL_SET];
 
 /// Most keys remembered as dirty; past it the event consumer's refresh is the repair.
 const MAX_DIRTY: usize = 100_000;
+
+/// One change of a pair, for `record_changes`.
+pub struct ChangeWrite {
+    pub status_key: String,
+    pub set_key: String,
+    pub recent_key: String,
+    pub followee: i64,
+    pub version: i64,
+    pub follows: bool,
+    pub status_ttl: Duration,
+    pub recent_ttl: Duration,
+}
+
+/// Cache changes written in one round trip by `write_batch`.
+#[derive(Default)]
+pub struct Batch {
+    /// Follows and unfollows: status, cached set, recent changes.
+    pub changes: Vec<ChangeWrite>,
+    /// Versioned values (newer wins).
+    pub versioned: Vec<VersionedWrite>,
+    /// Following sets to drop (set key, recent-changes key): a change too old to apply in place.
+    pub dropped_sets: Vec<(String, String)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.versioned.is_empty() && self.dropped_sets.is_empty()
+    }
+}
+
+/// How long the generation bumped by a dropped set outlives it: longer than any load takes.
+const RECENT_FENCE_SECONDS: u64 = 60;
+
+/// A set loaded from PostgreSQL, to store unless a change raced its load.
+pub struct SetFill {
+    pub set_key: String,
+    pub recent_key: String,
+    /// The generation the loader read before going to PostgreSQL.
+    pub generation: String,
+    pub members: Vec<String>,
+    pub ttl: Duration,
+}
 
 /// One versioned write.
 pub struct VersionedWrite {
@@ -193,8 +243,8 @@ impl L2 {
         }
         let mut pipe = redis::pipe();
         let needs_script = writes.iter().any(|w| w.version != 0);
-        if needs_script && !self.script_loaded.load(Ordering::Relaxed) {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(SET_IF_NEWER).ignore();
+        if needs_script {
+            self.load_scripts(&mut pipe);
         }
         for write in writes {
             if write.version == 0 {
@@ -221,18 +271,177 @@ impl L2 {
             pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
         }
         let done = self.run::<()>(&pipe).await.is_some();
-        // Loaded once a pipeline that carried the script went through; after any failure Redis may have
-        // restarted without it, so the next write loads it again. (A successful pipeline of plain fills
-        // says nothing about the script, and used to mark it loaded.)
-        if !done {
-            self.script_loaded.store(false, Ordering::Relaxed);
-        } else if needs_script {
-            self.script_loaded.store(true, Ordering::Relaxed);
-        }
+        self.scripts_ran(done, needs_script);
         if !done && authoritative {
             self.mark_dirty(writes.iter().map(|w| w.key.clone()));
         }
         done
+    }
+
+    /// Adds the scripts to `pipe` unless this process loaded them since Redis last failed.
+    fn load_scripts(&self, pipe: &mut redis::Pipeline) {
+        if !self.script_loaded.load(Ordering::Relaxed) {
+            for script in SCRIPTS {
+                pipe.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
+            }
+        }
+    }
+
+    /// Scripts are loaded once a pipeline that carried them went through; after any failure Redis may
+    /// have restarted without them, so the next pipeline loads them again.
+    fn scripts_ran(&self, done: bool, carried_scripts: bool) {
+        if !done {
+            self.script_loaded.store(false, Ordering::Relaxed);
+        } else if carried_scripts {
+            self.script_loaded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes a batch of cache changes and an optional message on `channel`, in one round trip. Keys of
+    /// a failed call become dirty (deleted before this instance reads Redis again).
+    pub async fn write_batch(&self, batch: &Batch, publish: Option<(&str, &str)>) -> bool {
+        if batch.is_empty() && publish.is_none() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        self.load_scripts(&mut pipe);
+        for change in &batch.changes {
+            pipe.cmd("EVALSHA")
+                .arg(RECORD_CHANGE_SCRIPT.get_hash())
+                .arg(3)
+                .arg(&change.status_key)
+                .arg(&change.set_key)
+                .arg(&change.recent_key)
+                .arg(change.version)
+                .arg(u8::from(change.follows))
+                .arg(change.followee)
+                .arg(change.status_ttl.as_secs().max(1))
+                .arg(change.recent_ttl.as_secs().max(1))
+                .ignore();
+        }
+        for write in &batch.versioned {
+            pipe.cmd("EVALSHA")
+                .arg(SET_IF_NEWER_SCRIPT.get_hash())
+                .arg(1)
+                .arg(&write.key)
+                .arg(write.version)
+                .arg(&write.payload)
+                .arg(write.ttl.as_secs().max(1))
+                .ignore();
+        }
+        for (set_key, recent_key) in &batch.dropped_sets {
+            // The generation bump makes fills that loaded before this drop stand down.
+            pipe.cmd("DEL").arg(set_key).ignore();
+            pipe.cmd("HINCRBY")
+                .arg(recent_key)
+                .arg("_gen")
+                .arg(1)
+                .ignore();
+            pipe.cmd("EXPIRE")
+                .arg(recent_key)
+                .arg(RECENT_FENCE_SECONDS)
+                .ignore();
+        }
+        if let Some((channel, message)) = publish {
+            pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+        }
+        let done = self.run::<()>(&pipe).await.is_some();
+        self.scripts_ran(done, true);
+        if !done {
+            self.mark_dirty(batch.changes.iter().flat_map(|c| {
+                [
+                    c.status_key.clone(),
+                    c.set_key.clone(),
+                    c.recent_key.clone(),
+                ]
+            }));
+            self.mark_dirty(batch.versioned.iter().map(|w| w.key.clone()));
+            self.mark_dirty(batch.dropped_sets.iter().map(|d| d.0.clone()));
+        }
+        done
+    }
+
+    /// Cached following sets and the generations their fills must match: per user, the set's members
+    /// (empty: not cached) and the generation. `None` when Redis is unavailable.
+    pub async fn read_sets(&self, keys: &[(String, String)]) -> Option<Vec<(Vec<String>, String)>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (set_key, recent_key) in keys {
+            pipe.cmd("SMEMBERS").arg(set_key);
+            pipe.cmd("HGET").arg(recent_key).arg("_gen");
+        }
+        let values = self.run::<Vec<redis::Value>>(&pipe).await?;
+        let mut values = values.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        while let (Some(members), Some(generation)) = (values.next(), values.next()) {
+            let members: Vec<String> = redis::from_redis_value(members).ok()?;
+            let generation: Option<String> = redis::from_redis_value(generation).ok()?;
+            out.push((members, generation.unwrap_or_else(|| "0".to_owned())));
+        }
+        (out.len() == keys.len()).then_some(out)
+    }
+
+    /// Stores sets loaded from PostgreSQL (see `sets::FILL_SET`); not on any answer's path.
+    pub async fn fill_sets(&self, fills: &[SetFill]) {
+        if fills.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        self.load_scripts(&mut pipe);
+        for fill in fills {
+            pipe.cmd("EVALSHA")
+                .arg(FILL_SET_SCRIPT.get_hash())
+                .arg(2)
+                .arg(&fill.set_key)
+                .arg(&fill.recent_key)
+                .arg(&fill.generation)
+                .arg(fill.ttl.as_secs().max(1))
+                .arg(&fill.members)
+                .ignore();
+        }
+        let done = self.run::<()>(&pipe).await.is_some();
+        self.scripts_ran(done, true);
+    }
+
+    /// A follower's follows and unfollows of the last minute (`field -> value`, with `_gen`), or `None`
+    /// when Redis is unavailable.
+    pub async fn recent_changes(&self, key: &str) -> Option<Vec<(String, String)>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(key);
+        self.run::<(Vec<(String, String)>,)>(&pipe)
+            .await
+            .map(|(fields,)| fields)
+    }
+
+    /// Adds members with scores to a sorted set and keeps its `keep` highest (active viewers).
+    pub async fn record_active(&self, key: &str, members: &[(f64, i64)], keep: usize) {
+        if members.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD").arg(key);
+        for (score, member) in members {
+            pipe.arg(*score).arg(*member);
+        }
+        pipe.ignore();
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(key)
+            .arg(0)
+            .arg(-(keep as i64) - 1)
+            .ignore();
+        let _ = self.run::<()>(&pipe).await;
+    }
+
+    /// The `n` highest-scored members of a sorted set (most recently active viewers).
+    pub async fn top_members(&self, key: &str, n: usize) -> Option<Vec<i64>> {
+        if n == 0 {
+            return Some(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREVRANGE").arg(key).arg(0).arg(n as i64 - 1);
+        self.run::<(Vec<i64>,)>(&pipe).await.map(|(ids,)| ids)
     }
 
     /// Plain `SET … EX` of immutable values (list pages under a versioned key).

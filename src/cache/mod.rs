@@ -27,6 +27,7 @@ pub mod keys;
 pub mod l1;
 pub mod l2;
 pub mod persisted;
+pub mod sets;
 pub mod singleflight;
 
 use std::{
@@ -40,13 +41,14 @@ use std::{
     time::Duration,
 };
 
-use mini_moka::sync::Cache as MokaCache;
+use mini_moka::sync::{Cache as MokaCache, ConcurrentCacheExt};
 
 use self::{
     invalidation::{Announcement, message},
     keys::KeyNames,
     l1::{Versioned, VersionedCache},
-    l2::{L2, VersionedWrite},
+    l2::{Batch, ChangeWrite, L2, SetFill, VersionedWrite},
+    sets::{Following, Members, SetCache},
     singleflight::Inflight,
 };
 use crate::{
@@ -65,10 +67,14 @@ use crate::{
 pub struct CacheSettings {
     /// Caching on (`FOLLOW_CACHE=on`) or every read from PostgreSQL.
     pub enabled: bool,
-    /// Entries per L1 cache.
-    pub l1_capacity: u64,
-    /// L1 lifetime: short, since other instances change the values (their announcements keep L1 honest).
+    /// Bytes L1 may hold, all kinds together (each kind gets a fixed share, see `L1_SHARES`).
+    pub l1_max_bytes: u64,
+    /// L1's safety lifetime: entries stay until a write or the consumer changes them (announcements
+    /// reach every instance), this long at most.
     pub l1_ttl: Duration,
+    /// Most ids of a following set kept whole; a user following more gets per-pair lookups.
+    pub set_limit: usize,
+    pub sets_ttl: Duration,
     pub status_ttl: Duration,
     pub counts_ttl: Duration,
     pub lists_ttl: Duration,
@@ -86,6 +92,9 @@ pub struct CachesInner {
     settings: CacheSettings,
     names: KeyNames,
     l2: L2,
+    /// Following sets: the status of most pairs.
+    sets: SetCache,
+    /// Pair statuses of users whose following set is over the limit.
     status: VersionedCache<(i64, i64), bool>,
     counts: VersionedCache<i64, Counts>,
     users: VersionedCache<i64, Option<UserRecord>>,
@@ -95,6 +104,9 @@ pub struct CachesInner {
     pages: MokaCache<(ListKind, i64, i64, i64), Arc<Vec<ListEntry>>>,
     /// Whether the invalidation subscription is up (L1 is used only then).
     l1_live: AtomicBool,
+    /// Viewers seen since the last flush to Redis's active-viewers set (for the next warm-up).
+    active: std::sync::Mutex<HashSet<i64>>,
+    inflight_sets: Inflight<i64, (Following, Source)>,
     inflight_status: Inflight<(i64, i64), Versioned<bool>>,
     inflight_counts: Inflight<i64, Versioned<Counts>>,
     inflight_users: Inflight<i64, Versioned<Option<UserRecord>>>,
@@ -107,6 +119,31 @@ impl std::ops::Deref for Caches {
     fn deref(&self) -> &CachesInner {
         &self.0
     }
+}
+
+/// Each kind's share of `FOLLOW_L1_MAX_BYTES`, in percent: sets are the biggest and most reused.
+pub const L1_SHARES: [(&str, u64); 6] = [
+    ("sets", 40),
+    ("pages", 25),
+    ("users", 15),
+    ("status", 10),
+    ("counts", 5),
+    ("list_versions", 5),
+];
+
+/// How long a follower's changes stay readable as "recent" in L2: far longer than any announcement
+/// takes to reach every instance, short enough that reading them stays one small hash.
+const RECENT_TTL: Duration = Duration::from_secs(60);
+
+/// Most viewers remembered as recently active.
+const ACTIVE_KEPT: usize = 10_000;
+
+/// Where a following set was found, for the hit-rate counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    L1,
+    L2,
+    Store,
 }
 
 fn count(cache: &'static str, level: &'static str, result: &'static str, n: usize) {
@@ -124,19 +161,41 @@ impl Caches {
         prefix: &str,
     ) -> Self {
         let l1_ttl = |ttl: Duration| settings.l1_ttl.min(ttl).max(Duration::from_millis(1));
-        let capacity = settings.l1_capacity.max(1);
+        let share = |kind: &str| {
+            let percent = L1_SHARES
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(0, |(_, p)| *p);
+            settings.l1_max_bytes / 100 * percent
+        };
         Self(Arc::new(CachesInner {
             names: KeyNames::new(prefix),
             l2: L2::new(redis, health, settings.redis_timeout),
-            status: VersionedCache::new(capacity, l1_ttl(settings.status_ttl)),
-            counts: VersionedCache::new(capacity, l1_ttl(settings.counts_ttl)),
-            users: VersionedCache::new(capacity, l1_ttl(settings.users_ttl)),
-            list_versions: VersionedCache::new(capacity, l1_ttl(settings.lists_ttl)),
+            sets: SetCache::new(share("sets"), l1_ttl(settings.sets_ttl)),
+            status: VersionedCache::new(share("status"), l1_ttl(settings.status_ttl), |_, _| 48),
+            counts: VersionedCache::new(share("counts"), l1_ttl(settings.counts_ttl), |_, _| 64),
+            users: VersionedCache::new(share("users"), l1_ttl(settings.users_ttl), |_, user| {
+                let text = user.value.as_ref().map_or(0, |u| {
+                    u.handle.len() + u.display_name.as_ref().map_or(0, String::len)
+                });
+                u32::try_from(96 + text).unwrap_or(u32::MAX)
+            }),
+            list_versions: VersionedCache::new(
+                share("list_versions"),
+                l1_ttl(settings.lists_ttl),
+                |_, _| 48,
+            ),
             pages: MokaCache::builder()
-                .max_capacity((capacity / 20).max(1))
+                .weigher(|_, page: &Arc<Vec<ListEntry>>| {
+                    u32::try_from(64 + page.len() * std::mem::size_of::<ListEntry>())
+                        .unwrap_or(u32::MAX)
+                })
+                .max_capacity(share("pages").max(1))
                 .time_to_live(l1_ttl(settings.lists_ttl))
                 .build(),
             l1_live: AtomicBool::new(false),
+            active: Default::default(),
+            inflight_sets: Inflight::default(),
             inflight_status: Inflight::default(),
             inflight_counts: Inflight::default(),
             inflight_users: Inflight::default(),
@@ -151,7 +210,33 @@ impl Caches {
         if Some(pair.0) == viewer {
             return None;
         }
-        self.peek("status", || self.status.get(&pair).map(|v| v.value))
+        self.peek("status", || match self.sets.get(pair.0)? {
+            Following::Members(members) => Some(members.contains(pair.1)),
+            Following::Large => self.status.get(&pair).map(|v| v.value),
+        })
+    }
+
+    /// L1 only: the following set of `user`, if this instance holds it (warm-up and tests).
+    pub fn peek_following(&self, user: i64) -> Option<Following> {
+        self.l1_active().then(|| self.sets.get(user)).flatten()
+    }
+
+    /// Bytes L1 holds per kind, as weighed (after pending evictions ran).
+    pub fn l1_bytes(&self) -> Vec<(&'static str, u64)> {
+        self.sets.sync();
+        self.status.sync();
+        self.counts.sync();
+        self.users.sync();
+        self.list_versions.sync();
+        self.pages.sync();
+        vec![
+            ("sets", self.sets.weighted_size()),
+            ("status", self.status.weighted_size()),
+            ("counts", self.counts.weighted_size()),
+            ("users", self.users.weighted_size()),
+            ("list_versions", self.list_versions.weighted_size()),
+            ("pages", self.pages.weighted_size()),
+        ]
     }
 
     /// L1 only: a user's counts if this instance holds them.
@@ -200,6 +285,67 @@ impl Caches {
         } else {
             self.l2.ping().await;
         }
+    }
+
+    /// Notes a viewer as active (remembered in Redis every few seconds, for warm-up).
+    pub fn note_active(&self, viewer: i64) {
+        if !self.settings.enabled {
+            return;
+        }
+        if let Ok(mut active) = self.active.lock()
+            && active.len() < ACTIVE_KEPT
+        {
+            active.insert(viewer);
+        }
+    }
+
+    /// Adds the viewers noted since the last call to Redis's active-viewers set, which keeps the
+    /// `ACTIVE_KEPT` most recent.
+    pub async fn flush_active(&self) {
+        let seen: Vec<i64> = match self.active.lock() {
+            Ok(mut active) => active.drain().collect(),
+            Err(_) => return,
+        };
+        if seen.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let scored: Vec<(f64, i64)> = seen.into_iter().map(|v| (now, v)).collect();
+        self.l2
+            .record_active(&self.names.active_viewers(), &scored, ACTIVE_KEPT)
+            .await;
+    }
+
+    /// The `n` viewers active most recently (any instance), for warm-up; empty when Redis is unavailable.
+    pub async fn active_viewers(&self, n: usize) -> Vec<i64> {
+        self.l2
+            .top_members(&self.names.active_viewers(), n.min(ACTIVE_KEPT))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Loads the following sets of `users` into the caches (warm-up), as a status lookup would.
+    pub async fn load_following_sets<E, F, Fut>(&self, users: &[i64], load: F) -> Result<usize, E>
+    where
+        F: Fn(Vec<i64>) -> Fut,
+        Fut: Future<Output = Result<HashMap<i64, Vec<i64>>, E>>,
+    {
+        if !self.settings.enabled {
+            return Ok(0);
+        }
+        Ok(self.following_sets(users, load).await?.len())
+    }
+
+    /// Whether caching is on.
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    /// Most ids of a following set kept whole.
+    pub fn set_limit(&self) -> usize {
+        self.settings.set_limit
     }
 
     /// Whether the breaker lets Redis calls through.
@@ -326,12 +472,216 @@ impl Caches {
         Ok(found)
     }
 
-    /// Follow status of each pair (every pair answered). `viewer`'s own pairs skip L1 (read-your-writes).
-    pub async fn statuses<E, F, Fut>(
+    /// Follow status of each pair (every pair answered), from the followers' following sets; pairs of
+    /// a follower over the set limit by pair lookups. `viewer`'s own pairs also read the viewer's recent
+    /// changes from L2, so that a write is seen at once on every instance (read-your-writes), and go to
+    /// PostgreSQL when Redis is unavailable.
+    pub async fn statuses<E, FS, FSF, FP, FPF>(
         &self,
         pairs: &[(i64, i64)],
         viewer: Option<i64>,
+        load_sets: FS,
+        load_pairs: FP,
+    ) -> Result<HashMap<(i64, i64), bool>, E>
+    where
+        FS: Fn(Vec<i64>) -> FSF,
+        FSF: Future<Output = Result<HashMap<i64, Vec<i64>>, E>>,
+        FP: Fn(Vec<(i64, i64)>) -> FPF,
+        FPF: Future<Output = Result<HashSet<(i64, i64)>, E>>,
+    {
+        let mut answers = HashMap::with_capacity(pairs.len());
+        if !self.settings.enabled {
+            let edges = load_pairs(pairs.to_vec()).await?;
+            answers.extend(pairs.iter().map(|p| (*p, edges.contains(p))));
+            return Ok(answers);
+        }
+        // The viewer's own changes of the last minute: newer than any set an instance may hold.
+        let recent: Option<HashMap<i64, bool>> = match viewer {
+            Some(viewer) if pairs.iter().any(|p| p.0 == viewer) => self
+                .l2
+                .recent_changes(&self.names.recent_changes(viewer))
+                .await
+                .map(|fields| {
+                    sets::decode_recent(&fields)
+                        .0
+                        .into_iter()
+                        .map(|(followee, _, follows)| (followee, follows))
+                        .collect()
+                }),
+            _ => None,
+        };
+        let mut direct = Vec::new();
+        let mut by_set = Vec::with_capacity(pairs.len());
+        for &pair in pairs {
+            if Some(pair.0) == viewer {
+                match recent.as_ref() {
+                    // Redis unavailable: the viewer's own pairs as PostgreSQL has them.
+                    None => {
+                        direct.push(pair);
+                        continue;
+                    }
+                    Some(recent) => {
+                        if let Some(&follows) = recent.get(&pair.1) {
+                            answers.insert(pair, follows);
+                            count("status", "l2", "hit", 1);
+                            continue;
+                        }
+                    }
+                }
+            }
+            by_set.push(pair);
+        }
+
+        let mut followers: Vec<i64> = by_set.iter().map(|p| p.0).collect();
+        followers.sort_unstable();
+        followers.dedup();
+        let sets = self.following_sets(&followers, load_sets).await?;
+        let mut large = Vec::new();
+        let (mut from_l1, mut from_l2, mut from_store) = (0, 0, 0);
+        for pair in by_set {
+            match sets.get(&pair.0) {
+                Some((Following::Members(members), source)) => {
+                    answers.insert(pair, members.contains(pair.1));
+                    match source {
+                        Source::L1 => from_l1 += 1,
+                        Source::L2 => from_l2 += 1,
+                        Source::Store => from_store += 1,
+                    }
+                }
+                _ => large.push(pair),
+            }
+        }
+        count("status", "l1", "hit", from_l1);
+        count("status", "l1", "miss", from_l2 + from_store);
+        count("status", "l2", "hit", from_l2);
+        count("status", "l2", "miss", from_store);
+
+        if !large.is_empty() {
+            answers.extend(self.pair_statuses(&large, viewer, &load_pairs).await?);
+        }
+        if !direct.is_empty() {
+            let edges = load_pairs(direct.clone()).await?;
+            answers.extend(direct.into_iter().map(|p| (p, edges.contains(&p))));
+        }
+        Ok(answers)
+    }
+
+    /// Following sets of `users`: L1, then L2 (one pipeline), then PostgreSQL (one statement, each set
+    /// cut at the limit + 1), coalesced with loads in flight; loaded sets fill both levels unless a
+    /// change raced their load.
+    async fn following_sets<E, F, Fut>(
+        &self,
+        users: &[i64],
         load: F,
+    ) -> Result<HashMap<i64, (Following, Source)>, E>
+    where
+        F: Fn(Vec<i64>) -> Fut,
+        Fut: Future<Output = Result<HashMap<i64, Vec<i64>>, E>>,
+    {
+        let use_l1 = self.l1_active();
+        let mut found = HashMap::with_capacity(users.len());
+        let mut pending = Vec::new();
+        for &user in users {
+            match use_l1.then(|| self.sets.get(user)).flatten() {
+                Some(set) => {
+                    found.insert(user, (set, Source::L1));
+                }
+                None => pending.push(user),
+            }
+        }
+        count("sets", "l1", "hit", found.len());
+        count("sets", "l1", "miss", pending.len());
+        if pending.is_empty() {
+            return Ok(found);
+        }
+        let load_missing = |users: Vec<i64>| {
+            let load = &load;
+            async move {
+                // Read before L2 and PostgreSQL: a change after this point makes the fills stand down.
+                let generations: Vec<u64> =
+                    users.iter().map(|u| self.sets.generation(*u)).collect();
+                let keys: Vec<(String, String)> = users
+                    .iter()
+                    .map(|u| (self.names.following_set(*u), self.names.recent_changes(*u)))
+                    .collect();
+                let stored = self.l2.read_sets(&keys).await;
+                let mut values = HashMap::with_capacity(users.len());
+                let mut missing = Vec::new();
+                match stored {
+                    Some(stored) => {
+                        for ((user, generation), (members, l2_generation)) in
+                            users.iter().zip(&generations).zip(stored)
+                        {
+                            match sets::decode(&members) {
+                                Some(set) => {
+                                    values.insert(*user, (set, Source::L2, *generation));
+                                }
+                                None => missing.push((*user, *generation, Some(l2_generation))),
+                            }
+                        }
+                        count("sets", "l2", "hit", values.len());
+                        count("sets", "l2", "miss", missing.len());
+                    }
+                    None => {
+                        count("sets", "l2", "unavailable", users.len());
+                        missing = users
+                            .iter()
+                            .zip(&generations)
+                            .map(|(u, g)| (*u, *g, None))
+                            .collect();
+                    }
+                }
+                if !missing.is_empty() {
+                    let mut loaded = load(missing.iter().map(|m| m.0).collect()).await?;
+                    let mut fills = Vec::new();
+                    for (user, generation, l2_generation) in missing {
+                        let ids = loaded.remove(&user).unwrap_or_default();
+                        let set = if ids.len() > self.settings.set_limit {
+                            Following::Large
+                        } else {
+                            Following::Members(Arc::new(Members::new(ids)))
+                        };
+                        if let Some(l2_generation) = l2_generation {
+                            fills.push(SetFill {
+                                set_key: self.names.following_set(user),
+                                recent_key: self.names.recent_changes(user),
+                                generation: l2_generation,
+                                members: sets::encode(&set),
+                                ttl: self.settings.sets_ttl,
+                            });
+                        }
+                        values.insert(user, (set, Source::Store, generation));
+                    }
+                    // Filling L2 is not on the answer's path.
+                    let caches = self.clone();
+                    tokio::spawn(async move { caches.l2.fill_sets(&fills).await });
+                }
+                Ok(values
+                    .into_iter()
+                    .map(|(user, (set, source, generation))| {
+                        if use_l1 {
+                            self.sets.fill(user, set.clone(), generation);
+                        }
+                        (user, (set, source))
+                    })
+                    .collect())
+            }
+        };
+        let (loaded, joined) = self.inflight_sets.load(pending, load_missing).await?;
+        if joined > 0 {
+            ::metrics::counter!(CACHE_COALESCED, "cache" => "sets").increment(joined as u64);
+        }
+        found.extend(loaded);
+        Ok(found)
+    }
+
+    /// Pair statuses of followers over the set limit: L1 (not for the viewer's own pairs), L2, then
+    /// PostgreSQL, pair by pair.
+    async fn pair_statuses<E, F, Fut>(
+        &self,
+        pairs: &[(i64, i64)],
+        viewer: Option<i64>,
+        load: &F,
     ) -> Result<HashMap<(i64, i64), bool>, E>
     where
         F: Fn(Vec<(i64, i64)>) -> Fut,
@@ -356,7 +706,7 @@ impl Caches {
             }
         };
         self.lookup(
-            "status",
+            "status_pairs",
             pairs,
             &self.status,
             |(follower, _)| Some(*follower) == viewer,
@@ -599,41 +949,43 @@ impl Caches {
         Ok(found)
     }
 
-    /// After a follow or unfollow committed: the pairs' new statuses, versioned by their outbox ids, into
-    /// L1 and L2 and announced to the other instances, before the write returns.
+    /// After a follow or unfollow committed: the pairs' changes, versioned by their outbox ids, into L1
+    /// (the follower's set in place) and L2 and announced to the other instances, before the write
+    /// returns.
     pub async fn record_statuses(&self, changes: &[(i64, i64, bool, i64)]) {
         if !self.settings.enabled || changes.is_empty() {
             return;
         }
-        let mut writes = Vec::with_capacity(changes.len());
+        let mut batch = Batch::default();
         let mut announcements = Vec::with_capacity(changes.len());
         for &(follower, followee, follows, version) in changes {
-            self.stage_status(
+            self.stage_change(
                 follower,
                 followee,
                 follows,
                 version,
-                &mut writes,
+                &mut batch,
                 &mut announcements,
             );
         }
         let channel = self.names.channel();
         let message = message(&announcements);
         self.l2
-            .write_versioned(&writes, Some((&channel, &message)), true)
+            .write_batch(&batch, Some((&channel, &message)))
             .await;
     }
 
-    /// A status change: into L1 now, and queued for L2 and the announcement.
-    fn stage_status(
+    /// A follow or unfollow: into L1 now, and queued for L2 and the announcement.
+    fn stage_change(
         &self,
         follower: i64,
         followee: i64,
         follows: bool,
         version: i64,
-        writes: &mut Vec<VersionedWrite>,
+        batch: &mut Batch,
         announcements: &mut Vec<Announcement>,
     ) {
+        self.sets.change(follower, followee, version, follows);
         self.status.put_if_newer(
             (follower, followee),
             Versioned {
@@ -641,11 +993,15 @@ impl Caches {
                 value: follows,
             },
         );
-        writes.push(VersionedWrite {
-            key: self.names.status(follower, followee),
+        batch.changes.push(ChangeWrite {
+            status_key: self.names.status(follower, followee),
+            set_key: self.names.following_set(follower),
+            recent_key: self.names.recent_changes(follower),
+            followee,
             version,
-            payload: keys::encode_status(follows).to_owned(),
-            ttl: self.settings.status_ttl,
+            follows,
+            status_ttl: self.settings.status_ttl,
+            recent_ttl: RECENT_TTL,
         });
         announcements.push(Announcement::Status {
             follower,
@@ -656,23 +1012,56 @@ impl Caches {
     }
 
     /// After the consumer applied a batch: statuses and counts it applied, and the versions of the lists
-    /// it changed, in L1 and L2 and announced. This repairs whatever a write could not update.
+    /// it changed, in L1 and L2 and announced. This repairs whatever a write could not update. A change
+    /// older than half the recent-changes window is not applied to sets in place (a newer change whose
+    /// record expired could be undone): the follower's set is dropped instead, everywhere.
     pub async fn record_applied(&self, batch: &AppliedBatch) {
         if !self.settings.enabled || (batch.events.is_empty() && batch.counts.is_empty()) {
             return;
         }
-        let mut writes = Vec::new();
+        let mut writes = Batch::default();
         let mut announcements = Vec::new();
+        let mut dropped = HashSet::new();
         for event in &batch.events {
             let (follower, followee) = (event.follower_id, event.followee_id);
-            self.stage_status(
+            if event.lag_seconds < RECENT_TTL.as_secs_f64() / 2.0 {
+                self.stage_change(
+                    follower,
+                    followee,
+                    event.follows,
+                    event.id,
+                    &mut writes,
+                    &mut announcements,
+                );
+                continue;
+            }
+            self.status.put_if_newer(
+                (follower, followee),
+                Versioned {
+                    version: event.id,
+                    value: event.follows,
+                },
+            );
+            writes.versioned.push(VersionedWrite {
+                key: self.names.status(follower, followee),
+                version: event.id,
+                payload: keys::encode_status(event.follows).to_owned(),
+                ttl: self.settings.status_ttl,
+            });
+            announcements.push(Announcement::Status {
                 follower,
                 followee,
-                event.follows,
-                event.id,
-                &mut writes,
-                &mut announcements,
-            );
+                version: event.id,
+                follows: event.follows,
+            });
+            if dropped.insert(follower) {
+                self.sets.remove(follower);
+                writes.dropped_sets.push((
+                    self.names.following_set(follower),
+                    self.names.recent_changes(follower),
+                ));
+                announcements.push(Announcement::DropSet { user: follower });
+            }
         }
         for counts in &batch.counts {
             self.counts.put_if_newer(
@@ -682,7 +1071,7 @@ impl Caches {
                     value: *counts,
                 },
             );
-            writes.push(VersionedWrite {
+            writes.versioned.push(VersionedWrite {
                 key: self.names.counts(counts.user_id),
                 version: counts.version,
                 payload: keys::encode_counts(counts),
@@ -697,7 +1086,7 @@ impl Caches {
         }
         let channel = self.names.channel();
         self.l2
-            .write_versioned(&writes, Some((&channel, &message(&announcements))), true)
+            .write_batch(&writes, Some((&channel, &message(&announcements))))
             .await;
 
         let mut lists: Vec<(ListKind, i64)> = batch

@@ -149,6 +149,37 @@ prepared!(
      JOIN follows f ON f.follower_id = p.follower_id AND f.followee_id = p.followee_id"
 );
 
+#[derive(QueryableByName)]
+struct FollowingRow {
+    #[diesel(sql_type = BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = Array<BigInt>)]
+    followees: Vec<i64>,
+}
+
+/// Whom each user follows, at most `limit` ids per user (one range scan each), in one round trip.
+pub async fn following_sets(
+    conn: &mut AsyncPgConnection,
+    users: &[i64],
+    limit: i64,
+) -> StoreResult<Vec<(i64, Vec<i64>)>> {
+    let rows: Vec<FollowingRow> = FollowingSets {
+        limit,
+        users: users.to_vec(),
+    }
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.followees)).collect())
+}
+
+prepared!(
+    /// Each user's followees, cut at a limit: a scan of the primary key's range of that follower.
+    FollowingSets { limit: i64 => BigInt, users: Vec<i64> => Array<BigInt> } =
+    "SELECT u.id AS user_id, \
+            ARRAY(SELECT f.followee_id FROM follows f WHERE f.follower_id = u.id LIMIT ?) AS followees \
+     FROM unnest(?::bigint[]) AS u(id)"
+);
+
 /// One page, newest first, of the lists of several owners at once (all after the same keyset, if any):
 /// up to `limit` entries per owner, each served by a keyset range scan of its own.
 pub async fn list_pages(

@@ -32,6 +32,16 @@ pub async fn counts(conn: &mut AsyncPgConnection, user_ids: &[i64]) -> StoreResu
         .await?)
 }
 
+/// The `n` users with the most followers (warm-up's hot users).
+pub async fn most_followed(conn: &mut AsyncPgConnection, n: i64) -> StoreResult<Vec<i64>> {
+    Ok(user_stats::table
+        .order(user_stats::follower_count.desc())
+        .limit(n)
+        .select(user_stats::user_id)
+        .load(conn)
+        .await?)
+}
+
 #[derive(QueryableByName)]
 struct CountsRow {
     #[diesel(sql_type = BigInt)]

@@ -1,6 +1,7 @@
 //! The GraphQL schema: types, resolvers and DataLoaders. Knows nothing of HTTP: the transport hands it
 //! a request and the viewer it authenticated ([`prepare`]), and tests drive the same schema directly.
 
+pub mod batch;
 pub mod coded;
 pub mod connection;
 pub mod cost;
@@ -76,8 +77,11 @@ pub fn prepare(
     let graph = schema.data::<FollowGraph>();
     let delay = schema
         .data::<LoaderSettings>()
-        .map_or(Duration::from_millis(1), |s| s.delay);
+        .map_or(Duration::ZERO, |s| s.delay);
     let request = request.data(RequestViewer(viewer));
+    if let (Some(graph), Some(viewer)) = (graph, viewer) {
+        graph.note_active(viewer.user_id);
+    }
     match graph {
         Some(graph) => request.data(loaders::Loaders::new(
             graph,

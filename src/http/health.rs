@@ -10,11 +10,13 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready: PostgreSQL and Redis both answer; 503 naming the one that does not. The driver's own words
-/// (addresses, user names) go to the log, not to whoever asks.
+/// Ready: PostgreSQL and Redis both answer and the start-up cache warm-up is over (done, or cut short
+/// by its bound); 503 naming what is not. The driver's own words (addresses, user names) go to the
+/// log, not to whoever asks.
 pub async fn readyz(State(app): State<App>) -> impl IntoResponse {
     let (database, redis) = app.readiness().await;
-    let status = if database.is_ok() && redis.is_ok() {
+    let warming = app.warm_up.running();
+    let status = if database.is_ok() && redis.is_ok() && !warming {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -29,6 +31,10 @@ pub async fn readyz(State(app): State<App>) -> impl IntoResponse {
     let (database, redis) = (describe("postgres", &database), describe("redis", &redis));
     (
         status,
-        Json(json!({ "postgres": database, "redis": redis })),
+        Json(json!({
+            "postgres": database,
+            "redis": redis,
+            "warmup": if warming { "running" } else { "done" },
+        })),
     )
 }
