@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Options, RedisProxy, TestApp, eventually, redis_get, run_on};
+use crate::support::{Options, RedisProxy, TestApp, eventually, redis_members, run_on};
 
 const STATUS: &str = r#"query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }"#;
 const OWN: &str = r#"query($b: ID!) { user(id: $b) { viewerIsFollowing } }"#;
@@ -109,9 +109,9 @@ async fn counts_and_list_pages_refresh_on_every_instance_after_the_consumer_runs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_negative_status_is_cached_and_a_follow_flips_it_everywhere() {
+async fn a_following_set_answers_negatives_and_a_follow_changes_it_in_place_everywhere() {
     let a = TestApp::spawn().await;
-    a.create_users(1..=2).await;
+    a.create_users(1..=3).await;
     let b = a
         .instance(Options {
             pipeline: false,
@@ -119,23 +119,26 @@ async fn a_negative_status_is_cached_and_a_follow_flips_it_everywhere() {
         })
         .await;
     assert_eq!(is_following(&a.app, None, 1, 2).await, false);
-    let key = format!("{}:c1:st:{{1}}:2", a.prefix);
+    let key = format!("{}:c1:fs:{{1}}", a.prefix);
     let cached = eventually(Duration::from_secs(1), || async {
-        redis_get(&key).await.as_deref() == Some("0:0")
+        redis_members(&key).await == Some(vec!["0".to_owned()])
     })
     .await;
     assert!(
         cached,
-        "the miss is cached in L2 as version 0, false: {:?}",
-        redis_get(&key).await
+        "user 1's (empty) following set is cached in L2: {:?}",
+        redis_members(&key).await
     );
+    // One cached entry answers every question about user 1, on both instances.
     assert_eq!(is_following(&b.app, None, 1, 2).await, false);
+    assert_eq!(is_following(&b.app, None, 1, 3).await, false);
+    assert!(a.app.caches.peek_following(1).is_some(), "in A's L1");
 
     a.follow(1, 2).await;
-    let stored = redis_get(&key).await.unwrap_or_default();
-    assert!(
-        stored.ends_with(":1") && !stored.starts_with("0:"),
-        "the follow wrote a newer version: {stored}"
+    assert_eq!(
+        redis_members(&key).await,
+        Some(vec!["0".to_owned(), "2".to_owned()]),
+        "the follow added the member in place"
     );
     assert_eq!(is_following(&a.app, None, 1, 2).await, true);
     assert!(
@@ -144,6 +147,7 @@ async fn a_negative_status_is_cached_and_a_follow_flips_it_everywhere() {
         })
         .await
     );
+    assert_eq!(is_following(&b.app, None, 1, 3).await, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,12 +167,13 @@ async fn redis_going_away_degrades_to_postgres_and_no_stale_value_comes_back() {
         c.app.caches.l1_active(),
         "the instance behind the proxy uses L1"
     );
-    // Cached before the outage: 1 does not follow 2.
+    // Cached before the outage: 1 does not follow 2 (user 1's following set is empty).
     assert_eq!(is_following(&c.app, None, 1, 2).await, false);
-    let key = format!("{}:c1:st:{{1}}:2", a.prefix);
+    let key = format!("{}:c1:fs:{{1}}", a.prefix);
+    let empty = Some(vec!["0".to_owned()]);
     assert!(
         eventually(Duration::from_secs(1), || async {
-            redis_get(&key).await.is_some()
+            redis_members(&key).await.is_some()
         })
         .await
     );
@@ -196,19 +201,22 @@ async fn redis_going_away_degrades_to_postgres_and_no_stale_value_comes_back() {
         "L1 suspended while unsubscribed"
     );
     assert_eq!(
-        redis_get(&key).await.as_deref(),
-        Some("0:0"),
-        "L2 still holds the pre-outage answer"
+        redis_members(&key).await,
+        empty,
+        "L2 still holds the pre-outage set"
     );
 
     proxy.restore();
     // Once Redis answers again (the breaker probes after its cool-down), the stale entry is gone first.
     let repaired = eventually(Duration::from_secs(5), || async {
-        is_following(&c.app, None, 1, 2).await == true
-            && redis_get(&key).await.as_deref() != Some("0:0")
+        is_following(&c.app, None, 1, 2).await == true && redis_members(&key).await != empty
     })
     .await;
-    assert!(repaired, "L2 after recovery: {:?}", redis_get(&key).await);
+    assert!(
+        repaired,
+        "L2 after recovery: {:?}",
+        redis_members(&key).await
+    );
     assert!(
         eventually(Duration::from_secs(5), || async {
             c.app.caches.l1_active()
@@ -221,11 +229,11 @@ async fn redis_going_away_degrades_to_postgres_and_no_stale_value_comes_back() {
     }
     assert!(
         eventually(Duration::from_secs(2), || async {
-            redis_get(&key).await.is_some_and(|v| v.ends_with(":1"))
+            redis_members(&key).await == Some(vec!["0".to_owned(), "2".to_owned()])
         })
         .await,
         "caches are filled again: {:?}",
-        redis_get(&key).await
+        redis_members(&key).await
     );
 }
 
@@ -273,7 +281,7 @@ async fn with_caching_off_every_read_goes_to_postgres() {
     }
     assert_eq!(a.app.queries.get() - before, 3, "one query per read");
     assert_eq!(
-        redis_get(&format!("{}:c1:st:{{1}}:2", a.prefix)).await,
+        redis_members(&format!("{}:c1:fs:{{1}}", a.prefix)).await,
         None,
         "nothing cached"
     );

@@ -10,6 +10,7 @@ mod contract;
 mod errors;
 mod events;
 mod federation;
+mod following_sets;
 mod follows;
 mod fuzz;
 mod hostile;

@@ -180,7 +180,7 @@ impl Default for Options {
             pipeline: true,
             redis_url: redis_url(),
             relay_after: Duration::from_millis(300),
-            loader_delay: Duration::from_millis(1),
+            loader_delay: Duration::ZERO,
             database_url: None,
             cache: true,
             cors_origins: String::new(),
@@ -693,4 +693,18 @@ pub async fn redis_get(key: &str) -> Option<String> {
         .query_async(&mut conn)
         .await
         .ok()?
+}
+
+/// The members of a Redis set, sorted (`None`: no such key).
+pub async fn redis_members(key: &str) -> Option<Vec<String>> {
+    use follow_service::redis_pool::redis;
+    let client = redis::Client::open(redis_url()).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    members.sort();
+    (!members.is_empty()).then_some(members)
 }
