@@ -18,7 +18,7 @@ pub struct ScenarioReport {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
-    /// Hit rate per `cache/level` during the scenario (absent: no lookups).
+    /// Hit rate per `cache/level` during the measured window (absent: no lookups).
     pub cache_hit_rates: BTreeMap<String, f64>,
     /// For write scenarios: time from the scenario's end until every event was applied.
     pub converged_ms: Option<f64>,
