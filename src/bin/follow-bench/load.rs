@@ -98,7 +98,7 @@ pub fn is_error(status: u16, body: &[u8]) -> bool {
 }
 
 /// Runs `scenario` with `concurrency` workers: unrecorded until `warm_up` completes (a fixed time, or
-/// later until the caches have settled), then `duration` recorded; the same connections and
+/// until the caches have settled, see `steady.rs`), then `duration` recorded; the same connections and
 /// request streams throughout. Returns the measured window's figures and what `warm_up` returned.
 pub async fn run<W>(
     addr: SocketAddr,

@@ -24,6 +24,8 @@ pub struct ScenarioReport {
     pub converged_ms: Option<f64>,
     /// For write scenarios: users whose stored counts differ from their edges once converged.
     pub count_mismatches: Option<i64>,
+    /// With `--steady`: how the warm-up to settled hit rates went.
+    pub warmup: Option<crate::steady::Warmup>,
 }
 
 /// The whole run.
@@ -37,6 +39,8 @@ pub struct RunReport {
     pub seeding: crate::graph::GraphReport,
     pub concurrency: usize,
     pub warmup_s: f64,
+    /// With `--steady`: the longest warm-up of a scenario that reads through the caches.
+    pub steady_max_s: Option<f64>,
     pub duration_s: f64,
     pub server_env: Vec<String>,
     pub scenarios: Vec<ScenarioReport>,
@@ -176,10 +180,21 @@ pub fn markdown(run: &RunReport) -> String {
         if run.seeding.reused { "reused from a previous run" } else { "seeded" },
         run.seeding.seconds
     ));
+    let warm_up = match run.steady_max_s {
+        Some(max) => format!(
+            "each scenario that reads through the caches warmed up until its caches' L1 hit rates stopped rising \
+             (scraped every {} s: none rose by {} points or more over the last window, at least {} s, at most {max:.0} s; \
+             the others {:.1} s)",
+            crate::steady::SCRAPE_EVERY.as_secs(),
+            crate::steady::RISE_POINTS,
+            crate::steady::MIN_WARMUP.as_secs(),
+            run.warmup_s
+        ),
+        None => format!("{:.1} s warm-up", run.warmup_s),
+    };
     out.push_str(&format!(
-        "Load: {} keep-alive connections from one client thread, {:.1} s warm-up then {:.1} s measured per scenario. Rate limits off (`FOLLOW_RATE_LIMIT=off`) unless the settings say otherwise: every request comes from one address.{}\n\n",
+        "Load: {} keep-alive connections from one client thread, {warm_up} then {:.1} s measured per scenario; cache hit rates are the measured window's. Rate limits off (`FOLLOW_RATE_LIMIT=off`) unless the settings say otherwise: every request comes from one address.{}\n\n",
         run.concurrency,
-        run.warmup_s,
         run.duration_s,
         if run.server_env.is_empty() { String::new() } else { format!(" Server settings: `{}`.", run.server_env.join(" ")) }
     ));
@@ -224,6 +239,20 @@ pub fn markdown(run: &RunReport) -> String {
     ));
     for s in &run.scenarios {
         out.push_str(&format!("- `{}`: {}\n", s.name, s.description));
+        if let Some(w) = &s.warmup {
+            out.push_str(&format!(
+                "  - warm-up: {:.0} s, {}; last window's hit rates: {}\n",
+                w.seconds,
+                if w.hit_rates.is_empty() {
+                    "nothing to settle"
+                } else if w.settled {
+                    "hit rates settled"
+                } else {
+                    "hit rates still rising at the cap"
+                },
+                crate::steady::describe(&w.hit_rates)
+            ));
+        }
         if let Some(err) = &s.first_error {
             out.push_str(&format!("  - first error: `{}`\n", err.replace('`', "'")));
         }

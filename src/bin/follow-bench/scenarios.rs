@@ -91,6 +91,12 @@ impl Scenario {
         matches!(self, Self::Writes | Self::Mix | Self::MixUniformViewers)
     }
 
+    /// Whether `--steady` warms this scenario up until its cache hit rates stop rising: every scenario
+    /// that reads through the caches (not `typename`, not the writes alone).
+    pub fn warms_caches(self) -> bool {
+        !matches!(self, Self::Typename | Self::Writes)
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
