@@ -333,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
             converged_ms,
             count_mismatches,
             warmup: warmed,
+            typename_ratio: None,
         };
         println!(
             "{:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}{}{}",
@@ -356,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
         );
         reports.push(report);
     }
+    report::set_typename_ratios(&mut reports);
 
     let server_peak_rss_mib = server.peak_rss_mib();
     server.stop().await;

@@ -26,6 +26,8 @@ pub struct ScenarioReport {
     pub count_mismatches: Option<i64>,
     /// With `--steady`: how the warm-up to settled hit rates went.
     pub warmup: Option<crate::steady::Warmup>,
+    /// Throughput over `typename`'s in the same run, when `typename` ran.
+    pub typename_ratio: Option<f64>,
 }
 
 /// The whole run.
@@ -80,6 +82,18 @@ pub fn cache_hit_rates(before: &str, after: &str) -> BTreeMap<String, f64> {
         }
     }
     rates
+}
+
+/// Sets each scenario's throughput over `typename`'s (when `typename` ran, with some throughput).
+pub fn set_typename_ratios(scenarios: &mut [ScenarioReport]) {
+    let typename = scenarios
+        .iter()
+        .find(|s| s.name == "typename")
+        .map(|s| s.throughput_per_s)
+        .filter(|&t| t > 0.0);
+    for s in scenarios {
+        s.typename_ratio = typename.map(|t| s.throughput_per_s / t);
+    }
 }
 
 /// (cache, level, result) → count, from `follow_cache_requests_total` lines.
@@ -198,8 +212,15 @@ pub fn markdown(run: &RunReport) -> String {
         run.duration_s,
         if run.server_env.is_empty() { String::new() } else { format!(" Server settings: `{}`.", run.server_env.join(" ")) }
     ));
-    out.push_str("| scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | cache hit rates | converged after | counts exact |\n");
-    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |\n");
+    let ratios = run.scenarios.iter().any(|s| s.typename_ratio.is_some());
+    out.push_str(&format!(
+        "| scenario | req/s |{} p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | cache hit rates | converged after | counts exact |\n",
+        if ratios { " × typename |" } else { "" }
+    ));
+    out.push_str(&format!(
+        "| --- | ---: |{} ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |\n",
+        if ratios { " ---: |" } else { "" }
+    ));
     for s in &run.scenarios {
         let rates = if s.cache_hit_rates.is_empty() {
             "n/a".to_owned()
@@ -210,8 +231,17 @@ pub fn markdown(run: &RunReport) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let ratio = if ratios {
+            format!(
+                " {} |",
+                s.typename_ratio
+                    .map_or("".to_owned(), |r| format!("{r:.3}"))
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} |{ratio} {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             s.name,
             s.throughput_per_s,
             s.p50_ms,
@@ -279,5 +309,77 @@ mod tests {
             "no L2 misses: every lookup served without PostgreSQL"
         );
         assert_eq!(rates.get("counts/l2").copied(), Some(0.0));
+    }
+
+    fn scenario(name: &'static str, throughput_per_s: f64) -> ScenarioReport {
+        ScenarioReport {
+            name,
+            description: "",
+            requests: 1,
+            errors: 0,
+            first_error: None,
+            throughput_per_s,
+            p50_ms: 1.0,
+            p90_ms: 2.0,
+            p99_ms: 3.0,
+            p999_ms: 4.0,
+            max_ms: 5.0,
+            cache_hit_rates: BTreeMap::new(),
+            converged_ms: None,
+            count_mismatches: None,
+            warmup: None,
+            typename_ratio: None,
+        }
+    }
+
+    fn run(scenarios: Vec<ScenarioReport>) -> RunReport {
+        RunReport {
+            started_at: "2026-01-01T00:00:00Z".into(),
+            command: "follow-bench".into(),
+            commit: "abc1234".into(),
+            machine: BTreeMap::new(),
+            graph: crate::graph::GraphPlan {
+                users: 10,
+                edges: 10,
+                writers: 1,
+                exponent: 1.0,
+                rng_seed: 1,
+            },
+            seeding: crate::graph::GraphReport {
+                reused: true,
+                seconds: 0.0,
+                edges: 10,
+                top_follower_counts: vec![],
+            },
+            concurrency: 1,
+            warmup_s: 1.0,
+            steady_max_s: None,
+            duration_s: 1.0,
+            server_env: vec![],
+            scenarios,
+            server_peak_rss_mib: None,
+        }
+    }
+
+    #[test]
+    fn throughputs_are_compared_with_typename_of_the_same_run() {
+        let mut scenarios = vec![scenario("typename", 40_000.0), scenario("counts", 8_000.0)];
+        set_typename_ratios(&mut scenarios);
+        assert_eq!(scenarios[0].typename_ratio, Some(1.0));
+        assert_eq!(scenarios[1].typename_ratio, Some(0.2));
+        let markdown = markdown(&run(scenarios));
+        assert!(markdown.contains("| scenario | req/s | × typename | p50 ms |"));
+        assert!(markdown.contains("| counts | 8000 | 0.200 | 1.00 | 2.00 | 3.00 |"));
+        assert!(markdown.contains("| typename | 40000 | 1.000 | 1.00 |"));
+    }
+
+    #[test]
+    fn without_typename_there_is_no_ratio_column() {
+        let mut scenarios = vec![scenario("counts", 8_000.0)];
+        set_typename_ratios(&mut scenarios);
+        assert_eq!(scenarios[0].typename_ratio, None);
+        let markdown = markdown(&run(scenarios));
+        assert!(!markdown.contains("× typename"));
+        assert!(markdown.contains("| counts | 8000 | 1.00 | 2.00 | 3.00 |"));
     }
 }
