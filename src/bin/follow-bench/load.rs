@@ -2,8 +2,9 @@
 //! worker, on one client thread; latencies into an HDR histogram.
 
 use std::{
+    future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -96,21 +97,24 @@ pub fn is_error(status: u16, body: &[u8]) -> bool {
     status != 200 || body.windows(8).any(|w| w == b"\"errors\"")
 }
 
-/// Runs `scenario` with `concurrency` workers: `warmup` unrecorded, then `duration` recorded.
-pub async fn run(
+/// Runs `scenario` with `concurrency` workers: unrecorded until `warm_up` completes (a fixed time, or
+/// until the caches have settled, see `steady.rs`), then `duration` recorded; the same connections and
+/// request streams throughout. Returns the measured window's figures and what `warm_up` returned.
+pub async fn run<W>(
     addr: SocketAddr,
     scenario: Scenario,
     shared: Arc<Shared>,
     concurrency: usize,
-    warmup: Duration,
+    warm_up: impl Future<Output = anyhow::Result<W>>,
     duration: Duration,
     rng_seed: u64,
-) -> anyhow::Result<LoadResult> {
-    let start_measure = Instant::now() + warmup;
-    let end = start_measure + duration;
+) -> anyhow::Result<(LoadResult, W)> {
+    // The measured window (start, end), set when the warm-up is over.
+    let window: Arc<OnceLock<(Instant, Instant)>> = Arc::new(OnceLock::new());
     let mut workers = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
         let shared = shared.clone();
+        let window = window.clone();
         workers.push(tokio::spawn(async move {
             let rng =
                 rand::rngs::StdRng::seed_from_u64(rng_seed ^ ((worker as u64 + 1) * 0x9E37_79B9));
@@ -118,7 +122,7 @@ pub async fn run(
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut requests, mut errors, mut first_error) = (0u64, 0u64, None);
             let mut conn = connect(addr).await?;
-            while Instant::now() < end {
+            while window.get().is_none_or(|(_, end)| Instant::now() < *end) {
                 let request = generator.next(scenario, &shared);
                 let sent = Instant::now();
                 let outcome = send(&mut conn, addr, &request).await;
@@ -142,7 +146,7 @@ pub async fn run(
                         true
                     }
                 };
-                if sent >= start_measure {
+                if window.get().is_some_and(|(start, _)| sent >= *start) {
                     requests += 1;
                     errors += u64::from(failed);
                     histogram.saturating_record(latency.as_micros().max(1) as u64);
@@ -155,6 +159,16 @@ pub async fn run(
             anyhow::Ok((requests, errors, first_error, histogram))
         }));
     }
+    let warmed = warm_up.await;
+    let start = Instant::now();
+    // A failed warm-up stops the workers at once.
+    let end = start
+        + if warmed.is_ok() {
+            duration
+        } else {
+            Duration::ZERO
+        };
+    let _ = window.set((start, end));
     let mut total = LoadResult {
         requests: 0,
         errors: 0,
@@ -169,5 +183,5 @@ pub async fn run(
         total.first_error = total.first_error.or(first_error);
         total.latency_us.add(histogram)?;
     }
-    Ok(total)
+    Ok((total, warmed?))
 }

@@ -15,6 +15,7 @@ mod load;
 mod pipeline;
 mod report;
 mod scenarios;
+mod steady;
 mod subscriptions;
 
 use std::{
@@ -65,9 +66,17 @@ struct Args {
     /// Seconds measured per scenario.
     #[arg(long)]
     duration: Option<f64>,
-    /// Seconds of unrecorded warm-up per scenario.
+    /// Seconds of unrecorded warm-up per scenario (with --steady: of the scenarios it does not warm).
     #[arg(long)]
     warmup: Option<f64>,
+    /// Steady state: warm each scenario that reads through the caches up by running it until its L1
+    /// hit rates stop rising (scraped every 5 s: no cache's rate rose by 0.5 points or more over the
+    /// last 5 s, and at least 10 s passed), at most --steady-max seconds; then measure --duration.
+    #[arg(long)]
+    steady: bool,
+    /// The longest --steady warm-up, in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    steady_max: f64,
     /// Scenarios to run (comma-separated names; default all).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -206,6 +215,9 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 32 });
     let duration = Duration::from_secs_f64(args.duration.unwrap_or(if quick { 1.0 } else { 10.0 }));
     let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 }));
+    let steady_max = args
+        .steady
+        .then(|| Duration::from_secs_f64(args.steady_max));
     let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -250,18 +262,36 @@ async fn main() -> anyhow::Result<()> {
 
     let mut reports = Vec::new();
     for scenario in scenarios {
-        print!("{:<22} ", scenario.name());
-        let before = load::get(addr, "/metrics").await.unwrap_or_default();
-        let result = load::run(
+        let steady = steady_max.filter(|_| scenario.warms_caches());
+        if steady.is_some() {
+            println!(
+                "{}: warming up until the cache hit rates settle…",
+                scenario.name()
+            );
+        }
+        let warm_up = async {
+            let warmed = match steady {
+                Some(max) => Some(steady::settle(addr, scenario.name(), max).await?),
+                None => {
+                    tokio::time::sleep(warmup).await;
+                    None
+                }
+            };
+            // The hit rates are those of the measured window only.
+            let before = load::get(addr, "/metrics").await.unwrap_or_default();
+            anyhow::Ok((before, warmed))
+        };
+        let (result, (before, warmed)) = load::run(
             addr,
             scenario,
             shared.clone(),
             concurrency,
-            warmup,
+            warm_up,
             duration,
             args.seed,
         )
         .await?;
+        print!("{:<22} ", scenario.name());
         let after = load::get(addr, "/metrics").await.unwrap_or_default();
         let (converged_ms, count_mismatches) = if scenario.writes() {
             let since = Instant::now();
@@ -302,9 +332,11 @@ async fn main() -> anyhow::Result<()> {
             cache_hit_rates: report::cache_hit_rates(&before, &after),
             converged_ms,
             count_mismatches,
+            warmup: warmed,
+            typename_ratio: None,
         };
         println!(
-            "{:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}{}",
+            "{:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}{}{}",
             report.throughput_per_s,
             report.p50_ms,
             report.p99_ms,
@@ -312,10 +344,20 @@ async fn main() -> anyhow::Result<()> {
             report.converged_ms.map_or(String::new(), |c| format!(
                 "  converged in {c:.0} ms, mismatches {}",
                 report.count_mismatches.unwrap_or(-1)
+            )),
+            report.warmup.as_ref().map_or(String::new(), |w| format!(
+                "  (warmed up {:.0} s{})",
+                w.seconds,
+                if w.settled {
+                    ""
+                } else {
+                    ", hit rates still rising"
+                }
             ))
         );
         reports.push(report);
     }
+    report::set_typename_ratios(&mut reports);
 
     let server_peak_rss_mib = server.peak_rss_mib();
     server.stop().await;
@@ -332,6 +374,7 @@ async fn main() -> anyhow::Result<()> {
         seeding,
         concurrency,
         warmup_s: warmup.as_secs_f64(),
+        steady_max_s: steady_max.map(|max| max.as_secs_f64()),
         duration_s: duration.as_secs_f64(),
         server_env: args.server_env.clone(),
         scenarios: reports,

@@ -15,9 +15,9 @@ use crate::graph::GraphPlan;
 pub enum Scenario {
     /// `{ __typename }`: the floor of the HTTP and GraphQL layers on this machine.
     Typename,
-    /// `isFollowing` of a uniform follower and a Zipf followee.
+    /// `isFollowing` of a follower uniform over all users and a Zipf followee.
     IsFollowing,
-    /// `relationships` of one user against 100 Zipf-chosen others.
+    /// `relationships` of a user uniform over all users against 100 Zipf-chosen others.
     Relationships,
     /// One user's follower and following counts.
     Counts,
@@ -27,12 +27,15 @@ pub enum Scenario {
     FollowersDeepPage,
     /// follow then unfollow by writer users, Zipf targets.
     Writes,
-    /// LinkBench-like: about half list reads, 15 % writes, the rest status and counts.
+    /// LinkBench-like: about half list reads, 15 % writes, the rest status and counts; viewers are the
+    /// active ones (as `--abuse` uses it).
     Mix,
+    /// The same mix with the keys of the single scenarios: viewers uniform over all users.
+    MixUniformViewers,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Self::Typename,
         Self::IsFollowing,
         Self::Relationships,
@@ -41,6 +44,7 @@ impl Scenario {
         Self::FollowersDeepPage,
         Self::Writes,
         Self::Mix,
+        Self::MixUniformViewers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Scenario {
             Self::FollowersDeepPage => "followers_deep_page",
             Self::Writes => "follow_unfollow",
             Self::Mix => "mix",
+            Self::MixUniformViewers => "mix_uniform_viewers",
         }
     }
 
@@ -60,27 +65,36 @@ impl Scenario {
         match self {
             Self::Typename => "`{ __typename }`",
             Self::IsFollowing => {
-                "`isFollowing` of an active viewer (Zipf over 2,000) and a Zipf-chosen followee"
+                "`isFollowing(followerId, followeeId)`: follower uniform over all users of the graph, followee Zipf-chosen"
             }
             Self::Relationships => {
-                "`relationships` of an active viewer against 100 Zipf-chosen others"
+                "`relationships(userId, otherIds)`: user uniform over all users of the graph, 100 Zipf-chosen others"
             }
             Self::Counts => "`followerCount` + `followingCount` of a Zipf-chosen user",
             Self::FollowersFirstPage => {
-                "first 20 followers of a Zipf-chosen user, each with `viewerIsFollowing` and counts, with a viewer"
+                "first page (20) of a Zipf-chosen owner's followers with handles, `viewerIsFollowing` and counts; the viewer (a token issued per request) uniform over all users"
             }
             Self::FollowersDeepPage => {
-                "20 followers halfway down one of the 10 most followed users' lists, by cursor"
+                "20 followers halfway down one of the 10 most followed users' lists, by cursor; the viewer an active one (Zipf over 2,000)"
             }
             Self::Writes => "`follow` then `unfollow` of a Zipf-chosen user (each call one sample)",
             Self::Mix => {
-                "35 % followers page, 15 % following page, 10 % isFollowing, 10 % relationships(10), 15 % counts, 15 % follow/unfollow"
+                "35 % followers page, 15 % following page, 10 % isFollowing, 10 % relationships(10), 15 % counts, 15 % follow/unfollow; owners, followees, others and targets Zipf-chosen, viewers active ones (Zipf over 2,000)"
+            }
+            Self::MixUniformViewers => {
+                "as `mix`, but every viewer (of pages, isFollowing, relationships) uniform over all users, as in the single scenarios"
             }
         }
     }
 
     pub fn writes(self) -> bool {
-        matches!(self, Self::Writes | Self::Mix)
+        matches!(self, Self::Writes | Self::Mix | Self::MixUniformViewers)
+    }
+
+    /// Whether `--steady` warms this scenario up until its cache hit rates stop rising: every scenario
+    /// that reads through the caches (not `typename`, not the writes alone).
+    pub fn warms_caches(self) -> bool {
+        !matches!(self, Self::Typename | Self::Writes)
     }
 
     pub fn parse(name: &str) -> Option<Self> {
@@ -90,6 +104,10 @@ impl Scenario {
 
 /// What every worker shares: the graph's shape, tokens, cursors.
 pub struct Shared {
+    /// Users of the graph (ids 1..=users).
+    pub users: i64,
+    /// Signs a token for a viewer drawn from all users, per request.
+    keys: JwtKeys,
     pub zipf: ZipfSampler,
     /// Picks among the active viewers (Zipf: some are on far more often than others).
     pub active_zipf: ZipfSampler,
@@ -122,6 +140,8 @@ impl Shared {
             .map(|id| Ok((id, Arc::from(keys.issue(id, false, 24 * 3600)?))))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
+            users: plan.users,
+            keys: keys.clone(),
             zipf: ZipfSampler::new(plan.users as usize, plan.exponent),
             active_zipf: ZipfSampler::new(active as usize, plan.exponent),
             viewer_tokens,
@@ -135,6 +155,15 @@ impl Shared {
 pub struct Request {
     pub body: Bytes,
     pub token: Option<Arc<str>>,
+}
+
+/// Whom a request's viewer is drawn from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Viewers {
+    /// The active viewers: by Zipf over 2,000 (uniformly among them with `uniform_viewers`).
+    Active,
+    /// Any user of the graph, uniformly.
+    All,
 }
 
 const LIST_FIELDS: &str = "edges { cursor node { id handle viewerIsFollowing followerCount followingCount } } pageInfo { hasNextPage endCursor }";
@@ -188,6 +217,31 @@ impl Generator {
             .clone()
     }
 
+    /// A viewer's user id drawn from `viewers`.
+    fn viewer_id(&mut self, shared: &Shared, viewers: Viewers) -> i64 {
+        match viewers {
+            Viewers::Active => self.active_user(shared),
+            Viewers::All => self.rng.random_range(1..=shared.users),
+        }
+    }
+
+    /// A viewer's token drawn from `viewers`; one of all users gets a token signed now (a few
+    /// microseconds; the server keeps no per-token state).
+    fn viewer_token(&mut self, shared: &Shared, viewers: Viewers) -> Arc<str> {
+        match viewers {
+            Viewers::Active => self.viewer(shared),
+            Viewers::All => {
+                let id = self.viewer_id(shared, viewers);
+                Arc::from(
+                    shared
+                        .keys
+                        .issue(id, false, 3600)
+                        .expect("signing a token of a few claims cannot fail"),
+                )
+            }
+        }
+    }
+
     /// The next request of `scenario`.
     pub fn next(&mut self, scenario: Scenario, shared: &Shared) -> Request {
         match scenario {
@@ -195,10 +249,10 @@ impl Generator {
                 body: Bytes::from_static(br#"{"query":"{ __typename }"}"#),
                 token: None,
             },
-            Scenario::IsFollowing => self.is_following(shared),
-            Scenario::Relationships => self.relationships(shared, 100),
+            Scenario::IsFollowing => self.is_following(shared, Viewers::All),
+            Scenario::Relationships => self.relationships(shared, 100, Viewers::All),
             Scenario::Counts => self.counts(shared),
-            Scenario::FollowersFirstPage => self.list(shared, "followers"),
+            Scenario::FollowersFirstPage => self.list(shared, "followers", Viewers::All),
             Scenario::FollowersDeepPage => {
                 let (owner, cursor) =
                     &shared.deep_cursors[self.rng.random_range(0..shared.deep_cursors.len())];
@@ -211,14 +265,19 @@ impl Generator {
                 }
             }
             Scenario::Writes => self.write(shared),
-            Scenario::Mix => match self.rng.random_range(0..100) {
-                0..35 => self.list(shared, "followers"),
-                35..50 => self.list(shared, "following"),
-                50..60 => self.is_following(shared),
-                60..70 => self.relationships(shared, 10),
-                70..85 => self.counts(shared),
-                _ => self.write(shared),
-            },
+            Scenario::Mix => self.mix(shared, Viewers::Active),
+            Scenario::MixUniformViewers => self.mix(shared, Viewers::All),
+        }
+    }
+
+    fn mix(&mut self, shared: &Shared, viewers: Viewers) -> Request {
+        match self.rng.random_range(0..100) {
+            0..35 => self.list(shared, "followers", viewers),
+            35..50 => self.list(shared, "following", viewers),
+            50..60 => self.is_following(shared, viewers),
+            60..70 => self.relationships(shared, 10, viewers),
+            70..85 => self.counts(shared),
+            _ => self.write(shared),
         }
     }
 
@@ -228,8 +287,8 @@ impl Generator {
         shared.viewer_tokens[rank % shared.viewer_tokens.len()].0
     }
 
-    fn is_following(&mut self, shared: &Shared) -> Request {
-        let (a, b) = (self.active_user(shared), self.zipf_user(shared));
+    fn is_following(&mut self, shared: &Shared, viewers: Viewers) -> Request {
+        let (a, b) = (self.viewer_id(shared, viewers), self.zipf_user(shared));
         Request {
             body: body(
                 "query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }",
@@ -239,8 +298,8 @@ impl Generator {
         }
     }
 
-    fn relationships(&mut self, shared: &Shared, others: usize) -> Request {
-        let user = self.active_user(shared);
+    fn relationships(&mut self, shared: &Shared, others: usize, viewers: Viewers) -> Request {
+        let user = self.viewer_id(shared, viewers);
         let ids: Vec<String> = (0..others)
             .map(|_| self.zipf_user(shared).to_string())
             .collect();
@@ -264,14 +323,14 @@ impl Generator {
         }
     }
 
-    fn list(&mut self, shared: &Shared, field: &str) -> Request {
+    fn list(&mut self, shared: &Shared, field: &str, viewers: Viewers) -> Request {
         let user = self.zipf_user(shared);
         let query = format!(
             "query($u: ID!) {{ user(id: $u) {{ {field}(first: 20) {{ {LIST_FIELDS} }} }} }}"
         );
         Request {
             body: body(&query, json!({ "u": user.to_string() })),
-            token: Some(self.viewer(shared)),
+            token: Some(self.viewer_token(shared, viewers)),
         }
     }
 
