@@ -283,7 +283,14 @@ impl App {
             let started = std::time::Instant::now();
             let outcome = tokio::time::timeout(
                 config.warmup_timeout,
-                graph.warm_up(config.warmup_users, config.warmup_viewers, &state.loaded),
+                graph.warm_up(
+                    crate::graph::WarmUpPlan {
+                        users: config.warmup_users,
+                        pages: config.warmup_pages,
+                        viewers: config.warmup_viewers,
+                    },
+                    &state.loaded,
+                ),
             )
             .await;
             let (users, sets) = (

@@ -58,8 +58,10 @@ pub struct Config {
     pub max_entities: usize,
     /// `FOLLOW_WARMUP_TIMEOUT_S`: longest warm-up at start before `/readyz` answers ready anyway.
     pub warmup_timeout: Duration,
-    /// `FOLLOW_WARMUP_USERS`: most-followed users whose counts and first pages warm-up loads.
+    /// `FOLLOW_WARMUP_USERS`: most-followed users whose counts, records and following sets warm-up loads.
     pub warmup_users: usize,
+    /// `FOLLOW_WARMUP_PAGES`: most-followed users whose first page of followers warm-up loads.
+    pub warmup_pages: usize,
     /// `FOLLOW_WARMUP_VIEWERS`: recently active viewers whose following sets warm-up loads.
     pub warmup_viewers: usize,
     /// `FOLLOW_LOADER_DELAY_US`: how long a loader waits to gather keys into one batch (0: the keys
@@ -296,7 +298,8 @@ impl Config {
             max_entities: number("FOLLOW_MAX_ENTITIES", 100)? as usize,
             loader_delay: Duration::from_micros(number("FOLLOW_LOADER_DELAY_US", 0)?),
             warmup_timeout: seconds("FOLLOW_WARMUP_TIMEOUT_S", 10)?,
-            warmup_users: number("FOLLOW_WARMUP_USERS", 1_000)? as usize,
+            warmup_users: number("FOLLOW_WARMUP_USERS", 100_000)? as usize,
+            warmup_pages: number("FOLLOW_WARMUP_PAGES", 1_000)? as usize,
             warmup_viewers: number("FOLLOW_WARMUP_VIEWERS", 10_000)? as usize,
             consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,
             consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,

@@ -26,11 +26,27 @@ pub const MAX_PAGE: i64 = 100;
 /// Page size when the client does not say.
 pub const DEFAULT_PAGE: i64 = 20;
 
+/// Users per batch of a warm-up: one query per kind and batch.
+const WARM_UP_CHUNK: usize = 1_000;
+
+/// What a warm-up loads.
+#[derive(Clone, Copy, Debug)]
+pub struct WarmUpPlan {
+    /// Most-followed users whose counts, records and following sets are loaded.
+    pub users: usize,
+    /// Most-followed users whose first page of followers is loaded.
+    pub pages: usize,
+    /// Recently active viewers whose following sets are loaded.
+    pub viewers: usize,
+}
+
 /// What a warm-up has loaded so far (it may be cut short by its time bound).
 #[derive(Debug, Default)]
 pub struct WarmUp {
-    /// Hot users whose counts, record and first page of followers are cached.
+    /// Hot users whose counts, record and following set are cached.
     pub users: std::sync::atomic::AtomicUsize,
+    /// Hot users whose first page of followers is cached.
+    pub pages: std::sync::atomic::AtomicUsize,
     /// Following sets of recently active viewers cached.
     pub sets: std::sync::atomic::AtomicUsize,
 }
@@ -335,16 +351,13 @@ impl FollowGraph {
         self.caches.note_active(viewer_id);
     }
 
-    /// Fills this instance's caches before it takes traffic: the most-followed users' counts, records
-    /// and first pages of followers, then the following sets of the viewers active most recently. Waits
-    /// for L1 to be live first (it is emptied when the invalidation subscription comes up). Returns
-    /// what it loaded; the caller bounds its time.
-    pub async fn warm_up(
-        &self,
-        users: usize,
-        viewers: usize,
-        progress: &WarmUp,
-    ) -> Result<(), AppError> {
+    /// Fills this instance's caches before it takes traffic: the `plan.users` most-followed users'
+    /// counts, records and following sets (small entries, asked about most), the first pages of
+    /// followers of the `plan.pages` most followed, then the following sets of the `plan.viewers`
+    /// viewers active most recently. Waits for L1 to be live first (it is emptied when the invalidation
+    /// subscription comes up). The caller bounds its time; `progress` says how far it got.
+    pub async fn warm_up(&self, plan: WarmUpPlan, progress: &WarmUp) -> Result<(), AppError> {
+        use std::sync::atomic::Ordering::Relaxed;
         if !self.caches.enabled() {
             return Ok(());
         }
@@ -353,26 +366,28 @@ impl FollowGraph {
         }
         let hot = {
             let mut conn = db::connect(&self.db).await?;
-            db::stats::most_followed(&mut conn, users as i64).await?
+            db::stats::most_followed(&mut conn, plan.users.max(plan.pages) as i64).await?
         };
-        for chunk in hot.chunks(MAX_PAGE as usize) {
-            self.counts(chunk).await?;
-            self.users(chunk).await?;
+        for chunk in hot[..plan.pages.min(hot.len())].chunks(MAX_PAGE as usize) {
             self.list_pages(ListKind::Followers, chunk, None, DEFAULT_PAGE + 1)
                 .await?;
-            progress
-                .users
-                .fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            progress.pages.fetch_add(chunk.len(), Relaxed);
         }
-        let active = self.caches.active_viewers(viewers).await;
-        for chunk in active.chunks(MAX_PAGE as usize) {
+        for chunk in hot[..plan.users.min(hot.len())].chunks(WARM_UP_CHUNK) {
+            self.counts(chunk).await?;
+            self.users(chunk).await?;
+            self.caches
+                .load_following_sets(chunk, |users| self.load_following_sets(users))
+                .await?;
+            progress.users.fetch_add(chunk.len(), Relaxed);
+        }
+        let active = self.caches.active_viewers(plan.viewers).await;
+        for chunk in active.chunks(WARM_UP_CHUNK) {
             let loaded = self
                 .caches
                 .load_following_sets(chunk, |users| self.load_following_sets(users))
                 .await?;
-            progress
-                .sets
-                .fetch_add(loaded, std::sync::atomic::Ordering::Relaxed);
+            progress.sets.fetch_add(loaded, Relaxed);
         }
         Ok(())
     }

@@ -245,6 +245,7 @@ async fn warm_up_fills_hot_users_and_active_viewers_before_ready() {
             pipeline: false,
             env: vec![
                 ("FOLLOW_WARMUP_USERS", "2".to_owned()),
+                ("FOLLOW_WARMUP_PAGES", "2".to_owned()),
                 ("FOLLOW_WARMUP_VIEWERS", "10".to_owned()),
             ],
             ..Options::default()
@@ -275,7 +276,8 @@ async fn warm_up_fills_hot_users_and_active_viewers_before_ready() {
         String::from_utf8_lossy(&body)
     );
 
-    // The most followed users (1, then 2): counts and first page of followers, from L1.
+    // The most followed users (1, then 2): counts, following sets, first page of followers, from L1.
+    assert!(b.app.caches.peek_following(2).is_some());
     let counts = b
         .app
         .caches
