@@ -258,6 +258,14 @@ impl FollowGraph {
         self.caches.peek_user(id)
     }
 
+    pub fn peek_statuses(
+        &self,
+        pairs: &[(i64, i64)],
+        viewer_id: Option<i64>,
+    ) -> (HashMap<(i64, i64), bool>, Vec<(i64, i64)>) {
+        self.caches.peek_statuses(pairs, viewer_id)
+    }
+
     pub fn peek_counts(&self, id: i64) -> Option<Counts> {
         self.caches.peek_counts(id)
     }

@@ -117,16 +117,7 @@ impl Loaders {
         &self,
         pairs: &[(i64, i64)],
     ) -> async_graphql::Result<HashMap<(i64, i64), bool>> {
-        let mut found = HashMap::with_capacity(pairs.len());
-        let mut missing = Vec::new();
-        for &pair in pairs {
-            match self.graph.peek_status(pair, self.viewer_id) {
-                Some(hit) => {
-                    found.insert(pair, hit);
-                }
-                None => missing.push(pair),
-            }
-        }
+        let (mut found, missing) = self.graph.peek_statuses(pairs, self.viewer_id);
         if !missing.is_empty() {
             found.extend(self.statuses.load_many(missing).await?);
         }
