@@ -293,27 +293,29 @@ impl App {
                 ),
             )
             .await;
-            let (users, sets) = (
-                state
-                    .loaded
-                    .users
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                state.loaded.sets.load(std::sync::atomic::Ordering::Relaxed),
+            let loaded =
+                |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::Relaxed);
+            let (users, pages, sets) = (
+                loaded(&state.loaded.users),
+                loaded(&state.loaded.pages),
+                loaded(&state.loaded.sets),
             );
             let ms = started.elapsed().as_millis() as u64;
             match outcome {
                 Ok(Ok(())) => tracing::info!(
                     hot_users = users,
-                    following_sets = sets,
+                    first_pages = pages,
+                    viewer_sets = sets,
                     ms,
                     "cache warm-up done"
                 ),
                 Ok(Err(err)) => {
-                    tracing::warn!(hot_users = users, following_sets = sets, ms, error = ?err, "cache warm-up failed; serving cold")
+                    tracing::warn!(hot_users = users, first_pages = pages, viewer_sets = sets, ms, error = ?err, "cache warm-up failed; serving cold")
                 }
                 Err(_) => tracing::warn!(
                     hot_users = users,
-                    following_sets = sets,
+                    first_pages = pages,
+                    viewer_sets = sets,
                     ms,
                     "cache warm-up cut short by FOLLOW_WARMUP_TIMEOUT_S; serving partly cold"
                 ),

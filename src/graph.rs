@@ -382,11 +382,10 @@ impl FollowGraph {
             progress.pages.fetch_add(chunk.len(), Relaxed);
         }
         for chunk in hot[..plan.users.min(hot.len())].chunks(WARM_UP_CHUNK) {
-            self.counts(chunk).await?;
-            self.users(chunk).await?;
-            self.caches
-                .load_following_sets(chunk, |users| self.load_following_sets(users))
-                .await?;
+            let sets = self
+                .caches
+                .load_following_sets(chunk, |users| self.load_following_sets(users));
+            tokio::try_join!(self.counts(chunk), self.users(chunk), sets)?;
             progress.users.fetch_add(chunk.len(), Relaxed);
         }
         let active = self.caches.active_viewers(plan.viewers).await;

@@ -246,6 +246,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let addr = server.addr();
     wait_healthy(addr).await?;
+    let warming = Instant::now();
+    wait_ready(addr).await?;
+    eprintln!(
+        "follow-bench: server ready (its cache warm-up included) after {:.1} s",
+        warming.elapsed().as_secs_f64()
+    );
 
     let keys = JwtKeys::new(&secret);
     let shared = Arc::new(Shared::new(
@@ -650,6 +656,18 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("the server at {addr} did not answer /healthz within 60 s")
+}
+
+/// Waits (up to 60 s) until `/readyz` answers 200: the server's start-up cache warm-up is over.
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(60) {
+        if load::get(addr, "/readyz").await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server at {addr} did not say ready within 60 s")
 }
 
 fn parse_addr(url: &str) -> anyhow::Result<SocketAddr> {
