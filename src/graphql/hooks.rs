@@ -1,5 +1,5 @@
-//! The schema's one extension: the cost check ([`super::limits`]), the request metrics
-//! ([`super::observe`]), and the codes of argument errors ([`super::coded`]).
+//! The schema's one extension: the cost check and the validation memo ([`super::limits`]), the request
+//! metrics ([`super::observe`]), and the codes of argument errors ([`super::coded`]).
 //!
 //! One extension rather than one per concern because the library calls every installed extension at
 //! every step of every request, and at every field it resolves, each call a boxed future: with three
@@ -8,9 +8,10 @@
 use std::{sync::Arc, time::Instant};
 
 use async_graphql::{
-    Response, ServerResult, Variables,
+    Response, ServerError, ServerResult, ValidationResult, Variables,
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
+        NextValidation,
     },
     parser::types::ExecutableDocument,
 };
@@ -58,6 +59,14 @@ impl Extension for RequestHooks {
         let document = limits::parse(ctx, query, variables, &self.cost, next)?;
         self.observation.parsed(&document);
         Ok(document)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        limits::validate(ctx, next).await
     }
 
     async fn execute(

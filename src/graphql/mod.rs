@@ -62,7 +62,7 @@ pub fn build_schema(graph: FollowGraph, events: EventHub, limits: SchemaLimits) 
         })
         // The library's own depth and complexity limits are not set: its visitors follow fragment
         // spreads without memoizing, so the linear-time cost check runs first and is the one that refuses.
-        // One extension does the cost check, the metrics and the error codes.
+        // One extension does the cost check, the validation memo, the metrics and the error codes.
         .extension(hooks::Hooks { cost: limits.cost })
         .finish()
 }
