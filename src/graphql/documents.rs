@@ -23,7 +23,7 @@ use mini_moka::sync::Cache as MokaCache;
 
 use super::{
     cost::{self, Cost, CostLimits},
-    limits::CheckedDocument,
+    limits::{CheckedDocument, ValidationMemo, VariableDeclarations},
 };
 use crate::{
     cache::persisted::{PersistedQueries, sha256_hex},
@@ -54,10 +54,12 @@ pub struct Documents {
     limits: CostLimits,
 }
 
-/// A text and its parsed document.
+/// A text, its parsed document, and its successful validations (see [`super::limits`]).
 struct Parsed {
     text: Box<str>,
     document: Arc<ExecutableDocument>,
+    declarations: VariableDeclarations,
+    validations: Arc<ValidationMemo>,
 }
 
 /// What a resolved request is: the operation it selects and what that costs.
@@ -114,7 +116,9 @@ impl Documents {
                 Ok(document) => {
                     let parsed = Arc::new(Parsed {
                         text: text.into(),
+                        declarations: VariableDeclarations::of(&document),
                         document: Arc::new(document),
+                        validations: Arc::default(),
                     });
                     if text.len() <= MAX_CACHED_TEXT {
                         self.parsed.insert(key, parsed.clone());
@@ -136,9 +140,14 @@ impl Documents {
             .map_err(cost::CostError::into_server_error)?;
         check_required_variables(&parsed.document, name, &request.variables)?;
         let kind = operation_type(&parsed.document, name);
-        request
-            .data
-            .insert(CheckedDocument(parsed.document.clone()));
+        let validation =
+            parsed
+                .declarations
+                .validation_key(&parsed.validations, name, &request.variables);
+        request.data.insert(CheckedDocument {
+            document: parsed.document.clone(),
+            validation,
+        });
         Ok(Resolved {
             kind,
             cost: Some(cost),

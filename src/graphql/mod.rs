@@ -8,6 +8,7 @@ pub mod cost;
 pub mod cursor;
 pub mod documents;
 pub mod entities;
+pub mod hooks;
 pub mod ids;
 pub mod limits;
 pub mod loaders;
@@ -62,9 +63,8 @@ pub fn build_schema(graph: FollowGraph, events: EventHub, limits: SchemaLimits) 
         })
         // The library's own depth and complexity limits are not set: its visitors follow fragment
         // spreads without memoizing, so the linear-time cost check runs first and is the one that refuses.
-        .extension(observe::Observe)
-        .extension(limits::CheckCost(limits.cost))
-        .extension(coded::CodeArgumentErrors)
+        // One extension does the cost check, the validation memo, the metrics and the error codes.
+        .extension(hooks::Hooks { cost: limits.cost })
         .finish()
 }
 

@@ -1,35 +1,42 @@
-//! Records each GraphQL request's duration by operation name and type, and its errors by code.
+//! Records each GraphQL request's duration by operation name and type, and its errors by code (a part
+//! of the schema's extension, see [`super::hooks`]).
+//!
+//! The duration histogram of each (operation name, type) is looked up once and kept
+//! ([`crate::telemetry::metrics::graphql_duration`]): building and hashing its labels on every request
+//! was a measurable part of a cheap request.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::{sync::Mutex, time::Instant};
 
 use async_graphql::{
-    Response, ServerResult, Variables,
-    extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
-    },
+    Name, Response,
     parser::types::{DocumentOperations, ExecutableDocument, OperationType},
 };
 
-use crate::telemetry::metrics::{GRAPHQL_DURATION, GRAPHQL_ERRORS, operation_label};
+use crate::telemetry::metrics::{GRAPHQL_ERRORS, graphql_duration};
 
-/// Installs [`ObserveRequest`] for every request.
-pub struct Observe;
-
-impl ExtensionFactory for Observe {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ObserveRequest::default())
-    }
+/// Per-request state: what the parsed document says the operation is, then which one ran.
+#[derive(Default)]
+pub struct Observation {
+    state: Mutex<State>,
 }
 
-/// Per-request state: what the parsed document says the operation is.
 #[derive(Default)]
-pub struct ObserveRequest {
-    operation: Mutex<Option<(Option<String>, &'static str)>>,
-    /// The document's operations (name, type): all `execute` needs, without a copy of the document.
-    operations: Mutex<Vec<(Option<String>, OperationType)>>,
+struct State {
+    /// The document's operations (all `execute` needs, without a copy of the document).
+    operations: Operations,
+    /// The histogram of the operation that ran, once `execute` knows it.
+    histogram: Option<::metrics::Histogram>,
+}
+
+#[derive(Default)]
+enum Operations {
+    /// Not parsed (yet): the request failed before.
+    #[default]
+    Unknown,
+    /// One operation, whatever its name.
+    Single(OperationType),
+    /// Several, by name.
+    Multiple(Vec<(Name, OperationType)>),
 }
 
 fn type_name(ty: OperationType) -> &'static str {
@@ -40,23 +47,47 @@ fn type_name(ty: OperationType) -> &'static str {
     }
 }
 
-#[async_trait::async_trait]
-impl Extension for ObserveRequest {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let started = Instant::now();
-        let response = next.run(ctx).await;
-        let (name, ty) = self
-            .operation
+impl Observation {
+    /// The document parsed: remembers its operations' types.
+    pub fn parsed(&self, document: &ExecutableDocument) {
+        let operations = match &document.operations {
+            DocumentOperations::Single(op) => Operations::Single(op.node.ty),
+            DocumentOperations::Multiple(ops) => Operations::Multiple(
+                ops.iter()
+                    .map(|(name, op)| (name.clone(), op.node.ty))
+                    .collect(),
+            ),
+        };
+        if let Ok(mut state) = self.state.lock() {
+            state.operations = operations;
+        }
+    }
+
+    /// The operation `name` is about to run: its duration goes to its own histogram.
+    pub fn executing(&self, name: Option<&str>) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let ty = match &state.operations {
+            Operations::Single(ty) => Some(type_name(*ty)),
+            Operations::Multiple(many) => name
+                .and_then(|wanted| many.iter().find(|(n, _)| n.as_str() == wanted))
+                .map(|(_, ty)| type_name(*ty)),
+            Operations::Unknown => None,
+        };
+        state.operations = Operations::Unknown;
+        state.histogram = Some(graphql_duration(name, ty.unwrap_or("unknown")));
+    }
+
+    /// The request, begun at `started`, is answered: records its duration and errors.
+    pub fn finished(&self, started: Instant, response: &Response) {
+        let histogram = self
+            .state
             .lock()
             .ok()
-            .and_then(|op| op.clone())
-            .unwrap_or((None, "unknown"));
-        ::metrics::histogram!(
-            GRAPHQL_DURATION,
-            "operation_name" => operation_label(name.as_deref()),
-            "operation_type" => ty,
-        )
-        .record(started.elapsed().as_secs_f64());
+            .and_then(|mut state| state.histogram.take())
+            .unwrap_or_else(|| graphql_duration(None, "unknown"));
+        histogram.record(started.elapsed().as_secs_f64());
         for error in &response.errors {
             let code = error
                 .extensions
@@ -69,50 +100,5 @@ impl Extension for ObserveRequest {
                 .unwrap_or_else(|| "GRAPHQL_VALIDATION".to_owned());
             ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).increment(1);
         }
-        response
-    }
-
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
-        let operations = match &document.operations {
-            DocumentOperations::Single(op) => vec![(None, op.node.ty)],
-            DocumentOperations::Multiple(ops) => ops
-                .iter()
-                .map(|(name, op)| (Some(name.to_string()), op.node.ty))
-                .collect(),
-        };
-        if let Ok(mut slot) = self.operations.lock() {
-            *slot = operations;
-        }
-        Ok(document)
-    }
-
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> Response {
-        let operations = self
-            .operations
-            .lock()
-            .map(|mut o| std::mem::take(&mut *o))
-            .unwrap_or_default();
-        let ty = match operations.as_slice() {
-            [(None, ty)] => Some(type_name(*ty)),
-            many => operation_name
-                .and_then(|wanted| many.iter().find(|(n, _)| n.as_deref() == Some(wanted)))
-                .map(|(_, ty)| type_name(*ty)),
-        };
-        if let Ok(mut slot) = self.operation.lock() {
-            *slot = Some((operation_name.map(str::to_owned), ty.unwrap_or("unknown")));
-        }
-        next.run(ctx, operation_name).await
     }
 }

@@ -384,19 +384,14 @@ fn turned_away(wait: Duration) -> Response {
     response
 }
 
-/// Middleware: records the client's address ([`ClientAddress`]) for the handlers.
-pub async fn client_address(
-    axum::extract::State(trusted): axum::extract::State<std::sync::Arc<Vec<IpNet>>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Records the client's address ([`ClientAddress`]) in the request, for the handlers.
+pub fn record_client_address(request: &mut Request, trusted: &[IpNet]) {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip());
-    let address = ClientAddress(peer.map(|peer| resolve(peer, request.headers(), &trusted)));
+    let address = ClientAddress(peer.map(|peer| resolve(peer, request.headers(), trusted)));
     request.extensions_mut().insert(address);
-    next.run(request).await
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy; then the nearest address in

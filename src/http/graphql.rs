@@ -17,10 +17,9 @@
 //! | POST body not `application/json`            | 415                   | 415              |
 
 use async_graphql::{BatchRequest, parser::types::OperationType};
-use async_graphql_axum::{GraphQLBatchRequest, rejection::GraphQLRejection};
 use axum::{
     Extension,
-    extract::{RawQuery, State},
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -38,35 +37,37 @@ use crate::{
     ratelimit::Decision,
 };
 
-/// `POST /graphql`: one operation or a batch, as JSON.
+/// `POST /graphql`: one operation or a batch, as JSON. The headers are read in place and the body only
+/// once they allow it (no copy of the header map, no detour through a generic body reader).
 pub async fn post_graphql(
     State(app): State<App>,
     Extension(address): Extension<ClientAddress>,
-    headers: HeaderMap,
-    request: Result<GraphQLBatchRequest, GraphQLRejection>,
+    request: Request,
 ) -> Response {
-    let media = match accepted(&headers) {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let media = match accepted(headers) {
         Ok(media) => media,
         Err(response) => return *response,
     };
-    if !is_json(&headers) {
+    if !is_json(headers) {
         let err = AppError::bad_input(
             "a POST body must be JSON, sent with Content-Type: application/json",
         );
         return refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, err, media);
     }
-    let body_bytes = declared_length(&headers);
-    let request = match request {
-        Ok(request) => request.into_inner(),
-        Err(rejection) => {
+    let body_bytes = declared_length(headers);
+    let request = match read_batch(body).await {
+        Ok(request) => request,
+        Err(unreadable) => {
             let client = Client::new(None, address);
             Admission::of(&app)
                 .charge_refusal(&client, None, body_bytes.unwrap_or(0))
                 .await;
-            return unreadable_request(&app, rejection, media);
+            return unreadable_request(&app, unreadable, media);
         }
     };
-    let viewer = match authenticate(&app, &headers, media) {
+    let viewer = match authenticate(&app, headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
@@ -110,6 +111,51 @@ pub async fn post_graphql(
     }
 }
 
+/// Why a POST body is not a GraphQL request.
+#[derive(Debug)]
+enum Unreadable {
+    /// It went past `FOLLOW_MAX_BODY_BYTES` while streaming (a declared length over it is refused
+    /// before the body is read).
+    TooLarge,
+    /// It could not be read, or is not the JSON of a request or of a non-empty array of them.
+    NotARequest(String),
+}
+
+/// Reads a POST body and parses it as one request or a batch: an array is a batch, anything else one
+/// request (what async-graphql's untagged `BatchRequest` decides too, without buffering the document
+/// into an intermediate tree first).
+async fn read_batch(body: axum::body::Body) -> Result<BatchRequest, Unreadable> {
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|err| {
+        let message = err.to_string();
+        if message.contains("length limit exceeded") {
+            Unreadable::TooLarge
+        } else {
+            Unreadable::NotARequest(message)
+        }
+    })?;
+    parse_batch(&bytes).map_err(|err| {
+        Unreadable::NotARequest(
+            async_graphql::ParseRequestError::InvalidRequest(Box::new(err)).to_string(),
+        )
+    })
+}
+
+fn parse_batch(body: &[u8]) -> Result<BatchRequest, serde_json::Error> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let requests: Vec<async_graphql::Request> = serde_json::from_slice(body)?;
+        if requests.is_empty() {
+            return Err(serde::de::Error::invalid_length(
+                0,
+                &"a non-empty array of requests",
+            ));
+        }
+        Ok(BatchRequest::Batch(requests))
+    } else {
+        serde_json::from_slice(body).map(BatchRequest::Single)
+    }
+}
+
 /// The URL parameters of a GET request (the names are the specification's, in camelCase).
 #[derive(Deserialize)]
 struct GetParameters {
@@ -127,9 +173,10 @@ struct GetParameters {
 pub async fn get_graphql(
     State(app): State<App>,
     Extension(address): Extension<ClientAddress>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    request: Request,
 ) -> Response {
+    let (parts, _) = request.into_parts();
+    let headers = &parts.headers;
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -137,12 +184,12 @@ pub async fn get_graphql(
     if wants_html {
         return super::graphiql::page().await;
     }
-    let media = match accepted(&headers) {
+    let media = match accepted(headers) {
         Ok(media) => media,
         Err(response) => return *response,
     };
-    let query = query.unwrap_or_default();
-    let mut request = match parse_parameters(&query) {
+    let query = parts.uri.query().unwrap_or_default();
+    let mut request = match parse_parameters(query) {
         Ok(request) => request,
         Err(message) => {
             let err = AppError::bad_input(format!(
@@ -155,7 +202,7 @@ pub async fn get_graphql(
         return refusal(StatusCode::BAD_REQUEST, no_query(), media);
     }
     // Authenticated first: a persisted query is registered only for a client the service knows.
-    let viewer = match authenticate(&app, &headers, media) {
+    let viewer = match authenticate(&app, headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
@@ -349,7 +396,12 @@ impl Serialize for Wire<'_> {
 }
 
 fn to_bytes(body: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
+    // Most answers are short: one allocation instead of the vector's growth from empty.
+    let mut bytes = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => bytes,
+        Err(_) => b"{}".to_vec(),
+    }
 }
 
 /// An executed (or refused-before-execution) operation's response, with the status its media type
@@ -447,21 +499,14 @@ fn refusal(status: StatusCode, err: AppError, media: MediaType) -> Response {
 }
 
 /// A body that is not a GraphQL request: 413 naming the limit when it was too large, else 400.
-fn unreadable_request(app: &App, rejection: GraphQLRejection, media: MediaType) -> Response {
-    use async_graphql::ParseRequestError;
-    let too_large = match &rejection.0 {
-        ParseRequestError::PayloadTooLarge => true,
-        ParseRequestError::Io(err) => err.to_string().contains("length limit exceeded"),
-        _ => false,
-    };
-    if too_large {
-        return body_too_large(app.config.max_body_bytes);
+fn unreadable_request(app: &App, unreadable: Unreadable, media: MediaType) -> Response {
+    match unreadable {
+        Unreadable::TooLarge => body_too_large(app.config.max_body_bytes),
+        Unreadable::NotARequest(reason) => {
+            let err = AppError::bad_input(format!("the body is not a GraphQL request: {reason}"));
+            refusal(StatusCode::BAD_REQUEST, err, media)
+        }
     }
-    let err = AppError::bad_input(format!(
-        "the body is not a GraphQL request: {}",
-        rejection.0
-    ));
-    refusal(StatusCode::BAD_REQUEST, err, media)
 }
 
 /// 413 with a GraphQL error that names the body size limit.
@@ -470,4 +515,24 @@ pub fn body_too_large(limit: usize) -> Response {
         "the request body exceeds the limit of {limit} bytes (FOLLOW_MAX_BODY_BYTES)"
     ));
     refusal(StatusCode::PAYLOAD_TOO_LARGE, err, MediaType::Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_one_request_or_a_non_empty_batch() {
+        let single = parse_batch(br#" {"query":"{ __typename }","variables":{"a":"1"}}"#);
+        let Ok(BatchRequest::Single(request)) = single else {
+            panic!("one request: {single:?}");
+        };
+        assert_eq!(request.query, "{ __typename }");
+        assert_eq!(request.variables.len(), 1);
+        let batch = parse_batch(b"\n[{\"query\":\"{ a }\"},{\"query\":\"{ b }\"}]");
+        assert!(matches!(batch, Ok(BatchRequest::Batch(ref r)) if r.len() == 2));
+        assert!(parse_batch(b"[]").is_err());
+        assert!(parse_batch(b"\"{ __typename }\"").is_err());
+        assert!(parse_batch(b"{\"query\":").is_err());
+    }
 }

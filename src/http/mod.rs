@@ -59,15 +59,14 @@ pub fn router(app: App) -> Router {
     routes
         .merge(graphiql::asset_routes())
         .with_state(app)
-        .layer(middleware::from_fn_with_state(
-            trusted_proxies,
-            admission::client_address,
-        ))
-        // A declared length over the limit is refused before reading; a streamed body is cut at it.
+        // A streamed body is cut at the limit; a declared length over it is refused before reading.
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(middleware::from_fn_with_state(
-            body_limit,
-            refuse_large_bodies,
+            Door {
+                body_limit,
+                trusted_proxies,
+            },
+            door,
         ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -121,15 +120,25 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(3_600))
 }
 
-/// Refuses a request whose `Content-Length` exceeds the limit, with a message naming the limit.
-async fn refuse_large_bodies(State(limit): State<usize>, request: Request, next: Next) -> Response {
+/// What [`door`] needs.
+#[derive(Clone)]
+struct Door {
+    body_limit: usize,
+    trusted_proxies: std::sync::Arc<Vec<crate::config::IpNet>>,
+}
+
+/// Middleware, one for what every request needs before routing (one layer costs a boxed future and a
+/// copy of the inner service per request): refuses a request whose `Content-Length` exceeds the limit,
+/// with a message naming it, and records the client's address ([`admission::ClientAddress`]).
+async fn door(State(door): State<Door>, mut request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    match declared {
-        Some(length) if length > limit => graphql::body_too_large(limit),
-        _ => next.run(request).await,
+    if declared.is_some_and(|length| length > door.body_limit) {
+        return graphql::body_too_large(door.body_limit);
     }
+    admission::record_client_address(&mut request, &door.trusted_proxies);
+    next.run(request).await
 }

@@ -5,8 +5,8 @@
 //! The recorder is process-wide (the `metrics` facade has one global recorder); `/metrics` renders it.
 
 use std::{
-    collections::HashSet,
-    sync::{Mutex, OnceLock},
+    collections::{HashMap, HashSet},
+    sync::{Mutex, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -249,26 +249,68 @@ fn describe() {
 /// random names must not grow the series without bound).
 const MAX_OPERATION_NAMES: usize = 200;
 
+/// The label of requests without an operation name.
+const ANONYMOUS: &str = "anonymous";
+/// The label of the names that are not kept as labels.
+const OTHER: &str = "other";
+
 /// The label for a client's operation name: itself if short and plain and among the first names seen.
 pub fn operation_label(name: Option<&str>) -> String {
     static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     let Some(name) = name else {
-        return "anonymous".to_owned();
+        return ANONYMOUS.to_owned();
     };
     let plain = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !plain {
-        return "other".to_owned();
+        return OTHER.to_owned();
     }
     let seen = SEEN.get_or_init(|| Mutex::new(HashSet::new()));
     let Ok(mut seen) = seen.lock() else {
-        return "other".to_owned();
+        return OTHER.to_owned();
     };
     if seen.contains(name) || seen.len() < MAX_OPERATION_NAMES {
         seen.insert(name.to_owned());
         name.to_owned()
     } else {
-        "other".to_owned()
+        OTHER.to_owned()
     }
+}
+
+/// The duration histogram of an operation (`name` as [`operation_label`] bounds it, `ty` its type),
+/// looked up once and kept: building and hashing its labels took a lock and several allocations on
+/// every request. Handles are kept only once the recorder is installed (one taken before would record
+/// nowhere, for good).
+pub fn graphql_duration(name: Option<&str>, ty: &'static str) -> ::metrics::Histogram {
+    type Handles = RwLock<HashMap<Box<str>, Vec<(&'static str, ::metrics::Histogram)>>>;
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    let handles = HANDLES.get_or_init(Handles::default);
+    let key = name.unwrap_or(ANONYMOUS);
+    let found = handles.read().ok().and_then(|map| {
+        map.get(key)?
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .map(|(_, histogram)| histogram.clone())
+    });
+    if let Some(histogram) = found {
+        return histogram;
+    }
+    let label = operation_label(name);
+    let histogram = ::metrics::histogram!(
+        GRAPHQL_DURATION,
+        "operation_name" => label.clone(),
+        "operation_type" => ty,
+    );
+    // A name past the bound is labelled `other`, and not kept under its own name.
+    if HANDLE.get().is_some()
+        && (label == key || label == OTHER)
+        && let Ok(mut map) = handles.write()
+    {
+        let kept = map.entry(label.into_boxed_str()).or_default();
+        if !kept.iter().any(|(t, _)| *t == ty) {
+            kept.push((ty, histogram.clone()));
+        }
+    }
+    histogram
 }
 
 /// Samples the gauges no request updates, every `interval`, until the process ends.
