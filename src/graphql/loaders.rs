@@ -23,6 +23,8 @@ pub struct Loaders {
     users: Batched<i64, UserLoader>,
     counts: Batched<i64, CountsLoader>,
     counts_now: Batched<i64, CountsNowLoader>,
+    /// Counts this request has read: a node's followerCount and followingCount are one lookup.
+    counts_seen: std::sync::Mutex<HashMap<i64, Counts>>,
     /// Users whose edges this request changed: their counts are read as they stand now, not from the
     /// caches, so a mutation's payload shows its own effect.
     written: std::sync::Mutex<std::collections::HashSet<i64>>,
@@ -41,6 +43,7 @@ impl Loaders {
             users: Batched::new("users", UserLoader(graph.clone()), delay),
             counts: Batched::new("counts", CountsLoader(graph.clone()), delay),
             counts_now: Batched::new("counts_now", CountsNowLoader(graph.clone()), delay),
+            counts_seen: std::sync::Mutex::default(),
             written: std::sync::Mutex::default(),
             statuses: Batched::new("statuses", StatusLoader(graph.clone(), viewer_id), delay),
             lists: Batched::new("lists", ListLoader(graph.clone()), delay),
@@ -55,11 +58,15 @@ impl Loaders {
         }
     }
 
+    // Slow paths are boxed: a resolver's future holds the largest future it may await, and every
+    // field's future is as large as its type's largest (async-graphql resolves them through one match),
+    // so an inline loader future made every field of a page cost a multi-kilobyte copy.
+
     /// A user's record, if the user exists.
     pub async fn user(&self, id: i64) -> async_graphql::Result<Option<UserRecord>> {
         match self.graph.peek_user(id) {
             Some(hit) => Ok(hit),
-            None => Ok(self.users.load_one(id).await?),
+            None => Ok(Box::pin(self.users.load_one(id)).await?),
         }
     }
 
@@ -77,7 +84,7 @@ impl Loaders {
             }
         }
         if !missing.is_empty() {
-            found.extend(self.users.load_many(missing).await?);
+            found.extend(Box::pin(self.users.load_many(missing)).await?);
         }
         Ok(found)
     }
@@ -85,12 +92,28 @@ impl Loaders {
     /// A user's counts (zeros for a user with no edges yet).
     pub async fn counts(&self, id: i64) -> async_graphql::Result<Counts> {
         if self.was_written(id) {
-            return Ok(self.counts_now.load_one(id).await?.unwrap_or_default());
+            return Ok(Box::pin(self.counts_now.load_one(id))
+                .await?
+                .unwrap_or_default());
         }
-        match self.graph.peek_counts(id) {
-            Some(hit) => Ok(hit),
-            None => Ok(self.counts.load_one(id).await?.unwrap_or_default()),
+        if let Some(seen) = self
+            .counts_seen
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&id).copied())
+        {
+            return Ok(seen);
         }
+        let counts = match self.graph.peek_counts(id) {
+            Some(hit) => hit,
+            None => Box::pin(self.counts.load_one(id))
+                .await?
+                .unwrap_or_default(),
+        };
+        if let Ok(mut seen) = self.counts_seen.lock() {
+            seen.insert(id, counts);
+        }
+        Ok(counts)
     }
 
     /// Notes that this request changed these users' edges (read their counts as they stand now).
@@ -108,7 +131,9 @@ impl Loaders {
     pub async fn status(&self, pair: (i64, i64)) -> async_graphql::Result<bool> {
         match self.graph.peek_status(pair, self.viewer_id) {
             Some(hit) => Ok(hit),
-            None => Ok(self.statuses.load_one(pair).await?.unwrap_or(false)),
+            None => Ok(Box::pin(self.statuses.load_one(pair))
+                .await?
+                .unwrap_or(false)),
         }
     }
 
@@ -119,7 +144,7 @@ impl Loaders {
     ) -> async_graphql::Result<HashMap<(i64, i64), bool>> {
         let (mut found, missing) = self.graph.peek_statuses(pairs, self.viewer_id);
         if !missing.is_empty() {
-            found.extend(self.statuses.load_many(missing).await?);
+            found.extend(Box::pin(self.statuses.load_many(missing)).await?);
         }
         Ok(found)
     }
@@ -133,7 +158,9 @@ impl Loaders {
         {
             return Ok(page);
         }
-        Ok(self.lists.load_one(key).await?.unwrap_or_default())
+        Ok(Box::pin(self.lists.load_one(key))
+            .await?
+            .unwrap_or_default())
     }
 
     /// One known-followers page (`key.page.limit` rows at most). Not cached: it goes to PostgreSQL with

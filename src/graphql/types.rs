@@ -104,13 +104,14 @@ impl User {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> Result<FollowConnection> {
-        super::connection::list(
+        // Boxed: see `Loaders` (the largest field future sizes every field's).
+        Box::pin(super::connection::list(
             ctx,
             crate::db::follows::ListKind::Followers,
             self.0.id,
             first,
             after,
-        )
+        ))
         .await
     }
 
@@ -122,13 +123,13 @@ impl User {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> Result<FollowConnection> {
-        super::connection::list(
+        Box::pin(super::connection::list(
             ctx,
             crate::db::follows::ListKind::Following,
             self.0.id,
             first,
             after,
-        )
+        ))
         .await
     }
 
@@ -140,7 +141,10 @@ impl User {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> Result<FollowConnection> {
-        super::connection::known_followers(ctx, self.0.id, first, after).await
+        Box::pin(super::connection::known_followers(
+            ctx, self.0.id, first, after,
+        ))
+        .await
     }
 
     /// Whether the viewer follows this user; false without a viewer.
