@@ -136,19 +136,19 @@ impl VariableDeclarations {
         operation_name: Option<&str>,
         variables: &Variables,
     ) -> Option<ValidationKey> {
-        self.key(operation_name, variables).map(|key| ValidationKey {
-            memo: memo.clone(),
-            key,
-        })
+        self.key(operation_name, variables)
+            .map(|key| ValidationKey {
+                memo: memo.clone(),
+                key,
+            })
     }
 }
 
 fn is_built_in_scalar(ty: &Type) -> bool {
     match &ty.base {
-        BaseType::Named(name) => matches!(
-            name.as_str(),
-            "ID" | "String" | "Int" | "Float" | "Boolean"
-        ),
+        BaseType::Named(name) => {
+            matches!(name.as_str(), "ID" | "String" | "Int" | "Float" | "Boolean")
+        }
         BaseType::List(inner) => is_built_in_scalar(inner),
     }
 }
@@ -227,7 +227,8 @@ pub(super) fn parse(
     }
     cost::check_text_nesting(query).map_err(cost::CostError::into_server_error)?;
     let document = async_graphql::parser::parse_query(query)?;
-    cost::analyze(&document, None, variables, limits).map_err(cost::CostError::into_server_error)?;
+    cost::analyze(&document, None, variables, limits)
+        .map_err(cost::CostError::into_server_error)?;
     Ok(document)
 }
 
@@ -264,7 +265,9 @@ mod tests {
 
     #[test]
     fn keys_tell_shapes_not_values() {
-        let d = declarations("query($a: ID!, $b: ID!, $n: Int) { isFollowing(followerId: $a, followeeId: $b) }");
+        let d = declarations(
+            "query($a: ID!, $b: ID!, $n: Int) { isFollowing(followerId: $a, followeeId: $b) }",
+        );
         let key = |json| d.key(None, &variables(json)).expect("memoizable");
         // Other ids, same shapes: the same key.
         assert_eq!(
@@ -318,8 +321,17 @@ mod tests {
     fn other_variable_types_are_validated_every_time() {
         let d = declarations("query($t: DateTime) { __typename }");
         assert!(d.key(None, &variables(serde_json::json!({}))).is_none());
-        let d = declarations("query A($a: ID) { __typename } query B($i: UpsertUserInput) { __typename }");
-        assert!(d.key(Some("A"), &variables(serde_json::json!({}))).is_none());
-        assert!(declarations("{ __typename }").key(None, &Variables::default()).is_some());
+        let d = declarations(
+            "query A($a: ID) { __typename } query B($i: UpsertUserInput) { __typename }",
+        );
+        assert!(
+            d.key(Some("A"), &variables(serde_json::json!({})))
+                .is_none()
+        );
+        assert!(
+            declarations("{ __typename }")
+                .key(None, &Variables::default())
+                .is_some()
+        );
     }
 }

@@ -125,14 +125,16 @@ enum Unreadable {
 /// request (what async-graphql's untagged `BatchRequest` decides too, without buffering the document
 /// into an intermediate tree first).
 async fn read_batch(body: axum::body::Body) -> Result<BatchRequest, Unreadable> {
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|err| {
-        let message = err.to_string();
-        if message.contains("length limit exceeded") {
-            Unreadable::TooLarge
-        } else {
-            Unreadable::NotARequest(message)
-        }
-    })?;
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|err| {
+            let message = err.to_string();
+            if message.contains("length limit exceeded") {
+                Unreadable::TooLarge
+            } else {
+                Unreadable::NotARequest(message)
+            }
+        })?;
     parse_batch(&bytes).map_err(|err| {
         Unreadable::NotARequest(
             async_graphql::ParseRequestError::InvalidRequest(Box::new(err)).to_string(),
