@@ -135,9 +135,20 @@ impl Leases {
             _ => clients.entry(client.into()).or_insert(fresh),
         };
         let allowed = decision.verdict == Verdict::Allowed;
+        // Two operations of the client may have asked for a slice at once: what is left of the other's
+        // is kept, not lost (it was spent in Redis too).
+        let carried = if allowed && now.saturating_duration_since(lease.taken) < LEASE_TTL {
+            lease.left
+        } else {
+            0
+        };
         *lease = Lease {
             quota,
-            left: if allowed { slice } else { 0 },
+            left: if allowed {
+                slice.saturating_add(carried)
+            } else {
+                0
+            },
             handed: 0,
             taken: now,
             decision,
@@ -222,6 +233,20 @@ mod tests {
         assert_eq!(leases.plan("ip:a", QUOTA, 3, t1), Plan::Ask { slice: 12 });
         // Another client has its own.
         assert_eq!(leases.plan("ip:b", QUOTA, 3, t1), Plan::Ask { slice: 0 });
+    }
+
+    #[test]
+    fn slices_taken_at_once_add_up() {
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        leases.answered("c", QUOTA, 0, allowed(29_000), t0);
+        leases.answered("c", QUOTA, 10, allowed(28_990), t0);
+        let told = leases.answered("c", QUOTA, 10, allowed(28_980), t0);
+        assert_eq!(told.remaining, 29_000);
+        for _ in 0..20 {
+            assert!(matches!(leases.plan("c", QUOTA, 1, t0), Plan::Answered(_)));
+        }
+        assert!(matches!(leases.plan("c", QUOTA, 1, t0), Plan::Ask { .. }));
     }
 
     #[test]
