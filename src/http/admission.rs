@@ -247,8 +247,9 @@ impl<'a> Admission<'a> {
         }
         let (quota, setting) = self.points_quota(viewer);
         let points = quota.points;
-        let limits = [Limit::new(names::POINTS, &client.key, quota)];
-        let decision = self.limiter.check(&limits, saturate(cost.complexity)).await;
+        // Leased: a busy client's points come from a slice this instance holds (see `ratelimit::lease`).
+        let limit = Limit::new(names::POINTS, &client.key, quota);
+        let decision = self.limiter.spend(limit, saturate(cost.complexity)).await;
         if decision.verdict == Verdict::Limited {
             self.penalties.hold(client, decision.retry_after);
         }

@@ -38,8 +38,13 @@
 //! first failure of an outage is logged at warn, the rest at debug; every local answer is counted in
 //! `follow_rate_limiter_fallback_total`. Like the persisted queries, the limiter never takes the
 //! breaker's half-open probe: the cache takes it, and must clean up before Redis is trusted again.
+//!
+//! **Leases.** The points an operation costs go through [`RateLimiter::spend`]: a busy client's points
+//! are taken from Redis a slice at a time and handed out by the instance (see [`lease`]), never more
+//! than the shared budget, so that a cheap request does not pay a round trip to Redis each time.
 
 mod gcra;
+pub mod lease;
 mod local;
 mod script;
 
@@ -48,7 +53,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use self::{
@@ -185,6 +190,8 @@ struct Inner {
     prefix: String,
     timeout: Duration,
     local: LocalLimiter,
+    /// Slices of busy clients' points held by this instance.
+    leases: lease::Leases,
     /// Whether this outage has been logged at warn already (cleared by the next answer from Redis).
     warned: AtomicBool,
 }
@@ -222,6 +229,7 @@ impl RateLimiter {
                 prefix: prefix.to_owned(),
                 timeout,
                 local: LocalLimiter::new(local::DEFAULT_MAX_KEYS),
+                leases: lease::Leases::default(),
                 warned: AtomicBool::new(false),
             })),
         }
@@ -244,6 +252,59 @@ impl RateLimiter {
         if limits.is_empty() {
             return Decision::unlimited();
         }
+        let (decision, decisive) = inner.decide(limits, cost).await;
+        count_refusal(limits, &decision, decisive);
+        decision
+    }
+
+    /// Spends `cost` points against one quota, like [`check`](Self::check), except that a busy client's
+    /// points are taken from Redis a slice at a time and handed out here (see [`lease`]).
+    pub async fn spend(&self, limit: Limit<'_>, cost: u32) -> Decision {
+        let Some(inner) = &self.inner else {
+            return Decision::unlimited();
+        };
+        let limits = [limit];
+        let slice = match inner
+            .leases
+            .plan(limit.client, limit.quota, cost, Instant::now())
+        {
+            lease::Plan::Answered(decision) => return decision,
+            lease::Plan::Ask { slice } => slice,
+        };
+        if slice > 0 {
+            let (decision, _) = inner.decide(&limits, cost.saturating_add(slice)).await;
+            if decision.is_allowed() {
+                return inner.leases.answered(
+                    limit.client,
+                    limit.quota,
+                    slice,
+                    decision,
+                    Instant::now(),
+                );
+            }
+            // Near the limit: the cost alone decides, as without leases (and only that is counted).
+            inner.leases.refused_slice(limit.client, Instant::now());
+        }
+        let (decision, decisive) = inner.decide(&limits, cost).await;
+        count_refusal(&limits, &decision, decisive);
+        inner
+            .leases
+            .answered(limit.client, limit.quota, 0, decision, Instant::now())
+    }
+}
+
+/// Counts a refusal in `follow_rate_limited_total`, by the quota that refused and where.
+fn count_refusal(limits: &[Limit<'_>], decision: &Decision, decisive: usize) {
+    if !decision.is_allowed() {
+        let source = if decision.local { "local" } else { "redis" };
+        let name = limits.get(decisive).map_or("unknown", |limit| limit.name);
+        ::metrics::counter!(RATE_LIMITED, "limit" => name, "source" => source).increment(1);
+    }
+}
+
+impl Inner {
+    /// One check, in Redis or, while it is unavailable, locally; and the index of the decisive quota.
+    async fn decide(&self, limits: &[Limit<'_>], cost: u32) -> (Decision, usize) {
         // A cost no quota can hold spends nothing: the check only reads what is left.
         let spend = if limits.iter().any(|l| cost > l.quota.points) {
             0
@@ -251,24 +312,16 @@ impl RateLimiter {
             cost
         };
         let cells: Vec<Cell> = limits.iter().map(|l| Cell::new(l.quota, spend)).collect();
-        let (outcome, local) = match inner.shared(limits, &cells).await {
+        let (outcome, local) = match self.shared(limits, &cells).await {
             Ok(outcome) => (outcome, false),
             Err(reason) => {
                 ::metrics::counter!(RATE_LIMITER_FALLBACK, "reason" => reason.label()).increment(1);
-                (inner.local.check(limits, &cells), true)
+                (self.local.check(limits, &cells), true)
             }
         };
-        let (decision, decisive) = gcra::decide(limits, &cells, cost, &outcome, local);
-        if !decision.is_allowed() {
-            let source = if local { "local" } else { "redis" };
-            ::metrics::counter!(RATE_LIMITED, "limit" => limits[decisive].name, "source" => source)
-                .increment(1);
-        }
-        decision
+        gcra::decide(limits, &cells, cost, &outcome, local)
     }
-}
 
-impl Inner {
     fn key(&self, limit: &Limit<'_>) -> String {
         format!("{}:rl:{{{}}}:{}", self.prefix, limit.client, limit.name)
     }
