@@ -262,7 +262,7 @@ impl FollowGraph {
         &self,
         pairs: &[(i64, i64)],
         viewer_id: Option<i64>,
-    ) -> (HashMap<(i64, i64), bool>, Vec<(i64, i64)>) {
+    ) -> crate::cache::StatusPeek {
         self.caches.peek_statuses(pairs, viewer_id)
     }
 

@@ -135,6 +135,9 @@ pub const L1_SHARES: [(&str, u64); 6] = [
 /// takes to reach every instance, short enough that reading them stays one small hash.
 const RECENT_TTL: Duration = Duration::from_secs(60);
 
+/// Statuses answered from L1, and the pairs still to load (in the order asked).
+pub type StatusPeek = (HashMap<(i64, i64), bool>, Vec<(i64, i64)>);
+
 /// Most viewers remembered as recently active.
 const ACTIVE_KEPT: usize = 10_000;
 
@@ -255,11 +258,7 @@ impl Caches {
 
     /// L1 only, no waiting: the statuses of the pairs this instance can answer (never the viewer's own),
     /// and the pairs it cannot, in order. One lookup per follower, not per pair.
-    pub fn peek_statuses(
-        &self,
-        pairs: &[(i64, i64)],
-        viewer: Option<i64>,
-    ) -> (HashMap<(i64, i64), bool>, Vec<(i64, i64)>) {
+    pub fn peek_statuses(&self, pairs: &[(i64, i64)], viewer: Option<i64>) -> StatusPeek {
         let mut found = HashMap::with_capacity(pairs.len());
         if !self.l1_active() {
             return (found, pairs.to_vec());
