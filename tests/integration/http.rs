@@ -147,7 +147,7 @@ async fn health_readiness_and_graphiql() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         serde_json::from_slice::<Value>(&body).expect("JSON"),
-        json!({ "postgres": "ok", "redis": "ok" })
+        json!({ "postgres": "ok", "redis": "ok", "warmup": "done" })
     );
 
     let browser = Request::get("/graphql")

@@ -367,6 +367,11 @@ async fn main() -> anyhow::Result<()> {
 
     let server_peak_rss_mib = server.peak_rss_mib();
     server.stop().await;
+    if args.url.is_none() {
+        // The warm caches are hundreds of thousands of keys: left behind, they slow every test that
+        // scans Redis afterwards.
+        clear_redis_prefix(&args.redis_url, SERVER_PREFIX).await?;
+    }
 
     let run = RunReport {
         started_at,
@@ -539,7 +544,7 @@ impl Server {
     /// Starts `follow-service serve` (the binary beside this one, built first when run through cargo).
     async fn start(args: &Args, secret: &str) -> anyhow::Result<Self> {
         let binary = server_binary()?;
-        let prefix = "follow-bench";
+        let prefix = SERVER_PREFIX;
         clear_redis_prefix(&args.redis_url, prefix).await?;
         Self::spawn(
             &binary,
@@ -692,6 +697,9 @@ fn git_commit() -> String {
 
 /// Deletes every key under the benchmark's Redis prefix, so each run starts with cold caches and an
 /// empty stream, and runs do not pile keys up.
+/// The Redis key prefix of the server the scenarios run against.
+const SERVER_PREFIX: &str = "follow-bench";
+
 pub(crate) async fn clear_redis_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
     use follow_service::redis_pool::redis;
     let client = redis::Client::open(redis_url)?;

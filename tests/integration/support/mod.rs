@@ -460,11 +460,28 @@ impl Drop for TestApp {
                 if let Ok(client) = redis::Client::open(redis_url())
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}:*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
+                    // SCAN, not KEYS: KEYS blocks Redis for every other test while it walks
+                    // the whole keyspace.
+                    let mut keys: Vec<String> = Vec::new();
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let Ok((next, found)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(format!("{prefix}:*"))
+                            .arg("COUNT")
+                            .arg(1_000)
+                            .query_async(&mut conn)
+                            .await
+                        else {
+                            break;
+                        };
+                        keys.extend(found);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
                     if !keys.is_empty() {
                         let _: Result<(), _> =
                             redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
