@@ -42,6 +42,18 @@ static FILL_SET_SCRIPT: std::sync::LazyLock<redis::Script> =
 /// Every script the cache calls by hash, loaded together.
 const SCRIPTS: [&str; 3] = [SET_IF_NEWER, sets::RECORD_CHANGE, sets::FILL_SET];
 
+/// Queues one versioned write (newer wins) through the loaded script.
+fn push_versioned(pipe: &mut redis::Pipeline, write: &VersionedWrite) {
+    pipe.cmd("EVALSHA")
+        .arg(SET_IF_NEWER_SCRIPT.get_hash())
+        .arg(1)
+        .arg(&write.key)
+        .arg(write.version)
+        .arg(&write.payload)
+        .arg(write.ttl.as_secs().max(1))
+        .ignore();
+}
+
 /// Most keys remembered as dirty; past it the event consumer's refresh is the repair.
 const MAX_DIRTY: usize = 100_000;
 
@@ -258,14 +270,7 @@ impl L2 {
                     .ignore();
                 continue;
             }
-            pipe.cmd("EVALSHA")
-                .arg(SET_IF_NEWER_SCRIPT.get_hash())
-                .arg(1)
-                .arg(&write.key)
-                .arg(write.version)
-                .arg(&write.payload)
-                .arg(write.ttl.as_secs().max(1))
-                .ignore();
+            push_versioned(&mut pipe, write);
         }
         if let Some((channel, message)) = publish {
             pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
@@ -320,14 +325,7 @@ impl L2 {
                 .ignore();
         }
         for write in &batch.versioned {
-            pipe.cmd("EVALSHA")
-                .arg(SET_IF_NEWER_SCRIPT.get_hash())
-                .arg(1)
-                .arg(&write.key)
-                .arg(write.version)
-                .arg(&write.payload)
-                .arg(write.ttl.as_secs().max(1))
-                .ignore();
+            push_versioned(&mut pipe, write);
         }
         for (set_key, recent_key) in &batch.dropped_sets {
             // The generation bump makes fills that loaded before this drop stand down.

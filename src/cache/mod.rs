@@ -227,10 +227,21 @@ impl Caches {
         if Some(pair.0) == viewer {
             return None;
         }
-        self.peek("status", || match self.sets.get(pair.0)? {
+        self.peek("status", || {
+            let set = self.sets.get(pair.0);
+            // Hits only: a miss is counted by the lookup that follows, as for every peek.
+            count("sets", "l1", "hit", usize::from(set.is_some()));
+            self.status_in(set.as_ref(), pair)
+        })
+    }
+
+    /// A pair's status as L1 holds it: from the follower's set, or the pair's own entry when the
+    /// follower is over the set limit.
+    fn status_in(&self, set: Option<&Following>, pair: (i64, i64)) -> Option<bool> {
+        match set? {
             Following::Members(members) => Some(members.contains(pair.1)),
             Following::Large => self.status.get(&pair).map(|v| v.value),
-        })
+        }
     }
 
     /// L1 only: the following set of `user`, if this instance holds it (warm-up and tests).
@@ -271,18 +282,19 @@ impl Caches {
                 continue;
             }
             let set = sets.entry(pair.0).or_insert_with(|| self.sets.get(pair.0));
-            let hit = match set {
-                Some(Following::Members(members)) => Some(members.contains(pair.1)),
-                Some(Following::Large) => self.status.get(&pair).map(|v| v.value),
-                None => None,
-            };
-            match hit {
+            match self.status_in(set.as_ref(), pair) {
                 Some(follows) => {
                     found.insert(pair, follows);
                 }
                 None => missing.push(pair),
             }
         }
+        count(
+            "sets",
+            "l1",
+            "hit",
+            sets.values().filter(|set| set.is_some()).count(),
+        );
         count("status", "l1", "hit", found.len());
         (found, missing)
     }
@@ -701,8 +713,10 @@ impl Caches {
                         values.insert(user, (set, Source::Store, generation));
                     }
                     // Filling L2 is not on the answer's path.
-                    let caches = self.clone();
-                    tokio::spawn(async move { caches.l2.fill_sets(&fills).await });
+                    if !fills.is_empty() {
+                        let caches = self.clone();
+                        tokio::spawn(async move { caches.l2.fill_sets(&fills).await });
+                    }
                 }
                 Ok(values
                     .into_iter()

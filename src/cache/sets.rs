@@ -68,14 +68,6 @@ impl Members {
         self.ids.binary_search(&id).is_ok()
     }
 
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     pub fn ids(&self) -> &[i64] {
         &self.ids
     }
