@@ -10,7 +10,8 @@ use crate::support::{Options, RedisProxy, TestApp, eventually, redis_members, ru
 const STATUS: &str = r#"query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }"#;
 const OWN: &str = r#"query($b: ID!) { user(id: $b) { viewerIsFollowing } }"#;
 
-async fn is_following(
+/// `isFollowing(a, b)` on `app`, asked by `viewer` (or anonymously).
+pub(crate) async fn is_following(
     app: &follow_service::app::App,
     viewer: Option<i64>,
     a: i64,

@@ -13,18 +13,9 @@ use serde_json::{Value, json};
 
 use crate::support::{Options, TestApp, eventually, redis_get, run_on, send};
 
-const STATUS: &str = r#"query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }"#;
-
+/// `isFollowing(a, b)` asked anonymously (not read-your-writes: the L1 sets answer it).
 async fn is_following(app: &follow_service::app::App, a: i64, b: i64) -> Value {
-    let response = run_on(
-        app,
-        None,
-        STATUS,
-        json!({ "a": a.to_string(), "b": b.to_string() }),
-    )
-    .await;
-    assert!(response.get("errors").is_none(), "{response:#}");
-    response["data"]["isFollowing"].clone()
+    crate::cache::is_following(app, None, a, b).await
 }
 
 /// What viewer 1 sees of user 2 on `app`: `viewerIsFollowing`, and `relationships`' `following`.
