@@ -253,7 +253,7 @@ impl FollowGraph {
         Ok(record)
     }
 
-    /// What this instance's L1 holds, without waiting: resolvers try these before their DataLoader.
+    /// What this instance's L1 holds, without waiting: resolvers try these before their loader.
     pub fn peek_user(&self, id: i64) -> Option<Option<UserRecord>> {
         self.caches.peek_user(id)
     }

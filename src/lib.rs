@@ -8,7 +8,7 @@
 //! - [`cache`]: L1 (mini-moka) and L2 (Redis) behind the loaders, with invalidation across instances;
 //!   [`redis_health`]: the circuit breaker every Redis user asks first.
 //! - [`graph`]: the follow graph's operations; the GraphQL layer calls only this.
-//! - [`graphql`]: schema, resolvers, DataLoaders. Knows nothing of HTTP.
+//! - [`graphql`]: schema, resolvers, loaders. Knows nothing of HTTP.
 //! - [`ratelimit`]: rate limits shared by every instance (GCRA in Redis, a local one while it is down).
 //! - [`http`]: routes, authentication, limits, health. [`app`]: builds all of it from a [`config::Config`].
 //! - [`seed`], [`telemetry`], [`redis_pool`]: demo data, logging, Redis connections.

@@ -1,4 +1,4 @@
-//! The two-level cache behind the DataLoaders: L1 in process (mini-moka), L2 in Redis, PostgreSQL last.
+//! The two-level cache behind the loaders: L1 in process (mini-moka), L2 in Redis, PostgreSQL last.
 //!
 //! What is cached: follow status per pair (negative answers too), counts per user, user records, and the
 //! first pages of follower and following lists. A lookup tries L1, then one MGET for the rest, then one
@@ -222,7 +222,7 @@ impl Caches {
     }
 
     /// L1 only, no waiting: the status of a pair if this instance holds it (never for the viewer's own
-    /// pairs). Resolvers try this before a DataLoader, so an L1 hit skips the batching window.
+    /// pairs). Resolvers try this before their loader, so an L1 hit skips the batch.
     pub fn peek_status(&self, pair: (i64, i64), viewer: Option<i64>) -> Option<bool> {
         if Some(pair.0) == viewer {
             return None;

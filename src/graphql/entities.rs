@@ -1,7 +1,7 @@
 //! Apollo Federation: the entities this subgraph resolves for a router (`Query._entities`).
 //!
 //! `User @key(fields: "id")`: a router holding a user's id from another subgraph asks this one for the
-//! follow fields. Every representation resolves through the DataLoaders, so a router's batch of 100
+//! follow fields. Every representation resolves through the loaders, so a router's batch of 100
 //! users costs one lookup per kind, not 100. A user this service has no record of is still an entity:
 //! it has no follows (edges need records), so its follow fields answer zeros and empty lists, and only
 //! its `handle` (which the users subgraph owns) is an error.

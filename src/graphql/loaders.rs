@@ -1,5 +1,5 @@
-//! DataLoaders: every per-user and per-pair field of a response is gathered into one batched lookup
-//! per kind, so a page of 100 users costs a handful of queries, not hundreds.
+//! Loaders (batched by `batch.rs`): every per-user and per-pair field of a response is gathered into
+//! one batched lookup per kind, so a page of 100 users costs a handful of queries, not hundreds.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

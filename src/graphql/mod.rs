@@ -1,4 +1,4 @@
-//! The GraphQL schema: types, resolvers and DataLoaders. Knows nothing of HTTP: the transport hands it
+//! The GraphQL schema: types, resolvers and loaders. Knows nothing of HTTP: the transport hands it
 //! a request and the viewer it authenticated ([`prepare`]), and tests drive the same schema directly.
 
 pub mod batch;
@@ -43,7 +43,7 @@ pub struct RequestViewer(pub Option<Viewer>);
 pub struct SchemaLimits {
     /// Depth, complexity, fields and entities a document may reach (see [`cost`]).
     pub cost: cost::CostLimits,
-    /// How long a DataLoader gathers keys before querying.
+    /// How long a loader batch gathers keys before querying (zero: one scheduling pass).
     pub loader_delay: Duration,
 }
 
@@ -68,7 +68,7 @@ pub fn build_schema(graph: FollowGraph, events: EventHub, limits: SchemaLimits) 
         .finish()
 }
 
-/// Attaches the per-request data to a request: the viewer and fresh DataLoaders.
+/// Attaches the per-request data to a request: the viewer and fresh loaders.
 pub fn prepare(
     schema: &FollowSchema,
     request: async_graphql::Request,

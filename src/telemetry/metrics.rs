@@ -20,7 +20,7 @@ pub const GRAPHQL_DURATION: &str = "follow_graphql_request_duration_seconds";
 pub const GRAPHQL_ERRORS: &str = "follow_graphql_errors_total";
 /// Cache lookups, labelled `cache` (status, counts, lists, users), `level` (l1, l2) and `result` (hit, miss).
 pub const CACHE_REQUESTS: &str = "follow_cache_requests_total";
-/// Keys per DataLoader batch, labelled `loader`.
+/// Keys per loader batch, labelled `loader`.
 pub const LOADER_BATCH: &str = "follow_dataloader_batch_size";
 /// PostgreSQL pool connections, labelled `state` (in_use, idle).
 pub const DB_POOL_CONNECTIONS: &str = "follow_db_pool_connections";
@@ -140,7 +140,7 @@ fn describe() {
         "GraphQL errors returned, by extensions.code"
     );
     describe_counter!(CACHE_REQUESTS, "Cache lookups by cache, level and result");
-    describe_histogram!(LOADER_BATCH, "Keys per DataLoader batch");
+    describe_histogram!(LOADER_BATCH, "Keys per loader batch");
     describe_gauge!(DB_POOL_CONNECTIONS, "PostgreSQL pool connections by state");
     describe_gauge!(
         DB_POOL_WAITING,
