@@ -1,22 +1,28 @@
 //! The schema's one extension: the cost check and the validation memo ([`super::limits`]), the request
-//! metrics ([`super::observe`]), and the codes of argument errors ([`super::coded`]).
+//! metrics ([`super::observe`]), the codes of argument errors ([`super::coded`]), and responses in the
+//! document's field order ([`super::order`]).
 //!
 //! One extension rather than one per concern because the library calls every installed extension at
 //! every step of every request, and at every field it resolves, each call a boxed future: with three
 //! extensions a `{ __typename }` cost eighteen of them, most passing straight through.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
 
 use async_graphql::{
     Response, ServerError, ServerResult, ValidationResult, Variables,
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
-        NextValidation,
+        NextSubscribe, NextValidation,
     },
+    futures_util::stream::{BoxStream, StreamExt},
     parser::types::ExecutableDocument,
+    registry::Registry,
 };
 
-use super::{coded, cost::CostLimits, limits, observe::Observation};
+use super::{coded, cost::CostLimits, limits, observe::Observation, order};
 
 /// Installs [`RequestHooks`] for every request.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +36,7 @@ impl ExtensionFactory for Hooks {
         Arc::new(RequestHooks {
             cost: self.cost,
             observation: Observation::default(),
+            parsed: Arc::default(),
         })
     }
 }
@@ -38,6 +45,27 @@ impl ExtensionFactory for Hooks {
 pub struct RequestHooks {
     cost: CostLimits,
     observation: Observation,
+    /// The document and variables, kept from the parse step to order the response.
+    parsed: Arc<OnceLock<Parsed>>,
+}
+
+/// What the parse step saw.
+struct Parsed {
+    document: Arc<ExecutableDocument>,
+    variables: Variables,
+}
+
+impl Parsed {
+    /// Puts `response`'s fields in the order of operation `operation_name`.
+    fn order(&self, registry: &Registry, operation: order::Operation<'_>, response: &mut Response) {
+        order::reorder(
+            registry,
+            &self.document,
+            operation,
+            &self.variables,
+            &mut response.data,
+        );
+    }
 }
 
 #[async_trait::async_trait]
@@ -58,7 +86,11 @@ impl Extension for RequestHooks {
     ) -> ServerResult<ExecutableDocument> {
         let document = limits::parse(ctx, query, variables, &self.cost, next)?;
         self.observation.parsed(&document);
-        Ok(document)
+        let _ = self.parsed.set(Parsed {
+            document: document.clone(),
+            variables: variables.clone(),
+        });
+        Ok(Arc::unwrap_or_clone(document))
     }
 
     async fn validation(
@@ -78,6 +110,29 @@ impl Extension for RequestHooks {
         self.observation.executing(operation_name);
         let mut response = next.run(ctx, operation_name).await;
         coded::code_argument_errors(&mut response);
+        if let Some(parsed) = self.parsed.get() {
+            let operation = order::Operation::Named(operation_name);
+            parsed.order(&ctx.schema_env.registry, operation, &mut response);
+        }
         response
+    }
+
+    /// Subscription events do not pass through `execute`: each is ordered as it goes out.
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        let parsed = self.parsed.clone();
+        let schema_env = ctx.schema_env.clone();
+        let stream = stream.map(move |mut response| {
+            if let Some(parsed) = parsed.get() {
+                let operation = order::Operation::Subscription;
+                parsed.order(&schema_env.registry, operation, &mut response);
+            }
+            response
+        });
+        next.run(ctx, stream.boxed())
     }
 }

@@ -213,7 +213,8 @@ fn number_class(number: &serde_json::Number) -> u8 {
     }
 }
 
-/// The parse step: the transport's checked document, or the text parsed and measured here.
+/// The parse step: the transport's checked document, or the text parsed and measured here (shared, so
+/// that the response can be put in the document's order afterwards, see [`super::order`]).
 pub(super) fn parse(
     ctx: &ExtensionContext<'_>,
     query: &str,
@@ -221,15 +222,15 @@ pub(super) fn parse(
     limits: &CostLimits,
     // Deliberately not run: see the module doc.
     _next: NextParseQuery<'_>,
-) -> ServerResult<ExecutableDocument> {
+) -> ServerResult<Arc<ExecutableDocument>> {
     if let Some(checked) = ctx.data_opt::<CheckedDocument>() {
-        return Ok((*checked.document).clone());
+        return Ok(checked.document.clone());
     }
     cost::check_text_nesting(query).map_err(cost::CostError::into_server_error)?;
     let document = async_graphql::parser::parse_query(query)?;
     cost::analyze(&document, None, variables, limits)
         .map_err(cost::CostError::into_server_error)?;
-    Ok(document)
+    Ok(Arc::new(document))
 }
 
 /// The validation step: remembered when the transport gave a key, else the library's.

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod observe;
+pub mod order;
 pub mod query;
 pub mod scalars;
 pub mod subscription;

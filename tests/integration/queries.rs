@@ -227,3 +227,33 @@ async fn a_page_of_100_users_costs_a_handful_of_queries() {
     // (a very busy machine may split a batch in two). Resolved one by one it would be over 500.
     assert!(spent <= 24, "{spent} statements for one page of 100 users");
 }
+
+/// The response's fields come in the document's order (the GraphQL spec; normalized client caches and
+/// snapshot tests rely on it), also when a field waits on the cache or the database and another does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_come_back_in_the_order_asked_on_a_cold_cache() {
+    let app = small_graph().await;
+    let query = r#"query($no: Boolean!) {
+        user(id: "2") { followerCount handle viewerIsFollowing @skip(if: $no) id }
+        isFollowing(followerId: "1", followeeId: "2")
+        ...Counts
+        again: user(id: "2") { id }
+    }
+    fragment Counts on Query { other: user(id: "3") { followingCount id } }"#;
+    let keys = |value: &Value| -> Vec<String> {
+        value
+            .as_object()
+            .map(|object| object.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    // Cold, then warm: the same order both times.
+    for _ in 0..2 {
+        let data = app.data(Some(1), query, json!({ "no": false })).await;
+        assert_eq!(keys(&data), ["user", "isFollowing", "other", "again"]);
+        assert_eq!(
+            keys(&data["user"]),
+            ["followerCount", "handle", "viewerIsFollowing", "id"]
+        );
+        assert_eq!(keys(&data["other"]), ["followingCount", "id"]);
+    }
+}
