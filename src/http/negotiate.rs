@@ -20,11 +20,12 @@ impl MediaType {
 }
 
 /// The media type to answer in, from the request's `Accept` header; `None` when the client accepts
-/// neither (406). With no header, or with only wildcards, the specification's own type is preferred;
+/// neither (406). With no header, or with only wildcards, `application/json`, as the specification
+/// says a server SHOULD (such a client may predate it and read any 4xx as a transport failure);
 /// otherwise the highest quality wins, and a tie goes to `application/graphql-response+json`.
 pub fn negotiate(accept: Option<&str>) -> Option<MediaType> {
     let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
-        return Some(MediaType::GraphQLResponse);
+        return Some(MediaType::Json);
     };
     let mut best: Option<(f32, u8, MediaType)> = None;
     for range in accept.split(',') {
@@ -42,7 +43,7 @@ pub fn negotiate(accept: Option<&str>) -> Option<MediaType> {
         let (specificity, media) = match essence.as_str() {
             "application/graphql-response+json" => (3, MediaType::GraphQLResponse),
             "application/json" => (2, MediaType::Json),
-            "application/*" | "*/*" => (1, MediaType::GraphQLResponse),
+            "application/*" | "*/*" => (1, MediaType::Json),
             _ => continue,
         };
         if quality <= 0.0 {
@@ -64,11 +65,11 @@ mod tests {
     use super::{MediaType::*, negotiate};
 
     #[test]
-    fn no_header_or_a_wildcard_gets_the_specifications_type() {
-        assert_eq!(negotiate(None), Some(GraphQLResponse));
-        assert_eq!(negotiate(Some("")), Some(GraphQLResponse));
-        assert_eq!(negotiate(Some("*/*")), Some(GraphQLResponse));
-        assert_eq!(negotiate(Some("application/*")), Some(GraphQLResponse));
+    fn no_header_or_a_wildcard_gets_json() {
+        assert_eq!(negotiate(None), Some(Json));
+        assert_eq!(negotiate(Some("")), Some(Json));
+        assert_eq!(negotiate(Some("*/*")), Some(Json));
+        assert_eq!(negotiate(Some("application/*")), Some(Json));
     }
 
     #[test]
