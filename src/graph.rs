@@ -115,16 +115,8 @@ impl FollowGraph {
                 EdgeError::Store(err) => err.into(),
             })?;
         drop(conn);
-        let changed: HashSet<i64> = rows.iter().map(|r| r.followee_id).collect();
         self.publish(&rows).await;
-        Ok(user_ids
-            .iter()
-            .map(|&user_id| FollowOutcome {
-                user_id,
-                following: true,
-                changed: changed.contains(&user_id),
-            })
-            .collect())
+        Ok(outcomes(user_ids, &rows, true))
     }
 
     /// The viewer stops following `user_id`; unfollowing a user not followed (or oneself) changes nothing.
@@ -157,16 +149,8 @@ impl FollowGraph {
             self.require_users(&mut conn, viewer_id, &targets).await?;
         }
         drop(conn);
-        let changed: HashSet<i64> = rows.iter().map(|r| r.followee_id).collect();
         self.publish(&rows).await;
-        Ok(user_ids
-            .iter()
-            .map(|&user_id| FollowOutcome {
-                user_id,
-                following: false,
-                changed: changed.contains(&user_id),
-            })
-            .collect())
+        Ok(outcomes(user_ids, &rows, false))
     }
 
     /// Fails with `NOT_FOUND` naming the viewer or the first unknown user.
@@ -292,6 +276,21 @@ impl FollowGraph {
                 Ok::<_, AppError>(users.into_iter().map(|u| (u.id, u)).collect())
             })
             .await
+    }
+
+    /// Users by id from the database, past the caches, whose entries they replace (a cached absence
+    /// of an edge's end is stale).
+    pub async fn users_from_store(
+        &self,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, UserRecord>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let users = db::users::by_ids(&mut conn, ids).await?;
+        drop(conn);
+        for user in &users {
+            self.caches.record_user(user).await;
+        }
+        Ok(users.into_iter().map(|u| (u.id, u)).collect())
     }
 
     /// A user by handle, ignoring case.
@@ -465,6 +464,24 @@ pub fn check_batch_len(len: usize) -> Result<(), AppError> {
         )));
     }
     Ok(())
+}
+
+/// One outcome per id asked, in order: an id the statement changed reports `changed` on its first
+/// copy only (the later copies found it done already).
+fn outcomes(
+    user_ids: &[i64],
+    rows: &[db::outbox::OutboxRow],
+    following: bool,
+) -> Vec<FollowOutcome> {
+    let mut changed: HashSet<i64> = rows.iter().map(|r| r.followee_id).collect();
+    user_ids
+        .iter()
+        .map(|&user_id| FollowOutcome {
+            user_id,
+            following,
+            changed: changed.remove(&user_id),
+        })
+        .collect()
 }
 
 /// Refuses a handle outside 1 to 30 of `[A-Za-z0-9_]`.

@@ -26,17 +26,34 @@ pub(crate) fn viewer_id(ctx: &Context<'_>) -> Option<i64> {
         .map(|v| v.user_id)
 }
 
-/// Loads users that must exist (they are ends of edges, which the schema ties to `users`).
+/// Loads users that must exist (they are ends of edges, which the schema ties to `users`). A cached
+/// "no such user" for one of them is stale (the user was created after it was cached): those are read
+/// again from the database, which also replaces the stale entry everywhere.
 pub(crate) async fn load_users(ctx: &Context<'_>, ids: &[i64]) -> Result<Vec<User>> {
-    let found = loaders(ctx)?.users(ids).await?;
-    ids.iter()
-        .map(|id| {
-            found.get(id).cloned().map(User).ok_or_else(|| {
-                AppError::Internal(anyhow::anyhow!("user {id} is an edge end without a record"))
-                    .into()
-            })
+    let mut found = loaders(ctx)?.users(ids).await?;
+    let missing: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !found.contains_key(id))
+        .collect();
+    if !missing.is_empty() {
+        let graph = ctx.data::<crate::graph::FollowGraph>()?;
+        found.extend(graph.users_from_store(&missing).await?);
+    }
+    Ok(ids
+        .iter()
+        .map(|&id| match found.get(&id) {
+            Some(record) => User(record.clone()),
+            // Deleted between the edge's read and this one: the id alone, its handle NOT_FOUND.
+            None => User::reference(id),
         })
-        .collect()
+        .collect())
+}
+
+/// One user that must exist, as [`load_users`].
+pub(crate) async fn load_user(ctx: &Context<'_>, id: i64) -> Result<User> {
+    let mut users = load_users(ctx, &[id]).await?;
+    Ok(users.pop().unwrap_or_else(|| User::reference(id)))
 }
 
 /// A user of the social product, with their place in the follow graph.
@@ -258,10 +275,7 @@ impl FollowEdge {
     }
 
     async fn node(&self, ctx: &Context<'_>) -> Result<User> {
-        let mut users = load_users(ctx, &[self.0.user_id]).await?;
-        users
-            .pop()
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+        load_user(ctx, self.0.user_id).await
     }
 
     /// When the follow began.
@@ -300,18 +314,12 @@ pub struct FollowPayload {
 #[Object]
 impl FollowPayload {
     async fn viewer(&self, ctx: &Context<'_>) -> Result<User> {
-        let mut users = load_users(ctx, &[self.viewer_id]).await?;
-        users
-            .pop()
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no viewer loaded")).into())
+        load_user(ctx, self.viewer_id).await
     }
 
     /// The user followed or unfollowed.
     async fn user(&self, ctx: &Context<'_>) -> Result<User> {
-        let mut users = load_users(ctx, &[self.outcome.user_id]).await?;
-        users
-            .pop()
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+        load_user(ctx, self.outcome.user_id).await
     }
 
     /// Whether the viewer follows user after this call.
@@ -338,17 +346,11 @@ impl FollowEvent {
     }
 
     async fn follower(&self, ctx: &Context<'_>) -> Result<User> {
-        let mut users = load_users(ctx, &[self.0.follower_id]).await?;
-        users
-            .pop()
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+        load_user(ctx, self.0.follower_id).await
     }
 
     async fn followee(&self, ctx: &Context<'_>) -> Result<User> {
-        let mut users = load_users(ctx, &[self.0.followee_id]).await?;
-        users
-            .pop()
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no user loaded")).into())
+        load_user(ctx, self.0.followee_id).await
     }
 
     async fn at(&self) -> DateTime {
