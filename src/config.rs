@@ -38,7 +38,7 @@ pub struct Config {
     pub db_pool_size: usize,
     /// `FOLLOW_DB_TIMEOUT_MS`: how long a request waits for a pooled connection before `SERVICE_UNAVAILABLE`.
     pub db_timeout: Duration,
-    /// `FOLLOW_REDIS_POOL_SIZE`: Redis connections per process.
+    /// `FOLLOW_REDIS_POOL_SIZE`: shared multiplexed Redis connections per process, every call pipelined over them.
     pub redis_pool_size: usize,
     /// `FOLLOW_REDIS_TIMEOUT_MS`: budget of one Redis call on a request path; past it the request goes on without Redis.
     pub redis_timeout: Duration,
@@ -287,7 +287,7 @@ impl Config {
             },
             db_pool_size: number("FOLLOW_DB_POOL_SIZE", 16)? as usize,
             db_timeout: millis("FOLLOW_DB_TIMEOUT_MS", 2_000)?,
-            redis_pool_size: number("FOLLOW_REDIS_POOL_SIZE", 16)? as usize,
+            redis_pool_size: number("FOLLOW_REDIS_POOL_SIZE", 2)? as usize,
             redis_timeout: millis("FOLLOW_REDIS_TIMEOUT_MS", 100)?,
             request_timeout: millis("FOLLOW_REQUEST_TIMEOUT_MS", 10_000)?,
             max_body_bytes: number("FOLLOW_MAX_BODY_BYTES", 64 * 1024)? as usize,

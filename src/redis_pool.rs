@@ -1,9 +1,9 @@
 //! Redis connections shared by the event producer, the relay and the cache.
 //!
 //! deadpool-redis creates the connections, but a checkout from it costs a round trip (it PINGs every
-//! connection it hands out), and a multiplexed connection is made to be shared: so a few connections
-//! are taken out of the pool once and every call pipelines over them, round-robin. A connection that
-//! fails is dropped and replaced from the pool on the next call.
+//! connection it hands out), and a multiplexed connection is made to be shared: so `FOLLOW_REDIS_POOL_SIZE`
+//! connections are taken out of the pool once and every call pipelines over them, round-robin. A
+//! connection that fails is dropped and replaced from the pool on the next call.
 
 use std::{
     sync::{
@@ -22,9 +22,6 @@ pub use deadpool_redis::redis;
 
 use self::redis::aio::MultiplexedConnection;
 
-/// How many multiplexed connections calls are spread over.
-const SHARED_CONNECTIONS: usize = 2;
-
 /// Redis connections; cheap to clone.
 #[derive(Clone)]
 pub struct RedisPool {
@@ -33,10 +30,12 @@ pub struct RedisPool {
     next: Arc<AtomicUsize>,
 }
 
-/// Builds the pool. Connections open lazily, so a Redis that is down at start does not stop the service.
+/// Builds the pool of `size` shared connections (at least one). Connections open lazily, so a Redis
+/// that is down at start does not stop the service.
 pub fn build_pool(redis_url: &str, size: usize, timeout: Duration) -> anyhow::Result<RedisPool> {
+    let size = size.max(1);
     let mut config = PoolConfig::from_url(redis_url);
-    let mut sizing = Sizing::new(size.max(SHARED_CONNECTIONS));
+    let mut sizing = Sizing::new(size);
     sizing.timeouts = Timeouts {
         wait: Some(timeout),
         create: Some(timeout),
@@ -48,7 +47,7 @@ pub fn build_pool(redis_url: &str, size: usize, timeout: Duration) -> anyhow::Re
         .context("building the Redis pool")?;
     Ok(RedisPool {
         pool,
-        shared: Arc::new((0..SHARED_CONNECTIONS).map(|_| Mutex::new(None)).collect()),
+        shared: Arc::new((0..size).map(|_| Mutex::new(None)).collect()),
         next: Arc::new(AtomicUsize::new(0)),
     })
 }

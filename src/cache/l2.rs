@@ -30,6 +30,44 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
 return 1
 ";
 
+/// Bumps each list version in KEYS to the larger of its value + 1 and Redis's clock in microseconds;
+/// returns the new versions. A version therefore never repeats, even after Redis lost the keys (the
+/// clock is past every version handed out before), so a page cached under an old version anywhere can
+/// never be taken for the list's current page.
+const BUMP_VERSIONS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = (tonumber(redis.call('GET', key)) or 0) + 1
+  if v < now then v = now end
+  redis.call('SET', key, string.format('%d', v))
+  out[i] = v
+end
+return out
+";
+
+/// Reads each list version in KEYS; a missing one (never bumped, or lost with Redis's data) starts at
+/// Redis's clock in microseconds rather than at 0, for the same reason as [`BUMP_VERSIONS`].
+const READ_VERSIONS: &str = r"
+local out = {}
+local now = nil
+for i, key in ipairs(KEYS) do
+  local v = tonumber(redis.call('GET', key))
+  if not v then
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
+    v = now
+    redis.call('SET', key, string.format('%d', v), 'NX')
+    v = tonumber(redis.call('GET', key))
+  end
+  out[i] = v
+end
+return out
+";
+
 /// The script, loaded into Redis once and then called by its hash (EVALSHA): sending and hashing its
 /// text on every write costs Redis as much as running it.
 static SET_IF_NEWER_SCRIPT: std::sync::LazyLock<redis::Script> =
@@ -39,8 +77,19 @@ static RECORD_CHANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
 static FILL_SET_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(sets::FILL_SET));
 
+static BUMP_VERSIONS_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(BUMP_VERSIONS));
+static READ_VERSIONS_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(READ_VERSIONS));
+
 /// Every script the cache calls by hash, loaded together.
-const SCRIPTS: [&str; 3] = [SET_IF_NEWER, sets::RECORD_CHANGE, sets::FILL_SET];
+const SCRIPTS: [&str; 5] = [
+    SET_IF_NEWER,
+    sets::RECORD_CHANGE,
+    sets::FILL_SET,
+    BUMP_VERSIONS,
+    READ_VERSIONS,
+];
 
 /// Queues one versioned write (newer wins) through the loaded script.
 fn push_versioned(pipe: &mut redis::Pipeline, write: &VersionedWrite) {
@@ -459,8 +508,8 @@ impl L2 {
         self.run::<()>(&pipe).await.is_some()
     }
 
-    /// Bumps list versions, then announces the new versions on `channel`.
-    /// Returns the new versions, or `None` (the keys are then remembered as dirty).
+    /// Bumps list versions (never to a version used before, see [`BUMP_VERSIONS`]), then announces the
+    /// new versions on `channel`. Returns them, or `None` (the keys are then remembered as dirty).
     pub async fn bump_versions(
         &self,
         keys: &[String],
@@ -470,13 +519,8 @@ impl L2 {
         if keys.is_empty() {
             return Some(Vec::new());
         }
-        // No expiry: one key per list (two per user) stays bounded, and a version that never goes away
-        // can never bring an old page back.
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("INCR").arg(key);
-        }
-        let Some(versions) = self.run::<Vec<i64>>(&pipe).await else {
+        // No expiry: one key per list (two per user) stays bounded.
+        let Some(versions) = self.versions(&BUMP_VERSIONS_SCRIPT, keys).await else {
             self.mark_dirty(keys.iter().cloned());
             return None;
         };
@@ -488,6 +532,27 @@ impl L2 {
             .ignore();
         let _ = self.run::<()>(&announce).await;
         Some(versions)
+    }
+
+    /// The current versions of lists (see [`READ_VERSIONS`]), or `None` when Redis is unavailable.
+    pub async fn read_versions(&self, keys: &[String]) -> Option<Vec<i64>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        self.versions(&READ_VERSIONS_SCRIPT, keys).await
+    }
+
+    /// Runs one of the version scripts over `keys`.
+    async fn versions(&self, script: &redis::Script, keys: &[String]) -> Option<Vec<i64>> {
+        let mut pipe = redis::pipe();
+        self.load_scripts(&mut pipe);
+        pipe.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys);
+        let versions = self.run::<(Vec<i64>,)>(&pipe).await;
+        self.scripts_ran(versions.is_some(), true);
+        versions.map(|(versions,)| versions)
     }
 
     /// Deletes keys and announces it (used when an exact new value is not at hand).

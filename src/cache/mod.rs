@@ -1,7 +1,8 @@
 //! The two-level cache behind the loaders: L1 in process (mini-moka), L2 in Redis, PostgreSQL last.
 //!
-//! What is cached: follow status per pair (negative answers too), counts per user, user records, and the
-//! first pages of follower and following lists. A lookup tries L1, then one MGET for the rest, then one
+//! What is cached: each user's following set (every follow status, negative answers too; pair statuses
+//! for users over the set limit), counts per user, user records, and the first pages of follower and
+//! following lists. A lookup tries L1, then one MGET for the rest, then one
 //! query for what is still missing (coalesced with any load of the same keys in flight), and fills both
 //! levels on the way back.
 //!
@@ -9,14 +10,16 @@
 //! set it, counts `user_stats.version`, a user record its `updated_at`, a list its version counter
 //! (bumped by the event consumer; page keys include it, so one bump drops every cached page of the list).
 //! Both levels keep the highest version they have seen, so a slow reader filling an old value after a
-//! write cannot undo it (values read from PostgreSQL have version 0 and only fill gaps).
+//! write cannot undo it (values read from PostgreSQL carry their row's version; where no row dates them,
+//! version 0, which only fills a gap). List versions never repeat, even after Redis lost its data.
 //!
 //! Who updates what: a follow or unfollow writes the pair's status to L1 and L2 before it returns and
 //! announces it on pub/sub (every instance applies it to its L1); the event consumer, after applying a
 //! batch, writes the statuses and new counts it applied and bumps the lists' versions, announced the
 //! same way. That second path repairs anything the first missed (a write whose Redis call failed).
-//! A viewer's own pairs skip L1, so that read-your-writes holds on every instance the moment a write
-//! returns; other readers see it as soon as the announcement arrives (well under a millisecond here).
+//! A viewer's own pairs are read with the viewer's recent changes from L2, so that read-your-writes holds
+//! on every instance the moment a write returns; other readers see it as soon as the announcement
+//! arrives (well under a millisecond here).
 //!
 //! Redis trouble never fails a read: calls have a short budget, a circuit breaker stops calling Redis
 //! for a moment after repeated failures, L1 is suspended while the invalidation subscription is down,
@@ -903,7 +906,7 @@ impl Caches {
         }
         let use_l1 = self.l1_active();
 
-        // 1. Each list's version: L1, else one MGET (a missing version key is version 0).
+        // 1. Each list's version: L1, else one script call (a missing version key starts a new one).
         let mut versions: HashMap<i64, i64> = HashMap::new();
         let mut unknown = Vec::new();
         for &owner in owners {
@@ -922,13 +925,12 @@ impl Caches {
                 .iter()
                 .map(|o| self.names.list_version(kind, *o))
                 .collect();
-            let Some(values) = self.l2.get_many(&names).await else {
+            let Some(values) = self.l2.read_versions(&names).await else {
                 // Without versions nothing cached can be trusted: straight to PostgreSQL.
                 count("lists", "l2", "unavailable", owners.len());
                 return Ok(to_arcs(load(owners.to_vec()).await?, owners));
             };
-            for (owner, value) in unknown.into_iter().zip(values) {
-                let version = value.and_then(|v| v.parse().ok()).unwrap_or(0);
+            for (owner, version) in unknown.into_iter().zip(values) {
                 if use_l1 {
                     self.list_versions
                         .put_if_newer((kind, owner), Versioned { version, value: () });

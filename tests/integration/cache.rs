@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Options, RedisProxy, TestApp, eventually, redis_members, run_on};
+use crate::support::{
+    Options, RedisProxy, TestApp, eventually, redis_forget, redis_members, run_on,
+};
 
 const STATUS: &str = r#"query($a: ID!, $b: ID!) { isFollowing(followerId: $a, followeeId: $b) }"#;
 const OWN: &str = r#"query($b: ID!) { user(id: $b) { viewerIsFollowing } }"#;
@@ -353,4 +355,96 @@ async fn an_upserted_user_is_read_back_at_once_even_after_a_miss_was_cached() {
     })
     .await;
     assert!(fresh, "{:#}", run_on(&b.app, None, query, json!({})).await);
+}
+
+/// A cached "no such user" can be stale (a user created while an instance missed the announcement, or
+/// written by another path): an edge's end is never "no such user", so a list or a payload holding it
+/// reads the record again instead of failing with INTERNAL_SERVER_ERROR, and repairs the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cached_absence_never_breaks_a_list_or_a_payload() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=2).await;
+    let user = r#"{ user(id: "40") { handle } }"#;
+    assert_eq!(
+        app.data(None, user, json!({})).await,
+        json!({ "user": null })
+    );
+    // Created behind the cache's back: L1 and L2 still say "no such user".
+    app.create_users([40]).await;
+
+    let followed = app
+        .run(
+            Some(1),
+            r#"mutation { follow(userId: "40") { changed user { handle } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        followed,
+        json!({ "data": { "follow": { "changed": true, "user": { "handle": "u40" } } } })
+    );
+    let list = app
+        .run(
+            Some(2),
+            r#"{ user(id: "1") { following(first: 3) { nodes { id handle } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        list,
+        json!({ "data": { "user": { "following": { "nodes": [{ "id": "40", "handle": "u40" }] } } } })
+    );
+    // The stale entry was replaced on the way.
+    assert_eq!(
+        app.data(None, user, json!({})).await,
+        json!({ "user": { "handle": "u40" } })
+    );
+}
+
+/// List versions never repeat: after Redis lost its data, a bump must not hand out a version whose page
+/// another instance still holds in L1 (that old page would come back as the list's current one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_data_no_old_list_page_comes_back() {
+    let a = TestApp::spawn().await;
+    a.create_users(1..=4).await;
+    let b = a
+        .instance(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await;
+    let list = r#"{ user(id: "1") { following(first: 10) { nodes { id } } } }"#;
+    let ids = |data: Value| -> Vec<String> {
+        data["data"]["user"]["following"]["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    a.follow(1, 2).await;
+    a.drained().await;
+    // B holds the page [2] in L1, under the list's current version.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            ids(run_on(&b.app, None, list, json!({})).await) == ["2"]
+        })
+        .await
+    );
+
+    redis_forget(&a.prefix).await;
+    a.follow(1, 3).await;
+    a.drained().await;
+    let current = eventually(Duration::from_secs(3), || async {
+        ids(run_on(&b.app, None, list, json!({})).await) == ["3", "2"]
+    })
+    .await;
+    assert!(
+        current,
+        "instance B still answers {:?}",
+        ids(run_on(&b.app, None, list, json!({})).await)
+    );
 }

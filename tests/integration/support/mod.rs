@@ -700,6 +700,39 @@ where
     }
 }
 
+/// Deletes every Redis key under `prefix`, as if Redis had lost its data (other tests' keys stay).
+pub async fn redis_forget(prefix: &str) {
+    use follow_service::redis_pool::redis;
+    let client = redis::Client::open(redis_url()).expect("Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is reachable for tests");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
 /// Reads a raw Redis key (to look at what the cache stored).
 pub async fn redis_get(key: &str) -> Option<String> {
     use follow_service::redis_pool::redis;
