@@ -569,10 +569,16 @@ impl Drop for Instance {
     }
 }
 
-/// A `POST /graphql` with a JSON content type and, when given, a bearer token; add headers, then a body.
+/// A `POST /graphql` with a JSON content type, the `Accept` of Apollo Client and graphql-http (the
+/// specification's media type first, so request errors are 4xx) and, when given, a bearer token; add
+/// headers, then a body.
 pub fn graphql_post(token: Option<&str>) -> axum::http::request::Builder {
     let builder = axum::http::Request::post("/graphql")
-        .header(axum::http::header::CONTENT_TYPE, "application/json");
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .header(
+            axum::http::header::ACCEPT,
+            "application/graphql-response+json, application/json;q=0.9",
+        );
     match token {
         Some(token) => builder.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}")),
         None => builder,
