@@ -714,3 +714,59 @@ async fn a_subscriber_gets_an_event_once_even_when_it_is_delivered_again_much_la
         "the repeated event was delivered a second time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_s_exact_counts_read_a_large_backlog_by_index_not_by_scan() {
+    let app = TestApp::without_pipeline().await;
+    // 100,000 unapplied events over 20,000 users: the outbox while the consumers are far behind.
+    app.sql(
+        "INSERT INTO outbox (kind, follower_id, followee_id) \
+         SELECT CASE WHEN i % 5 = 0 THEN 'unfollow' ELSE 'follow' END, \
+                1 + (i * 7919) % 20000, 1 + (i * 104729) % 20000 \
+         FROM generate_series(1::bigint, 100000) AS i",
+    )
+    .await;
+    app.sql("ANALYZE outbox").await;
+    let users = [5i64, 77];
+
+    let plan: Vec<String> = app
+        .sql(&format!(
+            "EXPLAIN {}",
+            db::stats::COUNTS_NOW_SQL.replace("$1", "ARRAY[5, 77]")
+        ))
+        .await
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+    assert!(plan.contains("outbox_followee_idx"), "{plan}");
+    assert!(plan.contains("outbox_follower_idx"), "{plan}");
+
+    // And the counts are the backlog's deltas (no stored counts yet).
+    let mut conn = db::connect(&app.app.db).await.expect("connection");
+    let mut counts = db::stats::counts_now(&mut conn, &users)
+        .await
+        .expect("counts now");
+    counts.sort_by_key(|c| c.user_id);
+    for (user, counts) in users.iter().zip(&counts) {
+        let delta = |side: &str| {
+            format!(
+                "SELECT COALESCE(sum(CASE kind WHEN 'follow' THEN 1 ELSE -1 END), 0)::bigint \
+                 FROM outbox WHERE {side} = {user}"
+            )
+        };
+        assert_eq!(
+            (
+                counts.user_id,
+                counts.follower_count,
+                counts.following_count
+            ),
+            (
+                *user,
+                app.count(&delta("followee_id")).await,
+                app.count(&delta("follower_id")).await
+            )
+        );
+    }
+}
