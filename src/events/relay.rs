@@ -19,7 +19,7 @@ use crate::db::{self, DbPool};
 const RELAY_BATCH: i64 = 1_000;
 
 /// Fields of the published index the trimmer sweeps per pass (see `producer::sweep_published`).
-const SWEEP_PAGE: usize = 1_000;
+const SWEEP_PAGE: usize = 250;
 
 /// Runs the relay until `shutdown` turns true.
 pub async fn run(
