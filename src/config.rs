@@ -79,7 +79,8 @@ pub struct Config {
     pub max_deliveries: usize,
     /// `FOLLOW_RECONCILE_EVERY_S`: run `reconcile --fix` on this period (0: never).
     pub reconcile_every: Duration,
-    /// `FOLLOW_RELAY_AFTER_MS`: age after which an unapplied outbox row is published again.
+    /// `FOLLOW_RELAY_AFTER_MS`: age after which the relay checks an unapplied outbox row (and publishes it
+    /// again if its stream entry is gone).
     pub relay_after: Duration,
     /// `FOLLOW_RELAY_INTERVAL_MS`: how often the relay looks for such rows.
     pub relay_interval: Duration,

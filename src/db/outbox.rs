@@ -27,8 +27,8 @@ pub struct OutboxRow {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// Claims up to `limit` rows that nobody applied or republished for `older_than`, oldest first, and
-/// stamps them as republished now, so that several relays (one per instance) do not publish the same row.
+/// Claims up to `limit` rows that nobody applied, and no relay looked at, for `older_than`, oldest first,
+/// and stamps them as looked at now, so that several relays (one per instance) do not handle the same row.
 pub async fn claim_stale(
     conn: &mut AsyncPgConnection,
     older_than: Duration,
@@ -48,6 +48,21 @@ pub async fn claim_stale(
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await?)
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Of these outbox ids, the ones whose row is still there (not applied yet).
+pub async fn unapplied(conn: &mut AsyncPgConnection, ids: &[i64]) -> StoreResult<Vec<i64>> {
+    let rows: Vec<Id> = diesel::sql_query("SELECT id FROM outbox WHERE id = ANY($1::bigint[])")
+        .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
 /// How far behind the counters are.

@@ -3,8 +3,9 @@
 //! Each consumer (one per process, uniquely named) reads up to a batch of entries with XREADGROUP, applies
 //! them in one statement (`db::stats::apply_events`: delete the outbox rows, add their deltas), then XACKs.
 //! Applying keys on the outbox row, so an entry delivered twice, or published twice by the relay, counts
-//! once. If applying fails the entries are not acknowledged and their outbox rows stay: the relay
-//! publishes them again, so nothing is lost.
+//! once. If applying fails the entries are not acknowledged and their outbox rows stay pending: they are
+//! taken over and, after the delivery limit, dead-lettered, and then the relay publishes them again, so
+//! nothing is lost.
 
 use std::time::Duration;
 
@@ -188,10 +189,17 @@ pub async fn process_entries(
         });
     }
     if !done.is_empty() {
-        let _: i64 = redis::cmd("XACK")
+        // The published index forgets the acknowledged events in the same round trip (see `producer`).
+        let () = redis::pipe()
+            .cmd("XACK")
             .arg(&settings.names.stream)
             .arg(settings.names.group)
             .arg(&done)
+            .ignore()
+            .cmd("HDEL")
+            .arg(&settings.names.published)
+            .arg(&outbox_ids)
+            .ignore()
             .query_async(conn)
             .await
             .context("XACK failed")?;

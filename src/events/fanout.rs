@@ -8,10 +8,16 @@
 //! A subscriber owns a bounded queue. The hub never waits for a subscriber: when a queue is full the
 //! subscriber is marked as overrun and its subscription ends with an error the client can act on
 //! (subscribe again and re-read what it shows), instead of stalling the others or growing memory.
-//! The relay may publish an event twice (when the counters lag); the hub drops ids it has just seen.
+//!
+//! An event can reach the stream twice (the relay republishes a row whose entry it could not find, a
+//! writer's XADD is retried), any time later. The hub drops it by its outbox id: per edge (follower,
+//! followee) it keeps the highest id it delivered, and an event whose id is not above its edge's mark is
+//! a duplicate or an older change of that edge that a newer one already superseded (changes of one edge
+//! are numbered in commit order). A mark per followee would not do: two follows of one user commit and
+//! reach the stream in either order. See [`Marks`] for what bounds their memory.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
@@ -27,8 +33,8 @@ use crate::{
     telemetry::metrics::{SUBSCRIBERS, SUBSCRIPTION_EVENTS, SUBSCRIPTIONS_OVERRUN},
 };
 
-/// How many recent event ids the hub remembers to drop the relay's republished duplicates.
-const RECENT_IDS: usize = 8_192;
+/// How many edge marks the hub keeps at most (about 4 MiB with their queue): see [`Marks`].
+const MARKS: usize = 65_536;
 
 /// Routes events to the subscribers of each user; cheap to clone.
 #[derive(Clone)]
@@ -43,11 +49,10 @@ struct HubInner {
     buffer: usize,
 }
 
-#[derive(Default)]
 struct Routes {
     by_user: HashMap<i64, Vec<Subscriber>>,
     next_id: u64,
-    recent: RecentIds,
+    marks: Marks,
 }
 
 struct Subscriber {
@@ -68,7 +73,11 @@ impl EventHub {
     pub fn new(buffer: usize) -> Self {
         Self {
             inner: Arc::new(HubInner {
-                routes: Mutex::new(Routes::default()),
+                routes: Mutex::new(Routes {
+                    by_user: HashMap::new(),
+                    next_id: 0,
+                    marks: Marks::new(MARKS),
+                }),
                 buffer: buffer.max(1),
             }),
         }
@@ -98,12 +107,13 @@ impl EventHub {
     /// Hands an event to the subscribers of its followee; never waits. Returns how many received it.
     pub fn publish(&self, event: &FollowEvent) -> usize {
         let mut routes = self.routes();
-        if !routes.recent.insert(event.id) {
-            return 0; // a republished duplicate
-        }
-        let Some(subscribers) = routes.by_user.get_mut(&event.followee_id) else {
+        let Routes { by_user, marks, .. } = &mut *routes;
+        let Some(subscribers) = by_user.get_mut(&event.followee_id) else {
             return 0;
         };
+        if !marks.admit(event) {
+            return 0; // delivered before, or superseded
+        }
         let mut delivered = 0;
         subscribers.retain(
             |subscriber| match subscriber.queue.try_send(event.clone()) {
@@ -120,7 +130,8 @@ impl EventHub {
             },
         );
         if subscribers.is_empty() {
-            routes.by_user.remove(&event.followee_id);
+            by_user.remove(&event.followee_id);
+            marks.forget(event.followee_id);
         }
         ::metrics::counter!(SUBSCRIPTION_EVENTS).increment(delivered as u64);
         delivered
@@ -145,6 +156,7 @@ impl EventHub {
             subscribers.retain(|s| s.id != id);
             if subscribers.is_empty() {
                 routes.by_user.remove(&user_id);
+                routes.marks.forget(user_id);
             }
         }
     }
@@ -185,26 +197,80 @@ impl Drop for EventSubscription {
     }
 }
 
-/// A bounded set of the most recent event ids.
-#[derive(Default)]
-struct RecentIds {
-    order: VecDeque<i64>,
-    seen: HashSet<i64>,
+/// The highest outbox id delivered per edge, for the followees that have subscribers here.
+///
+/// Memory is bounded twice. Marks exist only for followees with a subscriber on this instance (events
+/// of other users are not delivered, so need no mark) and go when their last subscriber does. And there
+/// are at most `capacity` of them: past it, the oldest mark set goes, and its followee's `floor` rises to
+/// its id, so any later event of that followee with an id at or below the floor is dropped too. A repeat
+/// of an evicted edge's event is still dropped; what the floor could also drop is a first delivery that
+/// arrives after `capacity` newer marks were set (an XADD lost at commit whose relay copy comes seconds
+/// later behind that many events of subscribed users): it is treated as superseded.
+struct Marks {
+    by_followee: HashMap<i64, FolloweeMarks>,
+    /// (followee, follower, id) in the order marks were set; an entry whose mark has since moved on or
+    /// gone is skipped when its turn comes. Its length bounds the number of marks.
+    order: VecDeque<(i64, i64, i64)>,
+    capacity: usize,
 }
 
-impl RecentIds {
-    /// Remembers `id`; false if it was already remembered.
-    fn insert(&mut self, id: i64) -> bool {
-        if !self.seen.insert(id) {
+#[derive(Default)]
+struct FolloweeMarks {
+    /// Events of this followee with an id at or below it are dropped (raised by evictions).
+    floor: i64,
+    /// The highest id delivered per follower.
+    by_follower: HashMap<i64, i64>,
+}
+
+impl Marks {
+    fn new(capacity: usize) -> Self {
+        Self {
+            by_followee: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Whether `event` is new for its edge; if so it becomes the edge's mark.
+    fn admit(&mut self, event: &FollowEvent) -> bool {
+        let followee = self.by_followee.entry(event.followee_id).or_default();
+        if event.id <= followee.floor {
             return false;
         }
-        self.order.push_back(id);
-        if self.order.len() > RECENT_IDS
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.seen.remove(&oldest);
+        match followee.by_follower.entry(event.follower_id) {
+            Entry::Occupied(mark) if *mark.get() >= event.id => return false,
+            Entry::Occupied(mut mark) => *mark.get_mut() = event.id,
+            Entry::Vacant(mark) => {
+                mark.insert(event.id);
+            }
         }
+        // Make room first, so the queue never outgrows its capacity (nor its allocation, the next
+        // power of two).
+        while self.order.len() >= self.capacity {
+            let Some((followee_id, follower_id, id)) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(followee) = self.by_followee.get_mut(&followee_id)
+                && followee.by_follower.get(&follower_id) == Some(&id)
+            {
+                followee.by_follower.remove(&follower_id);
+                followee.floor = followee.floor.max(id);
+            }
+        }
+        self.order
+            .push_back((event.followee_id, event.follower_id, event.id));
         true
+    }
+
+    /// Drops the marks of a followee that has no subscriber here any more.
+    fn forget(&mut self, followee_id: i64) {
+        self.by_followee.remove(&followee_id);
+    }
+
+    /// Marks held (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_followee.values().map(|f| f.by_follower.len()).sum()
     }
 }
 
@@ -297,10 +363,14 @@ mod tests {
     use crate::events::FollowEventKind;
 
     fn event(id: i64, followee_id: i64) -> FollowEvent {
+        edge_event(id, 1, followee_id)
+    }
+
+    fn edge_event(id: i64, follower_id: i64, followee_id: i64) -> FollowEvent {
         FollowEvent {
             id,
             kind: FollowEventKind::Follow,
-            follower_id: 1,
+            follower_id,
             followee_id,
             at: chrono::DateTime::UNIX_EPOCH,
         }
@@ -325,6 +395,63 @@ mod tests {
         assert_eq!(hub.publish(&e), 0);
         assert_eq!(sub.next().await, Some(Delivery::Event(e)));
         assert!(futures::poll!(sub.next()).is_pending());
+    }
+
+    #[tokio::test]
+    async fn a_repeat_is_dropped_however_many_events_came_between() {
+        let hub = EventHub::new(8);
+        let mut sub = hub.subscribe(2);
+        let first = edge_event(10, 1, 2);
+        assert_eq!(hub.publish(&first), 1);
+        assert_eq!(sub.next().await, Some(Delivery::Event(first.clone())));
+        // Many events of users nobody here subscribes to: they leave no mark.
+        for id in 11..20_000 {
+            assert_eq!(hub.publish(&edge_event(id, 1, 3)), 0);
+        }
+        assert_eq!(hub.publish(&first), 0);
+        assert!(futures::poll!(sub.next()).is_pending());
+    }
+
+    #[tokio::test]
+    async fn two_followers_events_arriving_out_of_order_are_both_delivered() {
+        let hub = EventHub::new(8);
+        let mut sub = hub.subscribe(2);
+        assert_eq!(hub.publish(&edge_event(11, 3, 2)), 1);
+        assert_eq!(hub.publish(&edge_event(10, 4, 2)), 1);
+        assert!(matches!(sub.next().await, Some(Delivery::Event(e)) if e.id == 11));
+        assert!(matches!(sub.next().await, Some(Delivery::Event(e)) if e.id == 10));
+    }
+
+    #[tokio::test]
+    async fn an_older_change_of_an_edge_after_a_newer_one_is_dropped() {
+        let hub = EventHub::new(8);
+        let _sub = hub.subscribe(2);
+        assert_eq!(hub.publish(&edge_event(12, 3, 2)), 1);
+        assert_eq!(hub.publish(&edge_event(11, 3, 2)), 0);
+    }
+
+    #[test]
+    fn marks_stay_within_their_capacity_and_evicted_edges_still_drop_repeats() {
+        let mut marks = Marks::new(4);
+        for id in 1..=100 {
+            assert!(marks.admit(&edge_event(id, id, 2)));
+            assert!(marks.len() <= 4);
+        }
+        assert!(!marks.admit(&edge_event(1, 1, 2)), "below the floor");
+        assert!(!marks.admit(&edge_event(100, 100, 2)), "still marked");
+        assert!(marks.admit(&edge_event(101, 1, 2)));
+        marks.forget(2);
+        assert_eq!(marks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_followee_s_marks_go_with_its_last_subscriber() {
+        let hub = EventHub::new(8);
+        let sub = hub.subscribe(2);
+        assert_eq!(hub.publish(&event(10, 2)), 1);
+        assert_eq!(hub.routes().marks.len(), 1);
+        drop(sub);
+        assert_eq!(hub.routes().marks.len(), 0);
     }
 
     #[tokio::test]

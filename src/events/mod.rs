@@ -6,8 +6,9 @@
 //! batches and applies each batch in one statement that deletes the batch's outbox rows and adds their
 //! deltas to `user_stats`; a row already deleted contributes nothing, so a redelivered or duplicated entry
 //! changes nothing. The outbox, not the stream, is the source of truth: the [`relay`] republishes rows that
-//! stayed unapplied for a few seconds (Redis was down, the process died between commit and XADD, the
-//! stream was lost), so every committed event is applied once, whatever was lost in Redis.
+//! stayed unapplied for a few seconds and whose entry is no longer in the stream on its way to the group
+//! (Redis was down, the process died between commit and XADD, the stream was lost), so every committed
+//! event is applied once, whatever was lost in Redis.
 
 pub mod consumer;
 pub mod fanout;
@@ -112,6 +113,8 @@ pub struct StreamNames {
     pub group: &'static str,
     /// Where entries go that could not be applied after the delivery limit.
     pub dead_letters: String,
+    /// Hash of outbox id → stream entry id of each published event still in flight (see `producer`).
+    pub published: String,
 }
 
 impl StreamNames {
@@ -121,6 +124,7 @@ impl StreamNames {
             stream: format!("{prefix}:{{events}}:follow:v1"),
             group: "counters",
             dead_letters: format!("{prefix}:{{events}}:follow:v1:dead"),
+            published: format!("{prefix}:{{events}}:follow:v1:published"),
         }
     }
 }

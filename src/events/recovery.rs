@@ -113,6 +113,20 @@ pub async fn reclaim_once(
             .arg(names.group)
             .arg(&ids)
             .ignore();
+        // Their events are no longer in flight: the relay publishes their rows again.
+        let outbox_ids: Vec<i64> = bodies
+            .iter()
+            .flat_map(|b| b.ids.iter())
+            .filter_map(|b| super::FollowEvent::from_fields(&b.map))
+            .map(|e| e.id)
+            .collect();
+        if !outbox_ids.is_empty() {
+            move_them
+                .cmd("HDEL")
+                .arg(&names.published)
+                .arg(&outbox_ids)
+                .ignore();
+        }
         let () = move_them
             .query_async(conn)
             .await

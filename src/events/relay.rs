@@ -1,10 +1,14 @@
-//! The outbox relay: republishes events that stayed unapplied for a while.
+//! The outbox relay: republishes events that stayed unapplied for a while and whose entry was lost.
 //!
-//! The writer XADDs right after commit, so the relay only sees rows whose entry was lost: the process
-//! died between commit and XADD, Redis was down or lost its data, or a consumer failed to apply them.
-//! Claiming stamps `published_at` and skips locked rows, so relays of several instances share the work.
+//! The writer XADDs right after commit, so a row the counters have not applied after `relay_after`
+//! either waits in the stream (the consumers lag) or lost its entry: the process died between commit and
+//! XADD, Redis was down or lost its data, or the entry went to the dead letters. Claiming stamps
+//! `published_at` and skips locked rows, so relays of several instances share the work and each row is
+//! looked at once per `relay_after`. The relay then asks Redis which of the claimed rows still have an
+//! entry on its way to the counters group (`Producer::in_flight`) and publishes only the others: a
+//! lagging consumer makes the relay look, never append, so the stream holds one entry per unapplied row.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use tokio::sync::watch;
 
@@ -13,6 +17,9 @@ use crate::db::{self, DbPool};
 
 /// How many rows one relay pass claims at most.
 const RELAY_BATCH: i64 = 1_000;
+
+/// Fields of the published index the trimmer sweeps per pass (see `producer::sweep_published`).
+const SWEEP_PAGE: usize = 250;
 
 /// Runs the relay until `shutdown` turns true.
 pub async fn run(
@@ -25,7 +32,7 @@ pub async fn run(
     while !*shutdown.borrow() {
         match relay_once(&db, &producer, relay_after).await {
             // A full batch means more may wait: go again at once.
-            Ok(n) if n as i64 == RELAY_BATCH => continue,
+            Ok(pass) if pass.claimed as i64 == RELAY_BATCH => continue,
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %format!("{err:#}"), "outbox relay pass failed"),
         }
@@ -36,29 +43,71 @@ pub async fn run(
     }
 }
 
-/// One pass: claims stale outbox rows and publishes them. Returns how many were published.
+/// What one relay pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayPass {
+    /// Stale rows claimed (unapplied for `relay_after`, not looked at for as long).
+    pub claimed: usize,
+    /// Of those, rows whose entry was still in the stream on its way to the group: left alone.
+    pub in_flight: usize,
+    /// Rows published again: their entry was missing and the row still unapplied.
+    pub republished: usize,
+}
+
+/// One pass: claims stale outbox rows and publishes those whose entry is missing from the stream.
 pub async fn relay_once(
     db: &DbPool,
     producer: &Producer,
     relay_after: Duration,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<RelayPass> {
     let rows = {
         let mut conn = db::connect(db).await?;
         db::outbox::claim_stale(&mut conn, relay_after, RELAY_BATCH).await?
     };
+    let mut pass = RelayPass {
+        claimed: rows.len(),
+        ..RelayPass::default()
+    };
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(pass);
     }
-    let events: Vec<FollowEvent> = rows.iter().filter_map(FollowEvent::from_outbox).collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let in_flight: HashSet<i64> = producer.in_flight(&ids).await?.into_iter().collect();
+    pass.in_flight = in_flight.len();
+    let missing: Vec<i64> = ids
+        .into_iter()
+        .filter(|id| !in_flight.contains(id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(pass);
+    }
+    // Read after Redis: an entry the group acknowledged had its row deleted before the XACK, so a row
+    // still here now was not applied through it (a consumer that applied it meanwhile is not a loss).
+    let unapplied: HashSet<i64> = {
+        let mut conn = db::connect(db).await?;
+        db::outbox::unapplied(&mut conn, &missing).await?
+    }
+    .into_iter()
+    .collect();
+    let events: Vec<FollowEvent> = rows
+        .iter()
+        .filter(|r| unapplied.contains(&r.id))
+        .filter_map(FollowEvent::from_outbox)
+        .collect();
     producer.publish(&events).await?;
-    tracing::info!(
-        events = events.len(),
-        "relay republished unapplied outbox events"
-    );
-    Ok(events.len())
+    pass.republished = events.len();
+    if pass.republished > 0 {
+        tracing::info!(
+            events = pass.republished,
+            in_flight = pass.in_flight,
+            "relay republished outbox events whose stream entry was missing"
+        );
+    }
+    Ok(pass)
 }
 
-/// Trims the stream every `interval` below the oldest entry the counters group still needs.
+/// Every `interval`, trims the stream below the oldest entry the counters group still needs and sweeps
+/// a page of the published index.
 pub async fn trim_forever(
     redis_url: String,
     names: super::StreamNames,
@@ -66,6 +115,7 @@ pub async fn trim_forever(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conn = None;
+    let mut sweep_cursor = 0;
     while !*shutdown.borrow() {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {},
@@ -77,11 +127,26 @@ pub async fn trim_forever(
                 Err(_) => None,
             };
         }
-        if let Some(c) = conn.as_mut()
-            && let Err(err) = super::recovery::trim_once(c, &names).await
-        {
+        let Some(c) = conn.as_mut() else { continue };
+        if let Err(err) = super::recovery::trim_once(c, &names).await {
             tracing::warn!(error = %format!("{err:#}"), "stream trim failed");
             conn = None;
+            continue;
+        }
+        match super::producer::sweep_published(c, &names, sweep_cursor, SWEEP_PAGE).await {
+            Ok((next, swept)) => {
+                sweep_cursor = next;
+                if swept > 0 {
+                    tracing::info!(
+                        fields = swept,
+                        "swept published-index fields of entries no longer in flight"
+                    );
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "published-index sweep failed");
+                conn = None;
+            }
         }
     }
 }

@@ -488,3 +488,285 @@ async fn a_scheduled_reconcile_repairs_drift_while_serving() {
         .await;
     assert_eq!(data["user"]["followerCount"], 1);
 }
+
+/// The outbox ids the stream's entries carry, in stream order.
+async fn outbox_ids_in_stream(
+    app: &TestApp,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Vec<i64> {
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&app.app.stream.stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .expect("XRANGE");
+    entries
+        .ids
+        .iter()
+        .filter_map(|e| e.get::<String>("id").and_then(|s| s.parse().ok()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_entry_is_republished()
+ {
+    // The consumer lags far beyond the relay delay: some entries delivered and never acknowledged,
+    // the others not delivered at all. One undelivered entry is lost from the stream.
+    let relay_after = Duration::from_millis(100);
+    let app = TestApp::with_options(Options {
+        pipeline: false,
+        relay_after,
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=6).await;
+    let mut conn = connection(&app).await;
+    for a in 2..=6 {
+        app.follow(a, 1).await;
+    }
+    let written = outbox_ids_in_stream(&app, &mut conn).await;
+    assert_eq!(written.len(), 5);
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(app.app.stream.group)
+        .arg("stalled")
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(&app.app.stream.stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&app.app.stream.stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&app.app.stream.stream)
+        .arg(&entries.ids[3].id)
+        .query_async(&mut conn)
+        .await
+        .expect("XDEL");
+    let lost = written[3];
+
+    // Several relay intervals, each past the relay delay.
+    let producer = app.app.producer("relay");
+    for _ in 0..5 {
+        tokio::time::sleep(relay_after + Duration::from_millis(50)).await;
+        follow_service::events::relay::relay_once(&app.app.db, &producer, relay_after)
+            .await
+            .expect("relay pass");
+    }
+    let mut in_stream = outbox_ids_in_stream(&app, &mut conn).await;
+    assert_eq!(
+        in_stream.len(),
+        5,
+        "one entry per unapplied row, the lost one republished once: {in_stream:?}"
+    );
+    assert_eq!(in_stream.last(), Some(&lost), "the lost entry comes back");
+    in_stream.sort_unstable();
+    assert_eq!(in_stream, written);
+
+    // Every event is applied exactly once: the undelivered ones by a consumer, the stalled ones by
+    // the consumer that takes them over.
+    let survivor = settings_named(&app, 10, "survivor");
+    consumer::consume_once(&app.app.db, &mut conn, &survivor)
+        .await
+        .expect("consume");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    follow_service::events::recovery::reclaim_once(&app.app.db, &mut conn, &survivor)
+        .await
+        .expect("reclaim");
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+    app.assert_counts_exact().await;
+    assert_eq!(
+        published_fields(&app, &mut conn).await,
+        0,
+        "acknowledging forgets"
+    );
+}
+
+/// Fields of the published index (outbox id → stream entry).
+async fn published_fields(app: &TestApp, conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("HLEN")
+        .arg(&app.app.stream.published)
+        .query_async(conn)
+        .await
+        .expect("HLEN")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_forgets_published_entries_no_longer_in_flight_and_keeps_the_others() {
+    let app = TestApp::without_pipeline().await;
+    app.create_users(1..=3).await;
+    let mut conn = connection(&app).await;
+    app.follow(1, 3).await;
+    app.follow(2, 3).await;
+    assert_eq!(published_fields(&app, &mut conn).await, 2);
+    // A consumer that acknowledges without forgetting (an older version, or one that died in between).
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(app.app.stream.group)
+        .arg("old")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&app.app.stream.stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+    let entry = &read.keys[0].ids[0];
+    let _: i64 = redis::cmd("XACK")
+        .arg(&app.app.stream.stream)
+        .arg(app.app.stream.group)
+        .arg(&entry.id)
+        .query_async(&mut conn)
+        .await
+        .expect("XACK");
+    let (cursor, swept) =
+        follow_service::events::producer::sweep_published(&mut conn, &app.app.stream, 0, 100)
+            .await
+            .expect("sweep");
+    assert_eq!((cursor, swept), (0, 1));
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg(&app.app.stream.published)
+        .query_async(&mut conn)
+        .await
+        .expect("HKEYS");
+    let acknowledged: String = entry.get("id").expect("outbox id");
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0], acknowledged, "the undelivered entry's field stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_an_event_once_even_when_it_is_delivered_again_much_later() {
+    let app = TestApp::without_pipeline().await;
+    app.create_users(1..=3).await;
+    let served = crate::support::serve(&app.app).await;
+    let mut subscriber =
+        crate::support::ws::WsClient::connect(served.address, Some(&app.token(2, false))).await;
+    subscriber
+        .subscribe(
+            "events",
+            "subscription { followEvents { kind follower { id } } }",
+        )
+        .await;
+    assert!(
+        crate::support::eventually(Duration::from_secs(5), || async {
+            app.app.events.subscriber_count() == 1
+        })
+        .await
+    );
+    let follower_of = |message: serde_json::Value| {
+        assert_eq!(message["type"], "next", "{message}");
+        message["payload"]["data"]["followEvents"]["follower"]["id"].clone()
+    };
+    app.follow(1, 2).await;
+    assert_eq!(follower_of(subscriber.next().await), "1");
+
+    // Much later (thousands of other users' events on), the same entry is appended again, as a relay
+    // does when the counters lag or the entry was lost. Then a new event.
+    let mut conn = connection(&app).await;
+    let original: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&app.app.stream.stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    let mut others = redis::pipe();
+    for n in 0..10_000i64 {
+        others
+            .cmd("XADD")
+            .arg(&app.app.stream.stream)
+            .arg("*")
+            .arg("id")
+            .arg(1_000_000 + n)
+            .arg("kind")
+            .arg("follow")
+            .arg("follower")
+            .arg(1_000 + n)
+            .arg("followee")
+            .arg(500_000 + n)
+            .arg("at")
+            .arg("2026-11-25T10:00:00.000000Z")
+            .ignore();
+    }
+    let () = others.query_async(&mut conn).await.expect("XADD others");
+    let mut again = redis::cmd("XADD");
+    again.arg(&app.app.stream.stream).arg("*");
+    for (field, value) in &original.ids[0].map {
+        let value: String = redis::from_redis_value_ref(value).expect("text field");
+        again.arg(field).arg(value);
+    }
+    let _: String = again.query_async(&mut conn).await.expect("XADD again");
+    app.follow(3, 2).await;
+
+    assert_eq!(
+        follower_of(subscriber.next().await),
+        "3",
+        "the repeated event was delivered a second time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_s_exact_counts_read_a_large_backlog_by_index_not_by_scan() {
+    let app = TestApp::without_pipeline().await;
+    // 100,000 unapplied events over 20,000 users: the outbox while the consumers are far behind.
+    app.sql(
+        "INSERT INTO outbox (kind, follower_id, followee_id) \
+         SELECT CASE WHEN i % 5 = 0 THEN 'unfollow' ELSE 'follow' END, \
+                1 + (i * 7919) % 20000, 1 + (i * 104729) % 20000 \
+         FROM generate_series(1::bigint, 100000) AS i",
+    )
+    .await;
+    app.sql("ANALYZE outbox").await;
+    let users = [5i64, 77];
+
+    let plan: Vec<String> = app
+        .sql(&format!(
+            "EXPLAIN {}",
+            db::stats::COUNTS_NOW_SQL.replace("$1", "ARRAY[5, 77]")
+        ))
+        .await
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+    assert!(plan.contains("outbox_followee_idx"), "{plan}");
+    assert!(plan.contains("outbox_follower_idx"), "{plan}");
+
+    // And the counts are the backlog's deltas (no stored counts yet).
+    let mut conn = db::connect(&app.app.db).await.expect("connection");
+    let mut counts = db::stats::counts_now(&mut conn, &users)
+        .await
+        .expect("counts now");
+    counts.sort_by_key(|c| c.user_id);
+    for (user, counts) in users.iter().zip(&counts) {
+        let delta = |side: &str| {
+            format!(
+                "SELECT COALESCE(sum(CASE kind WHEN 'follow' THEN 1 ELSE -1 END), 0)::bigint \
+                 FROM outbox WHERE {side} = {user}"
+            )
+        };
+        assert_eq!(
+            (
+                counts.user_id,
+                counts.follower_count,
+                counts.following_count
+            ),
+            (
+                *user,
+                app.count(&delta("followee_id")).await,
+                app.count(&delta("follower_id")).await
+            )
+        );
+    }
+}

@@ -1,0 +1,2 @@
+DROP INDEX outbox_follower_idx;
+DROP INDEX outbox_followee_idx;
