@@ -371,6 +371,8 @@ impl FollowGraph {
         while !self.caches.l1_active() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // The viewer's recent changes are trusted a while after Redis's data began: start that clock now.
+        self.caches.start_epoch().await;
         let hot = {
             let mut conn = db::connect(&self.db).await?;
             db::stats::most_followed(&mut conn, plan.users.max(plan.pages) as i64).await?

@@ -46,6 +46,18 @@ pub enum Announcement {
     DropSet {
         user: i64,
     },
+    /// The entries below: a write that could not reach Redis left them stale on other instances.
+    DropUser {
+        user: i64,
+    },
+    DropStatus {
+        follower: i64,
+        followee: i64,
+    },
+    DropListVersion {
+        kind: crate::db::follows::ListKind,
+        owner: i64,
+    },
     Heartbeat {
         instance: String,
         beat: u64,
@@ -84,6 +96,11 @@ impl Announcement {
             } => format!("l {} {owner} {version}", keys::kind_tag(*kind)),
             Self::DropCounts { user } => format!("dc {user}"),
             Self::DropSet { user } => format!("ds {user}"),
+            Self::DropUser { user } => format!("du {user}"),
+            Self::DropStatus { follower, followee } => format!("dst {follower} {followee}"),
+            Self::DropListVersion { kind, owner } => {
+                format!("dl {} {owner}", keys::kind_tag(*kind))
+            }
             Self::Heartbeat { instance, beat } => format!("hb {instance} {beat}"),
         }
     }
@@ -110,6 +127,12 @@ impl Announcement {
                 version: parts.next()?.parse().ok()?,
             });
         }
+        if tag == "dl" {
+            return Some(Self::DropListVersion {
+                kind: keys::kind_from_tag(parts.next()?)?,
+                owner: parts.next()?.parse().ok()?,
+            });
+        }
         if tag == "hb" {
             return Some(Self::Heartbeat {
                 instance: parts.next()?.to_owned(),
@@ -132,6 +155,8 @@ impl Announcement {
             },
             ("dc", &[user]) => Self::DropCounts { user },
             ("ds", &[user]) => Self::DropSet { user },
+            ("du", &[user]) => Self::DropUser { user },
+            ("dst", &[follower, followee]) => Self::DropStatus { follower, followee },
             _ => return None,
         })
     }
@@ -220,6 +245,18 @@ impl Caches {
             Announcement::DropSet { user } => {
                 self.sets.remove(user);
                 "sets"
+            }
+            Announcement::DropUser { user } => {
+                self.users.remove(&user);
+                "users"
+            }
+            Announcement::DropStatus { follower, followee } => {
+                self.status.remove(&(follower, followee));
+                "status"
+            }
+            Announcement::DropListVersion { kind, owner } => {
+                self.list_versions.remove(&(kind, owner));
+                "lists"
             }
             Announcement::Heartbeat { .. } => return,
         };
@@ -363,6 +400,15 @@ mod tests {
             },
             Announcement::DropCounts { user: 11 },
             Announcement::DropSet { user: 13 },
+            Announcement::DropUser { user: 14 },
+            Announcement::DropStatus {
+                follower: 15,
+                followee: 16,
+            },
+            Announcement::DropListVersion {
+                kind: crate::db::follows::ListKind::Followers,
+                owner: 17,
+            },
             Announcement::Heartbeat {
                 instance: "abc".to_owned(),
                 beat: 12,

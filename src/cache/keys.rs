@@ -62,6 +62,12 @@ impl KeyNames {
         format!("{}:{LAYOUT}:rc:{{{user}}}", self.prefix)
     }
 
+    /// When Redis's cache data began (ms since the Unix epoch, by the instance that found it missing):
+    /// a young epoch means the recent changes may have been lost with the rest.
+    pub fn epoch(&self) -> String {
+        format!("{}:{LAYOUT}:epoch", self.prefix)
+    }
+
     /// Viewers active lately (a sorted set by last seen), for warm-up.
     pub fn active_viewers(&self) -> String {
         format!("{}:{LAYOUT}:active", self.prefix)
@@ -70,6 +76,49 @@ impl KeyNames {
     /// The pub/sub channel of L1 invalidations.
     pub fn channel(&self) -> String {
         format!("{}:{LAYOUT}:invalidate", self.prefix)
+    }
+}
+
+/// What a per-user key names, read back from its name (to tell other instances which L1 entries a
+/// write that could not reach Redis left behind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Named {
+    Status { follower: i64, followee: i64 },
+    Counts { user: i64 },
+    User { user: i64 },
+    ListVersion { kind: ListKind, owner: i64 },
+    FollowingSet { user: i64 },
+    RecentChanges { user: i64 },
+}
+
+impl KeyNames {
+    /// The entry `key` names, if it is one of this deployment's per-user keys (list pages are not: their
+    /// keys carry versions that never repeat).
+    pub fn parse(&self, key: &str) -> Option<Named> {
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        let rest = rest
+            .strip_prefix(':')?
+            .strip_prefix(LAYOUT)?
+            .strip_prefix(':')?;
+        let (kind, rest) = rest.split_once(':')?;
+        let (user, tail) = rest.strip_prefix('{')?.split_once('}')?;
+        let user: i64 = user.parse().ok()?;
+        let tail = tail.strip_prefix(':');
+        Some(match (kind, tail) {
+            ("st", Some(followee)) => Named::Status {
+                follower: user,
+                followee: followee.parse().ok()?,
+            },
+            ("ct", None) => Named::Counts { user },
+            ("us", None) => Named::User { user },
+            ("lv", Some(tag)) => Named::ListVersion {
+                kind: kind_from_tag(tag)?,
+                owner: user,
+            },
+            ("fs", None) => Named::FollowingSet { user },
+            ("rc", None) => Named::RecentChanges { user },
+            _ => return None,
+        })
     }
 }
 
@@ -162,6 +211,40 @@ pub fn decode_page(owner_id: i64, payload: &str) -> Option<Vec<ListEntry>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn per_user_keys_read_back_as_what_they_name() {
+        let names = KeyNames::new("p");
+        let all = [
+            (
+                names.status(1, 2),
+                Named::Status {
+                    follower: 1,
+                    followee: 2,
+                },
+            ),
+            (names.counts(3), Named::Counts { user: 3 }),
+            (names.user(4), Named::User { user: 4 }),
+            (
+                names.list_version(ListKind::Following, 5),
+                Named::ListVersion {
+                    kind: ListKind::Following,
+                    owner: 5,
+                },
+            ),
+            (names.following_set(6), Named::FollowingSet { user: 6 }),
+            (names.recent_changes(7), Named::RecentChanges { user: 7 }),
+        ];
+        for (key, named) in all {
+            assert_eq!(names.parse(&key), Some(named), "{key}");
+        }
+        assert_eq!(
+            names.parse(&names.list_page(ListKind::Followers, 1, 2, 3)),
+            None
+        );
+        assert_eq!(KeyNames::new("other").parse(&names.user(4)), None);
+    }
+
     use super::*;
 
     #[test]

@@ -148,6 +148,14 @@ pub struct SetFill {
     pub ttl: Duration,
 }
 
+/// A follower's recent changes as L2 holds them.
+pub struct RecentChanges {
+    pub fields: Vec<(String, String)>,
+    /// How long Redis has held its data (its epoch key's age): recent changes are complete only once it
+    /// is older than the slowest load in flight when the data was lost.
+    pub data_age_ms: i64,
+}
+
 /// One versioned write.
 pub struct VersionedWrite {
     pub key: String,
@@ -163,6 +171,9 @@ pub struct L2 {
     timeout: Duration,
     dirty: Mutex<HashSet<String>>,
     dirty_overflowed: AtomicBool,
+    /// Dirty keys deleted since the last [`L2::take_healed`]: other instances' L1 may hold their old
+    /// values, and no announcement of the writes that failed reached them.
+    healed: Mutex<Vec<String>>,
     /// Whether this process has loaded the script since it last failed (Redis may have restarted).
     script_loaded: AtomicBool,
 }
@@ -175,6 +186,7 @@ impl L2 {
             timeout,
             dirty: Mutex::new(HashSet::new()),
             dirty_overflowed: AtomicBool::new(false),
+            healed: Mutex::new(Vec::new()),
             script_loaded: AtomicBool::new(false),
         }
     }
@@ -251,6 +263,11 @@ impl L2 {
                     for key in &keys {
                         dirty.remove(key);
                     }
+                }
+                if let Ok(mut healed) = self.healed.lock()
+                    && healed.len() < MAX_DIRTY
+                {
+                    healed.extend(keys.iter().cloned());
                 }
                 if self.dirty_overflowed.swap(false, Ordering::SeqCst) {
                     tracing::warn!(
@@ -452,14 +469,40 @@ impl L2 {
         self.scripts_ran(done, true);
     }
 
-    /// A follower's follows and unfollows of the last minute (`field -> value`, with `_gen`), or `None`
-    /// when Redis is unavailable.
-    pub async fn recent_changes(&self, key: &str) -> Option<Vec<(String, String)>> {
+    /// A follower's follows and unfollows of the last minute (`field -> value`, with `_gen`), and how
+    /// long ago (ms, by `now_ms`) Redis's data began (see [`RecentChanges`]), or `None` when Redis is
+    /// unavailable. The epoch key is created where missing, in the same round trip.
+    pub async fn recent_changes(
+        &self,
+        key: &str,
+        epoch_key: &str,
+        now_ms: i64,
+    ) -> Option<RecentChanges> {
         let mut pipe = redis::pipe();
+        // SET … NX GET: the epoch as it was (nil: there was none, and now is the epoch).
+        pipe.cmd("SET")
+            .arg(epoch_key)
+            .arg(now_ms)
+            .arg("NX")
+            .arg("GET");
         pipe.cmd("HGETALL").arg(key);
-        self.run::<(Vec<(String, String)>,)>(&pipe)
+        self.run::<(Option<i64>, Vec<(String, String)>)>(&pipe)
             .await
-            .map(|(fields,)| fields)
+            .map(|(epoch, fields)| RecentChanges {
+                fields,
+                data_age_ms: epoch.map_or(0, |epoch| now_ms - epoch),
+            })
+    }
+
+    /// Sets the epoch key to `now_ms` unless it exists.
+    pub async fn start_epoch(&self, epoch_key: &str, now_ms: i64) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(epoch_key)
+            .arg(now_ms)
+            .arg("NX")
+            .ignore();
+        let _ = self.run::<()>(&pipe).await;
     }
 
     /// Adds members with scores to a sorted set and keeps its `keep` highest (active viewers).
@@ -578,6 +621,14 @@ impl L2 {
         if !empty && self.available() && self.recover().await {
             self.health.success();
         }
+    }
+
+    /// The dirty keys deleted since the last call (to be announced to the other instances).
+    pub fn take_healed(&self) -> Vec<String> {
+        self.healed
+            .lock()
+            .map(|mut healed| std::mem::take(&mut *healed))
+            .unwrap_or_default()
     }
 
     /// A PING through the breaker: after an outage this is the probe that repairs and closes it.

@@ -138,6 +138,10 @@ pub const L1_SHARES: [(&str, u64); 6] = [
 /// takes to reach every instance, short enough that reading them stays one small hash.
 const RECENT_TTL: Duration = Duration::from_secs(60);
 
+/// How long after Redis's data began (or was lost) the viewer's recent changes are trusted: longer than
+/// any set load takes (a load in flight at the loss may carry a state from before a lost change).
+const RECENT_TRUSTED_AFTER: Duration = Duration::from_secs(10);
+
 /// Statuses answered from L1, and the pairs still to load (in the order asked).
 pub type StatusPeek = (HashMap<(i64, i64), bool>, Vec<(i64, i64)>);
 
@@ -348,6 +352,60 @@ impl Caches {
         } else {
             self.l2.ping().await;
         }
+        self.announce_healed().await;
+    }
+
+    /// Marks when Redis's cache data began, unless it is marked already (see `RECENT_TRUSTED_AFTER`).
+    pub async fn start_epoch(&self) {
+        if self.settings.enabled {
+            let now = chrono::Utc::now().timestamp_millis();
+            self.l2.start_epoch(&self.names.epoch(), now).await;
+        }
+    }
+
+    /// After an outage of this instance's Redis: tells every instance to drop the L1 entries of the keys
+    /// its failed writes left dirty (now deleted from L2). Their changes reached no other instance (a
+    /// renamed user, say, has no event for the consumer to repair it with).
+    async fn announce_healed(&self) {
+        let healed = self.l2.take_healed();
+        if healed.is_empty() {
+            return;
+        }
+        let mut drops: Vec<Announcement> = Vec::new();
+        let mut seen = HashSet::new();
+        for key in &healed {
+            let dropped = match self.names.parse(key) {
+                Some(keys::Named::Status { follower, followee }) => [
+                    Some(Announcement::DropStatus { follower, followee }),
+                    Some(Announcement::DropSet { user: follower }),
+                ],
+                Some(keys::Named::Counts { user }) => {
+                    [Some(Announcement::DropCounts { user }), None]
+                }
+                Some(keys::Named::User { user }) => [Some(Announcement::DropUser { user }), None],
+                Some(keys::Named::ListVersion { kind, owner }) => {
+                    [Some(Announcement::DropListVersion { kind, owner }), None]
+                }
+                Some(keys::Named::FollowingSet { user } | keys::Named::RecentChanges { user }) => {
+                    [Some(Announcement::DropSet { user }), None]
+                }
+                None => [None, None],
+            };
+            for drop in dropped.into_iter().flatten() {
+                let line = drop.encode();
+                if seen.insert(line) {
+                    drops.push(drop);
+                }
+            }
+        }
+        let channel = self.names.channel();
+        for chunk in drops.chunks(1_000) {
+            self.l2.delete(&[], Some((&channel, &message(chunk)))).await;
+        }
+        tracing::info!(
+            entries = drops.len(),
+            "told every instance to drop the entries this instance's failed writes left stale"
+        );
     }
 
     /// Notes a viewer as active (remembered in Redis every few seconds, for warm-up).
@@ -558,14 +616,22 @@ impl Caches {
             answers.extend(pairs.iter().map(|p| (*p, edges.contains(p))));
             return Ok(answers);
         }
-        // The viewer's own changes of the last minute: newer than any set an instance may hold.
+        // The viewer's own changes of the last minute: newer than any set an instance may hold. Unless
+        // Redis lost its data a moment ago (taking recent changes along, while a set load that read
+        // PostgreSQL before one of them may still be in flight): then, as with Redis unavailable, the
+        // viewer's own pairs are read from PostgreSQL.
         let recent: Option<HashMap<i64, bool>> = match viewer {
             Some(viewer) if pairs.iter().any(|p| p.0 == viewer) => self
                 .l2
-                .recent_changes(&self.names.recent_changes(viewer))
+                .recent_changes(
+                    &self.names.recent_changes(viewer),
+                    &self.names.epoch(),
+                    chrono::Utc::now().timestamp_millis(),
+                )
                 .await
-                .map(|fields| {
-                    sets::decode_recent(&fields)
+                .filter(|recent| recent.data_age_ms >= RECENT_TRUSTED_AFTER.as_millis() as i64)
+                .map(|recent| {
+                    sets::decode_recent(&recent.fields)
                         .0
                         .into_iter()
                         .map(|(followee, _, follows)| (followee, follows))

@@ -103,7 +103,10 @@ pub struct AppliedEvent {
     pub id: i64,
     pub follower_id: i64,
     pub followee_id: i64,
-    /// Whether the edge exists after this event.
+    /// Whether the edge exists as the batch is applied (read in the same statement): not the event's own
+    /// direction, which a later change of the pair may have undone already. The cache records this state
+    /// under the event's id, so a late event can never put an older state back where Redis forgot the
+    /// newer change's version (its data lost).
     pub follows: bool,
     /// Seconds from the event's commit (its `occurred_at`) to this application.
     pub lag_seconds: f64,
@@ -167,7 +170,8 @@ pub async fn apply_events(
                  updated_at = now() \
              RETURNING user_id, follower_count, following_count, version) \
          SELECT 'event' AS row_kind, id AS a, follower_id AS b, followee_id AS c, \
-                CASE kind WHEN 'follow' THEN 1 ELSE 0 END::int8 AS d, \
+                (EXISTS (SELECT 1 FROM follows f \
+                         WHERE f.follower_id = applied.follower_id AND f.followee_id = applied.followee_id))::int::int8 AS d, \
                 EXTRACT(EPOCH FROM clock_timestamp() - occurred_at)::float8 AS e FROM applied \
          UNION ALL \
          SELECT 'counts', user_id, follower_count, following_count, version, 0::float8 FROM upserted"
