@@ -55,8 +55,9 @@
 //! - longer: `MODEL_SEEDS=200 cargo test --release --test integration model -- --nocapture` runs seeds
 //!   `MODEL_SEED_BASE` (default 1000) and on; `MODEL_SEED=1234` replays one seed (`MODEL_SEED=3,11`:
 //!   several). `MODEL_OPS` (operations per viewer, default 90), `MODEL_WINDOW_MS` (the window, default
-//!   2500), `MODEL_PARALLEL` (seeds at once, default 1), `MODEL_FAULTS=0` (no faults) and `MODEL_LOG=1`
-//!   (print each seed's whole operation log) tune a run.
+//!   2500), `MODEL_PARALLEL` (seeds at once, default 1), `MODEL_FAULTS` (`0`: none, `loss`: data loss
+//!   only, `cut`: cuts only; default both) and `MODEL_LOG=1` (print each seed's whole operation log)
+//!   tune a run.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -104,7 +105,7 @@ async fn model_checks_every_answer() {
         settings.ops,
         settings.admin_ops,
         settings.window / 1000,
-        settings.faults
+        settings.faults.describe()
     );
     let started = std::time::Instant::now();
     let failures: Vec<Failure> = futures::stream::iter(seeds.iter().copied())
@@ -163,7 +164,52 @@ struct Settings {
     admin_ops: usize,
     /// The eventual-consistency window, in µs.
     window: i64,
-    faults: bool,
+    faults: Faults,
+}
+
+/// Which faults a run injects (`MODEL_FAULTS`: `1` or `all`, `0` or `none`, `loss`, `cut`).
+#[derive(Clone, Copy, Debug)]
+struct Faults {
+    /// Redis loses every key of the prefix.
+    loss: bool,
+    /// B's Redis is cut and restored.
+    cut: bool,
+}
+
+impl Faults {
+    fn from_env() -> Self {
+        match std::env::var("MODEL_FAULTS").unwrap_or_default().trim() {
+            "0" | "none" => Self {
+                loss: false,
+                cut: false,
+            },
+            "loss" => Self {
+                loss: true,
+                cut: false,
+            },
+            "cut" => Self {
+                loss: false,
+                cut: true,
+            },
+            _ => Self {
+                loss: true,
+                cut: true,
+            },
+        }
+    }
+
+    fn any(self) -> bool {
+        self.loss || self.cut
+    }
+
+    fn describe(self) -> &'static str {
+        match (self.loss, self.cut) {
+            (true, true) => "data loss and cuts",
+            (true, false) => "data loss only",
+            (false, true) => "cuts only",
+            (false, false) => "none",
+        }
+    }
 }
 
 impl Settings {
@@ -176,7 +222,7 @@ impl Settings {
             ops: env_number("MODEL_OPS").unwrap_or(90) as usize,
             admin_ops: (env_number("MODEL_OPS").unwrap_or(90) / 2) as usize,
             window: env_number("MODEL_WINDOW_MS").unwrap_or(2_500) as i64 * 1000,
-            faults: env_number("MODEL_FAULTS").unwrap_or(1) != 0,
+            faults: Faults::from_env(),
         }
     }
 
@@ -1766,7 +1812,7 @@ async fn viewer_client(run: Arc<Run>, me: i64, mut rng: StdRng) {
             None
         } else if roll < 45 && !existing.is_empty() {
             let target = *existing.choose(&mut rng).expect("non-empty");
-            let lose_data = rng.random_bool(0.5) && run.settings.faults;
+            let lose_data = rng.random_bool(0.5) && run.settings.faults.loss;
             own_write_racing_a_slow_load(&run, &client, me, target, lose_data, &mut rng).await;
             None
         } else {
@@ -2222,7 +2268,9 @@ async fn fault_driver(
         if done.load(Ordering::SeqCst) {
             break;
         }
-        if rng.random_bool(0.4) {
+        let kinds = run.settings.faults;
+        let lose = rng.random_bool(0.4);
+        if (lose && kinds.loss) || !kinds.cut {
             let deleted = forget_redis(&prefix).await;
             run.fault(0, &format!("Redis lost its data ({deleted} keys deleted)"));
         } else if cut {
@@ -2329,7 +2377,7 @@ async fn run_seed(seed: u64, settings: Settings) -> Vec<Failure> {
         StdRng::seed_from_u64(seed.wrapping_mul(1_000).wrapping_add(100)),
     )));
     let done = Arc::new(AtomicBool::new(false));
-    let faults = settings.faults.then(|| {
+    let faults = settings.faults.any().then(|| {
         tokio::spawn(fault_driver(
             run.clone(),
             proxy.clone(),
