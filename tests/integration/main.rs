@@ -17,6 +17,7 @@ mod hostile;
 mod http;
 mod known_followers;
 mod limits;
+mod model;
 mod over_http;
 mod pagination;
 mod queries;
