@@ -12,6 +12,28 @@ use serde_json::json;
 
 use crate::support::{Options, TestApp};
 
+/// Entries read for the group by `consumer` (up to `count`), which then never acknowledges them: a
+/// consumer that died, or stalls, holding them pending.
+async fn read_unacknowledged(
+    app: &TestApp,
+    conn: &mut redis::aio::MultiplexedConnection,
+    consumer: &str,
+    count: usize,
+) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(app.app.stream.group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(&app.app.stream.stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .expect("XREADGROUP");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_converge_exactly_after_a_burst_of_random_follows_and_unfollows() {
     let app = TestApp::spawn().await;
@@ -297,18 +319,7 @@ async fn entries_held_by_a_dead_consumer_are_taken_over() {
         app.follow(a, b).await;
     }
     // A consumer reads the entries and dies before applying them.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(app.app.stream.group)
-        .arg("doomed")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(&app.app.stream.stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("XREADGROUP");
+    read_unacknowledged(&app, &mut conn, "doomed", 10).await;
     let survivor = settings_named(&app, 10, "survivor");
     assert_eq!(
         consumer::consume_once(&app.app.db, &mut conn, &survivor)
@@ -527,18 +538,7 @@ async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_e
     }
     let written = outbox_ids_in_stream(&app, &mut conn).await;
     assert_eq!(written.len(), 5);
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(app.app.stream.group)
-        .arg("stalled")
-        .arg("COUNT")
-        .arg(2)
-        .arg("STREAMS")
-        .arg(&app.app.stream.stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("XREADGROUP");
+    read_unacknowledged(&app, &mut conn, "stalled", 2).await;
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(&app.app.stream.stream)
         .arg("-")

@@ -2075,7 +2075,7 @@ async fn own_write_racing_a_slow_load(
     );
     edge(run, client, instance, me, &[target], follow, false, rng).await;
     if lose_data {
-        let deleted = forget_redis(&run.prefix).await;
+        let deleted = support::redis_forget(&run.prefix).await;
         run.fault(
             0,
             &format!("Redis lost its data ({deleted} keys deleted), right after {me}'s write"),
@@ -2271,7 +2271,7 @@ async fn fault_driver(
         let kinds = run.settings.faults;
         let lose = rng.random_bool(0.4);
         if (lose && kinds.loss) || !kinds.cut {
-            let deleted = forget_redis(&prefix).await;
+            let deleted = support::redis_forget(&prefix).await;
             run.fault(0, &format!("Redis lost its data ({deleted} keys deleted)"));
         } else if cut {
             proxy.restore();
@@ -2294,42 +2294,6 @@ async fn fault_driver(
         }
         run.fault(1, "B's Redis restored (end)");
     }
-}
-
-/// Deletes every Redis key under `prefix`, as if Redis had lost its data (SCAN + DEL: other tests
-/// share the server, so never FLUSHDB). Returns how many keys went.
-async fn forget_redis(prefix: &str) -> usize {
-    use follow_service::redis_pool::redis;
-    let Ok(client) = redis::Client::open(support::redis_url()) else {
-        return 0;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return 0;
-    };
-    let mut deleted = 0;
-    let mut cursor: u64 = 0;
-    loop {
-        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(&mut conn)
-            .await
-        else {
-            break;
-        };
-        if !keys.is_empty() {
-            deleted += keys.len();
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    deleted
 }
 
 fn options() -> Options {

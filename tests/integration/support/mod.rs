@@ -456,37 +456,7 @@ impl Drop for TestApp {
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
                 }
-                use follow_service::redis_pool::redis;
-                if let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                {
-                    // SCAN, not KEYS: KEYS blocks Redis for every other test while it walks
-                    // the whole keyspace.
-                    let mut keys: Vec<String> = Vec::new();
-                    let mut cursor: u64 = 0;
-                    loop {
-                        let Ok((next, found)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(format!("{prefix}:*"))
-                            .arg("COUNT")
-                            .arg(1_000)
-                            .query_async(&mut conn)
-                            .await
-                        else {
-                            break;
-                        };
-                        keys.extend(found);
-                        if next == 0 {
-                            break;
-                        }
-                        cursor = next;
-                    }
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
-                }
+                redis_forget(&prefix).await;
             });
         })
         .join();
@@ -706,17 +676,21 @@ where
     }
 }
 
-/// Deletes every Redis key under `prefix`, as if Redis had lost its data (other tests' keys stay).
-pub async fn redis_forget(prefix: &str) {
+/// Deletes every Redis key under `prefix` (SCAN + DEL: other tests share the server, so never
+/// FLUSHDB; SCAN, not KEYS, which blocks Redis for every other test while it walks the keyspace): a
+/// test's cleanup, or Redis losing its data. Returns how many keys went.
+pub async fn redis_forget(prefix: &str) -> usize {
     use follow_service::redis_pool::redis;
-    let client = redis::Client::open(redis_url()).expect("Redis URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis is reachable for tests");
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return 0;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let mut deleted = 0;
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(format!("{prefix}:*"))
@@ -724,19 +698,19 @@ pub async fn redis_forget(prefix: &str) {
             .arg(1_000)
             .query_async(&mut conn)
             .await
-            .expect("SCAN");
+        else {
+            break;
+        };
         if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .expect("DEL");
+            deleted += keys.len();
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
         }
         if next == 0 {
             break;
         }
         cursor = next;
     }
+    deleted
 }
 
 /// Reads a raw Redis key (to look at what the cache stored).
