@@ -77,19 +77,29 @@ static RECORD_CHANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
 static FILL_SET_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(sets::FILL_SET));
 
+static READ_SET_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(sets::READ_SET));
 static BUMP_VERSIONS_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(BUMP_VERSIONS));
 static READ_VERSIONS_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(READ_VERSIONS));
 
 /// Every script the cache calls by hash, loaded together.
-const SCRIPTS: [&str; 5] = [
+const SCRIPTS: [&str; 6] = [
     SET_IF_NEWER,
     sets::RECORD_CHANGE,
     sets::FILL_SET,
+    sets::READ_SET,
     BUMP_VERSIONS,
     READ_VERSIONS,
 ];
+
+/// A generation for a follower's recent changes that has none: random (an integer, which `HINCRBY`
+/// counts on from), so that it repeats none handed out before Redis lost the hash (fills compare
+/// generations for equality only).
+fn random_generation() -> i64 {
+    (rand::random::<u64>() >> 2) as i64
+}
 
 /// Queues one versioned write (newer wins) through the loaded script.
 fn push_versioned(pipe: &mut redis::Pipeline, write: &VersionedWrite) {
@@ -388,6 +398,7 @@ impl L2 {
                 .arg(change.followee)
                 .arg(change.status_ttl.as_secs().max(1))
                 .arg(change.recent_ttl.as_secs().max(1))
+                .arg(random_generation())
                 .ignore();
         }
         for write in &batch.versioned {
@@ -427,24 +438,28 @@ impl L2 {
 
     /// Cached following sets and the generations their fills must match: per user, the set's members
     /// (empty: not cached) and the generation. `None` when Redis is unavailable.
-    pub async fn read_sets(&self, keys: &[(String, String)]) -> Option<Vec<(Vec<String>, String)>> {
+    pub async fn read_sets(
+        &self,
+        keys: &[(String, String)],
+        recent_ttl: Duration,
+    ) -> Option<Vec<(Vec<String>, String)>> {
         if keys.is_empty() {
             return Some(Vec::new());
         }
         let mut pipe = redis::pipe();
+        self.load_scripts(&mut pipe);
         for (set_key, recent_key) in keys {
-            pipe.cmd("SMEMBERS").arg(set_key);
-            pipe.cmd("HGET").arg(recent_key).arg("_gen");
+            pipe.cmd("EVALSHA")
+                .arg(READ_SET_SCRIPT.get_hash())
+                .arg(2)
+                .arg(set_key)
+                .arg(recent_key)
+                .arg(random_generation())
+                .arg(recent_ttl.as_secs().max(1));
         }
-        let values = self.run::<Vec<redis::Value>>(&pipe).await?;
-        let mut values = values.into_iter();
-        let mut out = Vec::with_capacity(keys.len());
-        while let (Some(members), Some(generation)) = (values.next(), values.next()) {
-            let members: Vec<String> = redis::from_redis_value(members).ok()?;
-            let generation: Option<String> = redis::from_redis_value(generation).ok()?;
-            out.push((members, generation.unwrap_or_else(|| "0".to_owned())));
-        }
-        (out.len() == keys.len()).then_some(out)
+        let values = self.run::<Vec<(Vec<String>, String)>>(&pipe).await;
+        self.scripts_ran(values.is_some(), true);
+        values.filter(|values| values.len() == keys.len())
     }
 
     /// Stores sets loaded from PostgreSQL (see `sets::FILL_SET`); not on any answer's path.

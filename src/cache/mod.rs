@@ -733,7 +733,7 @@ impl Caches {
                     .iter()
                     .map(|u| (self.names.following_set(*u), self.names.recent_changes(*u)))
                     .collect();
-                let stored = self.l2.read_sets(&keys).await;
+                let stored = self.l2.read_sets(&keys, RECENT_TTL).await;
                 let mut values = HashMap::with_capacity(users.len());
                 let mut missing = Vec::new();
                 match stored {

@@ -220,7 +220,9 @@ impl SetCache {
 /// Records one change in L2, atomically per pair: the follower's recent changes (newer wins; read by
 /// the follower's own requests, for read-your-writes on every instance, and bumping the generation that
 /// fills check), the cached set if complete, and the pair's status. KEYS: status, set, recent changes.
-/// ARGV: version, 1 or 0, followee, status TTL, recent-changes TTL (seconds).
+/// ARGV: version, 1 or 0, followee, status TTL, recent-changes TTL (seconds), a random generation to
+/// start from where there is none (never 1: after Redis lost the hash, counting again from 0 could
+/// return a generation a load in flight read before the loss, and let it store what it read).
 pub const RECORD_CHANGE: &str = r"
 local previous = redis.call('HGET', KEYS[3], ARGV[3])
 if previous then
@@ -228,7 +230,11 @@ if previous then
   if version and version >= tonumber(ARGV[1]) then return 0 end
 end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1] .. ':' .. ARGV[2])
-redis.call('HINCRBY', KEYS[3], '_gen', 1)
+if redis.call('HEXISTS', KEYS[3], '_gen') == 1 then
+  redis.call('HINCRBY', KEYS[3], '_gen', 1)
+else
+  redis.call('HSET', KEYS[3], '_gen', ARGV[6])
+end
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 if redis.call('SISMEMBER', KEYS[2], '0') == 1 then
   if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[3]) else redis.call('SREM', KEYS[2], ARGV[3]) end
@@ -240,6 +246,20 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[4])
 return 1
+";
+
+/// Reads a cached set and the generation its fill must find unchanged. KEYS: set, recent changes.
+/// ARGV: a random generation, recent-changes TTL. A missing set with no generation gets the random one,
+/// so that the loader's fill is refused if Redis loses the hash meanwhile and counts again from nothing.
+pub const READ_SET: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+local generation = redis.call('HGET', KEYS[2], '_gen')
+if #members == 0 and not generation then
+  generation = ARGV[1]
+  redis.call('HSET', KEYS[2], '_gen', generation)
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return {members, generation or '0'}
 ";
 
 /// Stores a set loaded from PostgreSQL unless one is cached or a change was recorded since the loader
