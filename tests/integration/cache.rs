@@ -40,12 +40,7 @@ async fn own_status(app: &follow_service::app::App, viewer: i64, b: i64) -> Valu
 async fn a_follow_on_one_instance_is_seen_on_the_other() {
     let a = TestApp::spawn().await;
     a.create_users(1..=3).await;
-    let b = a
-        .instance(Options {
-            pipeline: false,
-            ..Options::default()
-        })
-        .await;
+    let b = a.second_instance().await;
     // B has the old answers cached, in L1 and L2.
     for _ in 0..2 {
         assert_eq!(is_following(&b.app, None, 1, 2).await, false);
@@ -80,12 +75,7 @@ async fn counts_and_list_pages_refresh_on_every_instance_after_the_consumer_runs
     a.create_users(1..=4).await;
     a.follow(3, 2).await;
     a.drained().await;
-    let b = a
-        .instance(Options {
-            pipeline: false,
-            ..Options::default()
-        })
-        .await;
+    let b = a.second_instance().await;
     let query = r#"{ user(id: "2") { followerCount followers(first: 10) { nodes { id } } } }"#;
     for app in [&a.app, &b.app] {
         // Warm both levels on both instances.
@@ -115,12 +105,7 @@ async fn counts_and_list_pages_refresh_on_every_instance_after_the_consumer_runs
 async fn a_following_set_answers_negatives_and_a_follow_changes_it_in_place_everywhere() {
     let a = TestApp::spawn().await;
     a.create_users(1..=3).await;
-    let b = a
-        .instance(Options {
-            pipeline: false,
-            ..Options::default()
-        })
-        .await;
+    let b = a.second_instance().await;
     assert_eq!(is_following(&a.app, None, 1, 2).await, false);
     let key = format!("{}:c1:fs:{{1}}", a.prefix);
     let cached = eventually(Duration::from_secs(1), || async {
@@ -297,12 +282,7 @@ async fn with_caching_off_every_read_goes_to_postgres() {
 async fn an_upserted_user_is_read_back_at_once_even_after_a_miss_was_cached() {
     let a = TestApp::spawn().await;
     a.create_users(1..=2).await;
-    let b = a
-        .instance(Options {
-            pipeline: false,
-            ..Options::default()
-        })
-        .await;
+    let b = a.second_instance().await;
     let query = r#"{ user(id: "30") { handle } renamed: user(id: "2") { handle } }"#;
     // Both instances have the miss (and user 2's old handle) in L1 and L2.
     for app in [&a.app, &b.app] {
@@ -407,12 +387,7 @@ async fn a_stale_cached_absence_never_breaks_a_list_or_a_payload() {
 async fn after_redis_loses_its_data_no_old_list_page_comes_back() {
     let a = TestApp::spawn().await;
     a.create_users(1..=4).await;
-    let b = a
-        .instance(Options {
-            pipeline: false,
-            ..Options::default()
-        })
-        .await;
+    let b = a.second_instance().await;
     let list = r#"{ user(id: "1") { following(first: 10) { nodes { id } } } }"#;
     let ids = |data: Value| -> Vec<String> {
         data["data"]["user"]["following"]["nodes"]

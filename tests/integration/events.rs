@@ -140,13 +140,7 @@ async fn a_redelivered_or_duplicated_entry_changes_the_counts_once() {
     app.follow(1, 2).await;
 
     // The same entry appended a second time (as a relay racing the writer would).
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&app.app.stream.stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("XRANGE");
+    let entries = stream_entries(&app, &mut conn).await;
     assert_eq!(entries.ids.len(), 1);
     let mut xadd = redis::cmd("XADD");
     xadd.arg(&app.app.stream.stream).arg("*");
@@ -500,19 +494,27 @@ async fn a_scheduled_reconcile_repairs_drift_while_serving() {
     assert_eq!(data["user"]["followerCount"], 1);
 }
 
-/// The outbox ids the stream's entries carry, in stream order.
-async fn outbox_ids_in_stream(
+/// Every entry of the app's stream, oldest first.
+async fn stream_entries(
     app: &TestApp,
     conn: &mut redis::aio::MultiplexedConnection,
-) -> Vec<i64> {
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+) -> redis::streams::StreamRangeReply {
+    redis::cmd("XRANGE")
         .arg(&app.app.stream.stream)
         .arg("-")
         .arg("+")
         .query_async(conn)
         .await
-        .expect("XRANGE");
-    entries
+        .expect("XRANGE")
+}
+
+/// The outbox ids the stream's entries carry, in stream order.
+async fn outbox_ids_in_stream(
+    app: &TestApp,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Vec<i64> {
+    stream_entries(app, conn)
+        .await
         .ids
         .iter()
         .filter_map(|e| e.get::<String>("id").and_then(|s| s.parse().ok()))
@@ -539,13 +541,7 @@ async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_e
     let written = outbox_ids_in_stream(&app, &mut conn).await;
     assert_eq!(written.len(), 5);
     read_unacknowledged(&app, &mut conn, "stalled", 2).await;
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&app.app.stream.stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("XRANGE");
+    let entries = stream_entries(&app, &mut conn).await;
     let _: i64 = redis::cmd("XDEL")
         .arg(&app.app.stream.stream)
         .arg(&entries.ids[3].id)
@@ -673,13 +669,7 @@ async fn a_subscriber_gets_an_event_once_even_when_it_is_delivered_again_much_la
     // Much later (thousands of other users' events on), the same entry is appended again, as a relay
     // does when the counters lag or the entry was lost. Then a new event.
     let mut conn = connection(&app).await;
-    let original: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&app.app.stream.stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("XRANGE");
+    let original: redis::streams::StreamRangeReply = stream_entries(&app, &mut conn).await;
     let mut others = redis::pipe();
     for n in 0..10_000i64 {
         others

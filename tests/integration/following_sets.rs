@@ -39,12 +39,7 @@ async fn viewer_sees(app: &follow_service::app::App) -> (Value, Value) {
 async fn a_follow_flips_status_viewer_is_following_and_relationships_on_the_other_instance() {
     let a = TestApp::spawn().await;
     a.create_users(1..=3).await;
-    let b = a
-        .instance(Options {
-            pipeline: false,
-            ..Options::default()
-        })
-        .await;
+    let b = a.second_instance().await;
     // B holds user 1's set in L1.
     assert_eq!(is_following(&b.app, 1, 2).await, false);
     assert_eq!(viewer_sees(&b.app).await, (json!(false), json!(false)));

@@ -235,6 +235,16 @@ impl TestApp {
         Self::build_app(&self.database, &self.prefix, &options)
     }
 
+    /// Another running instance over the same database and Redis, without a pipeline of its own (the
+    /// test's main instance applies the events): what most two-instance tests want.
+    pub async fn second_instance(&self) -> Instance {
+        self.instance(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await
+    }
+
     /// Another running instance: its cache subscription (and its pipeline when `options.pipeline`) run
     /// until it is dropped. Returns once its L1 is in use (when its Redis is reachable).
     pub async fn instance(&self, options: Options) -> Instance {
