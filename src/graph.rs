@@ -233,7 +233,9 @@ impl FollowGraph {
             })?;
         // The new record replaces what every instance cached, a miss included: else a user looked up
         // before it existed stays unknown (and a follow of it cannot load it), and a handle stays old.
-        self.caches.record_user(&record).await;
+        self.caches
+            .record_users(std::slice::from_ref(&record))
+            .await;
         Ok(record)
     }
 
@@ -287,9 +289,7 @@ impl FollowGraph {
         let mut conn = db::connect(&self.db).await?;
         let users = db::users::by_ids(&mut conn, ids).await?;
         drop(conn);
-        for user in &users {
-            self.caches.record_user(user).await;
-        }
+        self.caches.record_users(&users).await;
         Ok(users.into_iter().map(|u| (u.id, u)).collect())
     }
 

@@ -1257,34 +1257,38 @@ impl Caches {
         }
     }
 
-    /// After `upsertUser`: the new record everywhere.
-    pub async fn record_user(&self, user: &UserRecord) {
-        if !self.settings.enabled {
+    /// After `upsertUser` (or a stale absence found): the records everywhere, in one round trip.
+    pub async fn record_users(&self, users: &[UserRecord]) {
+        if !self.settings.enabled || users.is_empty() {
             return;
         }
-        let version = user.updated_at.timestamp_micros();
-        self.users.put_if_newer(
-            user.id,
-            Versioned {
+        let mut writes = Vec::with_capacity(users.len());
+        let mut announcements = Vec::with_capacity(users.len());
+        for user in users {
+            let version = user.updated_at.timestamp_micros();
+            self.users.put_if_newer(
+                user.id,
+                Versioned {
+                    version,
+                    value: Some(user.clone()),
+                },
+            );
+            let payload = keys::encode_user(Some(user));
+            writes.push(VersionedWrite {
+                key: self.names.user(user.id),
                 version,
-                value: Some(user.clone()),
-            },
-        );
-        let payload = keys::encode_user(Some(user));
-        let write = VersionedWrite {
-            key: self.names.user(user.id),
-            version,
-            payload: payload.clone(),
-            ttl: self.settings.users_ttl,
-        };
-        let announcement = Announcement::User {
-            user: user.id,
-            version,
-            payload,
-        };
+                payload: payload.clone(),
+                ttl: self.settings.users_ttl,
+            });
+            announcements.push(Announcement::User {
+                user: user.id,
+                version,
+                payload,
+            });
+        }
         let channel = self.names.channel();
         self.l2
-            .write_versioned(&[write], Some((&channel, &announcement.encode())), true)
+            .write_versioned(&writes, Some((&channel, &message(&announcements))), true)
             .await;
     }
 

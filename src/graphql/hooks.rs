@@ -86,9 +86,16 @@ impl Extension for RequestHooks {
     ) -> ServerResult<ExecutableDocument> {
         let document = limits::parse(ctx, query, variables, &self.cost, next)?;
         self.observation.parsed(&document);
+        // Variables matter to the order only through `@skip`/`@include`: copied only when the text
+        // has a directive at all.
+        let variables = if query.contains('@') {
+            variables.clone()
+        } else {
+            Variables::default()
+        };
         let _ = self.parsed.set(Parsed {
             document: document.clone(),
-            variables: variables.clone(),
+            variables,
         });
         Ok(Arc::unwrap_or_clone(document))
     }
