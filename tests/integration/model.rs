@@ -1738,6 +1738,14 @@ fn truncate(text: &str, n: usize) -> String {
     format!("{}…", &text[..cut])
 }
 
+/// `preferred` if given, else one of `pool` (not empty) at random.
+fn pick(pool: &[i64], preferred: Option<&i64>, rng: &mut StdRng) -> i64 {
+    match preferred {
+        Some(id) => *id,
+        None => *pool.choose(rng).expect("non-empty"),
+    }
+}
+
 /// One viewer's operations.
 async fn viewer_client(run: Arc<Run>, me: i64, mut rng: StdRng) {
     let client = format!("V{me}");
@@ -1757,38 +1765,33 @@ async fn viewer_client(run: Arc<Run>, me: i64, mut rng: StdRng) {
             .copied()
             .filter(|id| *run.model().pair((me, *id)).current())
             .collect();
-        let wrote = if roll < 18 && !existing.is_empty() {
-            // Often the newest user: the one most likely to be cached as missing somewhere.
-            let target = if rng.random_bool(0.3) {
-                *existing.iter().max().expect("non-empty")
-            } else {
-                *existing.choose(&mut rng).expect("non-empty")
-            };
-            edge(
-                &run,
-                &client,
-                instance,
-                me,
-                &[target],
+        // A single follow (often of the newest user: the one most likely to be cached as missing
+        // somewhere) or unfollow (mostly of a followed user).
+        let single = if roll < 18 && !existing.is_empty() {
+            let newest = rng.random_bool(0.3);
+            Some((
+                pick(
+                    &existing,
+                    newest.then(|| existing.iter().max()).flatten(),
+                    &mut rng,
+                ),
                 true,
-                false,
-                &mut rng,
-            )
-            .await;
-            Some(target)
+            ))
         } else if roll < 29 && !existing.is_empty() {
-            let target = if !followed.is_empty() && rng.random_bool(0.7) {
-                *followed.choose(&mut rng).expect("non-empty")
-            } else {
-                *existing.choose(&mut rng).expect("non-empty")
-            };
+            let from_followed = !followed.is_empty() && rng.random_bool(0.7);
+            let pool = if from_followed { &followed } else { &existing };
+            Some((pick(pool, None, &mut rng), false))
+        } else {
+            None
+        };
+        let wrote = if let Some((target, follow)) = single {
             edge(
                 &run,
                 &client,
                 instance,
                 me,
                 &[target],
-                false,
+                follow,
                 false,
                 &mut rng,
             )
