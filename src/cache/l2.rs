@@ -125,7 +125,6 @@ pub struct ChangeWrite {
     pub version: i64,
     pub follows: bool,
     pub status_ttl: Duration,
-    pub recent_ttl: Duration,
 }
 
 /// Cache changes written in one round trip by `write_batch`.
@@ -145,8 +144,10 @@ impl Batch {
     }
 }
 
-/// How long the generation bumped by a dropped set outlives it: longer than any load takes.
-const RECENT_FENCE_SECONDS: u64 = 60;
+/// How long a follower's changes (and the generation that set fills check) stay in L2: far longer than
+/// any announcement takes to reach every instance, or any load takes; short enough that reading them
+/// stays one small hash.
+pub const RECENT_TTL: Duration = Duration::from_secs(60);
 
 /// A set loaded from PostgreSQL, to store unless a change raced its load.
 pub struct SetFill {
@@ -397,7 +398,7 @@ impl L2 {
                 .arg(u8::from(change.follows))
                 .arg(change.followee)
                 .arg(change.status_ttl.as_secs().max(1))
-                .arg(change.recent_ttl.as_secs().max(1))
+                .arg(RECENT_TTL.as_secs())
                 .arg(random_generation())
                 .ignore();
         }
@@ -405,8 +406,14 @@ impl L2 {
             push_versioned(&mut pipe, write);
         }
         for (set_key, recent_key) in &batch.dropped_sets {
-            // The generation bump makes fills that loaded before this drop stand down.
+            // The generation bump makes fills that loaded before this drop stand down; a missing one
+            // starts at random first, as in `sets::RECORD_CHANGE` (never counting again from 0).
             pipe.cmd("DEL").arg(set_key).ignore();
+            pipe.cmd("HSETNX")
+                .arg(recent_key)
+                .arg("_gen")
+                .arg(random_generation())
+                .ignore();
             pipe.cmd("HINCRBY")
                 .arg(recent_key)
                 .arg("_gen")
@@ -414,7 +421,7 @@ impl L2 {
                 .ignore();
             pipe.cmd("EXPIRE")
                 .arg(recent_key)
-                .arg(RECENT_FENCE_SECONDS)
+                .arg(RECENT_TTL.as_secs())
                 .ignore();
         }
         if let Some((channel, message)) = publish {
@@ -438,11 +445,7 @@ impl L2 {
 
     /// Cached following sets and the generations their fills must match: per user, the set's members
     /// (empty: not cached) and the generation. `None` when Redis is unavailable.
-    pub async fn read_sets(
-        &self,
-        keys: &[(String, String)],
-        recent_ttl: Duration,
-    ) -> Option<Vec<(Vec<String>, String)>> {
+    pub async fn read_sets(&self, keys: &[(String, String)]) -> Option<Vec<(Vec<String>, String)>> {
         if keys.is_empty() {
             return Some(Vec::new());
         }
@@ -455,7 +458,7 @@ impl L2 {
                 .arg(set_key)
                 .arg(recent_key)
                 .arg(random_generation())
-                .arg(recent_ttl.as_secs().max(1));
+                .arg(RECENT_TTL.as_secs());
         }
         let values = self.run::<Vec<(Vec<String>, String)>>(&pipe).await;
         self.scripts_ran(values.is_some(), true);

@@ -134,9 +134,7 @@ pub const L1_SHARES: [(&str, u64); 6] = [
     ("list_versions", 5),
 ];
 
-/// How long a follower's changes stay readable as "recent" in L2: far longer than any announcement
-/// takes to reach every instance, short enough that reading them stays one small hash.
-const RECENT_TTL: Duration = Duration::from_secs(60);
+use l2::RECENT_TTL;
 
 /// How long after Redis's data began (or was lost) the viewer's recent changes are trusted: longer than
 /// any set load takes (a load in flight at the loss may carry a state from before a lost change).
@@ -630,13 +628,7 @@ impl Caches {
                 )
                 .await
                 .filter(|recent| recent.data_age_ms >= RECENT_TRUSTED_AFTER.as_millis() as i64)
-                .map(|recent| {
-                    sets::decode_recent(&recent.fields)
-                        .0
-                        .into_iter()
-                        .map(|(followee, _, follows)| (followee, follows))
-                        .collect()
-                }),
+                .map(|recent| sets::decode_recent(&recent.fields)),
             _ => None,
         };
         let mut direct = Vec::new();
@@ -661,13 +653,48 @@ impl Caches {
             by_set.push(pair);
         }
 
-        let mut followers: Vec<i64> = by_set.iter().map(|p| p.0).collect();
+        // The viewer's own pairs read from PostgreSQL, concurrently with the others' sets.
+        let direct_edges = async {
+            if direct.is_empty() {
+                Ok(HashSet::new())
+            } else {
+                load_pairs(direct.clone()).await
+            }
+        };
+        let (direct_edges, from_sets) = futures::try_join!(
+            direct_edges,
+            self.statuses_from_sets(by_set, viewer, load_sets, &load_pairs)
+        )?;
+        answers.extend(from_sets);
+        answers.extend(direct.into_iter().map(|p| (p, direct_edges.contains(&p))));
+        Ok(answers)
+    }
+
+    /// Statuses from the followers' sets (pair lookups for followers over the set limit).
+    async fn statuses_from_sets<E, FS, FSF, FP, FPF>(
+        &self,
+        pairs: Vec<(i64, i64)>,
+        viewer: Option<i64>,
+        load_sets: FS,
+        load_pairs: &FP,
+    ) -> Result<HashMap<(i64, i64), bool>, E>
+    where
+        FS: Fn(Vec<i64>) -> FSF,
+        FSF: Future<Output = Result<HashMap<i64, Vec<i64>>, E>>,
+        FP: Fn(Vec<(i64, i64)>) -> FPF,
+        FPF: Future<Output = Result<HashSet<(i64, i64)>, E>>,
+    {
+        let mut answers = HashMap::with_capacity(pairs.len());
+        if pairs.is_empty() {
+            return Ok(answers);
+        }
+        let mut followers: Vec<i64> = pairs.iter().map(|p| p.0).collect();
         followers.sort_unstable();
         followers.dedup();
         let sets = self.following_sets(&followers, load_sets).await?;
         let mut large = Vec::new();
         let (mut from_l1, mut from_l2, mut from_store) = (0, 0, 0);
-        for pair in by_set {
+        for pair in pairs {
             match sets.get(&pair.0) {
                 Some((Following::Members(members), source)) => {
                     answers.insert(pair, members.contains(pair.1));
@@ -684,13 +711,8 @@ impl Caches {
         count("status", "l1", "miss", from_l2 + from_store);
         count("status", "l2", "hit", from_l2);
         count("status", "l2", "miss", from_store);
-
         if !large.is_empty() {
-            answers.extend(self.pair_statuses(&large, viewer, &load_pairs).await?);
-        }
-        if !direct.is_empty() {
-            let edges = load_pairs(direct.clone()).await?;
-            answers.extend(direct.into_iter().map(|p| (p, edges.contains(&p))));
+            answers.extend(self.pair_statuses(&large, viewer, load_pairs).await?);
         }
         Ok(answers)
     }
@@ -733,7 +755,7 @@ impl Caches {
                     .iter()
                     .map(|u| (self.names.following_set(*u), self.names.recent_changes(*u)))
                     .collect();
-                let stored = self.l2.read_sets(&keys, RECENT_TTL).await;
+                let stored = self.l2.read_sets(&keys).await;
                 let mut values = HashMap::with_capacity(users.len());
                 let mut missing = Vec::new();
                 match stored {
@@ -1116,13 +1138,7 @@ impl Caches {
         announcements: &mut Vec<Announcement>,
     ) {
         self.sets.change(follower, followee, version, follows);
-        self.status.put_if_newer(
-            (follower, followee),
-            Versioned {
-                version,
-                value: follows,
-            },
-        );
+        self.note_status(follower, followee, follows, version, announcements);
         batch.changes.push(ChangeWrite {
             status_key: self.names.status(follower, followee),
             set_key: self.names.following_set(follower),
@@ -1131,8 +1147,25 @@ impl Caches {
             version,
             follows,
             status_ttl: self.settings.status_ttl,
-            recent_ttl: RECENT_TTL,
         });
+    }
+
+    /// A pair's new status in this instance's L1, and its announcement to the others.
+    fn note_status(
+        &self,
+        follower: i64,
+        followee: i64,
+        follows: bool,
+        version: i64,
+        announcements: &mut Vec<Announcement>,
+    ) {
+        self.status.put_if_newer(
+            (follower, followee),
+            Versioned {
+                version,
+                value: follows,
+            },
+        );
         announcements.push(Announcement::Status {
             follower,
             followee,
@@ -1165,24 +1198,18 @@ impl Caches {
                 );
                 continue;
             }
-            self.status.put_if_newer(
-                (follower, followee),
-                Versioned {
-                    version: event.id,
-                    value: event.follows,
-                },
+            self.note_status(
+                follower,
+                followee,
+                event.follows,
+                event.id,
+                &mut announcements,
             );
             writes.versioned.push(VersionedWrite {
                 key: self.names.status(follower, followee),
                 version: event.id,
                 payload: keys::encode_status(event.follows).to_owned(),
                 ttl: self.settings.status_ttl,
-            });
-            announcements.push(Announcement::Status {
-                follower,
-                followee,
-                version: event.id,
-                follows: event.follows,
             });
             if dropped.insert(follower) {
                 self.sets.remove(follower);

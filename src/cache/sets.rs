@@ -14,6 +14,7 @@
 //! last change applied per followee, so an older change arriving late is ignored.
 
 use std::{
+    collections::HashMap,
     hash::BuildHasher,
     sync::{Arc, Mutex},
     time::Duration,
@@ -275,26 +276,17 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// The recent changes of one follower as stored (`followee -> "<version>:<1|0>"`, plus `_gen`): the
-/// change per followee, and the generation.
-pub fn decode_recent(fields: &[(String, String)]) -> (Vec<(i64, i64, bool)>, String) {
-    let mut generation = "0".to_owned();
-    let mut changes = Vec::new();
-    for (field, value) in fields {
-        if field == "_gen" {
-            generation.clone_from(value);
-            continue;
-        }
-        let parsed = field.parse().ok().zip(value.split_once(':')).and_then(
-            |(followee, (version, follows))| {
-                Some((followee, version.parse().ok()?, follows == "1"))
-            },
-        );
-        if let Some(change) = parsed {
-            changes.push(change);
-        }
-    }
-    (changes, generation)
+/// The recent changes of one follower as stored (`followee -> "<version>:<1|0>"`, plus `_gen`, which is
+/// skipped): whether the follower follows each followee after its latest change.
+pub fn decode_recent(fields: &[(String, String)]) -> HashMap<i64, bool> {
+    fields
+        .iter()
+        .filter_map(|(field, value)| {
+            let followee = field.parse().ok()?;
+            let (_, follows) = value.split_once(':')?;
+            Some((followee, follows == "1"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -359,8 +351,9 @@ mod tests {
             ("12".to_owned(), "40:1".to_owned()),
             ("13".to_owned(), "41:0".to_owned()),
         ];
-        let (changes, generation) = decode_recent(&fields);
-        assert_eq!(generation, "3");
-        assert_eq!(changes, vec![(12, 40, true), (13, 41, false)]);
+        assert_eq!(
+            decode_recent(&fields),
+            HashMap::from([(12, true), (13, false)])
+        );
     }
 }
