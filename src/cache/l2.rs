@@ -319,45 +319,33 @@ impl L2 {
             .map(|(values,)| values)
     }
 
-    /// Versioned writes (newer wins) and an optional message on `channel`, in one round trip. Keys whose
-    /// write may have failed are remembered as dirty when `authoritative` (a write, not a fill).
-    pub async fn write_versioned(
-        &self,
-        writes: &[VersionedWrite],
-        publish: Option<(&str, &str)>,
-        authoritative: bool,
-    ) -> bool {
-        if writes.is_empty() && publish.is_none() {
-            return true;
+    /// Fills of values read from PostgreSQL (newer wins; a value without a version only fills a gap),
+    /// in one round trip. Not a write: nothing becomes dirty when it fails.
+    pub async fn fill_versioned(&self, fills: &[VersionedWrite]) {
+        if fills.is_empty() {
+            return;
         }
         let mut pipe = redis::pipe();
-        let needs_script = writes.iter().any(|w| w.version != 0);
+        let needs_script = fills.iter().any(|w| w.version != 0);
         if needs_script {
             self.load_scripts(&mut pipe);
         }
-        for write in writes {
-            if write.version == 0 {
+        for fill in fills {
+            if fill.version == 0 {
                 // A value read from PostgreSQL only fills a gap: a plain SET NX, no script.
                 pipe.cmd("SET")
-                    .arg(&write.key)
-                    .arg(format!("0:{}", write.payload))
+                    .arg(&fill.key)
+                    .arg(format!("0:{}", fill.payload))
                     .arg("NX")
                     .arg("EX")
-                    .arg(write.ttl.as_secs().max(1))
+                    .arg(fill.ttl.as_secs().max(1))
                     .ignore();
                 continue;
             }
-            push_versioned(&mut pipe, write);
-        }
-        if let Some((channel, message)) = publish {
-            pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+            push_versioned(&mut pipe, fill);
         }
         let done = self.run::<()>(&pipe).await.is_some();
         self.scripts_ran(done, needs_script);
-        if !done && authoritative {
-            self.mark_dirty(writes.iter().map(|w| w.key.clone()));
-        }
-        done
     }
 
     /// Adds the scripts to `pipe` unless this process loaded them since Redis last failed.

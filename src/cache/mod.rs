@@ -570,7 +570,7 @@ impl Caches {
                     // Filling L2 is not on the answer's path.
                     let caches = self.clone();
                     tokio::spawn(async move {
-                        caches.l2.write_versioned(&fills, None, false).await;
+                        caches.l2.fill_versioned(&fills).await;
                     });
                     values.extend(loaded);
                 }
@@ -1314,8 +1314,12 @@ impl Caches {
             });
         }
         let channel = self.names.channel();
+        let batch = Batch {
+            versioned: writes,
+            ..Batch::default()
+        };
         self.l2
-            .write_versioned(&writes, Some((&channel, &message(&announcements))), true)
+            .write_batch(&batch, Some((&channel, &message(&announcements))))
             .await;
     }
 
