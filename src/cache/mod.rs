@@ -369,39 +369,36 @@ impl Caches {
         if healed.is_empty() {
             return;
         }
-        let mut drops: Vec<Announcement> = Vec::new();
-        let mut seen = HashSet::new();
-        for key in &healed {
-            let dropped = match self.names.parse(key) {
-                Some(keys::Named::Status { follower, followee }) => [
-                    Some(Announcement::DropStatus { follower, followee }),
-                    Some(Announcement::DropSet { user: follower }),
-                ],
-                Some(keys::Named::Counts { user }) => {
-                    [Some(Announcement::DropCounts { user }), None]
-                }
-                Some(keys::Named::User { user }) => [Some(Announcement::DropUser { user }), None],
-                Some(keys::Named::ListVersion { kind, owner }) => {
-                    [Some(Announcement::DropListVersion { kind, owner }), None]
-                }
-                Some(keys::Named::FollowingSet { user } | keys::Named::RecentChanges { user }) => {
-                    [Some(Announcement::DropSet { user }), None]
-                }
-                None => [None, None],
-            };
-            for drop in dropped.into_iter().flatten() {
-                let line = drop.encode();
-                if seen.insert(line) {
-                    drops.push(drop);
-                }
-            }
-        }
+        // One line per entry (a failed write dirties a pair's status, set and recent changes together).
+        let mut lines: Vec<String> = healed
+            .iter()
+            .filter_map(|key| {
+                let drop = match self.names.parse(key)? {
+                    keys::Named::Status { follower, followee } => {
+                        Announcement::DropStatus { follower, followee }
+                    }
+                    keys::Named::Counts { user } => Announcement::DropCounts { user },
+                    keys::Named::User { user } => Announcement::DropUser { user },
+                    keys::Named::ListVersion { kind, owner } => {
+                        Announcement::DropListVersion { kind, owner }
+                    }
+                    keys::Named::FollowingSet { user } | keys::Named::RecentChanges { user } => {
+                        Announcement::DropSet { user }
+                    }
+                };
+                Some(drop.encode())
+            })
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
         let channel = self.names.channel();
-        for chunk in drops.chunks(1_000) {
-            self.l2.delete(&[], Some((&channel, &message(chunk)))).await;
+        for chunk in lines.chunks(1_000) {
+            self.l2
+                .delete(&[], Some((&channel, &chunk.join("\n"))))
+                .await;
         }
         tracing::info!(
-            entries = drops.len(),
+            entries = lines.len(),
             "told every instance to drop the entries this instance's failed writes left stale"
         );
     }
