@@ -62,8 +62,8 @@ pub struct AppInner {
 /// Where the start-up warm-up stands.
 #[derive(Debug, Default)]
 pub struct WarmUpState {
-    /// 0: none planned, 1: running, 2: finished or cut short by its bound.
-    phase: std::sync::atomic::AtomicU8,
+    /// Running: neither finished nor cut short by its bound.
+    running: std::sync::atomic::AtomicBool,
     /// What it loaded.
     pub loaded: crate::graph::WarmUp,
 }
@@ -71,7 +71,7 @@ pub struct WarmUpState {
 impl WarmUpState {
     /// Whether the warm-up keeps the instance from being ready.
     pub fn running(&self) -> bool {
-        self.phase.load(std::sync::atomic::Ordering::SeqCst) == 1
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -277,7 +277,7 @@ impl App {
     /// answers 503 until it finishes or its time is up.
     pub fn spawn_warm_up(&self) -> JoinHandle<()> {
         let state = self.warm_up.clone();
-        state.phase.store(1, std::sync::atomic::Ordering::SeqCst);
+        state.running.store(true, std::sync::atomic::Ordering::SeqCst);
         let (graph, config) = (self.graph.clone(), self.config.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -320,7 +320,7 @@ impl App {
                     "cache warm-up cut short by FOLLOW_WARMUP_TIMEOUT_S; serving partly cold"
                 ),
             }
-            state.phase.store(2, std::sync::atomic::Ordering::SeqCst);
+            state.running.store(false, std::sync::atomic::Ordering::SeqCst);
         })
     }
 
