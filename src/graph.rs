@@ -377,7 +377,7 @@ impl FollowGraph {
             let mut conn = db::connect(&self.db).await?;
             db::stats::most_followed(&mut conn, plan.users.max(plan.pages) as i64).await?
         };
-        for chunk in hot[..plan.pages.min(hot.len())].chunks(MAX_PAGE as usize) {
+        for chunk in hot[..plan.pages.min(hot.len())].chunks(WARM_UP_CHUNK) {
             self.list_pages(ListKind::Followers, chunk, None, DEFAULT_PAGE + 1)
                 .await?;
             progress.pages.fetch_add(chunk.len(), Relaxed);
