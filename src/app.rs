@@ -277,7 +277,9 @@ impl App {
     /// answers 503 until it finishes or its time is up.
     pub fn spawn_warm_up(&self) -> JoinHandle<()> {
         let state = self.warm_up.clone();
-        state.running.store(true, std::sync::atomic::Ordering::SeqCst);
+        state
+            .running
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let (graph, config) = (self.graph.clone(), self.config.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -320,7 +322,9 @@ impl App {
                     "cache warm-up cut short by FOLLOW_WARMUP_TIMEOUT_S; serving partly cold"
                 ),
             }
-            state.running.store(false, std::sync::atomic::Ordering::SeqCst);
+            state
+                .running
+                .store(false, std::sync::atomic::Ordering::SeqCst);
         })
     }
 

@@ -653,26 +653,24 @@ fn server_binary() -> anyhow::Result<PathBuf> {
 }
 
 async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
-    let since = Instant::now();
-    while since.elapsed() < Duration::from_secs(60) {
-        if load::get(addr, "/healthz").await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the server at {addr} did not answer /healthz within 60 s")
+    wait_for(addr, "/healthz", "answer /healthz").await
 }
 
 /// Waits (up to 60 s) until `/readyz` answers 200: the server's start-up cache warm-up is over.
 async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    wait_for(addr, "/readyz", "say ready").await
+}
+
+/// Polls `path` every 100 ms until it answers 200, for at most 60 s.
+async fn wait_for(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<()> {
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(60) {
-        if load::get(addr, "/readyz").await.is_ok() {
+        if load::get(addr, path).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the server at {addr} did not say ready within 60 s")
+    bail!("the server at {addr} did not {what} within 60 s")
 }
 
 fn parse_addr(url: &str) -> anyhow::Result<SocketAddr> {
