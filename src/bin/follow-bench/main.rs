@@ -228,30 +228,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
-    println!("seeding {} users, about {} edges…", plan.users, plan.edges);
-    let seeding = graph::ensure_graph(&database_url, plan).await?;
-    println!(
-        "graph {} in {:.1} s: {} edges, top follower counts {:?}",
-        if seeding.reused { "reused" } else { "seeded" },
-        seeding.seconds,
-        seeding.edges,
-        seeding.top_follower_counts
-    );
+    let seeding = seed_graph(&database_url, plan).await?;
     let deep_cursors = graph::deep_cursors(&database_url, 10).await?;
 
-    let secret = std::env::var("FOLLOW_JWT_SECRET").unwrap_or_else(|_| BENCH_SECRET.to_owned());
-    let mut server = match &args.url {
-        Some(url) => Server::External(parse_addr(url)?),
-        None => Server::start(&args, &secret).await?,
-    };
+    let secret = jwt_secret();
+    let mut server = start_server(&args, &secret).await?;
     let addr = server.addr();
-    wait_healthy(addr).await?;
-    let warming = Instant::now();
-    wait_ready(addr).await?;
-    eprintln!(
-        "follow-bench: server ready (its cache warm-up included) after {:.1} s",
-        warming.elapsed().as_secs_f64()
-    );
 
     let keys = JwtKeys::new(&secret);
     let shared = Arc::new(Shared::new(
@@ -407,6 +389,42 @@ async fn main() -> anyhow::Result<()> {
         bail!("{errors} request errors and {mismatches} count mismatches");
     }
     Ok(())
+}
+
+/// Makes sure the database holds `plan`'s graph (see `graph::ensure_graph`), saying what it did.
+async fn seed_graph(database_url: &str, plan: GraphPlan) -> anyhow::Result<graph::GraphReport> {
+    println!("seeding {} users, about {} edges…", plan.users, plan.edges);
+    let seeding = graph::ensure_graph(database_url, plan).await?;
+    println!(
+        "graph {} in {:.1} s: {} edges, top follower counts {:?}",
+        if seeding.reused { "reused" } else { "seeded" },
+        seeding.seconds,
+        seeding.edges,
+        seeding.top_follower_counts
+    );
+    Ok(seeding)
+}
+
+/// The secret tokens are signed with: `FOLLOW_JWT_SECRET`, or the benchmark's own.
+fn jwt_secret() -> String {
+    std::env::var("FOLLOW_JWT_SECRET").unwrap_or_else(|_| BENCH_SECRET.to_owned())
+}
+
+/// The server under test, healthy and ready: started here, or the one at `--url`.
+async fn start_server(args: &Args, secret: &str) -> anyhow::Result<Server> {
+    let server = match &args.url {
+        Some(url) => Server::External(parse_addr(url)?),
+        None => Server::start(args, secret).await?,
+    };
+    let addr = server.addr();
+    wait_healthy(addr).await?;
+    let warming = Instant::now();
+    wait_ready(addr).await?;
+    eprintln!(
+        "follow-bench: server ready (its cache warm-up included) after {:.1} s",
+        warming.elapsed().as_secs_f64()
+    );
+    Ok(server)
 }
 
 fn default_out() -> PathBuf {

@@ -149,6 +149,11 @@ impl Shared {
             deep_cursors,
         })
     }
+
+    /// A token of `user`, signed now (a few microseconds; the server keeps no per-token state).
+    pub fn sign(&self, user: i64) -> anyhow::Result<Arc<str>> {
+        Ok(Arc::from(self.keys.issue(user, false, 3600)?))
+    }
 }
 
 /// One request to send: its JSON body and bearer token.
@@ -225,19 +230,15 @@ impl Generator {
         }
     }
 
-    /// A viewer's token drawn from `viewers`; one of all users gets a token signed now (a few
-    /// microseconds; the server keeps no per-token state).
+    /// A viewer's token drawn from `viewers`; one of all users gets a token signed now.
     fn viewer_token(&mut self, shared: &Shared, viewers: Viewers) -> Arc<str> {
         match viewers {
             Viewers::Active => self.viewer(shared),
             Viewers::All => {
                 let id = self.viewer_id(shared, viewers);
-                Arc::from(
-                    shared
-                        .keys
-                        .issue(id, false, 3600)
-                        .expect("signing a token of a few claims cannot fail"),
-                )
+                shared
+                    .sign(id)
+                    .expect("signing a token of a few claims cannot fail")
             }
         }
     }
