@@ -232,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
     let deep_cursors = graph::deep_cursors(&database_url, 10).await?;
 
     let secret = jwt_secret();
-    let mut server = start_server(&args, &secret).await?;
+    let mut server = start_server(&args, &secret, SERVER_PREFIX).await?;
     let addr = server.addr();
 
     let keys = JwtKeys::new(&secret);
@@ -410,11 +410,12 @@ fn jwt_secret() -> String {
     std::env::var("FOLLOW_JWT_SECRET").unwrap_or_else(|_| BENCH_SECRET.to_owned())
 }
 
-/// The server under test, healthy and ready: started here, or the one at `--url`.
-async fn start_server(args: &Args, secret: &str) -> anyhow::Result<Server> {
+/// The server under test, healthy and ready: started here (Redis keys under `prefix`), or the one at
+/// `--url`.
+async fn start_server(args: &Args, secret: &str, prefix: &str) -> anyhow::Result<Server> {
     let server = match &args.url {
         Some(url) => Server::External(parse_addr(url)?),
-        None => Server::start(args, secret).await?,
+        None => Server::start(args, secret, prefix).await?,
     };
     let addr = server.addr();
     wait_healthy(addr).await?;
@@ -559,10 +560,10 @@ enum Server {
 }
 
 impl Server {
-    /// Starts `follow-service serve` (the binary beside this one, built first when run through cargo).
-    async fn start(args: &Args, secret: &str) -> anyhow::Result<Self> {
+    /// Starts `follow-service serve` (the binary beside this one, built first when run through cargo)
+    /// with its Redis keys under `prefix` (cleared first) and its log in `<temp>/<prefix>-server.log`.
+    async fn start(args: &Args, secret: &str, prefix: &str) -> anyhow::Result<Self> {
         let binary = server_binary()?;
-        let prefix = SERVER_PREFIX;
         clear_redis_prefix(&args.redis_url, prefix).await?;
         Self::spawn(
             &binary,
@@ -572,7 +573,7 @@ impl Server {
                 listen: free_local_addr()?,
                 redis_prefix: prefix,
                 secret,
-                log: &std::env::temp_dir().join("follow-bench-server.log"),
+                log: &std::env::temp_dir().join(format!("{prefix}-server.log")),
                 extra_env: &args.server_env,
             },
         )
@@ -711,11 +712,11 @@ fn git_commit() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Deletes every key under the benchmark's Redis prefix, so each run starts with cold caches and an
-/// empty stream, and runs do not pile keys up.
 /// The Redis key prefix of the server the scenarios run against.
 const SERVER_PREFIX: &str = "follow-bench";
 
+/// Deletes every key under a Redis prefix, so each run starts with cold caches and an empty stream, and
+/// runs do not pile keys up.
 pub(crate) async fn clear_redis_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
     use follow_service::redis_pool::redis;
     let client = redis::Client::open(redis_url)?;
