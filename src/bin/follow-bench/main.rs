@@ -6,6 +6,8 @@
 //! cargo run --release --bin follow-bench            # default size: 100,000 users, ~2,000,000 edges
 //! cargo run --release --bin follow-bench -- --quick # a small graph and short runs (CI smoke)
 //! cargo run --release --bin follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
+//! cargo run --release --bin follow-bench -- --writes # follows at 1, 16, 64 connections: cost per follow (writes.rs)
+//! cargo run --bin follow-bench -- --quick --writes   # the same, small and short, exact counts checked (CI smoke)
 //! ```
 
 mod abuse;
@@ -17,6 +19,7 @@ mod report;
 mod scenarios;
 mod steady;
 mod subscriptions;
+mod writes;
 
 use std::{
     net::SocketAddr,
@@ -84,7 +87,7 @@ struct Args {
     /// postgres://postgres@127.0.0.1:5432/follow_bench, or follow_bench_quick with --quick.
     #[arg(long)]
     database_url: Option<String>,
-    /// Redis for the started server.
+    /// Redis for the started server (with --writes also the one whose `INFO stats` is read).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Target a running server (e.g. http://127.0.0.1:8080) instead of starting one; it must use
@@ -140,7 +143,17 @@ struct Args {
     /// with --quick); a quarter as many idle keep-alive ones besides. Capped by the open-file limit.
     #[arg(long)]
     slow_connections: Option<usize>,
-    /// Where to write latest.md and latest.json (default bench-results; target/bench-abuse with --abuse).
+    /// Measure the write path instead (issue 13, writes.rs): follows by viewers uniform over all users
+    /// of Zipf-chosen users, at each --write-concurrency; throughput, latency, time until the counts are
+    /// exact, and PostgreSQL statements, transactions, WAL bytes and Redis commands per follow. The graph
+    /// is put back through the API after each level. Reports go to target/bench-writes unless --out.
+    #[arg(long)]
+    writes: bool,
+    /// Connections of --writes, one level each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    write_concurrency: Vec<usize>,
+    /// Where to write latest.md and latest.json (default bench-results; target/bench-abuse with --abuse,
+    /// target/bench-writes with --writes).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -215,6 +228,22 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = args.concurrency.unwrap_or(if quick { 8 } else { 32 });
     let duration = Duration::from_secs_f64(args.duration.unwrap_or(if quick { 1.0 } else { 10.0 }));
     let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 0.5 } else { 3.0 }));
+    if args.writes {
+        let plan = writes::WritesPlan {
+            graph: plan,
+            database_url,
+            levels: args.write_concurrency.clone(),
+            warmup,
+            duration,
+            quick,
+            rng_seed: args.seed,
+            out: args
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("target/bench-writes")),
+        };
+        return writes::run(args, plan).await;
+    }
     let steady_max = args
         .steady
         .then(|| Duration::from_secs_f64(args.steady_max));
