@@ -1,0 +1,579 @@
+//! The follow graph's operations, as the API promises them: validation, the write path (edges and
+//! their outbox rows gathered into one statement per batch, then one Redis round trip: see
+//! [`group_commit`]) and batched reads through the caches. The GraphQL layer calls only this.
+
+mod group_commit;
+
+pub use group_commit::GroupCommitSettings;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use crate::{
+    cache::Caches,
+    db::{
+        self, DbPool,
+        follows::{EdgeChange, EdgeResult, Keyset, KnownPage, ListEntry, ListKind},
+        stats::Counts,
+        users::{UpsertError, UserRecord},
+    },
+    error::AppError,
+    events::{FollowEvent, producer::Producer},
+};
+
+/// Most ids one batch argument may carry.
+pub const MAX_BATCH: usize = 100;
+/// Largest page a list returns.
+pub const MAX_PAGE: i64 = 100;
+/// Page size when the client does not say.
+pub const DEFAULT_PAGE: i64 = 20;
+
+/// Users per batch of a warm-up: one query per kind and batch.
+const WARM_UP_CHUNK: usize = 1_000;
+
+/// What a warm-up loads.
+#[derive(Clone, Copy, Debug)]
+pub struct WarmUpPlan {
+    /// Most-followed users whose counts, records and following sets are loaded.
+    pub users: usize,
+    /// Most-followed users whose first page of followers is loaded.
+    pub pages: usize,
+    /// Recently active viewers whose following sets are loaded.
+    pub viewers: usize,
+}
+
+/// What a warm-up has loaded so far (it may be cut short by its time bound).
+#[derive(Debug, Default)]
+pub struct WarmUp {
+    /// Hot users whose counts, record and following set are cached.
+    pub users: std::sync::atomic::AtomicUsize,
+    /// Hot users whose first page of followers is cached.
+    pub pages: std::sync::atomic::AtomicUsize,
+    /// Following sets of recently active viewers cached.
+    pub sets: std::sync::atomic::AtomicUsize,
+}
+
+/// What a follow or unfollow did to one pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowOutcome {
+    /// The user followed or unfollowed.
+    pub user_id: i64,
+    /// Whether the viewer follows the user after the call.
+    pub following: bool,
+    /// Whether the call changed the edge.
+    pub changed: bool,
+}
+
+/// The follow graph's operations over the store and the event stream.
+#[derive(Clone)]
+pub struct FollowGraph {
+    db: DbPool,
+    caches: Caches,
+    writes: group_commit::GroupCommit,
+}
+
+impl FollowGraph {
+    pub fn new(db: DbPool, producer: Producer, caches: Caches, writes: GroupCommitSettings) -> Self {
+        let publisher = Publisher {
+            producer,
+            caches: caches.clone(),
+        };
+        Self {
+            writes: group_commit::GroupCommit::new(db.clone(), publisher, writes),
+            db,
+            caches,
+        }
+    }
+
+    /// The viewer follows `user_id`; following twice changes nothing the second time.
+    pub async fn follow(&self, viewer_id: i64, user_id: i64) -> Result<FollowOutcome, AppError> {
+        let outcomes = self.follow_many(viewer_id, &[user_id]).await?;
+        outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
+    }
+
+    /// The viewer follows each user, checked whole first: too many ids, oneself or an unknown user
+    /// fails the call with nothing written. A repeated id is applied once; outcomes keep the order asked.
+    pub async fn follow_many(
+        &self,
+        viewer_id: i64,
+        user_ids: &[i64],
+    ) -> Result<Vec<FollowOutcome>, AppError> {
+        check_batch(user_ids)?;
+        if user_ids.contains(&viewer_id) {
+            return Err(AppError::bad_input("a user cannot follow themself"));
+        }
+        let targets = sorted_unique(user_ids);
+        if targets.len() > 1 {
+            // Name every unknown id before anything is written; a single id learns it from the write.
+            let mut conn = db::connect(&self.db).await?;
+            self.require_users(&mut conn, viewer_id, &targets).await?;
+        }
+        let changed = self.change_edges(viewer_id, &targets, true).await?;
+        Ok(outcomes(user_ids, &changed, true))
+    }
+
+    /// The viewer stops following `user_id`; unfollowing a user not followed (or oneself) changes nothing.
+    pub async fn unfollow(&self, viewer_id: i64, user_id: i64) -> Result<FollowOutcome, AppError> {
+        let outcomes = self.unfollow_many(viewer_id, &[user_id]).await?;
+        outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
+    }
+
+    /// `unfollow` for each user, checked whole first like `follow_many`.
+    pub async fn unfollow_many(
+        &self,
+        viewer_id: i64,
+        user_ids: &[i64],
+    ) -> Result<Vec<FollowOutcome>, AppError> {
+        check_batch(user_ids)?;
+        let targets: Vec<i64> = sorted_unique(user_ids)
+            .into_iter()
+            .filter(|&id| id != viewer_id)
+            .collect();
+        if targets.len() != 1 {
+            let mut conn = db::connect(&self.db).await?;
+            self.require_users(&mut conn, viewer_id, &targets).await?;
+        }
+        let changed = self.change_edges(viewer_id, &targets, false).await?;
+        Ok(outcomes(user_ids, &changed, false))
+    }
+
+    /// Writes `viewer → each target` (follow or unfollow) in the next group commit; returns the targets
+    /// whose edge changed. An unknown viewer or target fails the call with `NOT_FOUND`.
+    async fn change_edges(
+        &self,
+        viewer_id: i64,
+        targets: &[i64],
+        follow: bool,
+    ) -> Result<HashSet<i64>, AppError> {
+        let changes = targets
+            .iter()
+            .map(|&followee_id| EdgeChange {
+                follower_id: viewer_id,
+                followee_id,
+                follow,
+            })
+            .collect();
+        let results = self.writes.submit(changes).await?;
+        let mut changed = HashSet::new();
+        let mut unknown = Vec::new();
+        for (&target, result) in targets.iter().zip(results) {
+            match result {
+                EdgeResult::Changed(_) => {
+                    changed.insert(target);
+                }
+                EdgeResult::Unchanged => {}
+                EdgeResult::UnknownFollower => return Err(AppError::viewer_not_found(viewer_id)),
+                EdgeResult::UnknownFollowee => unknown.push(target.to_string()),
+            }
+        }
+        if unknown.is_empty() {
+            Ok(changed)
+        } else {
+            Err(AppError::NotFound(format!(
+                "no user with id {}",
+                unknown.join(", ")
+            )))
+        }
+    }
+
+    /// Fails with `NOT_FOUND` naming the viewer or the first unknown user.
+    async fn require_users(
+        &self,
+        conn: &mut db::DbConn,
+        viewer_id: i64,
+        user_ids: &[i64],
+    ) -> Result<(), AppError> {
+        let mut wanted = user_ids.to_vec();
+        wanted.push(viewer_id);
+        let known: HashSet<i64> = db::users::existing_ids(conn, &wanted)
+            .await?
+            .into_iter()
+            .collect();
+        if !known.contains(&viewer_id) {
+            return Err(AppError::viewer_not_found(viewer_id));
+        }
+        let missing: Vec<String> = user_ids
+            .iter()
+            .filter(|id| !known.contains(id))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!(
+                "no user with id {}",
+                missing.join(", ")
+            )))
+        }
+    }
+
+    /// Creates or updates a user's record after checking the handle and display name.
+    pub async fn upsert_user(
+        &self,
+        id: i64,
+        handle: &str,
+        display_name: Option<&str>,
+    ) -> Result<UserRecord, AppError> {
+        check_handle(handle)?;
+        let display_name = display_name.map(str::trim).filter(|n| !n.is_empty());
+        if display_name.is_some_and(|n| n.chars().count() > 100) {
+            return Err(AppError::bad_input(
+                "displayName is longer than 100 characters",
+            ));
+        }
+        let mut conn = db::connect(&self.db).await?;
+        let record = db::users::upsert(&mut conn, id, handle, display_name)
+            .await
+            .map_err(|err| match err {
+                UpsertError::HandleTaken => {
+                    AppError::bad_input(format!("the handle {handle:?} is taken"))
+                }
+                UpsertError::Store(err) => err.into(),
+            })?;
+        // The new record replaces what every instance cached, a miss included: else a user looked up
+        // before it existed stays unknown (and a follow of it cannot load it), and a handle stays old.
+        self.caches
+            .record_users(std::slice::from_ref(&record))
+            .await;
+        Ok(record)
+    }
+
+    /// What this instance's L1 holds, without waiting: resolvers try these before their loader.
+    pub fn peek_user(&self, id: i64) -> Option<Option<UserRecord>> {
+        self.caches.peek_user(id)
+    }
+
+    pub fn peek_statuses(
+        &self,
+        pairs: &[(i64, i64)],
+        viewer_id: Option<i64>,
+    ) -> crate::cache::StatusPeek {
+        self.caches.peek_statuses(pairs, viewer_id)
+    }
+
+    pub fn peek_counts(&self, id: i64) -> Option<Counts> {
+        self.caches.peek_counts(id)
+    }
+
+    pub fn peek_status(&self, pair: (i64, i64), viewer_id: Option<i64>) -> Option<bool> {
+        self.caches.peek_status(pair, viewer_id)
+    }
+
+    pub fn peek_first_page(
+        &self,
+        kind: ListKind,
+        owner: i64,
+        limit: i64,
+    ) -> Option<Arc<Vec<ListEntry>>> {
+        self.caches.peek_first_page(kind, owner, limit)
+    }
+
+    /// Users by id; unknown ids are absent from the map.
+    pub async fn users(&self, ids: &[i64]) -> Result<HashMap<i64, UserRecord>, AppError> {
+        self.caches
+            .users(ids, |ids| async move {
+                let mut conn = db::connect(&self.db).await?;
+                let users = db::users::by_ids(&mut conn, &ids).await?;
+                Ok::<_, AppError>(users.into_iter().map(|u| (u.id, u)).collect())
+            })
+            .await
+    }
+
+    /// Users by id from the database, past the caches, whose entries they replace (a cached absence
+    /// of an edge's end is stale).
+    pub async fn users_from_store(
+        &self,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, UserRecord>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let users = db::users::by_ids(&mut conn, ids).await?;
+        drop(conn);
+        self.caches.record_users(&users).await;
+        Ok(users.into_iter().map(|u| (u.id, u)).collect())
+    }
+
+    /// A user by handle, ignoring case.
+    pub async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>, AppError> {
+        if check_handle(handle).is_err() {
+            return Ok(None);
+        }
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::users::by_handle(&mut conn, handle).await?)
+    }
+
+    /// Counts by user id; a user absent from the map has zero of each.
+    pub async fn counts(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
+        self.caches
+            .counts(ids, |ids| async move {
+                let mut conn = db::connect(&self.db).await?;
+                let counts = db::stats::counts(&mut conn, &ids).await?;
+                Ok::<_, AppError>(counts.into_iter().map(|c| (c.user_id, c)).collect())
+            })
+            .await
+    }
+
+    /// Counts as the edges stand now, past the caches and the consumer's lag: for the users whose
+    /// edges the request has just changed (see `db::stats::counts_now`).
+    pub async fn counts_now(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let counts = db::stats::counts_now(&mut conn, ids).await?;
+        Ok(counts.into_iter().map(|c| (c.user_id, c)).collect())
+    }
+
+    /// Follow status of each (follower, followee) pair. The viewer's own pairs are read past L1, so that
+    /// a viewer sees their own follows on every instance as soon as the write returned.
+    pub async fn statuses(
+        &self,
+        pairs: &[(i64, i64)],
+        viewer_id: Option<i64>,
+    ) -> Result<HashMap<(i64, i64), bool>, AppError> {
+        self.caches
+            .statuses(
+                pairs,
+                viewer_id,
+                |users| self.load_following_sets(users),
+                |pairs| async move {
+                    let mut conn = db::connect(&self.db).await?;
+                    let edges = db::follows::existing_pairs(&mut conn, &pairs).await?;
+                    Ok::<_, AppError>(edges.into_iter().collect::<HashSet<_>>())
+                },
+            )
+            .await
+    }
+
+    /// Whom each user follows, each cut at the set limit + 1 (so that "over the limit" shows).
+    async fn load_following_sets(
+        &self,
+        users: Vec<i64>,
+    ) -> Result<HashMap<i64, Vec<i64>>, AppError> {
+        let limit = self.caches.set_limit() as i64 + 1;
+        let mut conn = db::connect(&self.db).await?;
+        let sets = db::follows::following_sets(&mut conn, &users, limit).await?;
+        Ok(sets.into_iter().collect())
+    }
+
+    /// Notes a viewer as active, for the next instance's warm-up.
+    pub fn note_active(&self, viewer_id: i64) {
+        self.caches.note_active(viewer_id);
+    }
+
+    /// Fills this instance's caches before it takes traffic: the `plan.users` most-followed users'
+    /// counts, records and following sets (small entries, asked about most), the first pages of
+    /// followers of the `plan.pages` most followed, then the following sets of the `plan.viewers`
+    /// viewers active most recently. Waits for L1 to be live first (it is emptied when the invalidation
+    /// subscription comes up). The caller bounds its time; `progress` says how far it got.
+    pub async fn warm_up(&self, plan: WarmUpPlan, progress: &WarmUp) -> Result<(), AppError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.caches.enabled() {
+            return Ok(());
+        }
+        while !self.caches.l1_active() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The viewer's recent changes are trusted a while after Redis's data began: start that clock now.
+        self.caches.start_epoch().await;
+        let hot = {
+            let mut conn = db::connect(&self.db).await?;
+            db::stats::most_followed(&mut conn, plan.users.max(plan.pages) as i64).await?
+        };
+        for chunk in hot[..plan.pages.min(hot.len())].chunks(WARM_UP_CHUNK) {
+            self.list_pages(ListKind::Followers, chunk, None, DEFAULT_PAGE + 1)
+                .await?;
+            progress.pages.fetch_add(chunk.len(), Relaxed);
+        }
+        for chunk in hot[..plan.users.min(hot.len())].chunks(WARM_UP_CHUNK) {
+            let sets = self
+                .caches
+                .load_following_sets(chunk, |users| self.load_following_sets(users));
+            tokio::try_join!(self.counts(chunk), self.users(chunk), sets)?;
+            progress.users.fetch_add(chunk.len(), Relaxed);
+        }
+        let active = self.caches.active_viewers(plan.viewers).await;
+        for chunk in active.chunks(WARM_UP_CHUNK) {
+            let loaded = self
+                .caches
+                .load_following_sets(chunk, |users| self.load_following_sets(users))
+                .await?;
+            progress.sets.fetch_add(loaded, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// One page of the lists of several owners (one SQL query), `limit` entries at most per owner. First
+    /// pages come through the cache; later pages (by cursor) from PostgreSQL.
+    pub async fn list_pages(
+        &self,
+        kind: ListKind,
+        owner_ids: &[i64],
+        after: Option<Keyset>,
+        limit: i64,
+    ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, AppError> {
+        let load = |owners: Vec<i64>| async move {
+            let mut conn = db::connect(&self.db).await?;
+            let entries = db::follows::list_pages(&mut conn, kind, &owners, after, limit).await?;
+            let mut pages: HashMap<i64, Vec<ListEntry>> = HashMap::new();
+            for entry in entries {
+                pages.entry(entry.owner_id).or_default().push(entry);
+            }
+            Ok::<_, AppError>(pages)
+        };
+        if after.is_some() {
+            let pages = load(owner_ids.to_vec()).await?;
+            return Ok(pages
+                .into_iter()
+                .map(|(owner, page)| (owner, Arc::new(page)))
+                .collect());
+        }
+        // Cached pages are shared, never copied per request.
+        self.caches.first_pages(kind, owner_ids, limit, load).await
+    }
+
+    /// Known-followers pages of one viewer (the followers of each page's owner whom the viewer follows),
+    /// in the order asked, all in one SQL statement. Not cached: such a page is one viewer's, and rarely
+    /// asked twice.
+    pub async fn known_followers_pages(
+        &self,
+        viewer_id: i64,
+        pages: &[KnownPage],
+    ) -> Result<Vec<Vec<ListEntry>>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::follows::known_followers_pages(&mut conn, viewer_id, pages).await?)
+    }
+
+    /// How many followers of each owner the viewer follows (exact; absent: none), in one SQL statement.
+    pub async fn known_followers_counts(
+        &self,
+        viewer_id: i64,
+        owner_ids: &[i64],
+    ) -> Result<HashMap<i64, i64>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let counts = db::follows::known_followers_counts(&mut conn, viewer_id, owner_ids).await?;
+        Ok(counts.into_iter().collect())
+    }
+}
+
+/// Refuses a batch argument over the limit.
+pub fn check_batch(ids: &[i64]) -> Result<(), AppError> {
+    check_batch_len(ids.len())
+}
+
+/// Refuses a batch of `len` ids over the limit, naming the limit.
+pub fn check_batch_len(len: usize) -> Result<(), AppError> {
+    if len > MAX_BATCH {
+        return Err(AppError::bad_input(format!(
+            "at most {MAX_BATCH} ids per call (the batch limit); got {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// One outcome per id asked, in order: an id whose edge changed reports `changed` on its first copy
+/// only (the later copies found it done already).
+fn outcomes(user_ids: &[i64], changed: &HashSet<i64>, following: bool) -> Vec<FollowOutcome> {
+    let mut changed = changed.clone();
+    user_ids
+        .iter()
+        .map(|&user_id| FollowOutcome {
+            user_id,
+            following,
+            changed: changed.remove(&user_id),
+        })
+        .collect()
+}
+
+/// Publishes what a group commit wrote: the pairs' statuses into the caches (announced to every
+/// instance) and the events onto the stream, in one Redis round trip. If it fails, the events wait in
+/// the outbox for the relay, and the cache keys it touched are dropped before they are read again.
+struct Publisher {
+    producer: Producer,
+    caches: Caches,
+}
+
+impl group_commit::Publish for Publisher {
+    async fn publish(&self, rows: Vec<db::outbox::OutboxRow>) {
+        let events: Vec<FollowEvent> = rows.iter().filter_map(FollowEvent::from_outbox).collect();
+        if events.is_empty() {
+            return;
+        }
+        if !self.caches.enabled() {
+            if let Err(err) = self.producer.publish(&events).await {
+                tracing::warn!(error = %format!("{err:#}"), events = events.len(), "XADD failed; the relay will publish these events");
+            }
+            return;
+        }
+        let statuses: Vec<(i64, i64, bool, i64)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.follower_id,
+                    e.followee_id,
+                    e.kind == crate::events::FollowEventKind::Follow,
+                    e.id,
+                )
+            })
+            .collect();
+        let rider = self.producer.rider(&events);
+        let carried = rider.is_some();
+        let done = self
+            .caches
+            .record_statuses_carrying(&statuses, rider.as_ref())
+            .await;
+        if carried {
+            self.producer.carried(events.len(), done);
+        }
+        if !(carried && done) {
+            tracing::warn!(events = events.len(), "XADD failed or skipped; the relay will publish these events");
+        }
+    }
+}
+
+/// Refuses a handle outside 1 to 30 of `[A-Za-z0-9_]`.
+pub fn check_handle(handle: &str) -> Result<(), AppError> {
+    let valid = (1..=30).contains(&handle.len())
+        && handle
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(AppError::bad_input(
+            "a handle is 1 to 30 characters of A-Z, a-z, 0-9 and _",
+        ))
+    }
+}
+
+fn sorted_unique(ids: &[i64]) -> Vec<i64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_checked() {
+        assert!(check_handle("ada_lovelace").is_ok());
+        assert!(check_handle("").is_err());
+        assert!(check_handle("with space").is_err());
+        assert!(check_handle(&"x".repeat(31)).is_err());
+        assert!(check_handle("émile").is_err());
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_names_the_limit() {
+        let ids: Vec<i64> = (1..=101).collect();
+        let err = check_batch(&ids).expect_err("too many");
+        assert!(err.message().contains("at most 100"), "{err:?}");
+    }
+}
