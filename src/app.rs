@@ -124,7 +124,16 @@ impl App {
             "writer",
             redis_health.clone(),
         );
-        let graph = FollowGraph::new(db.clone(), producer, caches.clone());
+        let graph = FollowGraph::new(
+            db.clone(),
+            producer,
+            caches.clone(),
+            crate::graph::GroupCommitSettings {
+                window: config.write_window,
+                concurrency: config.write_concurrency,
+                max_changes: config.write_batch,
+            },
+        );
         let events = EventHub::new(config.subscription_buffer);
         let cost_limits = graphql::cost::CostLimits {
             max_depth: config.max_depth,

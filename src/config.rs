@@ -67,6 +67,13 @@ pub struct Config {
     /// `FOLLOW_LOADER_DELAY_US`: how long a loader waits to gather keys into one batch (0: the keys
     /// asked in one scheduling pass).
     pub loader_delay: Duration,
+    /// `FOLLOW_WRITE_WINDOW_US`: how long a write batch may wait for more changes while other batches
+    /// are in flight (0: it takes what is queued; a lone write never waits).
+    pub write_window: Duration,
+    /// `FOLLOW_WRITE_CONCURRENCY`: write batches committed at once, each on its own connection.
+    pub write_concurrency: usize,
+    /// `FOLLOW_WRITE_BATCH`: most edge changes one write batch carries (one request's are never split).
+    pub write_batch: usize,
     /// `FOLLOW_CONSUMER_BATCH`: most stream entries a consumer reads and applies in one transaction.
     pub consumer_batch: usize,
     /// `FOLLOW_CONSUMER_BLOCK_MS`: how long an idle consumer blocks in `XREADGROUP`.
@@ -302,6 +309,9 @@ impl Config {
             warmup_users: number("FOLLOW_WARMUP_USERS", 100_000)? as usize,
             warmup_pages: number("FOLLOW_WARMUP_PAGES", 1_000)? as usize,
             warmup_viewers: number("FOLLOW_WARMUP_VIEWERS", 10_000)? as usize,
+            write_window: Duration::from_micros(number("FOLLOW_WRITE_WINDOW_US", 0)?),
+            write_concurrency: number("FOLLOW_WRITE_CONCURRENCY", 2)? as usize,
+            write_batch: number("FOLLOW_WRITE_BATCH", 1_000)? as usize,
             consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,
             consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,
             consumers: number("FOLLOW_CONSUMERS", 4)? as usize,
@@ -411,6 +421,8 @@ impl Config {
         for (name, value) in [
             ("FOLLOW_DB_POOL_SIZE", self.db_pool_size),
             ("FOLLOW_REDIS_POOL_SIZE", self.redis_pool_size),
+            ("FOLLOW_WRITE_CONCURRENCY", self.write_concurrency),
+            ("FOLLOW_WRITE_BATCH", self.write_batch),
             ("FOLLOW_CONSUMER_BATCH", self.consumer_batch),
             ("FOLLOW_CONSUMERS", self.consumers),
             ("FOLLOW_MAX_DELIVERIES", self.max_deliveries),

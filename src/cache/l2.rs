@@ -85,6 +85,16 @@ static READ_VERSIONS_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(READ_VERSIONS));
 
 /// Every script the cache calls by hash, loaded together.
+/// A script of another part of the service carried in a cache write's round trip (the event stream's
+/// append rides with the statuses of the same edge changes). Loaded with the cache's own scripts.
+pub struct Rider<'a> {
+    pub script: &'a redis::Script,
+    /// The script's text, sent when Redis may not know it (as the cache's own scripts are).
+    pub text: &'a str,
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+}
+
 const SCRIPTS: [&str; 6] = [
     SET_IF_NEWER,
     sets::RECORD_CHANGE,
@@ -367,14 +377,25 @@ impl L2 {
         }
     }
 
-    /// Writes a batch of cache changes and an optional message on `channel`, in one round trip. Keys of
-    /// a failed call become dirty (deleted before this instance reads Redis again).
-    pub async fn write_batch(&self, batch: &Batch, publish: Option<(&str, &str)>) -> bool {
-        if batch.is_empty() && publish.is_none() {
+    /// Writes a batch of cache changes, an optional message on `channel` and an optional rider (another
+    /// part's script), in one round trip. Keys of a failed call become dirty (deleted before this instance
+    /// reads Redis again); the rider's owner learns the outcome from the result.
+    pub async fn write_batch(
+        &self,
+        batch: &Batch,
+        publish: Option<(&str, &str)>,
+        rider: Option<&Rider<'_>>,
+    ) -> bool {
+        if batch.is_empty() && publish.is_none() && rider.is_none() {
             return true;
         }
         let mut pipe = redis::pipe();
         self.load_scripts(&mut pipe);
+        if let Some(rider) = rider
+            && !self.script_loaded.load(Ordering::Relaxed)
+        {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(rider.text).ignore();
+        }
         for change in &batch.changes {
             pipe.cmd("EVALSHA")
                 .arg(RECORD_CHANGE_SCRIPT.get_hash())
@@ -414,6 +435,14 @@ impl L2 {
         }
         if let Some((channel, message)) = publish {
             pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+        }
+        if let Some(rider) = rider {
+            pipe.cmd("EVALSHA")
+                .arg(rider.script.get_hash())
+                .arg(rider.keys.len())
+                .arg(&rider.keys)
+                .arg(&rider.args)
+                .ignore();
         }
         let done = self.run::<()>(&pipe).await.is_some();
         self.scripts_ran(done, true);

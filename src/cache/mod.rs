@@ -1102,8 +1102,21 @@ impl Caches {
     /// (the follower's set in place) and L2 and announced to the other instances, before the write
     /// returns.
     pub async fn record_statuses(&self, changes: &[(i64, i64, bool, i64)]) {
-        if !self.settings.enabled || changes.is_empty() {
-            return;
+        self.record_statuses_carrying(changes, None).await;
+    }
+
+    /// `record_statuses`, with another part's script in the same round trip; returns whether the round
+    /// trip went through (false, without calling Redis, when the cache is off).
+    pub async fn record_statuses_carrying(
+        &self,
+        changes: &[(i64, i64, bool, i64)],
+        rider: Option<&l2::Rider<'_>>,
+    ) -> bool {
+        if !self.settings.enabled {
+            return false;
+        }
+        if changes.is_empty() && rider.is_none() {
+            return true;
         }
         let mut batch = Batch::default();
         let mut announcements = Vec::with_capacity(changes.len());
@@ -1119,9 +1132,8 @@ impl Caches {
         }
         let channel = self.names.channel();
         let message = message(&announcements);
-        self.l2
-            .write_batch(&batch, Some((&channel, &message)))
-            .await;
+        let publish = (!announcements.is_empty()).then_some((channel.as_str(), message.as_str()));
+        self.l2.write_batch(&batch, publish, rider).await
     }
 
     /// A follow or unfollow: into L1 now, and queued for L2 and the announcement.
@@ -1240,7 +1252,7 @@ impl Caches {
         }
         let channel = self.names.channel();
         self.l2
-            .write_batch(&writes, Some((&channel, &message(&announcements))))
+            .write_batch(&writes, Some((&channel, &message(&announcements))), None)
             .await;
 
         let mut lists: Vec<(ListKind, i64)> = batch
@@ -1316,7 +1328,7 @@ impl Caches {
             ..Batch::default()
         };
         self.l2
-            .write_batch(&batch, Some((&channel, &message(&announcements))))
+            .write_batch(&batch, Some((&channel, &message(&announcements))), None)
             .await;
     }
 

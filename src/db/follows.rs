@@ -1,10 +1,10 @@
-//! Queries on `follows`: edge changes (each with its outbox row, in one statement), status and list pages.
+//! Queries on `follows`: edge changes (a batch with its outbox rows, in one statement), status and list pages.
 
 use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
     result::{DatabaseErrorKind, Error as DieselError},
-    sql_types::{Array, BigInt, Nullable, Timestamptz},
+    sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
@@ -37,82 +37,155 @@ pub struct ListEntry {
     pub followed_at: DateTime<Utc>,
 }
 
-/// Why an edge could not be written.
+/// One edge change asked of a batch: `follower → followee` appears (`follow`) or goes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EdgeChange {
+    pub follower_id: i64,
+    pub followee_id: i64,
+    pub follow: bool,
+}
+
+/// What a batch statement did to one change asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EdgeResult {
+    /// The edge changed; its event, committed with it.
+    Changed(OutboxRow),
+    /// The edge already was as asked.
+    Unchanged,
+    /// The follower has no user record: nothing written.
+    UnknownFollower,
+    /// The followee has no user record: nothing written.
+    UnknownFollowee,
+}
+
+/// Why a batch could not be written: a user's record went away between the check and the write (the
+/// foreign key caught it), or the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
-    #[error("the follower has no user record")]
-    UnknownFollower,
-    #[error("the followee has no user record")]
-    UnknownFollowee,
+    #[error("a user record went away during the write")]
+    UnknownUser,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+impl EdgeError {
+    /// Whether the same batch may succeed if run again (deadlock or serialization failure).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Store(err) if err.is_retryable())
+    }
+}
+
 fn edge_error(err: DieselError) -> EdgeError {
     match &err {
-        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info) => {
-            match info.constraint_name() {
-                Some("follows_follower_id_fkey") => EdgeError::UnknownFollower,
-                _ => EdgeError::UnknownFollowee,
-            }
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+            EdgeError::UnknownUser
         }
         _ => EdgeError::Store(err.into()),
     }
 }
 
-/// Inserts the edges `follower → each followee` that do not exist yet, and one outbox row for each
-/// inserted edge, in one statement (so atomically). Returns the outbox rows: the edges that changed.
-pub async fn insert_edges(
+#[derive(QueryableByName)]
+struct ChangeRow {
+    #[diesel(sql_type = Bool)]
+    has_follower: bool,
+    #[diesel(sql_type = Bool)]
+    has_followee: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    id: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    kind: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    occurred_at: Option<DateTime<Utc>>,
+}
+
+/// Applies a batch of edge changes, of any followers, in one statement (so one transaction and one
+/// commit): the edges that appear or go away, and one outbox row for each that did. A change whose
+/// follower or followee has no record writes nothing and is reported so; the others go on. Returns one
+/// result per change, in the order asked. The batch must not name one pair twice (the statement's parts
+/// see one snapshot, so a second change of a pair would not see the first).
+pub async fn change_edges(
     conn: &mut AsyncPgConnection,
-    follower_id: i64,
-    followee_ids: &[i64],
-) -> Result<Vec<OutboxRow>, EdgeError> {
-    InsertEdges {
-        follower_id,
-        followee_ids: followee_ids.to_vec(),
+    changes: &[EdgeChange],
+) -> Result<Vec<EdgeResult>, EdgeError> {
+    let rows: Vec<ChangeRow> = ChangeEdges {
+        followers: changes.iter().map(|c| c.follower_id).collect(),
+        followees: changes.iter().map(|c| c.followee_id).collect(),
+        follows: changes.iter().map(|c| c.follow).collect(),
     }
     .load(conn)
     .await
-    .map_err(edge_error)
-}
-
-prepared!(
-    /// The edges that do not exist yet, and an outbox row for each, in one statement.
-    InsertEdges { follower_id: i64 => BigInt, followee_ids: Vec<i64> => Array<BigInt> } =
-    "WITH edge AS ( \
-         INSERT INTO follows (follower_id, followee_id) \
-         SELECT ?, f FROM unnest(?::bigint[]) AS t(f) \
-         ON CONFLICT DO NOTHING \
-         RETURNING follower_id, followee_id, created_at) \
-     INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
-     SELECT 'follow', follower_id, followee_id, created_at FROM edge \
-     RETURNING id, kind, follower_id, followee_id, occurred_at"
-);
-
-/// Deletes the edges `follower → each followee` that exist, and writes one outbox row for each
-/// deleted edge, in one statement. Returns the outbox rows: the edges that changed.
-pub async fn delete_edges(
-    conn: &mut AsyncPgConnection,
-    follower_id: i64,
-    followee_ids: &[i64],
-) -> StoreResult<Vec<OutboxRow>> {
-    Ok(DeleteEdges {
-        follower_id,
-        followee_ids: followee_ids.to_vec(),
+    .map_err(edge_error)?;
+    if rows.len() != changes.len() {
+        return Err(EdgeError::Store(StoreError::Query(
+            DieselError::QueryBuilderError(
+                format!("{} results for {} changes", rows.len(), changes.len()).into(),
+            ),
+        )));
     }
-    .load(conn)
-    .await?)
+    Ok(changes
+        .iter()
+        .zip(rows)
+        .map(|(change, row)| match row {
+            ChangeRow {
+                has_follower: false,
+                ..
+            } => EdgeResult::UnknownFollower,
+            ChangeRow {
+                has_followee: false,
+                ..
+            } => EdgeResult::UnknownFollowee,
+            ChangeRow {
+                id: Some(id),
+                kind: Some(kind),
+                occurred_at: Some(occurred_at),
+                ..
+            } => EdgeResult::Changed(OutboxRow {
+                id,
+                kind,
+                follower_id: change.follower_id,
+                followee_id: change.followee_id,
+                occurred_at,
+            }),
+            _ => EdgeResult::Unchanged,
+        })
+        .collect())
 }
 
 prepared!(
-    /// The edges that exist, deleted, and an outbox row for each, in one statement.
-    DeleteEdges { follower_id: i64 => BigInt, followee_ids: Vec<i64> => Array<BigInt> } =
-    "WITH edge AS ( \
-         DELETE FROM follows WHERE follower_id = ? AND followee_id = ANY(?::bigint[]) \
-         RETURNING follower_id, followee_id) \
-     INSERT INTO outbox (kind, follower_id, followee_id) \
-     SELECT 'unfollow', follower_id, followee_id FROM edge \
-     RETURNING id, kind, follower_id, followee_id, occurred_at"
+    /// A batch of edge changes and their outbox rows, with one result row per change, in the order asked.
+    /// Inserts go in key order, so two batches inserting the same keys wait for each other instead of
+    /// deadlocking (deletes may still meet in opposite orders: the caller retries a deadlock).
+    ChangeEdges {
+        followers: Vec<i64> => Array<BigInt>,
+        followees: Vec<i64> => Array<BigInt>,
+        follows: Vec<bool> => Array<Bool>,
+    } = "WITH asked AS ( \
+             SELECT r.n, r.follower_id, r.followee_id, r.follow, \
+                    EXISTS (SELECT 1 FROM users u WHERE u.id = r.follower_id) AS has_follower, \
+                    EXISTS (SELECT 1 FROM users u WHERE u.id = r.followee_id) AS has_followee \
+             FROM unnest(?::bigint[], ?::bigint[], ?::bool[]) \
+                  WITH ORDINALITY AS r(follower_id, followee_id, follow, n)), \
+         added AS ( \
+             INSERT INTO follows (follower_id, followee_id) \
+             SELECT follower_id, followee_id FROM asked \
+             WHERE follow AND has_follower AND has_followee \
+             ORDER BY follower_id, followee_id \
+             ON CONFLICT DO NOTHING \
+             RETURNING follower_id, followee_id, created_at), \
+         removed AS ( \
+             DELETE FROM follows f USING asked a \
+             WHERE NOT a.follow AND f.follower_id = a.follower_id AND f.followee_id = a.followee_id \
+             RETURNING f.follower_id, f.followee_id), \
+         events AS ( \
+             INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
+             SELECT 'follow', follower_id, followee_id, created_at FROM added \
+             UNION ALL \
+             SELECT 'unfollow', follower_id, followee_id, now() FROM removed \
+             RETURNING id, kind, follower_id, followee_id, occurred_at) \
+         SELECT a.has_follower, a.has_followee, e.id, e.kind, e.occurred_at \
+         FROM asked a \
+         LEFT JOIN events e ON e.follower_id = a.follower_id AND e.followee_id = a.followee_id \
+         ORDER BY a.n"
 );
 
 #[derive(QueryableByName)]

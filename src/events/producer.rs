@@ -180,15 +180,7 @@ impl Producer {
                 .increment(events.len() as u64);
             anyhow::bail!("Redis is considered down (circuit open)");
         }
-        let mut args: Vec<String> = Vec::with_capacity(1 + events.len() * 11);
-        args.push(events[0].to_fields().len().to_string());
-        for event in events {
-            args.push(event.id.to_string());
-            for (field, value) in event.to_fields() {
-                args.push(field.to_owned());
-                args.push(value);
-            }
-        }
+        let args = publish_args(events);
         let call = async {
             let _: i64 = self
                 .run(&PUBLISH, PUBLISH_LUA, &args)
@@ -207,6 +199,36 @@ impl Producer {
         };
         ::metrics::counter!(name, "source" => self.source).increment(events.len() as u64);
         outcome
+    }
+
+    /// The append of these events as a rider of the cache's round trip (see `cache::l2::Rider`), or
+    /// `None` when there is nothing to append or the breaker is open (counted as a failure: the relay
+    /// publishes them). Report the round trip's outcome with [`Producer::carried`].
+    pub fn rider(&self, events: &[FollowEvent]) -> Option<crate::cache::l2::Rider<'static>> {
+        if events.is_empty() {
+            return None;
+        }
+        if !self.health.is_closed() {
+            ::metrics::counter!(PUBLISH_FAILURES, "source" => self.source)
+                .increment(events.len() as u64);
+            return None;
+        }
+        Some(crate::cache::l2::Rider {
+            script: &PUBLISH,
+            text: PUBLISH_LUA,
+            keys: vec![self.names.stream.clone(), self.names.published.clone()],
+            args: publish_args(events),
+        })
+    }
+
+    /// Counts the events a rider carried, published or not.
+    pub fn carried(&self, events: usize, published: bool) {
+        let name = if published {
+            EVENTS_PUBLISHED
+        } else {
+            PUBLISH_FAILURES
+        };
+        ::metrics::counter!(name, "source" => self.source).increment(events as u64);
     }
 
     /// Of these outbox ids, the ones whose entry is still on its way to the counters group (see the
@@ -273,6 +295,21 @@ impl Producer {
             other => other,
         }
     }
+}
+
+/// The arguments of `PUBLISH_LUA` for these events (at least one).
+fn publish_args(events: &[FollowEvent]) -> Vec<String> {
+    let pairs = events.first().map_or(0, |e| e.to_fields().len());
+    let mut args: Vec<String> = Vec::with_capacity(1 + events.len() * (1 + 2 * pairs));
+    args.push(pairs.to_string());
+    for event in events {
+        args.push(event.id.to_string());
+        for (field, value) in event.to_fields() {
+            args.push(field.to_owned());
+            args.push(value);
+        }
+    }
+    args
 }
 
 /// Deletes the fields of one page of the published index whose entry is no longer in flight; returns

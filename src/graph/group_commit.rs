@@ -53,10 +53,7 @@ struct Job {
 /// What a committed batch hands over to be published before its requests return.
 pub(super) trait Publish: Send + Sync + 'static {
     /// Puts the committed events into the caches and onto the stream, in one round trip.
-    fn publish(
-        &self,
-        events: Vec<db::outbox::OutboxRow>,
-    ) -> impl Future<Output = ()> + Send;
+    fn publish(&self, events: Vec<db::outbox::OutboxRow>) -> impl Future<Output = ()> + Send;
 }
 
 /// The queue of writes and its dispatcher; cheap to clone.
@@ -171,9 +168,10 @@ impl<P: Publish> Dispatcher<P> {
                 None => match self.jobs.try_recv() {
                     Ok(job) => Some(job),
                     Err(_) => match deadline {
-                        Some(at) if size < max => {
-                            tokio::time::timeout_at(at, self.jobs.recv()).await.ok().flatten()
-                        }
+                        Some(at) if size < max => tokio::time::timeout_at(at, self.jobs.recv())
+                            .await
+                            .ok()
+                            .flatten(),
                         _ => None,
                     },
                 },
@@ -206,7 +204,10 @@ impl<P: Publish> Dispatcher<P> {
 /// reason one job may have caused (a user record deleted under it), each job is written alone, so that
 /// the others still succeed.
 async fn write_batch<P: Publish>(db: &DbPool, publisher: &P, jobs: Vec<Job>) {
-    let changes: Vec<EdgeChange> = jobs.iter().flat_map(|j| j.changes.iter().copied()).collect();
+    let changes: Vec<EdgeChange> = jobs
+        .iter()
+        .flat_map(|j| j.changes.iter().copied())
+        .collect();
     ::metrics::histogram!(WRITE_BATCH).record(changes.len() as f64);
     match write_with_retry(db, &changes).await {
         Ok(results) => answer(publisher, jobs, results).await,

@@ -75,7 +75,12 @@ pub struct FollowGraph {
 }
 
 impl FollowGraph {
-    pub fn new(db: DbPool, producer: Producer, caches: Caches, writes: GroupCommitSettings) -> Self {
+    pub fn new(
+        db: DbPool,
+        producer: Producer,
+        caches: Caches,
+        writes: GroupCommitSettings,
+    ) -> Self {
         let publisher = Publisher {
             producer,
             caches: caches.clone(),
@@ -530,7 +535,10 @@ impl group_commit::Publish for Publisher {
             self.producer.carried(events.len(), done);
         }
         if !(carried && done) {
-            tracing::warn!(events = events.len(), "XADD failed or skipped; the relay will publish these events");
+            tracing::warn!(
+                events = events.len(),
+                "XADD failed or skipped; the relay will publish these events"
+            );
         }
     }
 }

@@ -38,6 +38,12 @@ pub const STREAM_LENGTH: &str = "follow_stream_length";
 pub const STREAM_PENDING: &str = "follow_stream_pending";
 /// Entries in the stream not yet delivered to the consumer group.
 pub const STREAM_LAG: &str = "follow_stream_lag";
+/// Edge changes per group-commit batch (one statement, one commit, one Redis round trip).
+pub const WRITE_BATCH: &str = "follow_write_batch_size";
+/// Group-commit batches run again after a deadlock or serialization failure.
+pub const WRITE_BATCH_RETRIES: &str = "follow_write_batch_retries_total";
+/// Edges the write path changed (each one event): the denominator of the per-write ratios.
+pub const EDGE_CHANGES: &str = "follow_edge_changes_total";
 /// Entries per consumer batch.
 pub const CONSUMER_BATCH: &str = "follow_consumer_batch_size";
 /// Time to apply one consumer batch in PostgreSQL.
@@ -160,6 +166,18 @@ fn describe() {
     describe_gauge!(
         STREAM_LAG,
         "Entries not yet delivered to the counters group"
+    );
+    describe_histogram!(
+        WRITE_BATCH,
+        "Edge changes per group-commit batch (one statement, one commit, one Redis round trip)"
+    );
+    describe_counter!(
+        WRITE_BATCH_RETRIES,
+        "Group-commit batches run again after a deadlock or serialization failure"
+    );
+    describe_counter!(
+        EDGE_CHANGES,
+        "Edges changed by the write path (one event each)"
     );
     describe_histogram!(CONSUMER_BATCH, "Stream entries per consumer batch");
     describe_histogram!(

@@ -63,9 +63,9 @@ async fn writes_queued_behind_a_busy_batch_commit_together_each_with_its_own_ans
     let mut queued = Vec::new();
     for viewer in 2..=31 {
         let app = app.clone();
-        queued.push(tokio::spawn(
-            async move { follow(&app, viewer, viewer + 1).await },
-        ));
+        queued.push(tokio::spawn(async move {
+            follow(&app, viewer, viewer + 1).await
+        }));
     }
     let unknown = tokio::spawn({
         let app = app.clone();
@@ -117,11 +117,12 @@ async fn writes_queued_behind_a_busy_batch_commit_together_each_with_its_own_ans
 
     // The thirty queued follows went in one transaction (the pair asked twice may add another).
     let transactions = app
-        .count(
-            "SELECT count(DISTINCT xmin::text) FROM follows WHERE follower_id BETWEEN 2 AND 31",
-        )
+        .count("SELECT count(DISTINCT xmin::text) FROM follows WHERE follower_id BETWEEN 2 AND 31")
         .await;
-    assert_eq!(transactions, 1, "the queued writes were not written together");
+    assert_eq!(
+        transactions, 1,
+        "the queued writes were not written together"
+    );
     assert_eq!(
         app.count("SELECT count(*) FROM follows").await,
         32,

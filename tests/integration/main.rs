@@ -13,6 +13,7 @@ mod federation;
 mod following_sets;
 mod follows;
 mod fuzz;
+mod group_commit;
 mod hostile;
 mod http;
 mod known_followers;
