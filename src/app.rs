@@ -25,9 +25,11 @@ pub struct App(Arc<AppInner>);
 pub struct AppInner {
     /// The settings it was built from.
     pub config: Config,
-    /// PostgreSQL connections.
+    /// PostgreSQL connections of the reads (and everything but the writes and the consumers).
     pub db: DbPool,
-    /// Statements run on `db` so far.
+    /// PostgreSQL connections of the group commit and the event consumers, with generic plans.
+    pub db_writes: DbPool,
+    /// Statements run on both pools so far.
     pub queries: Arc<db::QueryCounter>,
     /// Redis connections (stream producer, relay; later the shared cache).
     pub redis: RedisPool,
@@ -100,6 +102,15 @@ impl App {
             config.db_pool_size,
             config.db_timeout,
             queries.clone(),
+            db::Plans::Chosen,
+        )?;
+        // One connection per write slot and per consumer (each holds one at a time), and one spare.
+        let db_writes = db::build_pool(
+            &config.database_url,
+            config.write_concurrency + config.consumers + 1,
+            config.db_timeout,
+            queries.clone(),
+            db::Plans::Generic,
         )?;
         let redis = redis_pool::build_pool(
             &config.redis_url,
@@ -126,6 +137,7 @@ impl App {
         );
         let graph = FollowGraph::new(
             db.clone(),
+            db_writes.clone(),
             producer,
             caches.clone(),
             crate::graph::GroupCommitSettings {
@@ -178,6 +190,7 @@ impl App {
         Ok(Self(Arc::new(AppInner {
             config,
             db,
+            db_writes,
             queries,
             redis,
             jwt,
@@ -234,7 +247,11 @@ impl App {
                         consumer::REFRESHES_IN_FLIGHT,
                     )),
                 };
-                tokio::spawn(consumer::run(self.db.clone(), settings, shutdown.clone()))
+                tokio::spawn(consumer::run(
+                    self.db_writes.clone(),
+                    settings,
+                    shutdown.clone(),
+                ))
             })
             .collect();
         tasks.push(tokio::spawn(relay::run(

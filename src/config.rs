@@ -310,7 +310,7 @@ impl Config {
             warmup_pages: number("FOLLOW_WARMUP_PAGES", 1_000)? as usize,
             warmup_viewers: number("FOLLOW_WARMUP_VIEWERS", 10_000)? as usize,
             write_window: Duration::from_micros(number("FOLLOW_WRITE_WINDOW_US", 0)?),
-            write_concurrency: number("FOLLOW_WRITE_CONCURRENCY", 2)? as usize,
+            write_concurrency: number("FOLLOW_WRITE_CONCURRENCY", 1)? as usize,
             write_batch: number("FOLLOW_WRITE_BATCH", 1_000)? as usize,
             consumer_batch: number("FOLLOW_CONSUMER_BATCH", 500)? as usize,
             consumer_block: millis("FOLLOW_CONSUMER_BLOCK_MS", 1_000)?,

@@ -171,6 +171,25 @@ pub fn message(announcements: &[Announcement]) -> String {
         .join("\n")
 }
 
+/// The first line of a message that names the instance that sent it (older versions ignore it as an
+/// unknown line).
+const ORIGIN: &str = "from ";
+
+/// A message of announcements the sender has applied to its own L1 already: it names the sender, whose
+/// subscriber skips it.
+pub fn from_origin(origin: &str, announcements: &[Announcement]) -> String {
+    format!("{ORIGIN}{origin}\n{}", message(announcements))
+}
+
+/// Whether a message was sent, already applied, by the instance named `origin`.
+fn sent_by(payload: &str, origin: &str) -> bool {
+    payload
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix(ORIGIN))
+        .is_some_and(|from| from == origin)
+}
+
 impl Caches {
     /// Applies one announcement to this instance's L1.
     pub fn apply(&self, announcement: Announcement) {
@@ -338,7 +357,10 @@ async fn subscribe_once(caches: &Caches, redis_url: &str, instance: &str) -> any
             message = messages.next() => {
                 let Some(message) = message else { anyhow::bail!("the subscription ended") };
                 let payload: String = message.get_payload()?;
-                for line in payload.lines() {
+                if sent_by(&payload, &caches.origin) {
+                    continue;
+                }
+                for line in payload.lines().filter(|line| !line.starts_with(ORIGIN)) {
                     match Announcement::decode(line) {
                         Some(Announcement::Heartbeat { instance: from, beat }) if from == instance => {
                             received = received.max(beat);
@@ -372,6 +394,30 @@ async fn subscribe_once(caches: &Caches, redis_url: &str, instance: &str) -> any
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_names_its_origin_and_only_the_origin_skips_it() {
+        let status = Announcement::Status {
+            follower: 1,
+            followee: 2,
+            version: 3,
+            follows: true,
+        };
+        let sent = from_origin("a1", std::slice::from_ref(&status));
+        assert!(sent_by(&sent, "a1"));
+        assert!(!sent_by(&sent, "b2"));
+        assert!(!sent_by(&message(std::slice::from_ref(&status)), "a1"));
+        let lines: Vec<_> = sent
+            .lines()
+            .filter(|line| !line.starts_with(ORIGIN))
+            .filter_map(Announcement::decode)
+            .collect();
+        assert_eq!(
+            lines,
+            vec![status],
+            "the other instances still read every change"
+        );
+    }
 
     #[test]
     fn announcements_survive_their_encoding() {

@@ -107,6 +107,9 @@ pub struct CachesInner {
     pages: MokaCache<(ListKind, i64, i64, i64), Arc<Vec<ListEntry>>>,
     /// Whether the invalidation subscription is up (L1 is used only then).
     l1_live: AtomicBool,
+    /// This instance's name on the invalidation channel: a message it sent with this name (a write's
+    /// statuses, already in its L1) it skips when it comes back.
+    origin: String,
     /// Viewers seen since the last flush to Redis's active-viewers set (for the next warm-up).
     active: std::sync::Mutex<HashSet<i64>>,
     inflight_sets: Inflight<i64, (Following, Source)>,
@@ -191,6 +194,7 @@ impl Caches {
             settings.l1_max_bytes / 100 * percent
         };
         Self(Arc::new(CachesInner {
+            origin: uuid::Uuid::new_v4().simple().to_string(),
             names: KeyNames::new(prefix),
             l2: L2::new(redis, health, settings.redis_timeout),
             sets: SetCache::new(share("sets"), l1_ttl(settings.sets_ttl)),
@@ -1131,7 +1135,8 @@ impl Caches {
             );
         }
         let channel = self.names.channel();
-        let message = message(&announcements);
+        // Every change is in this instance's L1 already: its subscriber skips the message.
+        let message = invalidation::from_origin(&self.origin, &announcements);
         let publish = (!announcements.is_empty()).then_some((channel.as_str(), message.as_str()));
         self.l2.write_batch(&batch, publish, rider).await
     }
@@ -1187,7 +1192,10 @@ impl Caches {
     /// it changed, in L1 and L2 and announced. This repairs whatever a write could not update. A change
     /// older than half the recent-changes window is not applied to sets in place (a newer change whose
     /// record expired could be undone): the follower's set is dropped instead, everywhere.
-    pub async fn record_applied(&self, batch: &AppliedBatch) {
+    ///
+    /// Events in `recorded` (outbox ids) had their status recorded and announced by the writer's round
+    /// trip, together with their append: only their counts and lists are refreshed here.
+    pub async fn record_applied(&self, batch: &AppliedBatch, recorded: &HashSet<i64>) {
         if !self.settings.enabled || (batch.events.is_empty() && batch.counts.is_empty()) {
             return;
         }
@@ -1195,6 +1203,9 @@ impl Caches {
         let mut announcements = Vec::new();
         let mut dropped = HashSet::new();
         for event in &batch.events {
+            if recorded.contains(&event.id) {
+                continue;
+            }
             let (follower, followee) = (event.follower_id, event.followee_id);
             if event.lag_seconds < RECENT_TTL.as_secs_f64() / 2.0 {
                 self.stage_change(

@@ -107,6 +107,18 @@ impl Instrumentation for CountQueries {
     }
 }
 
+/// How a pool's connections plan their prepared statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plans {
+    /// PostgreSQL's choice per statement (`plan_cache_mode = auto`): reads, whose best plan may depend
+    /// on the values.
+    Chosen,
+    /// One generic plan per statement and connection (`force_generic_plan`): the write and apply
+    /// statements, whose plan never depends on the values and which PostgreSQL would otherwise plan
+    /// again on every call (planning a batch write costs twice its execution).
+    Generic,
+}
+
 /// Builds the pool; connections are opened lazily and checked only by use (no ping per checkout).
 /// Every connection counts its statements into `counter`.
 pub fn build_pool(
@@ -114,6 +126,7 @@ pub fn build_pool(
     size: usize,
     wait_timeout: Duration,
     counter: Arc<QueryCounter>,
+    plans: Plans,
 ) -> anyhow::Result<DbPool> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
@@ -122,6 +135,14 @@ pub fn build_pool(
         let url = url.to_owned();
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
+            if plans == Plans::Generic {
+                diesel_async::SimpleAsyncConnection::batch_execute(
+                    &mut conn,
+                    "SET plan_cache_mode = force_generic_plan",
+                )
+                .await
+                .map_err(|err| diesel::ConnectionError::BadConnection(err.to_string()))?;
+            }
             conn.set_instrumentation(CountQueries(counter));
             Ok(conn)
         })

@@ -6,7 +6,7 @@ use diesel::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{StoreResult, schema::user_stats};
+use super::{StoreResult, prepared::prepared, schema::user_stats};
 
 /// The stored counts of one user.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Queryable)]
@@ -145,17 +145,12 @@ const DELTAS_PER_USER: &str = "SELECT user_id, sum(followers)::bigint AS followe
          SELECT follower_id, 0, CASE kind WHEN 'follow' THEN 1 ELSE -1 END FROM {src} \
      ) AS d GROUP BY user_id";
 
-/// Applies the events with these outbox ids exactly once: in one statement, deletes their outbox rows,
-/// folds the deleted rows' deltas per user and adds them to `user_stats`. An id whose row is already gone
-/// (applied before, a redelivery) contributes nothing. Rows are locked in user-id order against deadlocks.
-pub async fn apply_events(
-    conn: &mut AsyncPgConnection,
-    outbox_ids: &[i64],
-) -> StoreResult<AppliedBatch> {
+/// The apply statement's text (`?`: the outbox ids), built once from the shared deltas.
+static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let deltas = DELTAS_PER_USER.replace("{src}", "applied");
-    let sql = format!(
+    format!(
         "WITH applied AS ( \
-             DELETE FROM outbox WHERE id = ANY($1::bigint[]) \
+             DELETE FROM outbox WHERE id = ANY(?::bigint[]) \
              RETURNING id, kind, follower_id, followee_id, occurred_at), \
          deltas AS ({deltas}), \
          upserted AS ( \
@@ -175,11 +170,27 @@ pub async fn apply_events(
                 EXTRACT(EPOCH FROM clock_timestamp() - occurred_at)::float8 AS e FROM applied \
          UNION ALL \
          SELECT 'counts', user_id, follower_count, following_count, version, 0::float8 FROM upserted"
-    );
-    let rows: Vec<AppliedRow> = diesel::sql_query(sql)
-        .bind::<Array<BigInt>, _>(outbox_ids)
-        .load(conn)
-        .await?;
+    )
+});
+
+prepared!(
+    /// Deletes a batch's outbox rows and adds their folded deltas to `user_stats`, in one statement;
+    /// prepared once per connection (on the write pool, with a generic plan: no planning per batch).
+    ApplyEvents { outbox_ids: Vec<i64> => Array<BigInt> } = APPLY_SQL
+);
+
+/// Applies the events with these outbox ids exactly once: in one statement, deletes their outbox rows,
+/// folds the deleted rows' deltas per user and adds them to `user_stats`. An id whose row is already gone
+/// (applied before, a redelivery) contributes nothing. Rows are locked in user-id order against deadlocks.
+pub async fn apply_events(
+    conn: &mut AsyncPgConnection,
+    outbox_ids: &[i64],
+) -> StoreResult<AppliedBatch> {
+    let rows: Vec<AppliedRow> = ApplyEvents {
+        outbox_ids: outbox_ids.to_vec(),
+    }
+    .load(conn)
+    .await?;
     let mut batch = AppliedBatch::default();
     for row in rows {
         if row.row_kind == "event" {

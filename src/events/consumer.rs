@@ -160,11 +160,16 @@ pub async fn process_entries(
     }
     let mut outbox_ids = Vec::with_capacity(entries.len());
     let mut done: Vec<&str> = Vec::with_capacity(entries.len());
+    // Events whose status the writer's own round trip recorded in the caches: not recorded again.
+    let mut recorded = std::collections::HashSet::new();
     for entry in entries {
         match FollowEvent::from_fields(&entry.map) {
             Some(event) => {
                 outbox_ids.push(event.id);
                 done.push(entry.id.as_str());
+                if super::recorded_in_caches(&entry.map) {
+                    recorded.insert(event.id);
+                }
             }
             None => tracing::warn!(entry = %entry.id, "undecodable stream entry left pending"),
         }
@@ -184,7 +189,7 @@ pub async fn process_entries(
     if let Ok(permit) = settings.refresh_slots.clone().acquire_owned().await {
         let caches = settings.caches.clone();
         tokio::spawn(async move {
-            caches.record_applied(&applied).await;
+            caches.record_applied(&applied, &recorded).await;
             drop(permit);
         });
     }

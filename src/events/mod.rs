@@ -50,6 +50,18 @@ impl FollowEventKind {
     }
 }
 
+/// A stream entry's optional field, set (to `1`) by a writer whose append rode the round trip that
+/// recorded the event's status in the caches and announced it: the consumer need not record it again.
+/// Entries the relay publishes lack it, so their statuses are recorded when they are applied.
+pub const RECORDED_FIELD: &str = "cached";
+
+/// Whether a stream entry carries [`RECORDED_FIELD`].
+pub fn recorded_in_caches(map: &HashMap<String, redis::Value>) -> bool {
+    map.get(RECORDED_FIELD)
+        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+        .is_some_and(|v| v == "1")
+}
+
 /// One committed edge change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FollowEvent {

@@ -180,7 +180,7 @@ impl Producer {
                 .increment(events.len() as u64);
             anyhow::bail!("Redis is considered down (circuit open)");
         }
-        let args = publish_args(events);
+        let args = publish_args(events, false);
         let call = async {
             let _: i64 = self
                 .run(&PUBLISH, PUBLISH_LUA, &args)
@@ -201,7 +201,8 @@ impl Producer {
         outcome
     }
 
-    /// The append of these events as a rider of the cache's round trip (see `cache::l2::Rider`), or
+    /// The append of these events as a rider of the cache's round trip (see `cache::l2::Rider`), their
+    /// entries marked as recorded in the caches by that same round trip, or
     /// `None` when there is nothing to append or the breaker is open (counted as a failure: the relay
     /// publishes them). Report the round trip's outcome with [`Producer::carried`].
     pub fn rider(&self, events: &[FollowEvent]) -> Option<crate::cache::l2::Rider<'static>> {
@@ -217,7 +218,7 @@ impl Producer {
             script: &PUBLISH,
             text: PUBLISH_LUA,
             keys: vec![self.names.stream.clone(), self.names.published.clone()],
-            args: publish_args(events),
+            args: publish_args(events, true),
         })
     }
 
@@ -298,8 +299,10 @@ impl Producer {
 }
 
 /// The arguments of `PUBLISH_LUA` for these events (at least one).
-fn publish_args(events: &[FollowEvent]) -> Vec<String> {
-    let pairs = events.first().map_or(0, |e| e.to_fields().len());
+/// `recorded`: the entries say that their status went to the caches in the same round trip (see
+/// [`super::RECORDED_FIELD`]).
+fn publish_args(events: &[FollowEvent], recorded: bool) -> Vec<String> {
+    let pairs = events.first().map_or(0, |e| e.to_fields().len()) + usize::from(recorded);
     let mut args: Vec<String> = Vec::with_capacity(1 + events.len() * (1 + 2 * pairs));
     args.push(pairs.to_string());
     for event in events {
@@ -307,6 +310,10 @@ fn publish_args(events: &[FollowEvent]) -> Vec<String> {
         for (field, value) in event.to_fields() {
             args.push(field.to_owned());
             args.push(value);
+        }
+        if recorded {
+            args.push(super::RECORDED_FIELD.to_owned());
+            args.push("1".to_owned());
         }
     }
     args

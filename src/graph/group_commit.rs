@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::{
     db::{
@@ -145,8 +145,7 @@ impl<P: Publish> Dispatcher<P> {
             let db = self.db.clone();
             let publisher = self.publisher.clone();
             tokio::spawn(async move {
-                write_batch(&db, &*publisher, batch).await;
-                drop(permit);
+                write_batch(&db, &*publisher, batch, permit).await;
             });
         }
     }
@@ -200,16 +199,27 @@ impl<P: Publish> Dispatcher<P> {
     }
 }
 
-/// Writes one batch, publishes what changed, and answers each job. If the batch as a whole fails for a
-/// reason one job may have caused (a user record deleted under it), each job is written alone, so that
-/// the others still succeed.
-async fn write_batch<P: Publish>(db: &DbPool, publisher: &P, jobs: Vec<Job>) {
+/// Writes one batch, publishes what changed, and answers each job. The slot is free again once the
+/// batch committed, so the next batch's statement overlaps this one's Redis round trip (versions and
+/// outbox ids make the order of publications irrelevant). If the batch as a whole fails for a reason one
+/// job may have caused (a user record deleted under it), each job is written alone, so that the others
+/// still succeed.
+async fn write_batch<P: Publish>(
+    db: &DbPool,
+    publisher: &P,
+    jobs: Vec<Job>,
+    slot: OwnedSemaphorePermit,
+) {
     let changes: Vec<EdgeChange> = jobs
         .iter()
         .flat_map(|j| j.changes.iter().copied())
         .collect();
     ::metrics::histogram!(WRITE_BATCH).record(changes.len() as f64);
-    match write_with_retry(db, &changes).await {
+    let written = write_with_retry(db, &changes).await;
+    if !matches!(written, Err(EdgeError::UnknownUser)) || jobs.len() == 1 {
+        drop(slot);
+    }
+    match written {
         Ok(results) => answer(publisher, jobs, results).await,
         Err(EdgeError::UnknownUser) if jobs.len() > 1 => {
             for job in jobs {

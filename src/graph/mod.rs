@@ -75,8 +75,10 @@ pub struct FollowGraph {
 }
 
 impl FollowGraph {
+    /// `db` serves the reads, `db_writes` (generic plans) the group commit.
     pub fn new(
         db: DbPool,
+        db_writes: DbPool,
         producer: Producer,
         caches: Caches,
         writes: GroupCommitSettings,
@@ -86,7 +88,7 @@ impl FollowGraph {
             caches: caches.clone(),
         };
         Self {
-            writes: group_commit::GroupCommit::new(db.clone(), publisher, writes),
+            writes: group_commit::GroupCommit::new(db_writes, publisher, writes),
             db,
             caches,
         }

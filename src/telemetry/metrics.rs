@@ -38,6 +38,10 @@ pub const STREAM_LENGTH: &str = "follow_stream_length";
 pub const STREAM_PENDING: &str = "follow_stream_pending";
 /// Entries in the stream not yet delivered to the consumer group.
 pub const STREAM_LAG: &str = "follow_stream_lag";
+/// Connections of the write pool (group commit and consumers), labelled `state`.
+pub const DB_WRITE_POOL_CONNECTIONS: &str = "follow_db_write_pool_connections";
+/// Group-commit batches and consumer batches waiting for a write-pool connection.
+pub const DB_WRITE_POOL_WAITING: &str = "follow_db_write_pool_waiting";
 /// Edge changes per group-commit batch (one statement, one commit, one Redis round trip).
 pub const WRITE_BATCH: &str = "follow_write_batch_size";
 /// Group-commit batches run again after a deadlock or serialization failure.
@@ -166,6 +170,14 @@ fn describe() {
     describe_gauge!(
         STREAM_LAG,
         "Entries not yet delivered to the counters group"
+    );
+    describe_gauge!(
+        DB_WRITE_POOL_CONNECTIONS,
+        "PostgreSQL write-pool connections (group commit, consumers) by state"
+    );
+    describe_gauge!(
+        DB_WRITE_POOL_WAITING,
+        "Batches waiting for a write-pool connection"
     );
     describe_histogram!(
         WRITE_BATCH,
@@ -355,6 +367,11 @@ fn pool_gauges(connections: &'static str, waiting: &'static str, status: deadpoo
 /// One sample of pools, stream and outbox; each source that does not answer in time is skipped.
 pub async fn sample_once(app: &crate::app::App) {
     pool_gauges(DB_POOL_CONNECTIONS, DB_POOL_WAITING, app.db.status());
+    pool_gauges(
+        DB_WRITE_POOL_CONNECTIONS,
+        DB_WRITE_POOL_WAITING,
+        app.db_writes.status(),
+    );
     pool_gauges(
         REDIS_POOL_CONNECTIONS,
         REDIS_POOL_WAITING,

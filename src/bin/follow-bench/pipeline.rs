@@ -109,7 +109,7 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
         let started = Instant::now();
         let mut applied = 0;
         while applied < events {
-            applied += consumer::consume_once(&app.db, &mut conn, &settings).await?;
+            applied += consumer::consume_once(&app.db_writes, &mut conn, &settings).await?;
         }
         let seconds = started.elapsed().as_secs_f64();
         println!(
