@@ -160,6 +160,24 @@ pub fn build_pool(
         .context("building the PostgreSQL pool")
 }
 
+#[derive(diesel::QueryableByName)]
+struct WalPosition {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes: i64,
+}
+
+/// Bytes of WAL the whole server has written so far (its insert position): the difference between two
+/// readings is the WAL written meanwhile, by every database of the server.
+pub async fn wal_position(conn: &mut AsyncPgConnection) -> StoreResult<i64> {
+    use diesel_async::RunQueryDsl;
+    let row: WalPosition = diesel::sql_query(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint AS bytes",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row.bytes)
+}
+
 /// Creates the database named in `database_url` if it does not exist yet.
 pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
     let config: tokio_postgres::Config = database_url

@@ -61,8 +61,11 @@ pub(super) trait Publish: Send + Sync + 'static {
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Job>,
     /// The dispatcher until it starts (on the first write, inside the runtime).
-    waiting: Arc<Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>>,
+    waiting: Arc<Mutex<Option<DispatcherTask>>>,
 }
+
+/// The dispatcher's loop, not yet spawned.
+type DispatcherTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Queued writes per slot of concurrency the queue holds before requests wait to enqueue.
 const QUEUE_PER_SLOT: usize = 4_096;

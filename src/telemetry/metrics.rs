@@ -38,6 +38,12 @@ pub const STREAM_LENGTH: &str = "follow_stream_length";
 pub const STREAM_PENDING: &str = "follow_stream_pending";
 /// Entries in the stream not yet delivered to the consumer group.
 pub const STREAM_LAG: &str = "follow_stream_lag";
+/// The PostgreSQL server's WAL insert position in bytes (all its databases), sampled: its rate over the
+/// rate of `follow_edge_changes_total` is WAL bytes per write.
+pub const PG_WAL_BYTES: &str = "follow_pg_wal_bytes";
+/// The Redis server's `total_commands_processed` (every client's), sampled: its rate over the rate of
+/// `follow_edge_changes_total` is Redis commands per write.
+pub const REDIS_COMMANDS: &str = "follow_redis_commands_processed";
 /// Connections of the write pool (group commit and consumers), labelled `state`.
 pub const DB_WRITE_POOL_CONNECTIONS: &str = "follow_db_write_pool_connections";
 /// Group-commit batches and consumer batches waiting for a write-pool connection.
@@ -170,6 +176,14 @@ fn describe() {
     describe_gauge!(
         STREAM_LAG,
         "Entries not yet delivered to the counters group"
+    );
+    describe_gauge!(
+        PG_WAL_BYTES,
+        "PostgreSQL server's WAL insert position in bytes (sampled; all databases)"
+    );
+    describe_gauge!(
+        REDIS_COMMANDS,
+        "Redis server's total_commands_processed (sampled; every client)"
     );
     describe_gauge!(
         DB_WRITE_POOL_CONNECTIONS,
@@ -390,17 +404,46 @@ pub async fn sample_once(app: &crate::app::App) {
     }
     let outbox = async {
         let mut conn = crate::db::connect(&app.db).await?;
-        crate::db::outbox::stats(&mut conn).await
+        let stats = crate::db::outbox::stats(&mut conn).await?;
+        // Fails on a replica (no insert position there): the WAL gauge is then left alone.
+        let wal = crate::db::wal_position(&mut conn).await.ok();
+        Ok::<_, crate::db::StoreError>((stats, wal))
     };
-    if let Ok(Ok(outbox)) = tokio::time::timeout(budget, outbox).await {
+    if let Ok(Ok((outbox, wal))) = tokio::time::timeout(budget, outbox).await {
         gauge!(OUTBOX_BACKLOG).set(outbox.backlog as f64);
         gauge!(OUTBOX_OLDEST_AGE).set(outbox.oldest_age_seconds);
+        if let Some(bytes) = wal {
+            gauge!(PG_WAL_BYTES).set(bytes as f64);
+        }
     }
+    let mut info = crate::redis_pool::redis::cmd("INFO");
+    info.arg("stats");
+    let info = app.redis.query_cmd::<String>(&info);
+    if let Ok(Ok(info)) = tokio::time::timeout(budget, info).await
+        && let Some(commands) = info_field(&info, "total_commands_processed")
+    {
+        gauge!(REDIS_COMMANDS).set(commands);
+    }
+}
+
+/// A numeric field of Redis's `INFO` text (`name:value` lines).
+fn info_field(info: &str, name: &str) -> Option<f64> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_info_fields_are_read_by_name() {
+        let info = "# Stats\r\ntotal_connections_received:7\r\ntotal_commands_processed:12345\r\n";
+        assert_eq!(info_field(info, "total_commands_processed"), Some(12345.0));
+        assert_eq!(info_field(info, "total_connections_received"), Some(7.0));
+        assert_eq!(info_field(info, "total_commands"), None);
+    }
 
     #[test]
     fn operation_names_are_bounded() {
