@@ -67,8 +67,8 @@ pub struct Config {
     /// `FOLLOW_LOADER_DELAY_US`: how long a loader waits to gather keys into one batch (0: the keys
     /// asked in one scheduling pass).
     pub loader_delay: Duration,
-    /// `FOLLOW_WRITE_WINDOW_US`: how long a write batch may wait for more changes while other batches
-    /// are in flight (0: it takes what is queued; a lone write never waits).
+    /// `FOLLOW_WRITE_WINDOW_US`: how long a write batch may wait for more changes while another slot's
+    /// batch is in its statement (0: it takes what is queued; a lone write never waits; one slot: never).
     pub write_window: Duration,
     /// `FOLLOW_WRITE_CONCURRENCY`: write batches committed at once, each on its own connection.
     pub write_concurrency: usize,

@@ -30,7 +30,8 @@ use crate::{
 /// How writes are gathered into batches.
 #[derive(Clone, Copy, Debug)]
 pub struct GroupCommitSettings {
-    /// Longest extra wait for more changes while other batches are in flight (zero: none).
+    /// Longest extra wait for more changes while another slot's batch is in its statement (zero: none;
+    /// with one slot, never).
     pub window: Duration,
     /// Batches written at once, each on its own connection.
     pub concurrency: usize,
