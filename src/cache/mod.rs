@@ -1102,16 +1102,11 @@ impl Caches {
         Ok(found)
     }
 
-    /// After a follow or unfollow committed: the pairs' changes, versioned by their outbox ids, into L1
-    /// (the follower's set in place) and L2 and announced to the other instances, before the write
-    /// returns.
-    pub async fn record_statuses(&self, changes: &[(i64, i64, bool, i64)]) {
-        self.record_statuses_carrying(changes, None).await;
-    }
-
-    /// `record_statuses`, with another part's script in the same round trip; returns whether the round
-    /// trip went through (false, without calling Redis, when the cache is off).
-    pub async fn record_statuses_carrying(
+    /// After a group commit: the pairs' changes, versioned by their outbox ids, into L1 (the follower's
+    /// set in place) and L2 and announced to the other instances, before the writes return, with
+    /// another part's script (the stream append) in the same round trip. Returns whether the round trip
+    /// went through (false, without calling Redis, when the cache is off).
+    pub async fn record_statuses(
         &self,
         changes: &[(i64, i64, bool, i64)],
         rider: Option<&l2::Rider<'_>>,

@@ -68,9 +68,8 @@ pub enum EdgeError {
     Store(#[from] StoreError),
 }
 
-impl EdgeError {
-    /// Whether the same batch may succeed if run again (deadlock or serialization failure).
-    pub fn is_retryable(&self) -> bool {
+impl super::Transient for EdgeError {
+    fn is_transient(&self) -> bool {
         matches!(self, Self::Store(err) if err.is_retryable())
     }
 }

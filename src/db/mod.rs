@@ -78,6 +78,51 @@ impl StoreError {
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// An error that tells whether running the same statement again may succeed.
+pub trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+/// Attempts of a statement that meets deadlocks or serialization failures: the first and 5 repeats.
+pub const ATTEMPTS: u32 = 6;
+
+/// Runs `statement` on a pooled connection, again after a deadlock or serialization failure (two
+/// transactions locking the same rows in opposite orders), up to [`ATTEMPTS`] in all, `pause` times the
+/// attempt apart; `on_retry` is told of each repeat.
+pub async fn retrying<T, E, F, Fut>(
+    pool: &DbPool,
+    pause: Duration,
+    on_retry: impl Fn(),
+    mut statement: F,
+) -> Result<T, E>
+where
+    E: Transient + From<StoreError>,
+    F: FnMut(DbConn) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        let outcome = match connect(pool).await {
+            Ok(conn) => statement(conn).await,
+            Err(err) => Err(err.into()),
+        };
+        match outcome {
+            Err(err) if err.is_transient() && attempt < ATTEMPTS => {
+                on_retry();
+                tokio::time::sleep(pause * attempt).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Takes a connection from the pool, or says the database is unavailable.
 pub async fn connect(pool: &DbPool) -> StoreResult<DbConn> {
     pool.get()

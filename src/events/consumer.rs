@@ -217,23 +217,15 @@ pub async fn process_entries(
     Ok(applied_count as i64)
 }
 
-/// Applies a batch, retrying a few times when PostgreSQL reports a deadlock or serialization failure
-/// (two consumers holding one redelivered row each).
+/// Applies a batch, again when PostgreSQL reports a deadlock or serialization failure (two consumers
+/// holding one redelivered row each).
 pub async fn apply_with_retry(db: &DbPool, outbox_ids: &[i64]) -> anyhow::Result<AppliedBatch> {
-    let mut attempt = 0;
-    loop {
-        let result = async {
-            let mut conn = db::connect(db).await?;
-            db::stats::apply_events(&mut conn, outbox_ids).await
-        }
-        .await;
-        match result {
-            Ok(applied) => return Ok(applied),
-            Err(err) if err.is_retryable() && attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
-            }
-            Err(err) => return Err(anyhow::Error::from(err)).context("applying a batch of events"),
-        }
-    }
+    db::retrying(
+        db,
+        Duration::from_millis(10),
+        || {},
+        |mut conn| async move { db::stats::apply_events(&mut conn, outbox_ids).await },
+    )
+    .await
+    .context("applying a batch of events")
 }

@@ -39,9 +39,6 @@ pub struct GroupCommitSettings {
     pub max_changes: usize,
 }
 
-/// Attempts of one batch that meets a deadlock or serialization failure.
-const ATTEMPTS: u32 = 5;
-
 /// The result of one request's changes, in the order it gave them.
 type Reply = Result<Vec<EdgeResult>, AppError>;
 
@@ -54,7 +51,7 @@ struct Job {
 /// What a committed batch hands over to be published before its requests return.
 pub(super) trait Publish: Send + Sync + 'static {
     /// Puts the committed events into the caches and onto the stream, in one round trip.
-    fn publish(&self, events: Vec<db::outbox::OutboxRow>) -> impl Future<Output = ()> + Send;
+    fn publish(&self, events: &[&db::outbox::OutboxRow]) -> impl Future<Output = ()> + Send;
 }
 
 /// The queue of writes and its dispatcher; cheap to clone.
@@ -245,15 +242,15 @@ async fn write_batch<P: Publish>(
 
 /// Publishes a committed batch's events, then gives each job its share of the results.
 async fn answer<P: Publish>(publisher: &P, jobs: Vec<Job>, results: Vec<EdgeResult>) {
-    let events: Vec<db::outbox::OutboxRow> = results
+    let events: Vec<&db::outbox::OutboxRow> = results
         .iter()
         .filter_map(|r| match r {
-            EdgeResult::Changed(row) => Some(row.clone()),
+            EdgeResult::Changed(row) => Some(row),
             _ => None,
         })
         .collect();
     ::metrics::counter!(EDGE_CHANGES).increment(events.len() as u64);
-    publisher.publish(events).await;
+    publisher.publish(&events).await;
     let mut results = results.into_iter();
     for job in jobs {
         let mine: Vec<EdgeResult> = results.by_ref().take(job.changes.len()).collect();
@@ -261,28 +258,19 @@ async fn answer<P: Publish>(publisher: &P, jobs: Vec<Job>, results: Vec<EdgeResu
     }
 }
 
-/// One attempt per statement, again after a deadlock or serialization failure (two batches deleting
-/// the same edges in opposite orders), a little later each time.
+/// The batch's statement, again after a deadlock or serialization failure (two batches deleting the
+/// same edges in opposite orders).
 async fn write_with_retry(
     db: &DbPool,
     changes: &[EdgeChange],
 ) -> Result<Vec<EdgeResult>, EdgeError> {
-    let mut attempt = 1;
-    loop {
-        let outcome = async {
-            let mut conn = db::connect(db).await?;
-            db::follows::change_edges(&mut conn, changes).await
-        }
-        .await;
-        match outcome {
-            Err(err) if err.is_retryable() && attempt < ATTEMPTS => {
-                ::metrics::counter!(WRITE_BATCH_RETRIES).increment(1);
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    db::retrying(
+        db,
+        Duration::from_millis(1),
+        || ::metrics::counter!(WRITE_BATCH_RETRIES).increment(1),
+        |mut conn| async move { db::follows::change_edges(&mut conn, changes).await },
+    )
+    .await
 }
 
 /// The error each job of a failed batch answers (every job gets its own copy).

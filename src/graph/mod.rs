@@ -96,11 +96,7 @@ impl FollowGraph {
 
     /// The viewer follows `user_id`; following twice changes nothing the second time.
     pub async fn follow(&self, viewer_id: i64, user_id: i64) -> Result<FollowOutcome, AppError> {
-        let outcomes = self.follow_many(viewer_id, &[user_id]).await?;
-        outcomes
-            .into_iter()
-            .next()
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
+        only_outcome(self.follow_many(viewer_id, &[user_id]).await?)
     }
 
     /// The viewer follows each user, checked whole first: too many ids, oneself or an unknown user
@@ -117,20 +113,15 @@ impl FollowGraph {
         let targets = sorted_unique(user_ids);
         if targets.len() > 1 {
             // Name every unknown id before anything is written; a single id learns it from the write.
-            let mut conn = db::connect(&self.db).await?;
-            self.require_users(&mut conn, viewer_id, &targets).await?;
+            self.require_users(viewer_id, &targets).await?;
         }
         let changed = self.change_edges(viewer_id, &targets, true).await?;
-        Ok(outcomes(user_ids, &changed, true))
+        Ok(outcomes(user_ids, changed, true))
     }
 
     /// The viewer stops following `user_id`; unfollowing a user not followed (or oneself) changes nothing.
     pub async fn unfollow(&self, viewer_id: i64, user_id: i64) -> Result<FollowOutcome, AppError> {
-        let outcomes = self.unfollow_many(viewer_id, &[user_id]).await?;
-        outcomes
-            .into_iter()
-            .next()
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
+        only_outcome(self.unfollow_many(viewer_id, &[user_id]).await?)
     }
 
     /// `unfollow` for each user, checked whole first like `follow_many`.
@@ -145,11 +136,10 @@ impl FollowGraph {
             .filter(|&id| id != viewer_id)
             .collect();
         if targets.len() != 1 {
-            let mut conn = db::connect(&self.db).await?;
-            self.require_users(&mut conn, viewer_id, &targets).await?;
+            self.require_users(viewer_id, &targets).await?;
         }
         let changed = self.change_edges(viewer_id, &targets, false).await?;
-        Ok(outcomes(user_ids, &changed, false))
+        Ok(outcomes(user_ids, changed, false))
     }
 
     /// Writes `viewer → each target` (follow or unfollow) in the next group commit; returns the targets
@@ -192,15 +182,11 @@ impl FollowGraph {
     }
 
     /// Fails with `NOT_FOUND` naming the viewer or the first unknown user.
-    async fn require_users(
-        &self,
-        conn: &mut db::DbConn,
-        viewer_id: i64,
-        user_ids: &[i64],
-    ) -> Result<(), AppError> {
+    async fn require_users(&self, viewer_id: i64, user_ids: &[i64]) -> Result<(), AppError> {
         let mut wanted = user_ids.to_vec();
         wanted.push(viewer_id);
-        let known: HashSet<i64> = db::users::existing_ids(conn, &wanted)
+        let mut conn = db::connect(&self.db).await?;
+        let known: HashSet<i64> = db::users::existing_ids(&mut conn, &wanted)
             .await?
             .into_iter()
             .collect();
@@ -482,10 +468,17 @@ pub fn check_batch_len(len: usize) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The outcome of a call with one id.
+fn only_outcome(outcomes: Vec<FollowOutcome>) -> Result<FollowOutcome, AppError> {
+    outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
+}
+
 /// One outcome per id asked, in order: an id whose edge changed reports `changed` on its first copy
 /// only (the later copies found it done already).
-fn outcomes(user_ids: &[i64], changed: &HashSet<i64>, following: bool) -> Vec<FollowOutcome> {
-    let mut changed = changed.clone();
+fn outcomes(user_ids: &[i64], mut changed: HashSet<i64>, following: bool) -> Vec<FollowOutcome> {
     user_ids
         .iter()
         .map(|&user_id| FollowOutcome {
@@ -505,8 +498,11 @@ struct Publisher {
 }
 
 impl group_commit::Publish for Publisher {
-    async fn publish(&self, rows: Vec<db::outbox::OutboxRow>) {
-        let events: Vec<FollowEvent> = rows.iter().filter_map(FollowEvent::from_outbox).collect();
+    async fn publish(&self, rows: &[&db::outbox::OutboxRow]) {
+        let events: Vec<FollowEvent> = rows
+            .iter()
+            .filter_map(|r| FollowEvent::from_outbox(r))
+            .collect();
         if events.is_empty() {
             return;
         }
@@ -529,10 +525,7 @@ impl group_commit::Publish for Publisher {
             .collect();
         let rider = self.producer.rider(&events);
         let carried = rider.is_some();
-        let done = self
-            .caches
-            .record_statuses_carrying(&statuses, rider.as_ref())
-            .await;
+        let done = self.caches.record_statuses(&statuses, rider.as_ref()).await;
         if carried {
             self.producer.carried(events.len(), done);
         }
