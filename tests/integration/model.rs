@@ -972,6 +972,33 @@ impl Run {
         (response, a, b)
     }
 
+    /// Sends `query` as `as_viewer`, logs it under `client` (`label` before the query) and returns the
+    /// response with the context its checks need.
+    async fn exchange(
+        &self,
+        client: &str,
+        instance: usize,
+        as_viewer: Option<Viewer>,
+        label: &str,
+        query: &str,
+    ) -> (Value, Ctx) {
+        let (response, a, b) = self.send(instance, as_viewer, query).await;
+        self.note(
+            client,
+            instance,
+            format!("{label}{query} → {}", truncate(&response.to_string(), 400)),
+        );
+        let ctx = Ctx {
+            instance,
+            viewer: as_viewer.map(|v| v.user_id),
+            a,
+            b,
+            window: self.settings.window,
+            at_rest: false,
+        };
+        (response, ctx)
+    }
+
     /// Checks what every response must satisfy: no INTERNAL_SERVER_ERROR, no error but `expected`,
     /// fields in the order asked. Returns the data when there was no error.
     fn common_checks<'v>(
@@ -1695,20 +1722,9 @@ async fn read_as(
         .map(|(i, p)| p.text(&format!("p{i}")))
         .collect();
     let query = format!("{{ {} }}", body.join(" "));
-    let (response, a, b) = run.send(instance, as_viewer, &query).await;
-    run.note(
-        client,
-        instance,
-        format!("read {query} → {}", truncate(&response.to_string(), 400)),
-    );
-    let ctx = Ctx {
-        instance,
-        viewer: as_viewer.map(|v| v.user_id),
-        a,
-        b,
-        window: run.settings.window,
-        at_rest: false,
-    };
+    let (response, ctx) = run
+        .exchange(client, instance, as_viewer, "read ", &query)
+        .await;
     let Some(data) = run.common_checks(&query, &response, None, ctx) else {
         return;
     };
@@ -1907,20 +1923,9 @@ async fn edge(
             model.begin_pair((me, *id), follow, instance, start);
         }
     }
-    let (response, a, b) = run.send(instance, viewer(me, false), &query).await;
-    run.note(
-        client,
-        instance,
-        format!("{query} → {}", truncate(&response.to_string(), 400)),
-    );
-    let ctx = Ctx {
-        instance,
-        viewer: Some(me),
-        a,
-        b,
-        window: run.settings.window,
-        at_rest: false,
-    };
+    let (response, ctx) = run
+        .exchange(client, instance, viewer(me, false), "", &query)
+        .await;
     let data = run.common_checks(&query, &response, None, ctx).cloned();
     let outcomes: Vec<Value> = match &data {
         Some(data) if batch => data[field].as_array().cloned().unwrap_or_default(),
@@ -1955,7 +1960,7 @@ async fn edge(
     if as_predicted {
         let mut model = run.model();
         for id in &flips {
-            model.finish_pair((me, *id), b);
+            model.finish_pair((me, *id), ctx.b);
         }
         drop(model);
         // The payload's user: exact handle on this instance (the record rule).
@@ -2110,20 +2115,9 @@ async fn own_write_racing_a_slow_load(
 
 async fn self_follow(run: &Run, client: &str, instance: usize, me: i64) {
     let query = format!("mutation {{ follow(userId: \"{me}\") {{ changed }} }}");
-    let (response, a, b) = run.send(instance, viewer(me, false), &query).await;
-    run.note(
-        client,
-        instance,
-        format!("{query} → {}", truncate(&response.to_string(), 300)),
-    );
-    let ctx = Ctx {
-        instance,
-        viewer: Some(me),
-        a,
-        b,
-        window: run.settings.window,
-        at_rest: false,
-    };
+    let (response, ctx) = run
+        .exchange(client, instance, viewer(me, false), "", &query)
+        .await;
     run.common_checks(&query, &response, Some("BAD_USER_INPUT"), ctx);
 }
 
@@ -2199,22 +2193,15 @@ async fn upsert(run: &Run, client: &str, instance: usize, id: i64, rng: &mut Std
         run.model()
             .begin_user(id, Some(handle.clone()), instance, start);
     }
-    let (response, a, b) = run
-        .send(instance, viewer(run.settings.admin, true), &query)
+    let (response, ctx) = run
+        .exchange(
+            client,
+            instance,
+            viewer(run.settings.admin, true),
+            "",
+            &query,
+        )
         .await;
-    run.note(
-        client,
-        instance,
-        format!("{query} → {}", truncate(&response.to_string(), 300)),
-    );
-    let ctx = Ctx {
-        instance,
-        viewer: Some(run.settings.admin),
-        a,
-        b,
-        window: run.settings.window,
-        at_rest: false,
-    };
     let expected = expect_taken.then_some("BAD_USER_INPUT");
     let data = run.common_checks(&query, &response, expected, ctx);
     if expect_taken {
@@ -2225,7 +2212,7 @@ async fn upsert(run: &Run, client: &str, instance: usize, id: i64, rng: &mut Std
             && d["upsertUser"]["handle"].as_str() == Some(handle.as_str())
     });
     if ok {
-        run.model().finish_user(id, instance, b);
+        run.model().finish_user(id, instance, ctx.b);
         return;
     }
     if data.is_some() {
