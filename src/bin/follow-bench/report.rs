@@ -96,6 +96,20 @@ pub fn set_typename_ratios(scenarios: &mut [ScenarioReport]) {
     }
 }
 
+/// The sum of every series of `name` in a Prometheus text (absent: no such series).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
+        })
+        .fold(None, |sum, value| Some(sum.unwrap_or(0.0) + value))
+}
+
 /// (cache, level, result) → count, from `follow_cache_requests_total` lines.
 fn cache_counters(metrics: &str) -> BTreeMap<(String, String, String), f64> {
     let mut counters = BTreeMap::new();
@@ -293,6 +307,20 @@ pub fn markdown(run: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_sum_their_series_and_match_whole_names() {
+        let text = "# TYPE follow_db_queries_total counter\n\
+                    follow_db_queries_total 120\n\
+                    follow_db_queries_total_other 7\n\
+                    follow_consumer_batch_size_sum{consumer=\"a\"} 30\n\
+                    follow_consumer_batch_size_sum{consumer=\"b\"} 12\n\
+                    follow_consumer_batch_size_count 6\n";
+        assert_eq!(metric(text, "follow_db_queries_total"), Some(120.0));
+        assert_eq!(metric(text, "follow_consumer_batch_size_sum"), Some(42.0));
+        assert_eq!(metric(text, "follow_consumer_batch_size_count"), Some(6.0));
+        assert_eq!(metric(text, "follow_write_batch_size_sum"), None);
+    }
 
     #[test]
     fn hit_rates_come_from_counter_deltas() {

@@ -343,15 +343,9 @@ impl Instance {
     }
 }
 
-/// The sum of a metric's samples (all label sets) in a `/metrics` text.
+/// The sum of a metric's samples (all label sets) in a `/metrics` text; 0 when it has none.
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    crate::report::metric(text, name).unwrap_or(0.0)
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;

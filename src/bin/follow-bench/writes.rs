@@ -1145,11 +1145,12 @@ impl CounterSources {
             .and_then(|n| n.trim().parse::<f64>().ok())
             .context("no total_commands_processed in Redis INFO stats")?;
         let histogram = |name: &str| {
-            metric(metrics, &format!("{name}_sum")).zip(metric(metrics, &format!("{name}_count")))
+            crate::report::metric(metrics, &format!("{name}_sum"))
+                .zip(crate::report::metric(metrics, &format!("{name}_count")))
         };
         Ok(Counters {
             at: Instant::now(),
-            statements: metric(metrics, DB_QUERIES),
+            statements: crate::report::metric(metrics, DB_QUERIES),
             write_batch: histogram(WRITE_BATCH),
             consumer_batch: histogram(CONSUMER_BATCH),
             transactions: row.get(0),
@@ -1168,14 +1169,14 @@ impl CounterSources {
 /// every statement until now. Empty when `/metrics` does not answer.
 async fn fresh_metrics(addr: SocketAddr) -> String {
     let first = load::get(addr, "/metrics").await.unwrap_or_default();
-    let Some(seen) = metric(&first, DB_QUERIES) else {
+    let Some(seen) = crate::report::metric(&first, DB_QUERIES) else {
         return first;
     };
     let since = Instant::now();
     while since.elapsed() < SAMPLE_WAIT {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let text = load::get(addr, "/metrics").await.unwrap_or_default();
-        if metric(&text, DB_QUERIES).is_some_and(|now| now != seen) {
+        if crate::report::metric(&text, DB_QUERIES).is_some_and(|now| now != seen) {
             return text;
         }
     }
@@ -1184,20 +1185,6 @@ async fn fresh_metrics(addr: SocketAddr) -> String {
         SAMPLE_WAIT.as_secs()
     );
     first
-}
-
-/// The sum of every series of `name` in a Prometheus text (absent: no such series).
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
-        })
-        .fold(None, |sum, value| Some(sum.unwrap_or(0.0) + value))
 }
 
 /// The run as Markdown: the command and machine, the load, one row per concurrency, then notes.
@@ -1353,20 +1340,6 @@ pub fn markdown(run: &WritesReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metrics_sum_their_series_and_match_whole_names() {
-        let text = "# TYPE follow_db_queries_total counter\n\
-                    follow_db_queries_total 120\n\
-                    follow_db_queries_total_other 7\n\
-                    follow_consumer_batch_size_sum{consumer=\"a\"} 30\n\
-                    follow_consumer_batch_size_sum{consumer=\"b\"} 12\n\
-                    follow_consumer_batch_size_count 6\n";
-        assert_eq!(metric(text, DB_QUERIES), Some(120.0));
-        assert_eq!(metric(text, "follow_consumer_batch_size_sum"), Some(42.0));
-        assert_eq!(metric(text, "follow_consumer_batch_size_count"), Some(6.0));
-        assert_eq!(metric(text, "follow_write_batch_size_sum"), None);
-    }
 
     fn counters(statements: f64, batch: Option<(f64, f64)>, own: u64) -> Counters {
         Counters {
