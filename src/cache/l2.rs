@@ -666,6 +666,16 @@ impl L2 {
             .unwrap_or_default()
     }
 
+    /// Puts back healed keys whose announcement did not go out (Redis failed again meanwhile), so that
+    /// the next probe announces them.
+    pub fn return_healed(&self, keys: Vec<String>) {
+        if let Ok(mut healed) = self.healed.lock()
+            && healed.len() < MAX_DIRTY
+        {
+            healed.extend(keys);
+        }
+    }
+
     /// A PING through the breaker: after an outage this is the probe that repairs and closes it.
     pub async fn ping(&self) -> bool {
         let mut pipe = redis::pipe();

@@ -397,9 +397,16 @@ impl Caches {
         lines.dedup();
         let channel = self.names.channel();
         for chunk in lines.chunks(1_000) {
-            self.l2
+            let sent = self
+                .l2
                 .delete(&[], Some((&channel, &chunk.join("\n"))))
                 .await;
+            if !sent {
+                // Redis failed again before the others heard: announce them all on the next probe (a
+                // drop is idempotent), else their L1 keeps what the failed writes left stale.
+                self.l2.return_healed(healed);
+                return;
+            }
         }
         tracing::info!(
             entries = lines.len(),
