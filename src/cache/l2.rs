@@ -95,6 +95,9 @@ pub struct Rider<'a> {
     pub args: Vec<String>,
 }
 
+/// What [`L2`] announces for a chunk of deleted dirty keys: `(channel, message)`.
+pub type Drops = Box<dyn Fn(&[String]) -> Option<(String, String)> + Send + Sync>;
+
 const SCRIPTS: [&str; 6] = [
     SET_IF_NEWER,
     sets::RECORD_CHANGE,
@@ -192,22 +195,28 @@ pub struct L2 {
     timeout: Duration,
     dirty: Mutex<HashSet<String>>,
     dirty_overflowed: AtomicBool,
-    /// Dirty keys deleted since the last [`L2::take_healed`]: other instances' L1 may hold their old
-    /// values, and no announcement of the writes that failed reached them.
-    healed: Mutex<Vec<String>>,
+    /// The announcement that tells every instance to drop the L1 entries of deleted dirty keys
+    /// (`(channel, message)`, or `None` for keys that need none): sent in the same round trip as the
+    /// delete, since no announcement of the writes that failed reached the others.
+    drops: Drops,
     /// Whether this process has loaded the script since it last failed (Redis may have restarted).
     script_loaded: AtomicBool,
 }
 
 impl L2 {
-    pub fn new(redis: RedisPool, health: Arc<RedisHealth>, timeout: Duration) -> Self {
+    pub fn new(
+        redis: RedisPool,
+        health: Arc<RedisHealth>,
+        timeout: Duration,
+        drops: Drops,
+    ) -> Self {
         Self {
             redis,
             health,
             timeout,
             dirty: Mutex::new(HashSet::new()),
             dirty_overflowed: AtomicBool::new(false),
-            healed: Mutex::new(Vec::new()),
+            drops,
             script_loaded: AtomicBool::new(false),
         }
     }
@@ -263,11 +272,14 @@ impl L2 {
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             for chunk in keys.chunks(1_000) {
-                let mut del = redis::cmd("DEL");
-                del.arg(chunk);
-                let _: i64 = self
+                let mut pipe = redis::pipe();
+                pipe.cmd("DEL").arg(chunk).ignore();
+                if let Some((channel, message)) = (self.drops)(chunk) {
+                    pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+                }
+                let () = self
                     .redis
-                    .query_cmd(&del)
+                    .query_pipe(&pipe)
                     .await
                     .map_err(|e| format!("{e:#}"))?;
             }
@@ -284,11 +296,6 @@ impl L2 {
                     for key in &keys {
                         dirty.remove(key);
                     }
-                }
-                if let Ok(mut healed) = self.healed.lock()
-                    && healed.len() < MAX_DIRTY
-                {
-                    healed.extend(keys.iter().cloned());
                 }
                 if self.dirty_overflowed.swap(false, Ordering::SeqCst) {
                     tracing::warn!(
@@ -655,24 +662,6 @@ impl L2 {
         let empty = self.dirty.lock().map(|d| d.is_empty()).unwrap_or(true);
         if !empty && self.available() && self.recover().await {
             self.health.success();
-        }
-    }
-
-    /// The dirty keys deleted since the last call (to be announced to the other instances).
-    pub fn take_healed(&self) -> Vec<String> {
-        self.healed
-            .lock()
-            .map(|mut healed| std::mem::take(&mut *healed))
-            .unwrap_or_default()
-    }
-
-    /// Puts back healed keys whose announcement did not go out (Redis failed again meanwhile), so that
-    /// the next probe announces them.
-    pub fn return_healed(&self, keys: Vec<String>) {
-        if let Ok(mut healed) = self.healed.lock()
-            && healed.len() < MAX_DIRTY
-        {
-            healed.extend(keys);
         }
     }
 

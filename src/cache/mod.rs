@@ -178,6 +178,34 @@ fn count(cache: &'static str, level: &'static str, result: &'static str, n: usiz
     });
 }
 
+/// The announcement that drops, on every instance, the L1 entries of these deleted dirty keys, one
+/// line per entry (a failed write dirties a pair's status, set and recent changes together). Their
+/// changes reached no other instance (a renamed user, say, has no event for the consumer to repair it).
+fn drops_of(names: &KeyNames, keys: &[String]) -> Option<(String, String)> {
+    let mut lines: Vec<String> = keys
+        .iter()
+        .filter_map(|key| {
+            let drop = match names.parse(key)? {
+                keys::Named::Status { follower, followee } => {
+                    Announcement::DropStatus { follower, followee }
+                }
+                keys::Named::Counts { user } => Announcement::DropCounts { user },
+                keys::Named::User { user } => Announcement::DropUser { user },
+                keys::Named::ListVersion { kind, owner } => {
+                    Announcement::DropListVersion { kind, owner }
+                }
+                keys::Named::FollowingSet { user } | keys::Named::RecentChanges { user } => {
+                    Announcement::DropSet { user }
+                }
+            };
+            Some(drop.encode())
+        })
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    (!lines.is_empty()).then(|| (names.channel(), lines.join("\n")))
+}
+
 impl Caches {
     pub fn new(
         settings: CacheSettings,
@@ -196,7 +224,10 @@ impl Caches {
         Self(Arc::new(CachesInner {
             origin: uuid::Uuid::new_v4().simple().to_string(),
             names: KeyNames::new(prefix),
-            l2: L2::new(redis, health, settings.redis_timeout),
+            l2: L2::new(redis, health, settings.redis_timeout, {
+                let names = KeyNames::new(prefix);
+                Box::new(move |keys: &[String]| drops_of(&names, keys))
+            }),
             sets: SetCache::new(share("sets"), l1_ttl(settings.sets_ttl)),
             status: VersionedCache::new(share("status"), l1_ttl(settings.status_ttl), |_, _| 48),
             counts: VersionedCache::new(share("counts"), l1_ttl(settings.counts_ttl), |_, _| 64),
@@ -354,7 +385,6 @@ impl Caches {
         } else {
             self.l2.ping().await;
         }
-        self.announce_healed().await;
     }
 
     /// Marks when Redis's cache data began, unless it is marked already (see `RECENT_TRUSTED_AFTER`).
@@ -363,55 +393,6 @@ impl Caches {
             let now = chrono::Utc::now().timestamp_millis();
             self.l2.start_epoch(&self.names.epoch(), now).await;
         }
-    }
-
-    /// After an outage of this instance's Redis: tells every instance to drop the L1 entries of the keys
-    /// its failed writes left dirty (now deleted from L2). Their changes reached no other instance (a
-    /// renamed user, say, has no event for the consumer to repair it with).
-    async fn announce_healed(&self) {
-        let healed = self.l2.take_healed();
-        if healed.is_empty() {
-            return;
-        }
-        // One line per entry (a failed write dirties a pair's status, set and recent changes together).
-        let mut lines: Vec<String> = healed
-            .iter()
-            .filter_map(|key| {
-                let drop = match self.names.parse(key)? {
-                    keys::Named::Status { follower, followee } => {
-                        Announcement::DropStatus { follower, followee }
-                    }
-                    keys::Named::Counts { user } => Announcement::DropCounts { user },
-                    keys::Named::User { user } => Announcement::DropUser { user },
-                    keys::Named::ListVersion { kind, owner } => {
-                        Announcement::DropListVersion { kind, owner }
-                    }
-                    keys::Named::FollowingSet { user } | keys::Named::RecentChanges { user } => {
-                        Announcement::DropSet { user }
-                    }
-                };
-                Some(drop.encode())
-            })
-            .collect();
-        lines.sort_unstable();
-        lines.dedup();
-        let channel = self.names.channel();
-        for chunk in lines.chunks(1_000) {
-            let sent = self
-                .l2
-                .delete(&[], Some((&channel, &chunk.join("\n"))))
-                .await;
-            if !sent {
-                // Redis failed again before the others heard: announce them all on the next probe (a
-                // drop is idempotent), else their L1 keeps what the failed writes left stale.
-                self.l2.return_healed(healed);
-                return;
-            }
-        }
-        tracing::info!(
-            entries = lines.len(),
-            "told every instance to drop the entries this instance's failed writes left stale"
-        );
     }
 
     /// Notes a viewer as active (remembered in Redis every few seconds, for warm-up).
