@@ -190,19 +190,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", app.config.listen))?;
     tracing::info!("GraphiQL at http://{}/graphql", listener.local_addr()?);
-    let operators = match app.config.metrics_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding FOLLOW_METRICS_LISTEN {address}"))?;
-            tracing::info!("metrics at http://{address}/metrics (not on the public listener)");
-            let router = http::operator_router(app.clone());
-            Some(tokio::spawn(async move {
-                let _ = axum::serve(listener, router).await;
-            }))
-        }
-        None => None,
-    };
+    let operators = serve_operators(&app).await?;
     let closing = app.closing.clone();
     let limits = http::server::ServerLimits::from_config(&app.config);
     http::server::serve(listener, http::router(app.clone()), limits, async move {
@@ -223,13 +211,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `/metrics`, `/healthz` and `/readyz` on `FOLLOW_METRICS_LISTEN` when it is set: the
+/// operators' port, for Prometheus to scrape API instances and workers alike.
+async fn serve_operators(app: &App) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(address) = app.config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding FOLLOW_METRICS_LISTEN {address}"))?;
+    tracing::info!("metrics at http://{address}/metrics (not on the public listener)");
+    let router = http::operator_router(app.clone());
+    Ok(Some(tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    })))
+}
+
 async fn worker(config: Config) -> anyhow::Result<()> {
     let app = App::start(config).await?;
     let (stop, stopped) = watch::channel(false);
     let tasks = app.spawn_pipeline(stopped);
     let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
+    let operators = serve_operators(&app).await?;
     tracing::info!("worker running: event consumer and outbox relay");
     app::shutdown_signal().await?;
+    if let Some(operators) = operators {
+        operators.abort();
+    }
     sampler.abort();
     let _ = stop.send(true);
     for task in tasks {

@@ -150,6 +150,8 @@ pub struct StreamStats {
     pub pending: u64,
     /// Entries not yet delivered to the group (0 when Redis cannot tell).
     pub lag: u64,
+    /// Entries in the dead-letter stream.
+    pub dead_letters: u64,
 }
 
 /// Reads XLEN and the group's XINFO in one round trip; a missing stream or group reads as zeros.
@@ -157,6 +159,9 @@ pub async fn stream_stats(redis: &RedisPool, names: &StreamNames) -> anyhow::Res
     let mut xlen = redis::cmd("XLEN");
     xlen.arg(&names.stream);
     let length: u64 = redis.query_cmd(&xlen).await?;
+    let mut xlen = redis::cmd("XLEN");
+    xlen.arg(&names.dead_letters);
+    let dead_letters: u64 = redis.query_cmd(&xlen).await?;
     let mut xinfo = redis::cmd("XINFO");
     xinfo.arg("GROUPS").arg(&names.stream);
     let groups: anyhow::Result<redis::streams::StreamInfoGroupsReply> =
@@ -168,6 +173,7 @@ pub async fn stream_stats(redis: &RedisPool, names: &StreamNames) -> anyhow::Res
         length,
         pending: group.as_ref().map_or(0, |g| g.pending as u64),
         lag: group.and_then(|g| g.lag).unwrap_or(0) as u64,
+        dead_letters,
     })
 }
 

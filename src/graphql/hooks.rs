@@ -6,10 +6,7 @@
 //! every step of every request, and at every field it resolves, each call a boxed future: with three
 //! extensions a `{ __typename }` cost eighteen of them, most passing straight through.
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Instant,
-};
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::{
     Response, ServerError, ServerResult, ValidationResult, Variables,
@@ -71,9 +68,9 @@ impl Parsed {
 #[async_trait::async_trait]
 impl Extension for RequestHooks {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let started = Instant::now();
+        let recording = self.observation.start();
         let response = next.run(ctx).await;
-        self.observation.finished(started, &response);
+        recording.finished(&response);
         response
     }
 
@@ -85,7 +82,7 @@ impl Extension for RequestHooks {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = limits::parse(ctx, query, variables, &self.cost, next)?;
-        self.observation.parsed(&document);
+        self.observation.parsed(&ctx.schema_env.registry, &document);
         // Variables matter to the order only through `@skip`/`@include`: copied only when the text
         // has a directive at all.
         let variables = if query.contains('@') {

@@ -1,18 +1,31 @@
-//! Records each GraphQL request's duration by operation name and type, and its errors by code (a part
-//! of the schema's extension, see [`super::hooks`]).
+//! Records each GraphQL request's duration by operation name, type and class, its outcome, and its
+//! errors by code (a part of the schema's extension, see [`super::hooks`]).
 //!
-//! The duration histogram of each (operation name, type) is looked up once and kept
+//! The class says which of the service's latency targets a request answers to (`write`, `list`,
+//! `status`, `count`, `user`, `subscription`, `other`): operation names are the clients' own, so alerts
+//! and dashboards group by class. A request that ends without an answer (the request timeout, or a
+//! client gone) is still recorded, as `cancelled`: it is the slowest kind there is.
+//!
+//! The duration histogram of each (operation name, type, class) is looked up once and kept
 //! ([`crate::telemetry::metrics::graphql_duration`]): building and hashing its labels on every request
 //! was a measurable part of a cheap request.
 
-use std::{sync::Mutex, time::Instant};
+use std::{collections::HashSet, sync::Mutex, time::Instant};
 
 use async_graphql::{
     Name, Response,
-    parser::types::{DocumentOperations, ExecutableDocument, OperationType},
+    parser::types::{
+        DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+    },
+    registry::{MetaTypeName, Registry},
 };
 
-use crate::telemetry::metrics::{GRAPHQL_ERRORS, graphql_duration};
+use crate::telemetry::metrics::{
+    GRAPHQL_ERRORS, Outcome, RequestClass, graphql_duration, graphql_requests,
+};
+
+/// The codes of errors that are the service's fault, not the client's.
+const SERVER_ERROR_CODES: [&str; 2] = ["INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE"];
 
 /// Per-request state: what the parsed document says the operation is, then which one ran.
 #[derive(Default)]
@@ -26,6 +39,8 @@ struct State {
     operations: Operations,
     /// The histogram of the operation that ran, once `execute` knows it.
     histogram: Option<::metrics::Histogram>,
+    /// The class of the operation that ran.
+    class: Option<RequestClass>,
 }
 
 #[derive(Default)]
@@ -34,9 +49,9 @@ enum Operations {
     #[default]
     Unknown,
     /// One operation, whatever its name.
-    Single(OperationType),
+    Single(OperationType, RequestClass),
     /// Several, by name.
-    Multiple(Vec<(Name, OperationType)>),
+    Multiple(Vec<(Name, OperationType, RequestClass)>),
 }
 
 fn type_name(ty: OperationType) -> &'static str {
@@ -48,13 +63,20 @@ fn type_name(ty: OperationType) -> &'static str {
 }
 
 impl Observation {
-    /// The document parsed: remembers its operations' types.
-    pub fn parsed(&self, document: &ExecutableDocument) {
+    /// The document parsed: remembers its operations' types and classes.
+    pub fn parsed(&self, registry: &Registry, document: &ExecutableDocument) {
         let operations = match &document.operations {
-            DocumentOperations::Single(op) => Operations::Single(op.node.ty),
+            DocumentOperations::Single(op) => Operations::Single(
+                op.node.ty,
+                classify(registry, document, op.node.ty, &op.node.selection_set.node),
+            ),
             DocumentOperations::Multiple(ops) => Operations::Multiple(
                 ops.iter()
-                    .map(|(name, op)| (name.clone(), op.node.ty))
+                    .map(|(name, op)| {
+                        let class =
+                            classify(registry, document, op.node.ty, &op.node.selection_set.node);
+                        (name.clone(), op.node.ty, class)
+                    })
                     .collect(),
             ),
         };
@@ -68,26 +90,44 @@ impl Observation {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let ty = match &state.operations {
-            Operations::Single(ty) => Some(type_name(*ty)),
+        let found = match &state.operations {
+            Operations::Single(ty, class) => Some((type_name(*ty), *class)),
             Operations::Multiple(many) => name
-                .and_then(|wanted| many.iter().find(|(n, _)| n.as_str() == wanted))
-                .map(|(_, ty)| type_name(*ty)),
+                .and_then(|wanted| many.iter().find(|(n, _, _)| n.as_str() == wanted))
+                .map(|(_, ty, class)| (type_name(*ty), *class)),
             Operations::Unknown => None,
         };
+        let (ty, class) = found.unwrap_or(("unknown", RequestClass::Other));
         state.operations = Operations::Unknown;
-        state.histogram = Some(graphql_duration(name, ty.unwrap_or("unknown")));
+        state.histogram = Some(graphql_duration(name, ty, class));
+        state.class = Some(class);
     }
 
-    /// The request, begun at `started`, is answered: records its duration and errors.
-    pub fn finished(&self, started: Instant, response: &Response) {
-        let histogram = self
+    /// The request begins: the returned guard records it once, answered or not.
+    pub fn start(&self) -> Recording<'_> {
+        Recording {
+            observation: self,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Records the duration since `started`, the outcome and the errors of `response` (none: cancelled).
+    fn record(&self, started: Instant, response: Option<&Response>) {
+        let (histogram, class) = self
             .state
             .lock()
             .ok()
-            .and_then(|mut state| state.histogram.take())
-            .unwrap_or_else(|| graphql_duration(None, "unknown"));
+            .map(|mut state| (state.histogram.take(), state.class.take()))
+            .unwrap_or_default();
+        let class = class.unwrap_or(RequestClass::Other);
+        let histogram = histogram.unwrap_or_else(|| graphql_duration(None, "unknown", class));
         histogram.record(started.elapsed().as_secs_f64());
+        let Some(response) = response else {
+            graphql_requests(class, Outcome::Cancelled).increment(1);
+            return;
+        };
+        let mut outcome = Outcome::Ok;
         for error in &response.errors {
             let code = error
                 .extensions
@@ -98,7 +138,189 @@ impl Observation {
                     _ => None,
                 })
                 .unwrap_or_else(|| "GRAPHQL_VALIDATION".to_owned());
+            outcome = outcome.max(if SERVER_ERROR_CODES.contains(&code.as_str()) {
+                Outcome::ServerError
+            } else {
+                Outcome::ClientError
+            });
             ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).increment(1);
         }
+        graphql_requests(class, outcome).increment(1);
+    }
+}
+
+/// A request being recorded: [`Recording::finished`] records its answer; dropped before that (the
+/// request timeout, or the client went away), it records the request as cancelled.
+pub struct Recording<'a> {
+    observation: &'a Observation,
+    started: Instant,
+    done: bool,
+}
+
+impl Recording<'_> {
+    /// The request is answered with `response`.
+    pub fn finished(mut self, response: &Response) {
+        self.done = true;
+        self.observation.record(self.started, Some(response));
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.observation.record(self.started, None);
+        }
+    }
+}
+
+/// What a field of a type costs the service, for the request's class (`None`: it costs nothing of
+/// its own, its selection decides).
+fn field_class(type_name: &str, field: &str) -> Option<RequestClass> {
+    Some(match (type_name, field) {
+        ("Mutation", "follow" | "unfollow" | "followMany" | "unfollowMany") => RequestClass::Write,
+        ("User", "followers" | "following" | "knownFollowers") => RequestClass::List,
+        ("Query", "isFollowing" | "relationships")
+        | ("User", "viewerIsFollowing" | "followsViewer") => RequestClass::Status,
+        ("User", "followerCount" | "followingCount") => RequestClass::Count,
+        ("Query", "viewer" | "user" | "userByHandle" | "users") | ("Mutation", "upsertUser") => {
+            RequestClass::User
+        }
+        _ => return None,
+    })
+}
+
+/// The class of an operation: the costliest of its fields, fragments included (each fragment walked
+/// once, so the walk is linear in the document; fragments are context-free, their type condition
+/// names their type).
+fn classify(
+    registry: &Registry,
+    document: &ExecutableDocument,
+    ty: OperationType,
+    selection: &SelectionSet,
+) -> RequestClass {
+    let root = match ty {
+        OperationType::Query => registry.query_type.as_str(),
+        OperationType::Mutation => match &registry.mutation_type {
+            Some(name) => name.as_str(),
+            None => return RequestClass::Other,
+        },
+        OperationType::Subscription => return RequestClass::Subscription,
+    };
+    let mut class = RequestClass::Other;
+    let mut walked: HashSet<&str> = HashSet::new();
+    let mut stack: Vec<(&str, &SelectionSet)> = vec![(root, selection)];
+    while let Some((type_name, set)) = stack.pop() {
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(field) => {
+                    let field = &field.node;
+                    let name = field.name.node.as_str();
+                    if let Some(of_field) = field_class(type_name, name) {
+                        class = class.max(of_field);
+                    }
+                    if field.selection_set.node.items.is_empty() {
+                        continue;
+                    }
+                    let child = registry
+                        .concrete_type_by_name(type_name)
+                        .and_then(|meta| meta.field_by_name(name))
+                        .map(|meta| MetaTypeName::concrete_typename(&meta.ty));
+                    if let Some(child) = child {
+                        stack.push((child, &field.selection_set.node));
+                    }
+                }
+                Selection::InlineFragment(fragment) => {
+                    let fragment = &fragment.node;
+                    let on = fragment
+                        .type_condition
+                        .as_ref()
+                        .map_or(type_name, |condition| condition.node.on.node.as_str());
+                    stack.push((on, &fragment.selection_set.node));
+                }
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    if walked.insert(name)
+                        && let Some(fragment) =
+                            document.fragments.get(&spread.node.fragment_name.node)
+                    {
+                        let on = fragment.node.type_condition.node.on.node.as_str();
+                        stack.push((on, &fragment.node.selection_set.node));
+                    }
+                }
+            }
+        }
+    }
+    class
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class_of(query: &str) -> RequestClass {
+        use async_graphql::OutputType;
+        let mut registry = Registry {
+            query_type: "Query".to_owned(),
+            mutation_type: Some("Mutation".to_owned()),
+            ..Registry::default()
+        };
+        <crate::graphql::ServedQuery as OutputType>::create_type_info(&mut registry);
+        <crate::graphql::Mutation as OutputType>::create_type_info(&mut registry);
+        let document = async_graphql::parser::parse_query(query).expect("parses");
+        let observation = Observation::default();
+        observation.parsed(&registry, &document);
+        let state = observation.state.lock().expect("not poisoned");
+        match &state.operations {
+            Operations::Single(_, class) => *class,
+            _ => panic!("one operation"),
+        }
+    }
+
+    #[test]
+    fn a_request_answers_to_the_target_of_its_costliest_field() {
+        assert_eq!(
+            class_of("mutation { follow(userId: \"2\") { following } }"),
+            RequestClass::Write
+        );
+        assert_eq!(
+            class_of("mutation { upsertUser(input: {id: \"2\", handle: \"x\"}) { id } }"),
+            RequestClass::User
+        );
+        assert_eq!(
+            class_of("{ user(id: \"1\") { followerCount followers { totalCount } } }"),
+            RequestClass::List
+        );
+        assert_eq!(
+            class_of("{ user(id: \"1\") { followerCount } }"),
+            RequestClass::Count
+        );
+        assert_eq!(
+            class_of("{ user(id: \"1\") { handle } }"),
+            RequestClass::User
+        );
+        assert_eq!(class_of("{ __typename }"), RequestClass::Other);
+        assert_eq!(
+            class_of("subscription { followEvents { kind } }"),
+            RequestClass::Subscription
+        );
+    }
+
+    #[test]
+    fn a_field_counts_by_the_type_it_is_on_through_fragments() {
+        // `following` on a Relationship is a status, on a User a list.
+        assert_eq!(
+            class_of("{ relationships(userId: \"1\", otherIds: [\"2\"]) { following } }"),
+            RequestClass::Status
+        );
+        assert_eq!(
+            class_of(
+                "query { ...Q } fragment Q on Query { user(id: \"1\") { ...U } } fragment U on User { viewerIsFollowing }"
+            ),
+            RequestClass::Status
+        );
+        assert_eq!(
+            class_of("{ user(id: \"1\") { ... on User { following { totalCount } } } }"),
+            RequestClass::List
+        );
     }
 }

@@ -13,8 +13,11 @@ use std::{
 use ::metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// GraphQL request duration, labelled `operation_name` and `operation_type`.
+/// GraphQL request duration, labelled `operation_name`, `operation_type` and `class` ([`RequestClass`]).
 pub const GRAPHQL_DURATION: &str = "follow_graphql_request_duration_seconds";
+/// GraphQL requests, labelled `class` ([`RequestClass`]) and `outcome` ([`Outcome`]): the error ratio's
+/// numerator and denominator.
+pub const GRAPHQL_REQUESTS: &str = "follow_graphql_requests_total";
 /// GraphQL errors returned to clients, labelled `code` (`extensions.code`, or `GRAPHQL_VALIDATION` for
 /// parse and validation errors).
 pub const GRAPHQL_ERRORS: &str = "follow_graphql_errors_total";
@@ -38,6 +41,8 @@ pub const STREAM_LENGTH: &str = "follow_stream_length";
 pub const STREAM_PENDING: &str = "follow_stream_pending";
 /// Entries in the stream not yet delivered to the consumer group.
 pub const STREAM_LAG: &str = "follow_stream_lag";
+/// Entries in the dead-letter stream (XLEN; it keeps the most recent few thousand).
+pub const STREAM_DEAD_LETTERS: &str = "follow_stream_dead_letters";
 /// The PostgreSQL server's WAL insert position in bytes (all its databases), sampled: its rate over the
 /// rate of `follow_edge_changes_total` is WAL bytes per write.
 pub const PG_WAL_BYTES: &str = "follow_pg_wal_bytes";
@@ -140,6 +145,7 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows this one's series only");
             }
             describe();
+            register_known_series();
             handle
         })
         .clone()
@@ -150,6 +156,10 @@ fn describe() {
         GRAPHQL_DURATION,
         ::metrics::Unit::Seconds,
         "GraphQL request duration by operation"
+    );
+    describe_counter!(
+        GRAPHQL_REQUESTS,
+        "GraphQL requests by class (the latency target they answer to) and outcome (ok, client_error, server_error, cancelled)"
     );
     describe_counter!(
         GRAPHQL_ERRORS,
@@ -177,6 +187,7 @@ fn describe() {
         STREAM_LAG,
         "Entries not yet delivered to the counters group"
     );
+    describe_gauge!(STREAM_DEAD_LETTERS, "Entries in the dead-letter stream");
     describe_gauge!(
         PG_WAL_BYTES,
         "PostgreSQL server's WAL insert position in bytes (sampled; all databases)"
@@ -320,20 +331,108 @@ pub fn operation_label(name: Option<&str>) -> String {
     }
 }
 
-/// The duration histogram of an operation (`name` as [`operation_label`] bounds it, `ty` its type),
-/// looked up once and kept: building and hashing its labels took a lock and several allocations on
-/// every request. Handles are kept only once the recorder is installed (one taken before would record
-/// nowhere, for good).
-pub fn graphql_duration(name: Option<&str>, ty: &'static str) -> ::metrics::Histogram {
-    type Handles = RwLock<HashMap<Box<str>, Vec<(&'static str, ::metrics::Histogram)>>>;
+/// Which of the service's latency targets a request answers to: the costliest field it asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestClass {
+    /// Introspection, `__typename`, federation's `_service`: nothing of the follow graph.
+    Other,
+    /// Users by id or handle, `upsertUser`.
+    User,
+    /// Follower and following counts.
+    Count,
+    /// Follow status of pairs.
+    Status,
+    /// Follower and following pages.
+    List,
+    /// Follows and unfollows.
+    Write,
+    /// `followEvents`.
+    Subscription,
+}
+
+impl RequestClass {
+    /// Every class, for the series that exist from the start.
+    pub const ALL: [Self; 7] = [
+        Self::Other,
+        Self::User,
+        Self::Count,
+        Self::Status,
+        Self::List,
+        Self::Write,
+        Self::Subscription,
+    ];
+
+    /// The `class` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Other => "other",
+            Self::User => "user",
+            Self::Count => "count",
+            Self::Status => "status",
+            Self::List => "list",
+            Self::Write => "write",
+            Self::Subscription => "subscription",
+        }
+    }
+}
+
+/// How a request ended, worst last: a request with client and server errors is a server error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// Answered without errors.
+    Ok,
+    /// Answered with errors of the client's making (validation, bad input, not found, rate limited).
+    ClientError,
+    /// Answered with `INTERNAL_SERVER_ERROR` or `SERVICE_UNAVAILABLE`.
+    ServerError,
+    /// Not answered: the request timeout struck, or the client went away first.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Every outcome, for the series that exist from the start.
+    pub const ALL: [Self; 4] = [
+        Self::Ok,
+        Self::ClientError,
+        Self::ServerError,
+        Self::Cancelled,
+    ];
+
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ClientError => "client_error",
+            Self::ServerError => "server_error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The request counter of a class and outcome (the handles are few: each is built on every call).
+pub fn graphql_requests(class: RequestClass, outcome: Outcome) -> ::metrics::Counter {
+    ::metrics::counter!(GRAPHQL_REQUESTS, "class" => class.label(), "outcome" => outcome.label())
+}
+
+/// The duration histogram of an operation (`name` as [`operation_label`] bounds it, `ty` its type,
+/// `class` its target), looked up once and kept: building and hashing its labels took a lock and
+/// several allocations on every request. Handles are kept only once the recorder is installed (one
+/// taken before would record nowhere, for good).
+pub fn graphql_duration(
+    name: Option<&str>,
+    ty: &'static str,
+    class: RequestClass,
+) -> ::metrics::Histogram {
+    type Kept = Vec<(&'static str, RequestClass, ::metrics::Histogram)>;
+    type Handles = RwLock<HashMap<Box<str>, Kept>>;
     static HANDLES: OnceLock<Handles> = OnceLock::new();
     let handles = HANDLES.get_or_init(Handles::default);
     let key = name.unwrap_or(ANONYMOUS);
     let found = handles.read().ok().and_then(|map| {
         map.get(key)?
             .iter()
-            .find(|(t, _)| *t == ty)
-            .map(|(_, histogram)| histogram.clone())
+            .find(|(t, c, _)| *t == ty && *c == class)
+            .map(|(_, _, histogram)| histogram.clone())
     });
     if let Some(histogram) = found {
         return histogram;
@@ -343,6 +442,7 @@ pub fn graphql_duration(name: Option<&str>, ty: &'static str) -> ::metrics::Hist
         GRAPHQL_DURATION,
         "operation_name" => label.clone(),
         "operation_type" => ty,
+        "class" => class.label(),
     );
     // A name past the bound is labelled `other`, and not kept under its own name.
     if HANDLE.get().is_some()
@@ -350,11 +450,70 @@ pub fn graphql_duration(name: Option<&str>, ty: &'static str) -> ::metrics::Hist
         && let Ok(mut map) = handles.write()
     {
         let kept = map.entry(label.into_boxed_str()).or_default();
-        if !kept.iter().any(|(t, _)| *t == ty) {
-            kept.push((ty, histogram.clone()));
+        if !kept.iter().any(|(t, c, _)| *t == ty && *c == class) {
+            kept.push((ty, class, histogram.clone()));
         }
     }
     histogram
+}
+
+/// Registers at zero the counters whose label values are known in advance, so that a fresh instance
+/// exports them: a rate or `increase()` over a series that appears at its first event misses that
+/// event, and an alert on it could never fire for the first one.
+fn register_known_series() {
+    for class in RequestClass::ALL {
+        for outcome in Outcome::ALL {
+            graphql_requests(class, outcome).absolute(0);
+        }
+    }
+    for code in [
+        "UNAUTHENTICATED",
+        "FORBIDDEN",
+        "BAD_USER_INPUT",
+        "NOT_FOUND",
+        "RATE_LIMITED",
+        "SERVICE_UNAVAILABLE",
+        "INTERNAL_SERVER_ERROR",
+        "GRAPHQL_VALIDATION",
+    ] {
+        ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).absolute(0);
+    }
+    for cache in ["status", "counts", "users", "lists", "sets"] {
+        for level in ["l1", "l2"] {
+            for result in ["hit", "miss"] {
+                ::metrics::counter!(CACHE_REQUESTS, "cache" => cache, "level" => level, "result" => result)
+                    .absolute(0);
+            }
+        }
+    }
+    for source in ["writer", "relay"] {
+        ::metrics::counter!(EVENTS_PUBLISHED, "source" => source).absolute(0);
+        ::metrics::counter!(PUBLISH_FAILURES, "source" => source).absolute(0);
+    }
+    for to in ["closed", "half_open", "open"] {
+        ::metrics::counter!(REDIS_BREAKER_TRANSITIONS, "to" => to).absolute(0);
+    }
+    for name in [
+        DEAD_LETTERS,
+        EVENTS_RECLAIMED,
+        EVENTS_APPLIED,
+        COUNTS_REPAIRED,
+        EDGE_CHANGES,
+        WRITE_BATCH_RETRIES,
+        SUBSCRIPTIONS_OVERRUN,
+        HTTP_CONNECTIONS_REFUSED,
+    ] {
+        ::metrics::counter!(name).absolute(0);
+    }
+    // Gauges set on change: present from the start, at their resting value (0 unless already set).
+    for name in [
+        REDIS_BREAKER_STATE,
+        SUBSCRIBERS,
+        WS_CONNECTIONS,
+        HTTP_CONNECTIONS,
+    ] {
+        gauge!(name).increment(0.0);
+    }
 }
 
 /// Samples the gauges no request updates, every `interval`, until the process ends.
@@ -401,6 +560,7 @@ pub async fn sample_once(app: &crate::app::App) {
         gauge!(STREAM_LENGTH).set(stream.length as f64);
         gauge!(STREAM_PENDING).set(stream.pending as f64);
         gauge!(STREAM_LAG).set(stream.lag as f64);
+        gauge!(STREAM_DEAD_LETTERS).set(stream.dead_letters as f64);
     }
     let outbox = async {
         let mut conn = crate::db::connect(&app.db).await?;
