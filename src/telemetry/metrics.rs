@@ -479,6 +479,7 @@ fn register_known_series() {
         ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).absolute(0);
     }
     for cache in ["status", "counts", "users", "lists", "sets"] {
+        ::metrics::counter!(CACHE_COALESCED, "cache" => cache).absolute(0);
         for level in ["l1", "l2"] {
             for result in ["hit", "miss"] {
                 ::metrics::counter!(CACHE_REQUESTS, "cache" => cache, "level" => level, "result" => result)
@@ -490,6 +491,17 @@ fn register_known_series() {
         ::metrics::counter!(EVENTS_PUBLISHED, "source" => source).absolute(0);
         ::metrics::counter!(PUBLISH_FAILURES, "source" => source).absolute(0);
     }
+    for result in ["hit", "miss", "registered"] {
+        ::metrics::counter!(PERSISTED_QUERIES, "result" => result).absolute(0);
+    }
+    for cap in ["instance", "client"] {
+        ::metrics::counter!(WS_REFUSED, "cap" => cap).absolute(0);
+    }
+    for reason in ["breaker_open", "error", "timeout"] {
+        ::metrics::counter!(RATE_LIMITER_FALLBACK, "reason" => reason).absolute(0);
+    }
+    // The quotas' names are the limiter's; the penalty box's door is the one refusal known here.
+    ::metrics::counter!(RATE_LIMITED, "limit" => "door", "source" => "penalty_box").absolute(0);
     for to in ["closed", "half_open", "open"] {
         ::metrics::counter!(REDIS_BREAKER_TRANSITIONS, "to" => to).absolute(0);
     }
@@ -501,6 +513,7 @@ fn register_known_series() {
         EDGE_CHANGES,
         WRITE_BATCH_RETRIES,
         SUBSCRIPTIONS_OVERRUN,
+        SUBSCRIPTION_EVENTS,
         HTTP_CONNECTIONS_REFUSED,
     ] {
         ::metrics::counter!(name).absolute(0);
