@@ -6,7 +6,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, graphql_post, query_body};
+use crate::support::{Options, TestApp, graphql_post, query_body};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
@@ -274,4 +274,82 @@ async fn metrics_show_requests_loaders_pipeline_and_pools() {
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
+}
+
+/// The value of one exported series (`name{labels}`), 0 when absent.
+fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    let (status, _, body) = app
+        .http(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_class_and_outcome_and_one_the_timeout_cuts_as_cancelled() {
+    let app = TestApp::with_options(Options {
+        env: vec![("FOLLOW_REQUEST_TIMEOUT_MS", "1500".to_owned())],
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=3).await;
+    let token = app.token(1, false);
+    let cancelled = "follow_graphql_requests_total{class=\"write\",outcome=\"cancelled\"}";
+    let status_ok = "follow_graphql_requests_total{class=\"status\",outcome=\"ok\"}";
+    let before = metrics_text(&app).await;
+
+    let status = graphql_post(Some(&token))
+        .body(query_body(
+            "query ClassStatus { relationships(userId: \"1\", otherIds: [\"2\"]) { following } }",
+        ))
+        .expect("request");
+    assert_eq!(app.http(status).await.0, StatusCode::OK);
+
+    // Hold user 3's row: the follow waits in its foreign-key check until the timeout answers 503.
+    let (blocker, connection) = tokio_postgres::connect(
+        &crate::support::database_url(&app.database),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(connection);
+    blocker
+        .batch_execute("BEGIN; SELECT 1 FROM users WHERE id = 3 FOR UPDATE")
+        .await
+        .expect("lock user 3");
+    let follow = graphql_post(Some(&token))
+        .body(query_body(
+            "mutation CancelledFollow { follow(userId: \"3\") { changed } }",
+        ))
+        .expect("request");
+    assert_eq!(app.http(follow).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+
+    let after = metrics_text(&app).await;
+    // Other tests share the process's recorder: their requests may add to the class counters, never take.
+    assert!(series_value(&after, status_ok) >= series_value(&before, status_ok) + 1.0);
+    assert!(
+        series_value(&after, cancelled) >= series_value(&before, cancelled) + 1.0,
+        "the request the timeout cut is not counted as cancelled:\n{after}"
+    );
+    // Its duration is recorded too, under its own name and class (no other test uses the name).
+    let duration = "follow_graphql_request_duration_seconds_count{operation_name=\"CancelledFollow\",operation_type=\"mutation\",class=\"write\"}";
+    assert_eq!(series_value(&after, duration), 1.0, "{after}");
+    let slow = "follow_graphql_request_duration_seconds_bucket{operation_name=\"CancelledFollow\",operation_type=\"mutation\",class=\"write\",le=\"1\"}";
+    assert_eq!(
+        series_value(&after, slow),
+        0.0,
+        "cut after 1.5 s, it took less than 1 s:\n{after}"
+    );
 }
