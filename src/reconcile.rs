@@ -1,7 +1,8 @@
 //! Reconciling counts with edges: on demand (`reconcile [--fix]`) and, with `FOLLOW_RECONCILE_EVERY_S`,
-//! on a schedule. A scheduled run takes a PostgreSQL advisory lock first, so among several instances
-//! one reconciles at a time; repairing adds the difference to the current count, so it is safe while
-//! the consumers apply events (see `db::stats::fix_drift`).
+//! on a schedule. A repair holds a PostgreSQL advisory lock, so one repairs at a time (a scheduled run
+//! skips its turn while another holds it; one run by hand waits): repairing adds the difference to the
+//! current count, which is safe while the consumers apply events (see `db::stats::fix_drift`) but not
+//! beside another repair, which would add the same difference again.
 
 use std::time::Duration;
 
@@ -13,16 +14,25 @@ use crate::{
     telemetry::metrics::COUNTS_REPAIRED,
 };
 
-/// Finds drift and, with `fix`, repairs it and forgets the repaired counts in the caches.
+/// Finds drift and, with `fix`, repairs it (waiting for any other repair to finish) and forgets the
+/// repaired counts in the caches.
 pub async fn reconcile(db: &DbPool, caches: &Caches, fix: bool) -> anyhow::Result<Vec<Drift>> {
     let mut conn = db::connect(db).await?;
-    let drift = if fix {
-        db::stats::fix_drift(&mut conn).await?
-    } else {
-        db::stats::find_drift(&mut conn).await?
-    };
+    if !fix {
+        return Ok(db::stats::find_drift(&mut conn).await?);
+    }
+    db::stats::lock_reconcile(&mut conn).await?;
+    repair(conn, caches).await
+}
+
+/// Repairs drift on `conn`, which holds the reconcile lock, then releases it.
+async fn repair(mut conn: db::DbConn, caches: &Caches) -> anyhow::Result<Vec<Drift>> {
+    let drift = db::stats::fix_drift(&mut conn).await;
+    let unlocked = db::stats::unlock_reconcile(&mut conn).await;
     drop(conn);
-    if fix && !drift.is_empty() {
+    let drift = drift?;
+    unlocked?;
+    if !drift.is_empty() {
         let users: Vec<i64> = drift.iter().map(|d| d.user_id).collect();
         caches.forget_counts(&users).await;
     }
@@ -46,9 +56,7 @@ pub async fn run_every(
             if !db::stats::try_lock_reconcile(&mut conn).await? {
                 return anyhow::Ok(None);
             }
-            let drift = reconcile(&db, &caches, true).await;
-            db::stats::unlock_reconcile(&mut conn).await?;
-            drift.map(Some)
+            repair(conn, &caches).await.map(Some)
         };
         match pass.await {
             Ok(Some(drift)) if !drift.is_empty() => {

@@ -292,7 +292,8 @@ pub async fn recompute_all(conn: &mut AsyncPgConnection) -> StoreResult<usize> {
     .await?)
 }
 
-/// The advisory lock that keeps scheduled reconciles of several instances from running at once.
+/// The advisory lock that keeps repairs from running at once: two repairs would each add the same
+/// difference (scheduled ones on several instances, or one run by hand beside them).
 const RECONCILE_LOCK: i64 = 7_213_862_105;
 
 #[derive(QueryableByName)]
@@ -308,6 +309,15 @@ pub async fn try_lock_reconcile(conn: &mut AsyncPgConnection) -> StoreResult<boo
         .get_result(conn)
         .await?;
     Ok(row.locked)
+}
+
+/// Takes the reconcile lock on this connection, waiting while another repair holds it.
+pub async fn lock_reconcile(conn: &mut AsyncPgConnection) -> StoreResult<()> {
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(RECONCILE_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Releases the reconcile lock held by this connection.

@@ -274,6 +274,39 @@ async fn reconcile_finds_and_repairs_a_corrupted_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_run_at_once_repair_a_count_once() {
+    let app = TestApp::spawn().await;
+    app.create_users(1..=3).await;
+    app.follow(1, 2).await;
+    app.follow(3, 2).await;
+    app.drained().await;
+    // An operator's `reconcile --fix` beside scheduled ones: each adds the difference it found, so
+    // without the lock between them a count would be repaired twice (2 + 38 + 38).
+    for round in 0..5 {
+        app.sql("UPDATE user_stats SET follower_count = 40 WHERE user_id = 2")
+            .await;
+        let repairs: Vec<_> = (0..4)
+            .map(|_| {
+                let db = app.app.db.clone();
+                let caches = app.app.caches.clone();
+                tokio::spawn(async move {
+                    follow_service::reconcile::reconcile(&db, &caches, true).await
+                })
+            })
+            .collect();
+        let mut repaired = 0;
+        for repair in repairs {
+            repaired += repair.await.expect("joined").expect("repaired").len();
+        }
+        assert_eq!(
+            repaired, 1,
+            "round {round}: one repair finds the drift, the others none"
+        );
+        app.assert_counts_exact().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_counts_pending_events_as_not_drift() {
     let app = TestApp::without_pipeline().await;
     app.create_users(1..=2).await;
