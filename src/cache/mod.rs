@@ -378,6 +378,11 @@ impl Caches {
     /// update (called every second by the invalidation subscriber and by the metrics sampler).
     pub async fn probe(&self) {
         if !self.settings.enabled {
+            // No cache to repair, but the breaker is shared (the rate limiter and the producer open it
+            // too): without this probe nothing would close it again.
+            if !self.l2.available() {
+                self.l2.ping().await;
+            }
             return;
         }
         if self.l2.available() {

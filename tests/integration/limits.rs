@@ -248,3 +248,33 @@ async fn refused_documents_spend_points_and_a_spent_client_is_turned_away_at_the
     let (status, _, _) = ask(&app.app, Some(&token), "{ __typename }").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_caches_a_breaker_the_limiter_opened_closes_once_redis_is_back() {
+    let mut options = small_budgets(&[("FOLLOW_REDIS_BREAKER_COOLDOWN_MS", "200")]);
+    options.cache = false;
+    let app = TestApp::with_options(options).await;
+    let proxy = RedisProxy::start().await;
+    let mut options = small_budgets(&[("FOLLOW_REDIS_BREAKER_COOLDOWN_MS", "200")]);
+    options.cache = false;
+    options.redis_url = proxy.url.clone();
+    let cut_off = app.sibling(options);
+    proxy.cut();
+    for _ in 0..10 {
+        let (status, _, _) = ask(&cut_off, None, &costing(1)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(
+        !cut_off.redis_health.is_closed(),
+        "the limiter's failures opened the breaker"
+    );
+    proxy.restore();
+    // The gauge sampler's probe (every FOLLOW_METRICS_SAMPLE_MS in a server) is what tries Redis again
+    // when no request path does.
+    let closed = crate::support::eventually(Duration::from_secs(10), || async {
+        follow_service::telemetry::metrics::sample_once(&cut_off).await;
+        cut_off.redis_health.is_closed()
+    })
+    .await;
+    assert!(closed, "the breaker stayed open with Redis back");
+}
