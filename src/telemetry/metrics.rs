@@ -41,7 +41,7 @@ pub const STREAM_LENGTH: &str = "follow_stream_length";
 pub const STREAM_PENDING: &str = "follow_stream_pending";
 /// Entries in the stream not yet delivered to the consumer group.
 pub const STREAM_LAG: &str = "follow_stream_lag";
-/// Entries in the dead-letter stream (XLEN; it keeps the most recent few thousand).
+/// Entries in the dead-letter stream (XLEN; it keeps about the most recent 100,000).
 pub const STREAM_DEAD_LETTERS: &str = "follow_stream_dead_letters";
 /// The PostgreSQL server's WAL insert position in bytes (all its databases), sampled: its rate over the
 /// rate of `follow_edge_changes_total` is WAL bytes per write.
