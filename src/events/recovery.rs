@@ -10,6 +10,11 @@
 //!   still exists: the relay publishes it again as a fresh entry, so nothing is lost.
 //! - **Trimming**: the stream is cut below the oldest entry the group still needs (the oldest pending
 //!   one, else the last delivered), never by length, so no entry goes before it is applied.
+//! - **Forgetting consumers**: every process start names new consumers, and a group keeps every name
+//!   it has seen. Consumers idle for [`CONSUMER_FORGOTTEN_AFTER`] with nothing pending are deleted from
+//!   the group. One still alive is created again by its next read; an entry delivered to it between the
+//!   look and the delete leaves the group's pending list, but its outbox row stays until the entry is
+//!   applied, so the relay publishes it again if it never is.
 
 use anyhow::Context;
 
@@ -20,7 +25,8 @@ use crate::{
         self,
         aio::MultiplexedConnection,
         streams::{
-            StreamClaimReply, StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply,
+            StreamClaimReply, StreamInfoConsumersReply, StreamInfoGroupsReply,
+            StreamPendingCountReply, StreamRangeReply,
         },
     },
     telemetry::metrics::{DEAD_LETTERS, EVENTS_RECLAIMED},
@@ -203,4 +209,45 @@ pub async fn trim_once(
         .query_async(conn)
         .await?;
     Ok(Some(cut))
+}
+
+/// How long a consumer with nothing pending may stay idle before it is deleted from the group.
+pub const CONSUMER_FORGOTTEN_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes the consumers of the counters group idle for `idle_after` with nothing pending. Returns how
+/// many went.
+pub async fn forget_idle_consumers(
+    conn: &mut MultiplexedConnection,
+    names: &super::StreamNames,
+    idle_after: std::time::Duration,
+) -> anyhow::Result<usize> {
+    let consumers: StreamInfoConsumersReply = match redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&names.stream)
+        .arg(names.group)
+        .query_async(conn)
+        .await
+    {
+        Ok(consumers) => consumers,
+        Err(err) if err.to_string().contains("no such key") => return Ok(0),
+        Err(err) => return Err(err).context("XINFO CONSUMERS failed"),
+    };
+    let idle_after = idle_after.as_millis();
+    let mut forgotten = 0;
+    for consumer in consumers
+        .consumers
+        .iter()
+        .filter(|c| c.pending == 0 && c.idle as u128 >= idle_after)
+    {
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(&names.stream)
+            .arg(names.group)
+            .arg(&consumer.name)
+            .query_async(conn)
+            .await
+            .context("XGROUP DELCONSUMER failed")?;
+        forgotten += 1;
+    }
+    Ok(forgotten)
 }

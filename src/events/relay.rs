@@ -106,8 +106,8 @@ pub async fn relay_once(
     Ok(pass)
 }
 
-/// Every `interval`, trims the stream below the oldest entry the counters group still needs and sweeps
-/// a page of the published index.
+/// Every `interval`, trims the stream below the oldest entry the counters group still needs, deletes
+/// long-idle consumers with nothing pending from the group, and sweeps a page of the published index.
 pub async fn trim_forever(
     redis_url: String,
     names: super::StreamNames,
@@ -132,6 +132,17 @@ pub async fn trim_forever(
             tracing::warn!(error = %format!("{err:#}"), "stream trim failed");
             conn = None;
             continue;
+        }
+        let forget = super::recovery::CONSUMER_FORGOTTEN_AFTER;
+        match super::recovery::forget_idle_consumers(c, &names, forget).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(
+                consumers = forgotten,
+                "deleted consumers idle for an hour with nothing pending from the group"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "forgetting idle consumers failed")
+            }
         }
         match super::producer::sweep_published(c, &names, sweep_cursor, SWEEP_PAGE).await {
             Ok((next, swept)) => {

@@ -793,3 +793,56 @@ async fn a_mutation_s_exact_counts_read_a_large_backlog_by_index_not_by_scan() {
         );
     }
 }
+
+/// The names of the counters group's consumers.
+async fn consumer_names(
+    app: &TestApp,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Vec<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&app.app.stream.stream)
+        .arg(app.app.stream.group)
+        .query_async(conn)
+        .await
+        .expect("XINFO CONSUMERS");
+    reply.consumers.into_iter().map(|c| c.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_long_idle_with_nothing_pending_leave_the_group_and_holders_stay() {
+    let app = TestApp::without_pipeline().await;
+    app.create_users(1..=2).await;
+    let mut conn = connection(&app).await;
+    app.follow(1, 2).await;
+    // A process that stopped long ago (nothing pending), and one that died holding an entry.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&app.app.stream.stream)
+        .arg(app.app.stream.group)
+        .arg("gone-long-ago")
+        .query_async(&mut conn)
+        .await
+        .expect("CREATECONSUMER");
+    read_unacknowledged(&app, &mut conn, "died-holding", 10).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let forgotten = follow_service::events::recovery::forget_idle_consumers(
+        &mut conn,
+        &app.app.stream,
+        Duration::from_millis(20),
+    )
+    .await
+    .expect("forget");
+    assert_eq!(forgotten, 1);
+    assert_eq!(consumer_names(&app, &mut conn).await, ["died-holding"]);
+    // Not idle long enough: nobody goes.
+    let forgotten = follow_service::events::recovery::forget_idle_consumers(
+        &mut conn,
+        &app.app.stream,
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("forget");
+    assert_eq!(forgotten, 0);
+}
