@@ -76,13 +76,21 @@ pub struct OutboxStats {
     pub oldest_age_seconds: f64,
 }
 
-/// Backlog and oldest age in one query.
+/// The most rows [`stats`] counts: a backlog beyond it reads as this many. Counting is a scan, and the
+/// gauges are sampled every few seconds on every instance within a 1 s budget: an uncapped count of a
+/// large backlog (an incident) missed the budget, and took the oldest age, which alerts read, with it.
+pub const BACKLOG_COUNTED: i64 = 1_000_000;
+
+/// Backlog (at most [`BACKLOG_COUNTED`]) and oldest age, in one bounded query: the age is the oldest
+/// row's by id (the primary key), not a scan for the smallest `occurred_at` (ids and commit times
+/// differ in order by at most the length of a write transaction).
 pub async fn stats(conn: &mut AsyncPgConnection) -> StoreResult<OutboxStats> {
     Ok(diesel::sql_query(
-        "SELECT count(*) AS backlog, \
-                COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(occurred_at)), 0)::float8 AS oldest_age_seconds \
-         FROM outbox",
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS counted) AS backlog, \
+                COALESCE(EXTRACT(EPOCH FROM clock_timestamp() \
+                    - (SELECT occurred_at FROM outbox ORDER BY id LIMIT 1)), 0)::float8 AS oldest_age_seconds",
     )
+    .bind::<BigInt, _>(BACKLOG_COUNTED)
     .get_result(conn)
     .await?)
 }

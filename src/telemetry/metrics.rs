@@ -77,7 +77,7 @@ pub const COUNTS_REPAIRED: &str = "follow_reconcile_repaired_total";
 pub const EVENTS_PUBLISHED: &str = "follow_events_published_total";
 /// Failed appends, labelled `source`; the events wait in the outbox.
 pub const PUBLISH_FAILURES: &str = "follow_events_publish_failures_total";
-/// Committed events not applied yet.
+/// Committed events not applied yet (counted up to `db::outbox::BACKLOG_COUNTED`, 1,000,000).
 pub const OUTBOX_BACKLOG: &str = "follow_outbox_backlog";
 /// Age of the oldest unapplied event.
 pub const OUTBOX_OLDEST_AGE: &str = "follow_outbox_oldest_age_seconds";
@@ -284,7 +284,10 @@ fn describe() {
         PERSISTED_QUERIES,
         "Automatic persisted query lookups, by result"
     );
-    describe_gauge!(OUTBOX_BACKLOG, "Committed events not yet applied");
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Committed events not yet applied (counted up to 1,000,000)"
+    );
     describe_gauge!(
         OUTBOX_OLDEST_AGE,
         ::metrics::Unit::Seconds,

@@ -846,3 +846,19 @@ async fn consumers_long_idle_with_nothing_pending_leave_the_group_and_holders_st
     .expect("forget");
     assert_eq!(forgotten, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_gauges_give_the_backlog_and_the_age_of_its_oldest_event() {
+    let app = TestApp::without_pipeline().await;
+    app.create_users(1..=3).await;
+    let mut conn = db::connect(&app.app.db).await.expect("connection");
+    let empty = db::outbox::stats(&mut conn).await.expect("stats");
+    assert_eq!((empty.backlog, empty.oldest_age_seconds), (0, 0.0));
+    app.follow(1, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.follow(1, 3).await;
+    let stats = db::outbox::stats(&mut conn).await.expect("stats");
+    assert_eq!(stats.backlog, 2);
+    // The first event's age, not the second's.
+    assert!((0.3..30.0).contains(&stats.oldest_age_seconds), "{stats:?}");
+}
