@@ -23,6 +23,18 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the metrics that exist from the start.
+    pub const ALL: [Self; 8] = [
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::BadUserInput,
+        Self::NotFound,
+        Self::RateLimited,
+        Self::ServiceUnavailable,
+        Self::InternalServerError,
+        Self::PersistedQueryNotFound,
+    ];
+
     /// The wire form, as clients match on it.
     pub fn as_str(self) -> &'static str {
         match self {

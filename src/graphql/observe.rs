@@ -20,12 +20,16 @@ use async_graphql::{
     registry::{MetaTypeName, Registry},
 };
 
+use crate::error::ErrorCode;
 use crate::telemetry::metrics::{
     GRAPHQL_ERRORS, Outcome, RequestClass, graphql_duration, graphql_requests,
 };
 
 /// The codes of errors that are the service's fault, not the client's.
-const SERVER_ERROR_CODES: [&str; 2] = ["INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE"];
+const SERVER_ERROR_CODES: [ErrorCode; 2] = [
+    ErrorCode::InternalServerError,
+    ErrorCode::ServiceUnavailable,
+];
 
 /// Per-request state: what the parsed document says the operation is, then which one ran.
 #[derive(Default)]
@@ -138,7 +142,8 @@ impl Observation {
                     _ => None,
                 })
                 .unwrap_or_else(|| "GRAPHQL_VALIDATION".to_owned());
-            outcome = outcome.max(if SERVER_ERROR_CODES.contains(&code.as_str()) {
+            let by_server = SERVER_ERROR_CODES.iter().any(|c| c.as_str() == code);
+            outcome = outcome.max(if by_server {
                 Outcome::ServerError
             } else {
                 Outcome::ClientError

@@ -469,16 +469,9 @@ fn register_known_series() {
             graphql_requests(class, outcome).absolute(0);
         }
     }
-    for code in [
-        "UNAUTHENTICATED",
-        "FORBIDDEN",
-        "BAD_USER_INPUT",
-        "NOT_FOUND",
-        "RATE_LIMITED",
-        "SERVICE_UNAVAILABLE",
-        "INTERNAL_SERVER_ERROR",
-        "GRAPHQL_VALIDATION",
-    ] {
+    // Parse and validation errors carry no code of ours: they count as GRAPHQL_VALIDATION.
+    let codes = crate::error::ErrorCode::ALL.map(crate::error::ErrorCode::as_str);
+    for code in codes.into_iter().chain(["GRAPHQL_VALIDATION"]) {
         ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).absolute(0);
     }
     for cache in ["status", "counts", "users", "lists", "sets"] {

@@ -32,17 +32,7 @@ async fn writes_queued_behind_a_busy_batch_commit_together_each_with_its_own_ans
     app.create_users(1..=50).await;
 
     // Hold user 50's row: the first follow's batch waits in its foreign-key check, keeping the one slot.
-    let (blocker, connection) = tokio_postgres::connect(
-        &crate::support::database_url(&app.database),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(connection);
-    blocker
-        .batch_execute("BEGIN; SELECT 1 FROM users WHERE id = 50 FOR UPDATE")
-        .await
-        .expect("lock user 50");
+    let blocker = app.hold_user_row(50).await;
     let app = std::sync::Arc::new(app);
     let first = tokio::spawn({
         let app = app.clone();

@@ -317,17 +317,7 @@ async fn requests_are_counted_by_class_and_outcome_and_one_the_timeout_cuts_as_c
     assert_eq!(app.http(status).await.0, StatusCode::OK);
 
     // Hold user 3's row: the follow waits in its foreign-key check until the timeout answers 503.
-    let (blocker, connection) = tokio_postgres::connect(
-        &crate::support::database_url(&app.database),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(connection);
-    blocker
-        .batch_execute("BEGIN; SELECT 1 FROM users WHERE id = 3 FOR UPDATE")
-        .await
-        .expect("lock user 3");
+    let blocker = app.hold_user_row(3).await;
     let follow = graphql_post(Some(&token))
         .body(query_body(
             "mutation CancelledFollow { follow(userId: \"3\") { changed } }",

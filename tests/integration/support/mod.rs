@@ -433,6 +433,23 @@ impl TestApp {
     }
 
     /// Sends an HTTP request through the router in process.
+    /// Holds user `id`'s row (`SELECT … FOR UPDATE` in an open transaction) on a connection of its own:
+    /// a write that names the user waits in its foreign-key check until the returned client commits.
+    pub async fn hold_user_row(&self, id: i64) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&database_url(&self.database), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM users WHERE id = {id} FOR UPDATE"
+            ))
+            .await
+            .expect("lock the user's row");
+        client
+    }
+
     pub async fn http(
         &self,
         request: axum::http::Request<Body>,
