@@ -126,24 +126,12 @@ async fn post_get_and_the_refusals_of_the_graphql_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_graphiql() {
     let app = TestApp::spawn().await;
-    let (status, _, body) = app
-        .http(
-            Request::get("/healthz")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let (status, _, body) = get(&app, "/healthz").await;
     assert_eq!(
         (status, body.as_slice()),
         (StatusCode::OK, b"ok".as_slice())
     );
-    let (status, _, body) = app
-        .http(
-            Request::get("/readyz")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let (status, _, body) = get(&app, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         serde_json::from_slice::<Value>(&body).expect("JSON"),
@@ -242,13 +230,7 @@ async fn metrics_show_requests_loaders_pipeline_and_pools() {
     app.drained().await;
     follow_service::telemetry::metrics::sample_once(&app.app).await;
 
-    let (status, headers, body) = app
-        .http(
-            Request::get("/metrics")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let (status, headers, body) = get(&app, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         headers
@@ -276,6 +258,12 @@ async fn metrics_show_requests_loaders_pipeline_and_pools() {
     }
 }
 
+/// A GET of `path` without headers.
+async fn get(app: &TestApp, path: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    app.http(Request::get(path).body(Body::empty()).expect("request"))
+        .await
+}
+
 /// The value of one exported series (`name{labels}`), 0 when absent.
 fn series_value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -285,13 +273,7 @@ fn series_value(text: &str, series: &str) -> f64 {
 }
 
 async fn metrics_text(app: &TestApp) -> String {
-    let (status, _, body) = app
-        .http(
-            Request::get("/metrics")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let (status, _, body) = get(app, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     String::from_utf8_lossy(&body).into_owned()
 }
