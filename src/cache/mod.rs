@@ -49,7 +49,7 @@ use mini_moka::sync::{Cache as MokaCache, ConcurrentCacheExt};
 use self::{
     invalidation::{Announcement, message},
     keys::KeyNames,
-    l1::{Versioned, VersionedCache},
+    l1::{Ticket, Versioned, VersionedCache},
     l2::{Batch, ChangeWrite, L2, SetFill, VersionedWrite},
     sets::{Following, Members, SetCache},
     singleflight::Inflight,
@@ -522,6 +522,11 @@ impl Caches {
         let load_missing = |keys: Vec<K>| {
             let (l2_key, decode, encode, load) = (&l2_key, &decode, &encode, &load);
             async move {
+                // Taken before L2 is read: a drop announced meanwhile turns the L1 fill away.
+                let tickets: HashMap<K, Ticket> = keys
+                    .iter()
+                    .map(|key| (key.clone(), l1.ticket(key)))
+                    .collect();
                 let names: Vec<String> = keys.iter().map(l2_key).collect();
                 let mut values = HashMap::with_capacity(keys.len());
                 let mut missing = Vec::new();
@@ -571,7 +576,9 @@ impl Caches {
                 // L1 before the load is marked done, so a request arriving later finds it there.
                 if use_l1 {
                     for (key, value) in &values {
-                        l1.put_if_newer(key.clone(), value.clone());
+                        if let Some(ticket) = tickets.get(key) {
+                            l1.fill(key.clone(), value.clone(), *ticket);
+                        }
                     }
                 }
                 Ok(values)
@@ -1003,6 +1010,10 @@ impl Caches {
             }
         }
         if !unknown.is_empty() {
+            let tickets: Vec<Ticket> = unknown
+                .iter()
+                .map(|o| self.list_versions.ticket(&(kind, *o)))
+                .collect();
             let names: Vec<String> = unknown
                 .iter()
                 .map(|o| self.names.list_version(kind, *o))
@@ -1012,10 +1023,10 @@ impl Caches {
                 count("lists", "l2", "unavailable", owners.len());
                 return Ok(to_arcs(load(owners.to_vec()).await?, owners));
             };
-            for (owner, version) in unknown.into_iter().zip(values) {
+            for ((owner, version), ticket) in unknown.into_iter().zip(values).zip(tickets) {
                 if use_l1 {
-                    self.list_versions
-                        .put_if_newer((kind, owner), Versioned { version, value: () });
+                    let read = Versioned { version, value: () };
+                    self.list_versions.fill((kind, owner), read, ticket);
                 }
                 versions.insert(owner, version);
             }
