@@ -165,6 +165,11 @@ pub async fn reclaim_once(
     Ok(report)
 }
 
+/// Whether an XINFO failed because the stream does not exist yet (nothing was ever published).
+fn no_stream(err: &redis::RedisError) -> bool {
+    err.to_string().contains("no such key")
+}
+
 /// Cuts the stream below the oldest entry the counters group still needs. Returns the cut, if any.
 pub async fn trim_once(
     conn: &mut MultiplexedConnection,
@@ -177,7 +182,7 @@ pub async fn trim_once(
         .await
     {
         Ok(groups) => groups,
-        Err(err) if err.to_string().contains("no such key") => return Ok(None),
+        Err(err) if no_stream(&err) => return Ok(None),
         Err(err) => return Err(err).context("XINFO GROUPS failed"),
     };
     let Some(group) = groups.groups.into_iter().find(|g| g.name == names.group) else {
@@ -229,7 +234,7 @@ pub async fn forget_idle_consumers(
         .await
     {
         Ok(consumers) => consumers,
-        Err(err) if err.to_string().contains("no such key") => return Ok(0),
+        Err(err) if no_stream(&err) => return Ok(0),
         Err(err) => return Err(err).context("XINFO CONSUMERS failed"),
     };
     let idle_after = idle_after.as_millis();

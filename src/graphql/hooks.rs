@@ -82,7 +82,6 @@ impl Extension for RequestHooks {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = limits::parse(ctx, query, variables, &self.cost, next)?;
-        self.observation.parsed(&ctx.schema_env.registry, &document);
         // Variables matter to the order only through `@skip`/`@include`: copied only when the text
         // has a directive at all.
         let variables = if query.contains('@') {
@@ -111,7 +110,10 @@ impl Extension for RequestHooks {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
-        self.observation.executing(operation_name);
+        let document = self.parsed.get().map(|parsed| &*parsed.document);
+        let registry = &ctx.schema_env.registry;
+        self.observation
+            .executing(registry, document, operation_name);
         let mut response = next.run(ctx, operation_name).await;
         coded::code_argument_errors(&mut response);
         if let Some(parsed) = self.parsed.get() {

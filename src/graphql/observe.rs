@@ -13,16 +13,17 @@
 use std::{collections::HashSet, sync::Mutex, time::Instant};
 
 use async_graphql::{
-    Name, Response,
+    Response,
     parser::types::{
-        DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+        DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+        SelectionSet,
     },
     registry::{MetaTypeName, Registry},
 };
 
 use crate::error::ErrorCode;
 use crate::telemetry::metrics::{
-    GRAPHQL_ERRORS, Outcome, RequestClass, graphql_duration, graphql_requests,
+    GRAPHQL_ERRORS, Outcome, RequestClass, count_request, graphql_duration,
 };
 
 /// The codes of errors that are the service's fault, not the client's.
@@ -31,31 +32,10 @@ const SERVER_ERROR_CODES: [ErrorCode; 2] = [
     ErrorCode::ServiceUnavailable,
 ];
 
-/// Per-request state: what the parsed document says the operation is, then which one ran.
+/// Per-request state: the histogram and class of the operation that ran, once `execute` knows it.
 #[derive(Default)]
 pub struct Observation {
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    /// The document's operations (all `execute` needs, without a copy of the document).
-    operations: Operations,
-    /// The histogram of the operation that ran, once `execute` knows it.
-    histogram: Option<::metrics::Histogram>,
-    /// The class of the operation that ran.
-    class: Option<RequestClass>,
-}
-
-#[derive(Default)]
-enum Operations {
-    /// Not parsed (yet): the request failed before.
-    #[default]
-    Unknown,
-    /// One operation, whatever its name.
-    Single(OperationType, RequestClass),
-    /// Several, by name.
-    Multiple(Vec<(Name, OperationType, RequestClass)>),
+    running: Mutex<Option<(::metrics::Histogram, RequestClass)>>,
 }
 
 fn type_name(ty: OperationType) -> &'static str {
@@ -66,45 +46,38 @@ fn type_name(ty: OperationType) -> &'static str {
     }
 }
 
-impl Observation {
-    /// The document parsed: remembers its operations' types and classes.
-    pub fn parsed(&self, registry: &Registry, document: &ExecutableDocument) {
-        let operations = match &document.operations {
-            DocumentOperations::Single(op) => Operations::Single(
-                op.node.ty,
-                classify(registry, document, op.node.ty, &op.node.selection_set.node),
-            ),
-            DocumentOperations::Multiple(ops) => Operations::Multiple(
-                ops.iter()
-                    .map(|(name, op)| {
-                        let class =
-                            classify(registry, document, op.node.ty, &op.node.selection_set.node);
-                        (name.clone(), op.node.ty, class)
-                    })
-                    .collect(),
-            ),
-        };
-        if let Ok(mut state) = self.state.lock() {
-            state.operations = operations;
-        }
+/// The operation of `document` that `name` selects (a lone operation whatever its name).
+fn operation<'d>(
+    document: &'d ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'d OperationDefinition> {
+    match &document.operations {
+        DocumentOperations::Single(op) => Some(&op.node),
+        DocumentOperations::Multiple(ops) => ops
+            .iter()
+            .find(|(n, _)| Some(n.as_str()) == name)
+            .map(|(_, op)| &op.node),
     }
+}
 
-    /// The operation `name` is about to run: its duration goes to its own histogram.
-    pub fn executing(&self, name: Option<&str>) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        let found = match &state.operations {
-            Operations::Single(ty, class) => Some((type_name(*ty), *class)),
-            Operations::Multiple(many) => name
-                .and_then(|wanted| many.iter().find(|(n, _, _)| n.as_str() == wanted))
-                .map(|(_, ty, class)| (type_name(*ty), *class)),
-            Operations::Unknown => None,
-        };
+impl Observation {
+    /// Operation `name` of `document` (`None`: the request was not parsed) is about to run: its
+    /// duration goes to the histogram of its name, type and class.
+    pub fn executing(
+        &self,
+        registry: &Registry,
+        document: Option<&ExecutableDocument>,
+        name: Option<&str>,
+    ) {
+        let found = document.and_then(|document| {
+            let op = operation(document, name)?;
+            let class = classify(registry, document, op.ty, &op.selection_set.node);
+            Some((type_name(op.ty), class))
+        });
         let (ty, class) = found.unwrap_or(("unknown", RequestClass::Other));
-        state.operations = Operations::Unknown;
-        state.histogram = Some(graphql_duration(name, ty, class));
-        state.class = Some(class);
+        if let Ok(mut running) = self.running.lock() {
+            *running = Some((graphql_duration(name, ty, class), class));
+        }
     }
 
     /// The request begins: the returned guard records it once, answered or not.
@@ -118,17 +91,18 @@ impl Observation {
 
     /// Records the duration since `started`, the outcome and the errors of `response` (none: cancelled).
     fn record(&self, started: Instant, response: Option<&Response>) {
-        let (histogram, class) = self
-            .state
+        let running = self
+            .running
             .lock()
             .ok()
-            .map(|mut state| (state.histogram.take(), state.class.take()))
-            .unwrap_or_default();
-        let class = class.unwrap_or(RequestClass::Other);
-        let histogram = histogram.unwrap_or_else(|| graphql_duration(None, "unknown", class));
+            .and_then(|mut running| running.take());
+        let (histogram, class) = running.unwrap_or_else(|| {
+            let class = RequestClass::Other;
+            (graphql_duration(None, "unknown", class), class)
+        });
         histogram.record(started.elapsed().as_secs_f64());
         let Some(response) = response else {
-            graphql_requests(class, Outcome::Cancelled).increment(1);
+            count_request(class, Outcome::Cancelled);
             return;
         };
         let mut outcome = Outcome::Ok;
@@ -150,7 +124,7 @@ impl Observation {
             });
             ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).increment(1);
         }
-        graphql_requests(class, outcome).increment(1);
+        count_request(class, outcome);
     }
 }
 
@@ -272,13 +246,8 @@ mod tests {
         <crate::graphql::ServedQuery as OutputType>::create_type_info(&mut registry);
         <crate::graphql::Mutation as OutputType>::create_type_info(&mut registry);
         let document = async_graphql::parser::parse_query(query).expect("parses");
-        let observation = Observation::default();
-        observation.parsed(&registry, &document);
-        let state = observation.state.lock().expect("not poisoned");
-        match &state.operations {
-            Operations::Single(_, class) => *class,
-            _ => panic!("one operation"),
-        }
+        let op = operation(&document, None).expect("one operation");
+        classify(&registry, &document, op.ty, &op.selection_set.node)
     }
 
     #[test]
