@@ -38,6 +38,17 @@ pub struct RedisHealth {
 impl RedisHealth {
     pub fn new(failures_to_open: u32, cool_down: Duration) -> Self {
         ::metrics::gauge!(REDIS_BREAKER_STATE).set(0.0);
+        // Every transition's series from the start (at zero unless counting already), for `increase()`.
+        let states = [
+            State::Closed { failures: 0 },
+            State::Open {
+                until: Instant::now(),
+            },
+            State::HalfOpen,
+        ];
+        for state in states {
+            ::metrics::counter!(REDIS_BREAKER_TRANSITIONS, "to" => label(state).0).increment(0);
+        }
         Self {
             state: Mutex::new(State::Closed { failures: 0 }),
             failures_to_open: failures_to_open.max(1),
@@ -102,12 +113,17 @@ impl RedisHealth {
     }
 }
 
-fn transition(state: &mut State, to: State) {
-    let (name, gauge) = match to {
+/// A state's `to` label and gauge value.
+fn label(state: State) -> (&'static str, f64) {
+    match state {
         State::Closed { .. } => ("closed", 0.0),
         State::Open { .. } => ("open", 1.0),
         State::HalfOpen => ("half_open", 0.5),
-    };
+    }
+}
+
+fn transition(state: &mut State, to: State) {
+    let (name, gauge) = label(to);
     if matches!(to, State::Open { .. }) && !matches!(state, State::Open { .. }) {
         tracing::warn!("Redis keeps failing: not calling it for a moment (circuit open)");
     } else if matches!(to, State::Closed { .. }) {

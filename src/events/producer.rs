@@ -158,6 +158,9 @@ impl Producer {
         source: &'static str,
         health: Arc<RedisHealth>,
     ) -> Self {
+        // This source's series from the start (at zero unless counting already), for `increase()`.
+        ::metrics::counter!(EVENTS_PUBLISHED, "source" => source).increment(0);
+        ::metrics::counter!(PUBLISH_FAILURES, "source" => source).increment(0);
         Self {
             health,
             redis,

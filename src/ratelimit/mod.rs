@@ -205,6 +205,8 @@ enum Fallback {
 }
 
 impl Fallback {
+    const ALL: [Self; 3] = [Self::BreakerOpen, Self::Error, Self::Timeout];
+
     fn label(self) -> &'static str {
         match self {
             Self::BreakerOpen => "breaker_open",
@@ -222,6 +224,10 @@ impl RateLimiter {
         prefix: &str,
         timeout: Duration,
     ) -> Self {
+        // Every fallback reason's series from the start (at zero unless counting already).
+        for reason in Fallback::ALL {
+            ::metrics::counter!(RATE_LIMITER_FALLBACK, "reason" => reason.label()).increment(0);
+        }
         Self {
             inner: Some(Arc::new(Inner {
                 redis,

@@ -475,8 +475,9 @@ pub fn graphql_duration(
     histogram
 }
 
-/// Registers at zero the counters whose label values are known in advance, so that a fresh instance
-/// exports them: a rate or `increase()` over a series that appears at its first event misses that
+/// Registers at zero the counters whose label values are known in advance and have no owner that
+/// registers them (the breaker, the producers and the limiter register their own), so that a fresh
+/// instance exports them: a rate or `increase()` over a series that appears at its first event misses that
 /// event, and an alert on it could never fire for the first one.
 fn register_known_series() {
     let requests = RequestClass::ALL
@@ -499,24 +500,14 @@ fn register_known_series() {
             }
         }
     }
-    for source in ["writer", "relay"] {
-        ::metrics::counter!(EVENTS_PUBLISHED, "source" => source).absolute(0);
-        ::metrics::counter!(PUBLISH_FAILURES, "source" => source).absolute(0);
-    }
     for result in ["hit", "miss", "registered"] {
         ::metrics::counter!(PERSISTED_QUERIES, "result" => result).absolute(0);
     }
     for cap in ["instance", "client"] {
         ::metrics::counter!(WS_REFUSED, "cap" => cap).absolute(0);
     }
-    for reason in ["breaker_open", "error", "timeout"] {
-        ::metrics::counter!(RATE_LIMITER_FALLBACK, "reason" => reason).absolute(0);
-    }
     // The quotas' names are the limiter's; the penalty box's door is the one refusal known here.
     ::metrics::counter!(RATE_LIMITED, "limit" => "door", "source" => "penalty_box").absolute(0);
-    for to in ["closed", "half_open", "open"] {
-        ::metrics::counter!(REDIS_BREAKER_TRANSITIONS, "to" => to).absolute(0);
-    }
     for name in [
         DEAD_LETTERS,
         EVENTS_RECLAIMED,
@@ -531,12 +522,7 @@ fn register_known_series() {
         ::metrics::counter!(name).absolute(0);
     }
     // Gauges set on change: present from the start, at their resting value (0 unless already set).
-    for name in [
-        REDIS_BREAKER_STATE,
-        SUBSCRIBERS,
-        WS_CONNECTIONS,
-        HTTP_CONNECTIONS,
-    ] {
+    for name in [SUBSCRIBERS, WS_CONNECTIONS, HTTP_CONNECTIONS] {
         gauge!(name).increment(0.0);
     }
 }
