@@ -50,12 +50,28 @@ pub struct EdgeChange {
 pub enum EdgeResult {
     /// The edge changed; its event, committed with it.
     Changed(OutboxRow),
-    /// The edge already was as asked.
+    /// The edge already was as asked (and, for an unfollow, no request was pending).
     Unchanged,
+    /// A follow of a private account: a request is pending; its event if this change made it.
+    Requested(Option<OutboxRow>),
+    /// An unfollow withdrew a pending request (there was no edge).
+    Withdrawn,
+    /// A block stands between the two, either way: nothing written.
+    Blocked,
     /// The follower has no user record: nothing written.
     UnknownFollower,
     /// The followee has no user record: nothing written.
     UnknownFollowee,
+}
+
+impl EdgeResult {
+    /// The event this change committed, if any.
+    pub fn event(&self) -> Option<&OutboxRow> {
+        match self {
+            Self::Changed(row) | Self::Requested(Some(row)) => Some(row),
+            _ => None,
+        }
+    }
 }
 
 /// Why a batch could not be written: a user's record went away between the check and the write (the
@@ -85,23 +101,26 @@ fn edge_error(err: DieselError) -> EdgeError {
 
 #[derive(QueryableByName)]
 struct ChangeRow {
-    #[diesel(sql_type = Bool)]
-    has_follower: bool,
-    #[diesel(sql_type = Bool)]
-    has_followee: bool,
+    /// The follow gate's verdict for a follow (`follow_gate`), or `unfollow`, `no_follower`,
+    /// `no_followee` for an unfollow.
+    #[diesel(sql_type = Text)]
+    gate: String,
     #[diesel(sql_type = Nullable<BigInt>)]
     id: Option<i64>,
     #[diesel(sql_type = Nullable<Text>)]
     kind: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     occurred_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Bool)]
+    withdrew: bool,
 }
 
 /// Applies a batch of edge changes, of any followers, in one statement (so one transaction and one
-/// commit): the edges that appear or go away, and one outbox row for each that did. A change whose
-/// follower or followee has no record writes nothing and is reported so; the others go on. Returns one
-/// result per change, in the order asked. The batch must not name one pair twice (the statement's parts
-/// see one snapshot, so a second change of a pair would not see the first).
+/// commit): the edges that appear or go away, the requests made to private accounts or withdrawn, and
+/// one outbox row for each edge or request that appeared or went away. A change whose follower or
+/// followee has no record, or between users a block separates, writes nothing and is reported so; the
+/// others go on. Returns one result per change, in the order asked. The batch must not name one pair
+/// twice (the statement's parts see one snapshot, so a second change of a pair would not see the first).
 pub async fn change_edges(
     conn: &mut AsyncPgConnection,
     changes: &[EdgeChange],
@@ -124,28 +143,26 @@ pub async fn change_edges(
     Ok(changes
         .iter()
         .zip(rows)
-        .map(|(change, row)| match row {
-            ChangeRow {
-                has_follower: false,
-                ..
-            } => EdgeResult::UnknownFollower,
-            ChangeRow {
-                has_followee: false,
-                ..
-            } => EdgeResult::UnknownFollowee,
-            ChangeRow {
-                id: Some(id),
-                kind: Some(kind),
-                occurred_at: Some(occurred_at),
-                ..
-            } => EdgeResult::Changed(OutboxRow {
-                id,
-                kind,
-                follower_id: change.follower_id,
-                followee_id: change.followee_id,
-                occurred_at,
-            }),
-            _ => EdgeResult::Unchanged,
+        .map(|(change, row)| {
+            let event = match (row.id, row.kind, row.occurred_at) {
+                (Some(id), Some(kind), Some(occurred_at)) => Some(OutboxRow {
+                    id,
+                    kind,
+                    follower_id: change.follower_id,
+                    followee_id: change.followee_id,
+                    occurred_at,
+                }),
+                _ => None,
+            };
+            match (row.gate.as_str(), event) {
+                ("no_follower", _) => EdgeResult::UnknownFollower,
+                ("no_followee", _) => EdgeResult::UnknownFollowee,
+                ("blocked", _) => EdgeResult::Blocked,
+                ("request", event) => EdgeResult::Requested(event),
+                (_, Some(event)) => EdgeResult::Changed(event),
+                (_, None) if row.withdrew => EdgeResult::Withdrawn,
+                (_, None) => EdgeResult::Unchanged,
+            }
         })
         .collect())
 }
@@ -160,30 +177,44 @@ prepared!(
         follows: Vec<bool> => Array<Bool>,
     } = "WITH asked AS ( \
              SELECT r.n, r.follower_id, r.followee_id, r.follow, \
-                    EXISTS (SELECT 1 FROM users u WHERE u.id = r.follower_id) AS has_follower, \
-                    EXISTS (SELECT 1 FROM users u WHERE u.id = r.followee_id) AS has_followee \
+                    CASE WHEN r.follow THEN follow_gate(r.follower_id, r.followee_id) \
+                         WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = r.follower_id) THEN 'no_follower' \
+                         WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = r.followee_id) THEN 'no_followee' \
+                         ELSE 'unfollow' END AS gate \
              FROM unnest(?::bigint[], ?::bigint[], ?::bool[]) \
                   WITH ORDINALITY AS r(follower_id, followee_id, follow, n)), \
          added AS ( \
              INSERT INTO follows (follower_id, followee_id) \
-             SELECT follower_id, followee_id FROM asked \
-             WHERE follow AND has_follower AND has_followee \
+             SELECT follower_id, followee_id FROM asked WHERE gate = 'follow' \
              ORDER BY follower_id, followee_id \
              ON CONFLICT DO NOTHING \
              RETURNING follower_id, followee_id, created_at), \
+         requested AS ( \
+             INSERT INTO follow_requests (requester_id, target_id) \
+             SELECT follower_id, followee_id FROM asked WHERE gate = 'request' \
+             ORDER BY follower_id, followee_id \
+             ON CONFLICT DO NOTHING \
+             RETURNING requester_id, target_id, created_at), \
          removed AS ( \
              DELETE FROM follows f USING asked a \
-             WHERE NOT a.follow AND f.follower_id = a.follower_id AND f.followee_id = a.followee_id \
+             WHERE a.gate = 'unfollow' AND f.follower_id = a.follower_id AND f.followee_id = a.followee_id \
              RETURNING f.follower_id, f.followee_id), \
+         withdrawn AS ( \
+             DELETE FROM follow_requests q USING asked a \
+             WHERE a.gate = 'unfollow' AND q.requester_id = a.follower_id AND q.target_id = a.followee_id \
+             RETURNING q.requester_id, q.target_id), \
          events AS ( \
              INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
              SELECT 'follow', follower_id, followee_id, created_at FROM added \
              UNION ALL \
              SELECT 'unfollow', follower_id, followee_id, now() FROM removed \
+             UNION ALL \
+             SELECT 'request', requester_id, target_id, created_at FROM requested \
              RETURNING id, kind, follower_id, followee_id, occurred_at) \
-         SELECT a.has_follower, a.has_followee, e.id, e.kind, e.occurred_at \
+         SELECT a.gate, e.id, e.kind, e.occurred_at, (w.requester_id IS NOT NULL) AS withdrew \
          FROM asked a \
          LEFT JOIN events e ON e.follower_id = a.follower_id AND e.followee_id = a.followee_id \
+         LEFT JOIN withdrawn w ON w.requester_id = a.follower_id AND w.target_id = a.followee_id \
          ORDER BY a.n"
 );
 
@@ -496,4 +527,26 @@ pub async fn insert_edges_bulk(
     .bind::<Array<Timestamptz>, _>(created_at)
     .execute(conn)
     .await?)
+}
+
+/// `owner` removes `follower` from its followers: the edge goes, with an outbox event of kind `remove`
+/// (counted as an unfollow, told to nobody), in one statement. `None` when there was no such edge.
+pub async fn remove_follower(
+    conn: &mut AsyncPgConnection,
+    owner: i64,
+    follower: i64,
+) -> StoreResult<Option<OutboxRow>> {
+    let rows: Vec<OutboxRow> = diesel::sql_query(
+        "WITH removed AS ( \
+             DELETE FROM follows WHERE follower_id = $1 AND followee_id = $2 \
+             RETURNING follower_id, followee_id) \
+         INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
+         SELECT 'remove', follower_id, followee_id, now() FROM removed \
+         RETURNING id, kind, follower_id, followee_id, occurred_at",
+    )
+    .bind::<BigInt, _>(follower)
+    .bind::<BigInt, _>(owner)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().next())
 }

@@ -1,8 +1,11 @@
 //! The store: PostgreSQL through diesel-async, one file per table's queries. Knows nothing of GraphQL.
 
+pub mod blocks;
 pub mod follows;
 pub mod outbox;
+pub mod pairs;
 mod prepared;
+pub mod requests;
 pub mod schema;
 pub mod stats;
 pub mod users;

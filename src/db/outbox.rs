@@ -11,12 +11,21 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::StoreResult;
 
+/// SQL for an outbox row's delta to both counts (its follower's following, its followee's followers),
+/// from its `kind` column: the one place the counters' arithmetic names the kinds.
+#[macro_export]
+macro_rules! outbox_delta_sql {
+    () => {
+        "CASE kind WHEN 'follow' THEN 1 WHEN 'approve' THEN 1 WHEN 'request' THEN 0 ELSE -1 END"
+    };
+}
+
 /// One committed edge change, as written in the same statement as the edge.
 #[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
 pub struct OutboxRow {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
-    /// `follow` or `unfollow`.
+    /// `follow`, `unfollow`, `approve`, `remove` or `request` (see the migration that adds the last three).
     #[diesel(sql_type = Text)]
     pub kind: String,
     #[diesel(sql_type = BigInt)]

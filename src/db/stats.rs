@@ -56,7 +56,8 @@ struct CountsRow {
 
 /// `counts_now`'s statement: each side of the pending deltas is read through its own index of `outbox`
 /// (`outbox_followee_idx` for followers, `outbox_follower_idx` for following), never by a scan.
-pub const COUNTS_NOW_SQL: &str = "SELECT u.user_id, \
+pub const COUNTS_NOW_SQL: &str = concat!(
+    "SELECT u.user_id, \
         (COALESCE(s.follower_count, 0) + COALESCE(d.followers, 0))::bigint AS follower_count, \
         (COALESCE(s.following_count, 0) + COALESCE(d.following, 0))::bigint AS following_count, \
         COALESCE(s.version, 0)::bigint AS version \
@@ -65,12 +66,17 @@ pub const COUNTS_NOW_SQL: &str = "SELECT u.user_id, \
  LEFT JOIN ( \
      SELECT user_id, sum(followers)::bigint AS followers, sum(following)::bigint AS following \
      FROM ( \
-         SELECT followee_id AS user_id, CASE kind WHEN 'follow' THEN 1 ELSE -1 END AS followers, 0 AS following \
+         SELECT followee_id AS user_id, ",
+    crate::outbox_delta_sql!(),
+    " AS followers, 0 AS following \
          FROM outbox WHERE followee_id = ANY($1::bigint[]) \
          UNION ALL \
-         SELECT follower_id, 0, CASE kind WHEN 'follow' THEN 1 ELSE -1 END \
+         SELECT follower_id, 0, ",
+    crate::outbox_delta_sql!(),
+    " \
          FROM outbox WHERE follower_id = ANY($1::bigint[]) \
-     ) AS p GROUP BY user_id) AS d ON d.user_id = u.user_id";
+     ) AS p GROUP BY user_id) AS d ON d.user_id = u.user_id"
+);
 
 /// Counts of these users as the edges stand now: the stored counts plus the deltas of their events
 /// still in the outbox. One statement, so one snapshot: the consumer deletes an event's outbox row and
@@ -138,12 +144,18 @@ struct AppliedRow {
 }
 
 /// The signed delta of each outbox row, per user and per count, as SQL shared by apply and reconcile.
-const DELTAS_PER_USER: &str = "SELECT user_id, sum(followers)::bigint AS followers, sum(following)::bigint AS following \
+const DELTAS_PER_USER: &str = concat!(
+    "SELECT user_id, sum(followers)::bigint AS followers, sum(following)::bigint AS following \
      FROM ( \
-         SELECT followee_id AS user_id, CASE kind WHEN 'follow' THEN 1 ELSE -1 END AS followers, 0 AS following FROM {src} \
+         SELECT followee_id AS user_id, ",
+    crate::outbox_delta_sql!(),
+    " AS followers, 0 AS following FROM {src} \
          UNION ALL \
-         SELECT follower_id, 0, CASE kind WHEN 'follow' THEN 1 ELSE -1 END FROM {src} \
-     ) AS d GROUP BY user_id";
+         SELECT follower_id, 0, ",
+    crate::outbox_delta_sql!(),
+    " FROM {src} \
+     ) AS d GROUP BY user_id"
+);
 
 /// The apply statement's text (`?`: the outbox ids), built once from the shared deltas.
 static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

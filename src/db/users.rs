@@ -7,15 +7,27 @@ use super::{StoreError, StoreResult, schema::users};
 
 /// A user as this service stores it.
 #[derive(
-    Clone, Debug, PartialEq, Eq, Queryable, Selectable, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[diesel(table_name = users)]
 pub struct UserRecord {
     pub id: i64,
     pub handle: String,
     pub display_name: Option<String>,
-    /// When handle or display name last changed: orders versions of the record in caches.
+    /// When the record last changed through upsertUser: orders versions of the record in caches.
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// A private account (follows become requests; lists show to followers only). Cached records of
+    /// an earlier version lack it: they read as public until replaced.
+    #[serde(default)]
+    pub is_private: bool,
 }
 
 /// Users with these ids, in no particular order; unknown ids are absent.
@@ -59,33 +71,61 @@ pub enum UpsertError {
     Store(#[from] StoreError),
 }
 
-/// Creates the user or updates its handle and display name.
+/// What an upsert wrote: the record, and the events of the requests it approved (an account turned
+/// public approves every pending request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upserted {
+    pub record: UserRecord,
+    pub approved: Vec<super::outbox::OutboxRow>,
+}
+
+/// Creates the user or updates its handle and display name, and its privacy when `is_private` is set
+/// (a new user is public unless told). Setting privacy locks the row FOR UPDATE first, in the same
+/// transaction: a follow in flight (whose gate holds the row FOR KEY SHARE) commits first, and a new
+/// one waits and then sees the new setting, so a public account never keeps a request it did not see.
 pub async fn upsert(
     conn: &mut AsyncPgConnection,
     id: i64,
     handle: &str,
     display_name: Option<&str>,
-) -> Result<UserRecord, UpsertError> {
-    let result = diesel::insert_into(users::table)
-        .values((
-            users::id.eq(id),
-            users::handle.eq(handle),
-            users::display_name.eq(display_name),
-        ))
-        .on_conflict(users::id)
-        .do_update()
-        .set((
-            users::handle.eq(handle),
-            users::display_name.eq(display_name),
-            users::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-                "clock_timestamp()",
-            )),
-        ))
-        .returning(UserRecord::as_returning())
-        .get_result(conn)
+    is_private: Option<bool>,
+) -> Result<Upserted, UpsertError> {
+    use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+    use diesel_async::AsyncConnection;
+    let result = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            if is_private.is_some() {
+                diesel::sql_query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                    .bind::<BigInt, _>(id)
+                    .execute(conn)
+                    .await?;
+            }
+            let record: UserRecord = diesel::sql_query(
+                "INSERT INTO users (id, handle, display_name, is_private) \
+                 VALUES ($1, $2, $3, COALESCE($4, false)) \
+                 ON CONFLICT (id) DO UPDATE SET \
+                     handle = EXCLUDED.handle, \
+                     display_name = EXCLUDED.display_name, \
+                     is_private = COALESCE($4, users.is_private), \
+                     updated_at = clock_timestamp() \
+                 RETURNING id, handle, display_name, updated_at, is_private",
+            )
+            .bind::<BigInt, _>(id)
+            .bind::<Text, _>(handle)
+            .bind::<Nullable<Text>, _>(display_name)
+            .bind::<Nullable<Bool>, _>(is_private)
+            .get_result(conn)
+            .await?;
+            let approved = if is_private == Some(false) {
+                super::requests::approve_all(conn, id).await?
+            } else {
+                Vec::new()
+            };
+            Ok(Upserted { record, approved })
+        })
         .await;
     match result {
-        Ok(user) => Ok(user),
+        Ok(upserted) => Ok(upserted),
         Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
             if info.constraint_name() == Some("users_handle_lower_key") =>
         {

@@ -2,8 +2,9 @@
 //!
 //! Every instance runs one [`run`] task that tails the stream with plain `XREAD` (no consumer group:
 //! each instance must see every event, and reading takes nothing from the counters' group). It hands
-//! each event to the [`EventHub`], which routes it only to the subscribers of the user it concerns (the
-//! followee), so the cost of an event does not grow with the number of subscribers of other users.
+//! each event to the [`EventHub`], which routes it only to the subscribers of the user it concerns (its
+//! recipient: the followee of a follow, an unfollow or a request, the follower of an approval; nobody
+//! for a removal), so the cost of an event does not grow with the number of subscribers of other users.
 //!
 //! A subscriber owns a bounded queue. The hub never waits for a subscriber: when a queue is full the
 //! subscriber is marked as overrun and its subscription ends with an error the client can act on
@@ -104,14 +105,18 @@ impl EventHub {
         }
     }
 
-    /// Hands an event to the subscribers of its followee; never waits. Returns how many received it.
+    /// Hands an event to the subscribers of its recipient (see [`FollowEvent::recipient`]); never
+    /// waits. Returns how many received it.
     pub fn publish(&self, event: &FollowEvent) -> usize {
-        let mut routes = self.routes();
-        let Routes { by_user, marks, .. } = &mut *routes;
-        let Some(subscribers) = by_user.get_mut(&event.followee_id) else {
+        let Some(recipient) = event.recipient() else {
             return 0;
         };
-        if !marks.admit(event) {
+        let mut routes = self.routes();
+        let Routes { by_user, marks, .. } = &mut *routes;
+        let Some(subscribers) = by_user.get_mut(&recipient) else {
+            return 0;
+        };
+        if !marks.admit(recipient, event.counterpart(), event.id) {
             return 0; // delivered before, or superseded
         }
         let mut delivered = 0;
@@ -130,8 +135,8 @@ impl EventHub {
             },
         );
         if subscribers.is_empty() {
-            by_user.remove(&event.followee_id);
-            marks.forget(event.followee_id);
+            by_user.remove(&recipient);
+            marks.forget(recipient);
         }
         ::metrics::counter!(SUBSCRIPTION_EVENTS).increment(delivered as u64);
         delivered
@@ -231,17 +236,18 @@ impl Marks {
         }
     }
 
-    /// Whether `event` is new for its edge; if so it becomes the edge's mark.
-    fn admit(&mut self, event: &FollowEvent) -> bool {
-        let followee = self.by_followee.entry(event.followee_id).or_default();
-        if event.id <= followee.floor {
+    /// Whether the event `id` of the pair (`recipient`, `other`) is new for the pair; if so it becomes
+    /// the pair's mark.
+    fn admit(&mut self, recipient: i64, other: i64, id: i64) -> bool {
+        let followee = self.by_followee.entry(recipient).or_default();
+        if id <= followee.floor {
             return false;
         }
-        match followee.by_follower.entry(event.follower_id) {
-            Entry::Occupied(mark) if *mark.get() >= event.id => return false,
-            Entry::Occupied(mut mark) => *mark.get_mut() = event.id,
+        match followee.by_follower.entry(other) {
+            Entry::Occupied(mark) if *mark.get() >= id => return false,
+            Entry::Occupied(mut mark) => *mark.get_mut() = id,
             Entry::Vacant(mark) => {
-                mark.insert(event.id);
+                mark.insert(id);
             }
         }
         // Make room first, so the queue never outgrows its capacity (nor its allocation, the next
@@ -257,8 +263,7 @@ impl Marks {
                 followee.floor = followee.floor.max(id);
             }
         }
-        self.order
-            .push_back((event.followee_id, event.follower_id, event.id));
+        self.order.push_back((recipient, other, id));
         true
     }
 
@@ -377,6 +382,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_approval_reaches_the_requester_and_a_removal_reaches_nobody() {
+        let hub = EventHub::new(8);
+        let mut requester = hub.subscribe(1);
+        let mut owner = hub.subscribe(2);
+        let approval = FollowEvent {
+            kind: FollowEventKind::Approve,
+            ..edge_event(10, 1, 2)
+        };
+        let removal = FollowEvent {
+            kind: FollowEventKind::Remove,
+            ..edge_event(11, 1, 2)
+        };
+        assert_eq!(hub.publish(&approval), 1);
+        assert_eq!(hub.publish(&removal), 0);
+        assert_eq!(requester.next().await, Some(Delivery::Event(approval)));
+        let request = FollowEvent {
+            kind: FollowEventKind::Request,
+            ..edge_event(12, 3, 2)
+        };
+        assert_eq!(hub.publish(&request), 1);
+        assert_eq!(owner.next().await, Some(Delivery::Event(request)));
+    }
+
+    #[tokio::test]
     async fn an_event_reaches_only_the_subscribers_of_its_followee() {
         let hub = EventHub::new(8);
         let mut mine = hub.subscribe(2);
@@ -434,12 +463,12 @@ mod tests {
     fn marks_stay_within_their_capacity_and_evicted_edges_still_drop_repeats() {
         let mut marks = Marks::new(4);
         for id in 1..=100 {
-            assert!(marks.admit(&edge_event(id, id, 2)));
+            assert!(marks.admit(2, id, id));
             assert!(marks.len() <= 4);
         }
-        assert!(!marks.admit(&edge_event(1, 1, 2)), "below the floor");
-        assert!(!marks.admit(&edge_event(100, 100, 2)), "still marked");
-        assert!(marks.admit(&edge_event(101, 1, 2)));
+        assert!(!marks.admit(2, 1, 1), "below the floor");
+        assert!(!marks.admit(2, 100, 100), "still marked");
+        assert!(marks.admit(2, 1, 101));
         marks.forget(2);
         assert_eq!(marks.len(), 0);
     }

@@ -25,11 +25,19 @@ use crate::{
     redis_pool::{RedisPool, redis},
 };
 
-/// Whether an edge appeared or went away.
+/// What happened to a pair (follower, followee): an edge appeared or went away, or a request was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FollowEventKind {
+    /// The follower followed: an edge appeared.
     Follow,
+    /// The follower unfollowed: the edge went away.
     Unfollow,
+    /// The followee approved the follower's request: an edge appeared.
+    Approve,
+    /// The followee removed the follower, or a block did: the edge went away, and nobody is told.
+    Remove,
+    /// The follower asked to follow a private followee: no edge yet.
+    Request,
 }
 
 impl FollowEventKind {
@@ -38,14 +46,29 @@ impl FollowEventKind {
         match self {
             Self::Follow => "follow",
             Self::Unfollow => "unfollow",
+            Self::Approve => "approve",
+            Self::Remove => "remove",
+            Self::Request => "request",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        match s {
-            "follow" => Some(Self::Follow),
-            "unfollow" => Some(Self::Unfollow),
-            _ => None,
+        Some(match s {
+            "follow" => Self::Follow,
+            "unfollow" => Self::Unfollow,
+            "approve" => Self::Approve,
+            "remove" => Self::Remove,
+            "request" => Self::Request,
+            _ => return None,
+        })
+    }
+
+    /// Whether the edge exists after the event: `None` when the event does not change it.
+    pub fn edge_after(self) -> Option<bool> {
+        match self {
+            Self::Follow | Self::Approve => Some(true),
+            Self::Unfollow | Self::Remove => Some(false),
+            Self::Request => None,
         }
     }
 }
@@ -97,6 +120,28 @@ impl FollowEvent {
                 self.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ),
         ]
+    }
+
+    /// The user whose subscription shows this event, if any: the followee is told of a follow, an
+    /// unfollow and a request, the requester of an approval; nobody of a removal (the one removed is
+    /// not told, and the one who removed did it).
+    pub fn recipient(&self) -> Option<i64> {
+        match self.kind {
+            FollowEventKind::Follow | FollowEventKind::Unfollow | FollowEventKind::Request => {
+                Some(self.followee_id)
+            }
+            FollowEventKind::Approve => Some(self.follower_id),
+            FollowEventKind::Remove => None,
+        }
+    }
+
+    /// The other user of the event, from its recipient's side.
+    pub fn counterpart(&self) -> i64 {
+        if self.recipient() == Some(self.follower_id) {
+            self.followee_id
+        } else {
+            self.follower_id
+        }
     }
 
     /// Decodes a stream entry's fields; `None` for an entry this version cannot read.

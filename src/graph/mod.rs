@@ -2,8 +2,10 @@
 //! their outbox rows gathered into one statement per batch, then one Redis round trip: see
 //! [`group_commit`]) and batched reads through the caches. The GraphQL layer calls only this.
 
+mod consent;
 mod group_commit;
 
+pub use consent::ConsentOutcome;
 pub use group_commit::GroupCommitSettings;
 
 use std::{
@@ -62,8 +64,18 @@ pub struct FollowOutcome {
     pub user_id: i64,
     /// Whether the viewer follows the user after the call.
     pub following: bool,
-    /// Whether the call changed the edge.
+    /// Whether the viewer's request to follow the user (a private account) is pending after the call.
+    pub requested: bool,
+    /// Whether the call changed the edge or the request.
     pub changed: bool,
+}
+
+/// Where one pair stands after a write: the outcome without the order asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PairState {
+    following: bool,
+    requested: bool,
+    changed: bool,
 }
 
 /// The follow graph's operations over the store and the event stream.
@@ -72,6 +84,8 @@ pub struct FollowGraph {
     db: DbPool,
     caches: Caches,
     writes: group_commit::GroupCommit,
+    /// Publishes the events of the writes outside the group commit (blocks, approvals, privacy).
+    publisher: Arc<Publisher>,
 }
 
 impl FollowGraph {
@@ -88,6 +102,7 @@ impl FollowGraph {
             caches: caches.clone(),
         };
         Self {
+            publisher: Arc::new(publisher.clone()),
             writes: group_commit::GroupCommit::new(db_writes, publisher, writes),
             db,
             caches,
@@ -99,8 +114,9 @@ impl FollowGraph {
         only_outcome(self.follow_many(viewer_id, &[user_id]).await?)
     }
 
-    /// The viewer follows each user, checked whole first: too many ids, oneself or an unknown user
-    /// fails the call with nothing written. A repeated id is applied once; outcomes keep the order asked.
+    /// The viewer follows each user, checked whole first: too many ids, oneself, an unknown user or a
+    /// block either way fails the call with nothing written. Following a private account makes a request
+    /// instead. A repeated id is applied once; outcomes keep the order asked.
     pub async fn follow_many(
         &self,
         viewer_id: i64,
@@ -112,11 +128,13 @@ impl FollowGraph {
         }
         let targets = sorted_unique(user_ids);
         if targets.len() > 1 {
-            // Name every unknown id before anything is written; a single id learns it from the write.
+            // Name every unknown or blocked id before anything is written; a single id learns it from
+            // the write (whose gate refuses a block made since, too).
             self.require_users(viewer_id, &targets).await?;
+            self.refuse_blocked(viewer_id, &targets).await?;
         }
-        let changed = self.change_edges(viewer_id, &targets, true).await?;
-        Ok(outcomes(user_ids, changed, true))
+        let states = self.change_edges(viewer_id, &targets, true).await?;
+        Ok(outcomes(user_ids, states))
     }
 
     /// The viewer stops following `user_id`; unfollowing a user not followed (or oneself) changes nothing.
@@ -138,18 +156,19 @@ impl FollowGraph {
         if targets.len() != 1 {
             self.require_users(viewer_id, &targets).await?;
         }
-        let changed = self.change_edges(viewer_id, &targets, false).await?;
-        Ok(outcomes(user_ids, changed, false))
+        let states = self.change_edges(viewer_id, &targets, false).await?;
+        Ok(outcomes(user_ids, states))
     }
 
-    /// Writes `viewer → each target` (follow or unfollow) in the next group commit; returns the targets
-    /// whose edge changed. An unknown viewer or target fails the call with `NOT_FOUND`.
+    /// Writes `viewer → each target` (follow or unfollow) in the next group commit; returns where each
+    /// target's pair stands. An unknown viewer or target fails the call with `NOT_FOUND`, a block with
+    /// `FORBIDDEN` (the others of a batch, checked beforehand, stand).
     async fn change_edges(
         &self,
         viewer_id: i64,
         targets: &[i64],
         follow: bool,
-    ) -> Result<HashSet<i64>, AppError> {
+    ) -> Result<HashMap<i64, PairState>, AppError> {
         let changes = targets
             .iter()
             .map(|&followee_id| EdgeChange {
@@ -159,20 +178,48 @@ impl FollowGraph {
             })
             .collect();
         let results = self.writes.submit(changes).await?;
-        let mut changed = HashSet::new();
+        let mut states = HashMap::with_capacity(targets.len());
         let mut unknown = Vec::new();
+        let mut blocked = None;
         for (&target, result) in targets.iter().zip(results) {
-            match result {
-                EdgeResult::Changed(_) => {
-                    changed.insert(target);
+            let state = match result {
+                EdgeResult::Changed(_) => PairState {
+                    following: follow,
+                    requested: false,
+                    changed: true,
+                },
+                EdgeResult::Unchanged => PairState {
+                    following: follow,
+                    requested: false,
+                    changed: false,
+                },
+                EdgeResult::Requested(event) => PairState {
+                    following: false,
+                    requested: true,
+                    changed: event.is_some(),
+                },
+                EdgeResult::Withdrawn => PairState {
+                    following: false,
+                    requested: false,
+                    changed: true,
+                },
+                EdgeResult::Blocked => {
+                    blocked.get_or_insert(target);
+                    continue;
                 }
-                EdgeResult::Unchanged => {}
                 EdgeResult::UnknownFollower => return Err(AppError::viewer_not_found(viewer_id)),
-                EdgeResult::UnknownFollowee => unknown.push(target.to_string()),
-            }
+                EdgeResult::UnknownFollowee => {
+                    unknown.push(target.to_string());
+                    continue;
+                }
+            };
+            states.insert(target, state);
+        }
+        if let Some(target) = blocked {
+            return Err(consent::cannot_follow(targets.len(), target));
         }
         if unknown.is_empty() {
-            Ok(changed)
+            Ok(states)
         } else {
             Err(AppError::NotFound(format!(
                 "no user with id {}",
@@ -208,12 +255,14 @@ impl FollowGraph {
         }
     }
 
-    /// Creates or updates a user's record after checking the handle and display name.
+    /// Creates or updates a user's record after checking the handle and display name; `is_private`
+    /// (when set) makes the account private, or public, which approves its pending requests.
     pub async fn upsert_user(
         &self,
         id: i64,
         handle: &str,
         display_name: Option<&str>,
+        is_private: Option<bool>,
     ) -> Result<UserRecord, AppError> {
         check_handle(handle)?;
         let display_name = display_name.map(str::trim).filter(|n| !n.is_empty());
@@ -223,7 +272,7 @@ impl FollowGraph {
             ));
         }
         let mut conn = db::connect(&self.db).await?;
-        let record = db::users::upsert(&mut conn, id, handle, display_name)
+        let upserted = db::users::upsert(&mut conn, id, handle, display_name, is_private)
             .await
             .map_err(|err| match err {
                 UpsertError::HandleTaken => {
@@ -231,11 +280,17 @@ impl FollowGraph {
                 }
                 UpsertError::Store(err) => err.into(),
             })?;
+        drop(conn);
+        let record = upserted.record;
         // The new record replaces what every instance cached, a miss included: else a user looked up
         // before it existed stays unknown (and a follow of it cannot load it), and a handle stays old.
         self.caches
             .record_users(std::slice::from_ref(&record))
             .await;
+        if !upserted.approved.is_empty() {
+            let rows: Vec<&db::outbox::OutboxRow> = upserted.approved.iter().collect();
+            group_commit::Publish::publish(&*self.publisher, &rows).await;
+        }
         Ok(record)
     }
 
@@ -476,22 +531,30 @@ fn only_outcome(outcomes: Vec<FollowOutcome>) -> Result<FollowOutcome, AppError>
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no outcome")))
 }
 
-/// One outcome per id asked, in order: an id whose edge changed reports `changed` on its first copy
+/// One outcome per id asked, in order: an id whose pair changed reports `changed` on its first copy
 /// only (the later copies found it done already).
-fn outcomes(user_ids: &[i64], mut changed: HashSet<i64>, following: bool) -> Vec<FollowOutcome> {
+fn outcomes(user_ids: &[i64], mut states: HashMap<i64, PairState>) -> Vec<FollowOutcome> {
     user_ids
         .iter()
-        .map(|&user_id| FollowOutcome {
-            user_id,
-            following,
-            changed: changed.remove(&user_id),
+        .map(|&user_id| {
+            let state = states.get(&user_id).copied().unwrap_or_default();
+            if let Some(seen) = states.get_mut(&user_id) {
+                seen.changed = false;
+            }
+            FollowOutcome {
+                user_id,
+                following: state.following,
+                requested: state.requested,
+                changed: state.changed,
+            }
         })
         .collect()
 }
 
-/// Publishes what a group commit wrote: the pairs' statuses into the caches (announced to every
+/// Publishes what a write committed: the pairs' statuses into the caches (announced to every
 /// instance) and the events onto the stream, in one Redis round trip. If it fails, the events wait in
 /// the outbox for the relay, and the cache keys it touched are dropped before they are read again.
+#[derive(Clone)]
 struct Publisher {
     producer: Producer,
     caches: Caches,
@@ -512,16 +575,10 @@ impl group_commit::Publish for Publisher {
             }
             return;
         }
+        // A request changes no edge: nothing to record but its append.
         let statuses: Vec<(i64, i64, bool, i64)> = events
             .iter()
-            .map(|e| {
-                (
-                    e.follower_id,
-                    e.followee_id,
-                    e.kind == crate::events::FollowEventKind::Follow,
-                    e.id,
-                )
-            })
+            .filter_map(|e| Some((e.follower_id, e.followee_id, e.kind.edge_after()?, e.id)))
             .collect();
         let rider = self.producer.rider(&events);
         let carried = rider.is_some();

@@ -8,7 +8,10 @@ use super::{
     types::{FollowConnection, TotalCount, loaders, viewer_id},
 };
 use crate::{
-    db::follows::{KnownPage, ListKind},
+    db::{
+        follows::{KnownPage, ListKind},
+        users::UserRecord,
+    },
     error::AppError,
     graph::{DEFAULT_PAGE, MAX_PAGE},
 };
@@ -24,16 +27,38 @@ pub fn page_size(first: Option<i32>) -> Result<i64, AppError> {
     }
 }
 
-/// A page of a user's followers or following.
+/// Whether the viewer may see the lists of `owner`: anyone for a public account; for a private one, the
+/// account itself and its followers (the viewer's own status, read-your-writes).
+async fn may_see_lists(ctx: &Context<'_>, owner: &UserRecord) -> Result<bool> {
+    if !owner.is_private {
+        return Ok(true);
+    }
+    match viewer_id(ctx) {
+        Some(viewer) if viewer == owner.id => Ok(true),
+        Some(viewer) => loaders(ctx)?.status((viewer, owner.id)).await,
+        None => Ok(false),
+    }
+}
+
+/// A page of a user's followers or following: to whom may not see it (a private account's), no
+/// entries, and the count still shown, as the profile shows it.
 pub async fn list(
     ctx: &Context<'_>,
     kind: ListKind,
-    owner_id: i64,
+    owner: &UserRecord,
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<FollowConnection> {
+    let owner_id = owner.id;
     let size = page_size(first)?;
     let after = after.as_deref().map(cursor::decode).transpose()?;
+    let total = match kind {
+        ListKind::Followers => TotalCount::Followers(owner_id),
+        ListKind::Following => TotalCount::Following(owner_id),
+    };
+    if !may_see_lists(ctx, owner).await? {
+        return Ok(FollowConnection::page(Default::default(), 0, total));
+    }
     let key = ListKey {
         kind,
         owner_id,
@@ -41,25 +66,27 @@ pub async fn list(
         limit: size + 1,
     };
     let rows = loaders(ctx)?.list(key).await?;
-    let total = match kind {
-        ListKind::Followers => TotalCount::Followers(owner_id),
-        ListKind::Following => TotalCount::Following(owner_id),
-    };
     Ok(FollowConnection::page(rows, size as usize, total))
 }
 
-/// A page of the followers of `owner_id` whom the viewer follows; empty without a viewer. The page and
-/// its `totalCount` go through the known-followers loaders: the request's pages cost one statement, and
-/// its counts another, however many users ask.
+/// A page of the followers of `owner_id` whom the viewer follows; empty without a viewer, and empty
+/// with a zero count for a private account the viewer may not see the lists of (a part of its follower
+/// list, its count included). The page and its `totalCount` go through the known-followers loaders: the
+/// request's pages cost one statement, and its counts another, however many users ask.
 pub async fn known_followers(
     ctx: &Context<'_>,
-    owner_id: i64,
+    owner: &UserRecord,
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<FollowConnection> {
+    let owner_id = owner.id;
     let size = page_size(first)?;
     let after = after.as_deref().map(cursor::decode).transpose()?;
-    let Some(viewer_id) = viewer_id(ctx) else {
+    let viewer_id = match viewer_id(ctx) {
+        Some(viewer) if may_see_lists(ctx, owner).await? => Some(viewer),
+        _ => None,
+    };
+    let Some(viewer_id) = viewer_id else {
         return Ok(FollowConnection::page(
             Default::default(),
             0,

@@ -181,7 +181,17 @@ fn special_field(parent: &str, field: &str) -> FieldKind {
         ("Query", "relationships") => FieldKind::PerId("otherIds"),
         ("Query", "userByHandle") => FieldKind::Statement,
         ("Query", "_entities") => FieldKind::Entities,
-        ("Mutation", "follow" | "unfollow") => FieldKind::EdgeChange,
+        ("Query", "blocking" | "followRequests") => FieldKind::Page,
+        (
+            "Mutation",
+            "follow"
+            | "unfollow"
+            | "block"
+            | "unblock"
+            | "removeFollower"
+            | "approveFollowRequest"
+            | "rejectFollowRequest",
+        ) => FieldKind::EdgeChange,
         ("Mutation", "followMany" | "unfollowMany") => FieldKind::EdgeChanges("userIds"),
         _ => FieldKind::Plain,
     }

@@ -32,6 +32,8 @@ pub struct Loaders {
     lists: Batched<ListKey, ListLoader>,
     known_followers: Batched<KnownKey, KnownFollowersLoader>,
     known_counts: Batched<KnownCountKey, KnownCountLoader>,
+    blocks: Batched<(i64, i64), BlockLoader>,
+    requests: Batched<(i64, i64), RequestLoader>,
     graph: FollowGraph,
     viewer_id: Option<i64>,
 }
@@ -53,6 +55,8 @@ impl Loaders {
                 delay,
             ),
             known_counts: Batched::new("known_counts", KnownCountLoader(graph.clone()), delay),
+            blocks: Batched::new("blocks", BlockLoader(graph.clone()), delay),
+            requests: Batched::new("requests", RequestLoader(graph.clone()), delay),
             graph: graph.clone(),
             viewer_id,
         }
@@ -180,6 +184,52 @@ impl Loaders {
     /// known-followers counts into one statement.
     pub async fn known_followers_count(&self, key: KnownCountKey) -> async_graphql::Result<i64> {
         Ok(self.known_counts.load_one(key).await?.unwrap_or(0))
+    }
+
+    /// Whether `pair.0` blocks `pair.1` (the request's pairs in one statement; not cached).
+    pub async fn block(&self, pair: (i64, i64)) -> async_graphql::Result<bool> {
+        Ok(Box::pin(self.blocks.load_one(pair)).await?.unwrap_or(false))
+    }
+
+    /// Whether `pair.0` has a request pending to follow `pair.1` (batched as blocks; not cached).
+    pub async fn request(&self, pair: (i64, i64)) -> async_graphql::Result<bool> {
+        Ok(Box::pin(self.requests.load_one(pair))
+            .await?
+            .unwrap_or(false))
+    }
+}
+
+/// Blocks by (blocker, blocked) pair: every pair asked gets an answer.
+pub struct BlockLoader(FollowGraph);
+
+impl Loader<(i64, i64)> for BlockLoader {
+    type Value = bool;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[(i64, i64)]) -> Result<HashMap<(i64, i64), bool>, Self::Error> {
+        let found = self
+            .0
+            .blocks_between(keys)
+            .await
+            .map_err(to_graphql_error)?;
+        Ok(keys.iter().map(|k| (*k, found.contains(k))).collect())
+    }
+}
+
+/// Pending requests by (requester, target) pair: every pair asked gets an answer.
+pub struct RequestLoader(FollowGraph);
+
+impl Loader<(i64, i64)> for RequestLoader {
+    type Value = bool;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[(i64, i64)]) -> Result<HashMap<(i64, i64), bool>, Self::Error> {
+        let found = self
+            .0
+            .requests_between(keys)
+            .await
+            .map_err(to_graphql_error)?;
+        Ok(keys.iter().map(|k| (*k, found.contains(k))).collect())
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod coded;
 pub mod connection;
+pub mod consent;
 pub mod cost;
 pub mod cursor;
 pub mod documents;

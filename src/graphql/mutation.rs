@@ -12,10 +12,14 @@ use crate::{auth::Viewer, error::AppError, graph::FollowGraph};
 // The mutation domains below, merged into the one root type.
 /// Changing the follow graph as the viewer (a bearer token is required), and user records (admins).
 #[derive(MergedObject, Default)]
-pub struct Mutation(FollowMutation, UserMutation);
+pub struct Mutation(
+    FollowMutation,
+    super::consent::ConsentMutation,
+    UserMutation,
+);
 
 /// The viewer the request authenticated, or `UNAUTHENTICATED`.
-fn require_viewer(ctx: &Context<'_>) -> Result<Viewer, AppError> {
+pub(crate) fn require_viewer(ctx: &Context<'_>) -> Result<Viewer, AppError> {
     ctx.data_opt::<RequestViewer>()
         .and_then(|v| v.0)
         .ok_or_else(AppError::needs_viewer)
@@ -40,7 +44,9 @@ pub struct FollowMutation;
 
 #[Object]
 impl FollowMutation {
-    /// The viewer follows userId. Following twice is no error: the second call has changed = false.
+    /// The viewer follows userId; when userId is a private account, this asks to (requested = true,
+    /// following = false until userId approves). Following twice is no error: the second call has
+    /// changed = false. A block either way refuses it (FORBIDDEN).
     async fn follow(&self, ctx: &Context<'_>, user_id: ID) -> Result<FollowPayload> {
         let viewer = require_viewer(ctx)?;
         let target = parse_user_id(&user_id, "userId")?;
@@ -51,7 +57,8 @@ impl FollowMutation {
         payload(ctx, viewer.user_id, outcome)
     }
 
-    /// The viewer stops following userId. Unfollowing a user not followed has changed = false.
+    /// The viewer stops following userId, or withdraws its pending request to. Unfollowing a user not
+    /// followed nor asked has changed = false.
     async fn unfollow(&self, ctx: &Context<'_>, user_id: ID) -> Result<FollowPayload> {
         let viewer = require_viewer(ctx)?;
         let target = parse_user_id(&user_id, "userId")?;
@@ -117,7 +124,12 @@ impl UserMutation {
         let graph = ctx.data::<FollowGraph>()?;
         Ok(User(
             graph
-                .upsert_user(id, &input.handle, input.display_name.as_deref())
+                .upsert_user(
+                    id,
+                    &input.handle,
+                    input.display_name.as_deref(),
+                    input.is_private,
+                )
                 .await?,
         ))
     }

@@ -156,10 +156,24 @@ impl Drop for Recording<'_> {
 /// its own, its selection decides).
 fn field_class(type_name: &str, field: &str) -> Option<RequestClass> {
     Some(match (type_name, field) {
-        ("Mutation", "follow" | "unfollow" | "followMany" | "unfollowMany") => RequestClass::Write,
-        ("User", "followers" | "following" | "knownFollowers") => RequestClass::List,
+        (
+            "Mutation",
+            "follow"
+            | "unfollow"
+            | "followMany"
+            | "unfollowMany"
+            | "block"
+            | "unblock"
+            | "removeFollower"
+            | "approveFollowRequest"
+            | "rejectFollowRequest",
+        ) => RequestClass::Write,
+        ("User", "followers" | "following" | "knownFollowers")
+        | ("Query", "blocking" | "followRequests") => RequestClass::List,
         ("Query", "isFollowing" | "relationships")
-        | ("User", "viewerIsFollowing" | "followsViewer") => RequestClass::Status,
+        | ("User", "viewerIsFollowing" | "followsViewer" | "viewerHasRequested" | "blocking") => {
+            RequestClass::Status
+        }
         ("User", "followerCount" | "followingCount") => RequestClass::Count,
         ("Query", "viewer" | "user" | "userByHandle" | "users") | ("Mutation", "upsertUser") => {
             RequestClass::User

@@ -12,7 +12,7 @@ use crate::graph::FollowGraph;
 /// Reading users and the follow graph between them. Everything here is public; a bearer token adds
 /// the viewer-relative fields.
 #[derive(MergedObject, Default)]
-pub struct Query(UserQuery, FollowQuery);
+pub struct Query(UserQuery, FollowQuery, super::consent::ConsentQuery);
 
 // The query root as served: `Query` plus the federation entity resolvers, which add `_entities` and
 // `_service` for a router (and nothing a direct client must know about: `schema.graphql` is `Query`).
@@ -21,7 +21,12 @@ pub struct Query(UserQuery, FollowQuery);
 /// the viewer-relative fields.
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct ServedQuery(UserQuery, FollowQuery, super::entities::Entities);
+pub struct ServedQuery(
+    UserQuery,
+    FollowQuery,
+    super::consent::ConsentQuery,
+    super::entities::Entities,
+);
 
 /// Looking users up.
 #[derive(Default)]
@@ -86,6 +91,7 @@ impl FollowQuery {
     }
 
     /// The relationship between userId and each of otherIds, in the order asked. At most 100 ids.
+    /// Requests and blocks show only to the users they concern (see Relationship).
     #[graphql(complexity = "super::batch_complexity(other_ids.len(), child_complexity)")]
     async fn relationships(
         &self,
@@ -99,16 +105,51 @@ impl FollowQuery {
             .iter()
             .filter(|&&o| o != user)
             .flat_map(|&o| [(user, o), (o, user)]);
-        let statuses = loaders(ctx)?.statuses(&pairs.collect::<Vec<_>>()).await?;
+        let pairs: Vec<(i64, i64)> = pairs.collect();
+        let statuses = loaders(ctx)?.statuses(&pairs).await?;
         let status = |pair| statuses.get(&pair).copied().unwrap_or(false);
+        // Requests show to their two users, blocks to the blocker: only the pairs with the viewer in
+        // them are read, and only when the selection asks.
+        let viewer = viewer_id(ctx);
+        let shown = |other: i64| viewer.is_some_and(|v| v == user || v == other);
+        let selection = ctx.look_ahead();
+        let graph = ctx.data::<FollowGraph>()?;
+        let requests =
+            if selection.field("requested").exists() || selection.field("requestedBy").exists() {
+                let asked: Vec<(i64, i64)> = pairs
+                    .iter()
+                    .copied()
+                    .filter(|&(a, b)| shown(if a == user { b } else { a }))
+                    .collect();
+                graph.requests_between(&asked).await?
+            } else {
+                Default::default()
+            };
+        let blocks = if selection.field("blocking").exists() && viewer == Some(user) {
+            let asked: Vec<(i64, i64)> = others
+                .iter()
+                .filter(|&&o| o != user)
+                .map(|&o| (user, o))
+                .collect();
+            graph.blocks_between(&asked).await?
+        } else {
+            Default::default()
+        };
         Ok(others
             .iter()
             .zip(other_ids)
-            .map(|(&other, other_id)| Relationship {
-                user_id: user_id.clone(),
-                other_id,
-                following: status((user, other)),
-                followed_by: status((other, user)),
+            .map(|(&other, other_id)| {
+                let visible = shown(other) && other != user;
+                Relationship {
+                    user_id: user_id.clone(),
+                    other_id,
+                    following: status((user, other)),
+                    followed_by: status((other, user)),
+                    requested: visible.then(|| requests.contains(&(user, other))),
+                    requested_by: visible.then(|| requests.contains(&(other, user))),
+                    blocking: (viewer == Some(user) && other != user)
+                        .then(|| blocks.contains(&(user, other))),
+                }
             })
             .collect())
     }

@@ -68,6 +68,7 @@ impl User {
             handle: String::new(),
             display_name: None,
             updated_at: chrono::DateTime::UNIX_EPOCH,
+            is_private: false,
         })
     }
 
@@ -101,6 +102,12 @@ impl User {
         self.0.display_name.as_deref()
     }
 
+    /// Whether this is a private account: following it asks the user first (a follow request), and its
+    /// lists show only to its followers and itself (to others: no entries, totalCount still shown).
+    async fn is_private(&self) -> bool {
+        self.0.is_private
+    }
+
     /// How many users follow this user. Eventually consistent: it converges within about a second.
     async fn follower_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let counts = loaders(ctx)?.counts(self.0.id).await?;
@@ -125,7 +132,7 @@ impl User {
         Box::pin(super::connection::list(
             ctx,
             crate::db::follows::ListKind::Followers,
-            self.0.id,
+            &self.0,
             first,
             after,
         ))
@@ -143,7 +150,7 @@ impl User {
         Box::pin(super::connection::list(
             ctx,
             crate::db::follows::ListKind::Following,
-            self.0.id,
+            &self.0,
             first,
             after,
         ))
@@ -159,7 +166,7 @@ impl User {
         after: Option<String>,
     ) -> Result<FollowConnection> {
         Box::pin(super::connection::known_followers(
-            ctx, self.0.id, first, after,
+            ctx, &self.0, first, after,
         ))
         .await
     }
@@ -179,6 +186,28 @@ impl User {
         match viewer_id(ctx) {
             Some(viewer) if viewer != self.0.id => {
                 Ok(loaders(ctx)?.status((self.0.id, viewer)).await?)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether the viewer's request to follow this user (a private account) is pending; false without
+    /// a viewer.
+    async fn viewer_has_requested(&self, ctx: &Context<'_>) -> Result<bool> {
+        match viewer_id(ctx) {
+            Some(viewer) if viewer != self.0.id => {
+                Ok(loaders(ctx)?.request((viewer, self.0.id)).await?)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether the viewer blocks this user; false without a viewer. (Whether this user blocks the
+    /// viewer is deliberately not told.)
+    async fn blocking(&self, ctx: &Context<'_>) -> Result<bool> {
+        match viewer_id(ctx) {
+            Some(viewer) if viewer != self.0.id => {
+                Ok(loaders(ctx)?.block((viewer, self.0.id)).await?)
             }
             _ => Ok(false),
         }
@@ -303,6 +332,13 @@ pub struct Relationship {
     pub following: bool,
     /// otherId follows userId.
     pub followed_by: bool,
+    /// userId's request to follow otherId (a private account) is pending. Null unless the viewer is
+    /// userId or otherId: a request shows only to its two users.
+    pub requested: Option<bool>,
+    /// otherId's request to follow userId is pending. Null unless the viewer is userId or otherId.
+    pub requested_by: Option<bool>,
+    /// userId blocks otherId. Null unless the viewer is userId: a block shows only to the blocker.
+    pub blocking: Option<bool>,
 }
 
 /// What a follow or unfollow did.
@@ -327,6 +363,70 @@ impl FollowPayload {
         self.outcome.following
     }
 
+    /// Whether the viewer's request to follow user (a private account) is pending after this call.
+    async fn requested(&self) -> bool {
+        self.outcome.requested
+    }
+
+    /// Whether this call changed anything.
+    async fn changed(&self) -> bool {
+        self.outcome.changed
+    }
+}
+
+/// What a block or unblock did.
+pub struct BlockPayload {
+    pub(crate) viewer_id: i64,
+    pub(crate) blocking: bool,
+    pub(crate) outcome: crate::graph::ConsentOutcome,
+}
+
+#[Object]
+impl BlockPayload {
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, self.viewer_id).await
+    }
+
+    /// The user blocked or unblocked.
+    async fn user(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, self.outcome.user_id).await
+    }
+
+    /// Whether the viewer blocks user after this call.
+    async fn blocking(&self) -> bool {
+        self.blocking
+    }
+
+    /// Whether this call changed anything.
+    async fn changed(&self) -> bool {
+        self.outcome.changed
+    }
+}
+
+/// What removing a follower, or approving or rejecting a follow request, did.
+pub struct FollowerPayload {
+    pub(crate) viewer_id: i64,
+    pub(crate) outcome: crate::graph::ConsentOutcome,
+}
+
+#[Object]
+impl FollowerPayload {
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, self.viewer_id).await
+    }
+
+    /// The follower removed, or the user whose request was approved or rejected.
+    async fn user(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, self.outcome.user_id).await
+    }
+
+    /// Whether user follows the viewer after this call.
+    async fn followed_by(&self, ctx: &Context<'_>) -> Result<bool> {
+        loaders(ctx)?
+            .status((self.outcome.user_id, self.viewer_id))
+            .await
+    }
+
     /// Whether this call changed anything.
     async fn changed(&self) -> bool {
         self.outcome.changed
@@ -336,12 +436,27 @@ impl FollowPayload {
 /// Someone followed or unfollowed someone.
 pub struct FollowEvent(pub crate::events::FollowEvent);
 
+impl FollowEvent {
+    /// The event as its recipient sees it; `None` for a kind nobody is told of (a removal).
+    pub fn shown(event: crate::events::FollowEvent) -> Option<Self> {
+        use crate::events::FollowEventKind as Kind;
+        match event.kind {
+            Kind::Follow | Kind::Unfollow | Kind::Request | Kind::Approve => Some(Self(event)),
+            Kind::Remove => None,
+        }
+    }
+}
+
 #[Object]
 impl FollowEvent {
     async fn kind(&self) -> FollowEventKind {
+        use crate::events::FollowEventKind as Kind;
         match self.0.kind {
-            crate::events::FollowEventKind::Follow => FollowEventKind::Follow,
-            crate::events::FollowEventKind::Unfollow => FollowEventKind::Unfollow,
+            Kind::Follow => FollowEventKind::Follow,
+            // Never shown (see `shown`); an unfollow is what it did to the edge.
+            Kind::Unfollow | Kind::Remove => FollowEventKind::Unfollow,
+            Kind::Request => FollowEventKind::FollowRequested,
+            Kind::Approve => FollowEventKind::FollowRequestApproved,
         }
     }
 
@@ -360,8 +475,14 @@ impl FollowEvent {
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum FollowEventKind {
+    /// follower followed followee (told to the followee).
     Follow,
+    /// follower unfollowed followee (told to the followee).
     Unfollow,
+    /// follower asked to follow followee, a private account (told to the followee).
+    FollowRequested,
+    /// followee approved follower's request: follower now follows followee (told to the follower).
+    FollowRequestApproved,
 }
 
 /// The local record of a user, as the user service knows it.
@@ -372,4 +493,7 @@ pub struct UpsertUserInput {
     pub handle: String,
     /// At most 100 characters; null or blank clears it.
     pub display_name: Option<String>,
+    /// Makes the account private (true) or public (false, which approves its pending follow requests);
+    /// null or absent keeps it as it is (a new user is public).
+    pub is_private: Option<bool>,
 }

@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod cache;
 mod connections;
+mod consent;
 mod contract;
 mod errors;
 mod events;

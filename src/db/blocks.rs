@@ -1,0 +1,140 @@
+//! Queries on `blocks`: making and lifting blocks, which blocks stand between pairs, and a blocker's list.
+
+use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::{
+    StoreResult,
+    follows::{Keyset, ListEntry},
+    outbox::OutboxRow,
+    pairs::{Count, Pair, PairError, lock_users},
+};
+
+/// What a block did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockOutcome {
+    /// Whether the block is new.
+    pub changed: bool,
+    /// The removal of each edge it took away (none, one or both ways), committed with it.
+    pub events: Vec<OutboxRow>,
+}
+
+/// `blocker` blocks `blocked`, in one transaction: the block row, the edges both ways (each removal an
+/// outbox event of kind `remove`, so the counts follow and nobody is told) and any request either way.
+/// Both user rows are locked FOR UPDATE first, in id order: a follow in flight between the two commits
+/// before (and its edge is removed here), and a later one waits, then sees the block (`follow_gate`).
+pub async fn block(
+    conn: &mut AsyncPgConnection,
+    blocker: i64,
+    blocked: i64,
+) -> Result<BlockOutcome, PairError> {
+    conn.transaction::<_, PairError, _>(async |conn| {
+        lock_users(conn, blocker, blocked, true).await?;
+        let inserted: Vec<Pair> = diesel::sql_query(
+            "INSERT INTO blocks (blocker_id, blocked_id) VALUES ($1, $2) ON CONFLICT DO NOTHING \
+             RETURNING blocker_id AS a, blocked_id AS b",
+        )
+        .bind::<BigInt, _>(blocker)
+        .bind::<BigInt, _>(blocked)
+        .load(conn)
+        .await
+        .map_err(PairError::store)?;
+        if inserted.is_empty() {
+            // Standing already: no edge nor request can exist between the two.
+            return Ok(BlockOutcome::default());
+        }
+        let events: Vec<OutboxRow> = diesel::sql_query(
+            "WITH removed AS ( \
+                 DELETE FROM follows \
+                 WHERE (follower_id = $1 AND followee_id = $2) OR (follower_id = $2 AND followee_id = $1) \
+                 RETURNING follower_id, followee_id), \
+             dropped AS ( \
+                 DELETE FROM follow_requests \
+                 WHERE (requester_id = $1 AND target_id = $2) OR (requester_id = $2 AND target_id = $1)) \
+             INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
+             SELECT 'remove', follower_id, followee_id, now() FROM removed \
+             RETURNING id, kind, follower_id, followee_id, occurred_at",
+        )
+        .bind::<BigInt, _>(blocker)
+        .bind::<BigInt, _>(blocked)
+        .load(conn)
+        .await
+        .map_err(PairError::store)?;
+        Ok(BlockOutcome {
+            changed: true,
+            events,
+        })
+    })
+    .await
+}
+
+/// `blocker` lifts its block of `blocked`; returns whether there was one. Nothing else comes back: the
+/// edges the block removed stay removed.
+pub async fn unblock(
+    conn: &mut AsyncPgConnection,
+    blocker: i64,
+    blocked: i64,
+) -> Result<bool, PairError> {
+    conn.transaction::<_, PairError, _>(async |conn| {
+        // Only to tell an unknown user apart; a share lock is enough.
+        lock_users(conn, blocker, blocked, false).await?;
+        let removed =
+            diesel::sql_query("DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2")
+                .bind::<BigInt, _>(blocker)
+                .bind::<BigInt, _>(blocked)
+                .execute(conn)
+                .await
+                .map_err(PairError::store)?;
+        Ok(removed > 0)
+    })
+    .await
+}
+
+/// Of these (blocker, blocked) pairs, the ones that are blocks: one primary-key probe per pair.
+pub async fn existing(
+    conn: &mut AsyncPgConnection,
+    pairs: &[(i64, i64)],
+) -> StoreResult<Vec<(i64, i64)>> {
+    let (blockers, blocked): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let rows: Vec<Pair> = diesel::sql_query(
+        "SELECT b.blocker_id AS a, b.blocked_id AS b \
+         FROM unnest($1::bigint[], $2::bigint[]) AS p(blocker_id, blocked_id) \
+         JOIN blocks b ON b.blocker_id = p.blocker_id AND b.blocked_id = p.blocked_id",
+    )
+    .bind::<Array<BigInt>, _>(blockers)
+    .bind::<Array<BigInt>, _>(blocked)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|p| (p.a, p.b)).collect())
+}
+
+/// Whom `blocker` blocks, newest first, after `after` if set: at most `limit` entries (`followed_at`
+/// is when the block began), by a range scan of `blocks_blocker_recent_idx`.
+pub async fn page(
+    conn: &mut AsyncPgConnection,
+    blocker: i64,
+    after: Option<Keyset>,
+    limit: i64,
+) -> StoreResult<Vec<ListEntry>> {
+    Ok(diesel::sql_query(
+        "SELECT blocker_id AS owner_id, blocked_id AS user_id, created_at AS followed_at \
+         FROM blocks WHERE blocker_id = $1 \
+           AND ($2::timestamptz IS NULL OR (created_at, blocked_id) < ($2, $3)) \
+         ORDER BY created_at DESC, blocked_id DESC LIMIT $4",
+    )
+    .bind::<BigInt, _>(blocker)
+    .bind::<Nullable<Timestamptz>, _>(after.map(|k| k.at))
+    .bind::<BigInt, _>(after.map_or(0, |k| k.user_id))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
+}
+
+/// How many users `blocker` blocks.
+pub async fn count(conn: &mut AsyncPgConnection, blocker: i64) -> StoreResult<i64> {
+    let row: Count = diesel::sql_query("SELECT count(*) AS n FROM blocks WHERE blocker_id = $1")
+        .bind::<BigInt, _>(blocker)
+        .get_result(conn)
+        .await?;
+    Ok(row.n)
+}

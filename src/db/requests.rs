@@ -1,0 +1,179 @@
+//! Queries on `follow_requests`: approving and rejecting requests to a private account, which requests
+//! are pending between pairs, and a private account's list of requests.
+
+use diesel::{
+    prelude::*,
+    sql_types::{Array, BigInt, Nullable, Timestamptz},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::{
+    StoreResult,
+    follows::{Keyset, ListEntry},
+    outbox::OutboxRow,
+    pairs::{Count, Pair, PairError, lock_users},
+};
+
+/// What an approval did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Approval {
+    /// Whether a request was pending (and is now gone).
+    pub changed: bool,
+    /// The edge's event (kind `approve`), when the approval made the edge.
+    pub event: Option<OutboxRow>,
+}
+
+/// `target` approves the pending request of `requester`: the request becomes an edge, with its outbox
+/// event, in one transaction. A request no longer pending (cancelled, rejected, removed by a block)
+/// changes nothing. The two user rows are locked FOR KEY SHARE first, so a block in flight between the
+/// two commits before (and its removal of the request is seen here) or waits for this approval (and
+/// then removes the edge).
+pub async fn approve(
+    conn: &mut AsyncPgConnection,
+    target: i64,
+    requester: i64,
+) -> Result<Approval, PairError> {
+    conn.transaction::<_, PairError, _>(async |conn| {
+        lock_users(conn, target, requester, false).await?;
+        #[derive(QueryableByName)]
+        struct Moved {
+            #[diesel(sql_type = BigInt)]
+            moved: i64,
+            #[diesel(sql_type = Nullable<BigInt>)]
+            id: Option<i64>,
+            #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
+            kind: Option<String>,
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        let row: Moved = diesel::sql_query(
+            "WITH moved AS ( \
+                 DELETE FROM follow_requests WHERE requester_id = $1 AND target_id = $2 \
+                 RETURNING requester_id, target_id), \
+             added AS ( \
+                 INSERT INTO follows (follower_id, followee_id) \
+                 SELECT requester_id, target_id FROM moved \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING follower_id, followee_id, created_at), \
+             events AS ( \
+                 INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
+                 SELECT 'approve', follower_id, followee_id, created_at FROM added \
+                 RETURNING id, kind, occurred_at) \
+             SELECT (SELECT count(*) FROM moved) AS moved, e.id, e.kind, e.occurred_at \
+             FROM (SELECT 1) AS one LEFT JOIN events e ON true",
+        )
+        .bind::<BigInt, _>(requester)
+        .bind::<BigInt, _>(target)
+        .get_result(conn)
+        .await
+        .map_err(PairError::store)?;
+        let event = match (row.id, row.kind, row.occurred_at) {
+            (Some(id), Some(kind), Some(occurred_at)) => Some(OutboxRow {
+                id,
+                kind,
+                follower_id: requester,
+                followee_id: target,
+                occurred_at,
+            }),
+            _ => None,
+        };
+        Ok(Approval {
+            changed: row.moved > 0,
+            event,
+        })
+    })
+    .await
+}
+
+/// `target` rejects the pending request of `requester`; returns whether one was pending. The requester
+/// is not told (no event); it may ask again.
+pub async fn reject(
+    conn: &mut AsyncPgConnection,
+    target: i64,
+    requester: i64,
+) -> Result<bool, PairError> {
+    conn.transaction::<_, PairError, _>(async |conn| {
+        lock_users(conn, target, requester, false).await?;
+        let removed = diesel::sql_query(
+            "DELETE FROM follow_requests WHERE requester_id = $1 AND target_id = $2",
+        )
+        .bind::<BigInt, _>(requester)
+        .bind::<BigInt, _>(target)
+        .execute(conn)
+        .await
+        .map_err(PairError::store)?;
+        Ok(removed > 0)
+    })
+    .await
+}
+
+/// Approves every request pending to `target`, in the caller's transaction (an account turned public,
+/// whose row the caller holds FOR UPDATE, so no new request can slip in): one edge and one `approve`
+/// event per request, in one statement.
+pub async fn approve_all(conn: &mut AsyncPgConnection, target: i64) -> QueryResult<Vec<OutboxRow>> {
+    diesel::sql_query(
+        "WITH moved AS ( \
+             DELETE FROM follow_requests WHERE target_id = $1 RETURNING requester_id, target_id), \
+         added AS ( \
+             INSERT INTO follows (follower_id, followee_id) \
+             SELECT requester_id, target_id FROM moved ORDER BY requester_id \
+             ON CONFLICT DO NOTHING \
+             RETURNING follower_id, followee_id, created_at) \
+         INSERT INTO outbox (kind, follower_id, followee_id, occurred_at) \
+         SELECT 'approve', follower_id, followee_id, created_at FROM added \
+         RETURNING id, kind, follower_id, followee_id, occurred_at",
+    )
+    .bind::<BigInt, _>(target)
+    .load(conn)
+    .await
+}
+
+/// Of these (requester, target) pairs, the ones with a pending request: one primary-key probe each.
+pub async fn existing(
+    conn: &mut AsyncPgConnection,
+    pairs: &[(i64, i64)],
+) -> StoreResult<Vec<(i64, i64)>> {
+    let (requesters, targets): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let rows: Vec<Pair> = diesel::sql_query(
+        "SELECT q.requester_id AS a, q.target_id AS b \
+         FROM unnest($1::bigint[], $2::bigint[]) AS p(requester_id, target_id) \
+         JOIN follow_requests q ON q.requester_id = p.requester_id AND q.target_id = p.target_id",
+    )
+    .bind::<Array<BigInt>, _>(requesters)
+    .bind::<Array<BigInt>, _>(targets)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|p| (p.a, p.b)).collect())
+}
+
+/// Who asked to follow `target`, newest first, after `after` if set: at most `limit` entries
+/// (`followed_at` is when the request was made), by a range scan of `follow_requests_target_recent_idx`.
+pub async fn page(
+    conn: &mut AsyncPgConnection,
+    target: i64,
+    after: Option<Keyset>,
+    limit: i64,
+) -> StoreResult<Vec<ListEntry>> {
+    Ok(diesel::sql_query(
+        "SELECT target_id AS owner_id, requester_id AS user_id, created_at AS followed_at \
+         FROM follow_requests WHERE target_id = $1 \
+           AND ($2::timestamptz IS NULL OR (created_at, requester_id) < ($2, $3)) \
+         ORDER BY created_at DESC, requester_id DESC LIMIT $4",
+    )
+    .bind::<BigInt, _>(target)
+    .bind::<Nullable<Timestamptz>, _>(after.map(|k| k.at))
+    .bind::<BigInt, _>(after.map_or(0, |k| k.user_id))
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
+}
+
+/// How many requests are pending to `target`.
+pub async fn count(conn: &mut AsyncPgConnection, target: i64) -> StoreResult<i64> {
+    let row: Count =
+        diesel::sql_query("SELECT count(*) AS n FROM follow_requests WHERE target_id = $1")
+            .bind::<BigInt, _>(target)
+            .get_result(conn)
+            .await?;
+    Ok(row.n)
+}

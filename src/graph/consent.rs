@@ -1,0 +1,247 @@
+//! Who may follow whom: blocks, removing a follower, and follow requests to private accounts.
+//!
+//! These writes are rare next to follows, so each is its own short transaction (not the group commit);
+//! their edge changes are outbox events like any other (kinds `remove` and `approve`), published the
+//! same way, so counts stay exact and caches learn of them as they learn of follows.
+
+use std::collections::HashSet;
+
+use super::{FollowGraph, group_commit::Publish};
+use crate::{
+    db::{
+        self,
+        follows::{Keyset, ListEntry},
+        outbox::OutboxRow,
+        pairs::PairError,
+    },
+    error::AppError,
+};
+
+/// What a block, unblock, removal, approval or rejection did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsentOutcome {
+    /// The other user.
+    pub user_id: i64,
+    /// Whether the call changed anything.
+    pub changed: bool,
+}
+
+/// The refusal of a follow across a block, either way: it says no more than that.
+pub(super) fn cannot_follow(asked: usize, target: i64) -> AppError {
+    if asked > 1 {
+        AppError::Forbidden(format!("you cannot follow user {target}"))
+    } else {
+        AppError::Forbidden("you cannot follow this user".into())
+    }
+}
+
+impl FollowGraph {
+    /// Fails with `FORBIDDEN` when a block stands, either way, between the viewer and one of `targets`.
+    pub(super) async fn refuse_blocked(
+        &self,
+        viewer_id: i64,
+        targets: &[i64],
+    ) -> Result<(), AppError> {
+        let pairs: Vec<(i64, i64)> = targets
+            .iter()
+            .flat_map(|&t| [(viewer_id, t), (t, viewer_id)])
+            .collect();
+        let mut conn = db::connect(&self.db).await?;
+        let blocks = db::blocks::existing(&mut conn, &pairs).await?;
+        let blocked: HashSet<i64> = blocks
+            .into_iter()
+            .map(|(a, b)| if a == viewer_id { b } else { a })
+            .collect();
+        match targets.iter().find(|t| blocked.contains(t)) {
+            Some(&target) => Err(cannot_follow(targets.len(), target)),
+            None => Ok(()),
+        }
+    }
+
+    /// The viewer blocks `user_id`: the edges both ways and any request go, and neither can follow the
+    /// other until it is lifted. Blocking twice changes nothing the second time.
+    pub async fn block(&self, viewer_id: i64, user_id: i64) -> Result<ConsentOutcome, AppError> {
+        if viewer_id == user_id {
+            return Err(AppError::bad_input("a user cannot block themself"));
+        }
+        let outcome = db::retrying(
+            &self.db,
+            RETRY_PAUSE,
+            || {},
+            |mut conn| async move { db::blocks::block(&mut conn, viewer_id, user_id).await },
+        )
+        .await
+        .map_err(|err| pair_error(err, viewer_id, user_id))?;
+        self.publish(&outcome.events).await;
+        Ok(ConsentOutcome {
+            user_id,
+            changed: outcome.changed,
+        })
+    }
+
+    /// The viewer lifts its block of `user_id`; lifting none changes nothing.
+    pub async fn unblock(&self, viewer_id: i64, user_id: i64) -> Result<ConsentOutcome, AppError> {
+        if viewer_id == user_id {
+            return Ok(ConsentOutcome {
+                user_id,
+                changed: false,
+            });
+        }
+        let changed = db::retrying(
+            &self.db,
+            RETRY_PAUSE,
+            || {},
+            |mut conn| async move { db::blocks::unblock(&mut conn, viewer_id, user_id).await },
+        )
+        .await
+        .map_err(|err| pair_error(err, viewer_id, user_id))?;
+        Ok(ConsentOutcome { user_id, changed })
+    }
+
+    /// The viewer removes `user_id` from its followers (no block: it may follow again). Removing one who
+    /// does not follow changes nothing.
+    pub async fn remove_follower(
+        &self,
+        viewer_id: i64,
+        user_id: i64,
+    ) -> Result<ConsentOutcome, AppError> {
+        if viewer_id != user_id {
+            self.require_users(viewer_id, &[user_id]).await?;
+        }
+        let mut conn = db::connect(&self.db).await?;
+        let event = db::follows::remove_follower(&mut conn, viewer_id, user_id).await?;
+        drop(conn);
+        let changed = event.is_some();
+        self.publish(event.as_slice()).await;
+        Ok(ConsentOutcome { user_id, changed })
+    }
+
+    /// The viewer approves the request of `user_id` to follow it: the edge appears (the requester is
+    /// told). A request no longer pending (cancelled, rejected, or gone with a block) changes nothing.
+    pub async fn approve_request(
+        &self,
+        viewer_id: i64,
+        user_id: i64,
+    ) -> Result<ConsentOutcome, AppError> {
+        if viewer_id == user_id {
+            return Ok(ConsentOutcome {
+                user_id,
+                changed: false,
+            });
+        }
+        let approval = db::retrying(
+            &self.db,
+            RETRY_PAUSE,
+            || {},
+            |mut conn| async move { db::requests::approve(&mut conn, viewer_id, user_id).await },
+        )
+        .await
+        .map_err(|err| pair_error(err, viewer_id, user_id))?;
+        self.publish(approval.event.as_slice()).await;
+        Ok(ConsentOutcome {
+            user_id,
+            changed: approval.changed,
+        })
+    }
+
+    /// The viewer rejects the request of `user_id` (who is not told and may ask again).
+    pub async fn reject_request(
+        &self,
+        viewer_id: i64,
+        user_id: i64,
+    ) -> Result<ConsentOutcome, AppError> {
+        if viewer_id == user_id {
+            return Ok(ConsentOutcome {
+                user_id,
+                changed: false,
+            });
+        }
+        let changed = db::retrying(
+            &self.db,
+            RETRY_PAUSE,
+            || {},
+            |mut conn| async move { db::requests::reject(&mut conn, viewer_id, user_id).await },
+        )
+        .await
+        .map_err(|err| pair_error(err, viewer_id, user_id))?;
+        Ok(ConsentOutcome { user_id, changed })
+    }
+
+    /// Of these (blocker, blocked) pairs, the blocks that stand. Read from PostgreSQL, not cached: only
+    /// a blocker may ask about its own blocks, which is rare next to follow statuses.
+    pub async fn blocks_between(
+        &self,
+        pairs: &[(i64, i64)],
+    ) -> Result<HashSet<(i64, i64)>, AppError> {
+        if pairs.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::blocks::existing(&mut conn, pairs)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// Of these (requester, target) pairs, the pending requests. Read from PostgreSQL, as blocks.
+    pub async fn requests_between(
+        &self,
+        pairs: &[(i64, i64)],
+    ) -> Result<HashSet<(i64, i64)>, AppError> {
+        if pairs.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut conn = db::connect(&self.db).await?;
+        Ok(db::requests::existing(&mut conn, pairs)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// A page of whom the viewer blocks, newest first (`limit` rows at most), and how many in all.
+    pub async fn blocking_page(
+        &self,
+        viewer_id: i64,
+        after: Option<Keyset>,
+        limit: i64,
+    ) -> Result<(Vec<ListEntry>, i64), AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let page = db::blocks::page(&mut conn, viewer_id, after, limit).await?;
+        let total = db::blocks::count(&mut conn, viewer_id).await?;
+        Ok((page, total))
+    }
+
+    /// A page of the requests pending to the viewer, newest first, and how many in all.
+    pub async fn requests_page(
+        &self,
+        viewer_id: i64,
+        after: Option<Keyset>,
+        limit: i64,
+    ) -> Result<(Vec<ListEntry>, i64), AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let page = db::requests::page(&mut conn, viewer_id, after, limit).await?;
+        let total = db::requests::count(&mut conn, viewer_id).await?;
+        Ok((page, total))
+    }
+
+    /// Puts what a consent write committed into the caches and onto the stream.
+    async fn publish(&self, events: &[OutboxRow]) {
+        if events.is_empty() {
+            return;
+        }
+        let rows: Vec<&OutboxRow> = events.iter().collect();
+        self.publisher.publish(&rows).await;
+    }
+}
+
+/// Pause between attempts of a consent write that met a deadlock (a block against a batch of follows).
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The client's error for a pair write that wrote nothing.
+fn pair_error(err: PairError, viewer_id: i64, user_id: i64) -> AppError {
+    match err {
+        PairError::UnknownActor => AppError::viewer_not_found(viewer_id),
+        PairError::UnknownUser => AppError::NotFound(format!("no user with id {user_id}")),
+        PairError::Store(err) => err.into(),
+    }
+}

@@ -1,0 +1,305 @@
+//! Who may follow whom, as the viewer decides it: blocks, removing a follower, and the follow requests
+//! to a private account (mutations, and the two lists only the viewer sees).
+
+use std::sync::Arc;
+
+use async_graphql::{Context, ID, Object, Result};
+
+use super::{
+    connection::page_size,
+    cursor,
+    ids::parse_user_id,
+    mutation::require_viewer,
+    scalars::DateTime,
+    types::{BlockPayload, FollowerPayload, PageInfo, User, load_user, load_users, loaders},
+};
+use crate::{
+    db::follows::{Keyset, ListEntry},
+    graph::{ConsentOutcome, FollowGraph},
+};
+
+/// Blocking, removing followers, answering follow requests.
+#[derive(Default)]
+pub struct ConsentMutation;
+
+/// Marks both users as written when the call changed edges, so the payload's counts include it.
+fn written(ctx: &Context<'_>, viewer_id: i64, outcome: ConsentOutcome) -> Result<()> {
+    if outcome.changed {
+        loaders(ctx)?.mark_written([viewer_id, outcome.user_id]);
+    }
+    Ok(())
+}
+
+#[Object]
+impl ConsentMutation {
+    /// The viewer blocks userId: any follow either way, and any follow request either way, ends, and
+    /// neither can follow the other while the block stands (FORBIDDEN). userId is not told. Blocking
+    /// twice is no error: the second call has changed = false.
+    async fn block(&self, ctx: &Context<'_>, user_id: ID) -> Result<BlockPayload> {
+        let viewer = require_viewer(ctx)?;
+        let target = parse_user_id(&user_id, "userId")?;
+        let outcome = ctx
+            .data::<FollowGraph>()?
+            .block(viewer.user_id, target)
+            .await?;
+        written(ctx, viewer.user_id, outcome)?;
+        Ok(BlockPayload {
+            viewer_id: viewer.user_id,
+            blocking: true,
+            outcome,
+        })
+    }
+
+    /// The viewer lifts its block of userId (the follows it ended stay ended). Unblocking a user not
+    /// blocked has changed = false.
+    async fn unblock(&self, ctx: &Context<'_>, user_id: ID) -> Result<BlockPayload> {
+        let viewer = require_viewer(ctx)?;
+        let target = parse_user_id(&user_id, "userId")?;
+        let outcome = ctx
+            .data::<FollowGraph>()?
+            .unblock(viewer.user_id, target)
+            .await?;
+        Ok(BlockPayload {
+            viewer_id: viewer.user_id,
+            blocking: false,
+            outcome,
+        })
+    }
+
+    /// The viewer removes userId from its followers, without a block (userId may follow again, or ask
+    /// again if the viewer is private). userId is not told. Removing a user who does not follow the
+    /// viewer has changed = false.
+    async fn remove_follower(&self, ctx: &Context<'_>, user_id: ID) -> Result<FollowerPayload> {
+        let viewer = require_viewer(ctx)?;
+        let target = parse_user_id(&user_id, "userId")?;
+        let outcome = ctx
+            .data::<FollowGraph>()?
+            .remove_follower(viewer.user_id, target)
+            .await?;
+        written(ctx, viewer.user_id, outcome)?;
+        Ok(FollowerPayload {
+            viewer_id: viewer.user_id,
+            outcome,
+        })
+    }
+
+    /// The viewer approves userId's pending request to follow it: userId now follows the viewer and is
+    /// told (FOLLOW_REQUEST_APPROVED). A request no longer pending (cancelled by an unfollow, rejected,
+    /// ended by a block) has changed = false and follows nobody.
+    async fn approve_follow_request(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+    ) -> Result<FollowerPayload> {
+        let viewer = require_viewer(ctx)?;
+        let target = parse_user_id(&user_id, "userId")?;
+        let outcome = ctx
+            .data::<FollowGraph>()?
+            .approve_request(viewer.user_id, target)
+            .await?;
+        written(ctx, viewer.user_id, outcome)?;
+        Ok(FollowerPayload {
+            viewer_id: viewer.user_id,
+            outcome,
+        })
+    }
+
+    /// The viewer rejects userId's pending request (userId is not told, and may ask again). Rejecting a
+    /// request not pending has changed = false.
+    async fn reject_follow_request(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+    ) -> Result<FollowerPayload> {
+        let viewer = require_viewer(ctx)?;
+        let target = parse_user_id(&user_id, "userId")?;
+        let outcome = ctx
+            .data::<FollowGraph>()?
+            .reject_request(viewer.user_id, target)
+            .await?;
+        Ok(FollowerPayload {
+            viewer_id: viewer.user_id,
+            outcome,
+        })
+    }
+}
+
+/// The viewer's own lists: whom it blocks, who asks to follow it.
+#[derive(Default)]
+pub struct ConsentQuery;
+
+#[Object]
+impl ConsentQuery {
+    /// Whom the viewer blocks, most recent first. Needs a viewer; first: 1 to 100, default 20.
+    #[graphql(complexity = "super::list_complexity(first, child_complexity)")]
+    async fn blocking(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<BlockConnection> {
+        let viewer = require_viewer(ctx)?;
+        let size = page_size(first)?;
+        let after = after.as_deref().map(cursor::decode).transpose()?;
+        let (rows, total) = ctx
+            .data::<FollowGraph>()?
+            .blocking_page(viewer.user_id, after, size + 1)
+            .await?;
+        Ok(BlockConnection(UserPage::new(rows, size, total)))
+    }
+
+    /// The follow requests pending to the viewer (a private account), most recent first. Needs a viewer;
+    /// first: 1 to 100, default 20.
+    #[graphql(complexity = "super::list_complexity(first, child_complexity)")]
+    async fn follow_requests(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<FollowRequestConnection> {
+        let viewer = require_viewer(ctx)?;
+        let size = page_size(first)?;
+        let after = after.as_deref().map(cursor::decode).transpose()?;
+        let (rows, total) = ctx
+            .data::<FollowGraph>()?
+            .requests_page(viewer.user_id, after, size + 1)
+            .await?;
+        Ok(FollowRequestConnection(UserPage::new(rows, size, total)))
+    }
+}
+
+/// A page of users with the time each entered the list, fetched one row beyond the page.
+struct UserPage {
+    rows: Arc<Vec<ListEntry>>,
+    shown: usize,
+    total: i64,
+}
+
+impl UserPage {
+    fn new(rows: Vec<ListEntry>, size: i64, total: i64) -> Self {
+        let shown = rows.len().min(size as usize);
+        Self {
+            rows: Arc::new(rows),
+            shown,
+            total,
+        }
+    }
+
+    fn entries(&self) -> &[ListEntry] {
+        &self.rows[..self.shown]
+    }
+
+    async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<User>> {
+        let ids: Vec<i64> = self.entries().iter().map(|e| e.user_id).collect();
+        load_users(ctx, &ids).await
+    }
+
+    fn page_info(&self) -> PageInfo {
+        PageInfo {
+            has_next_page: self.rows.len() > self.shown,
+            has_previous_page: false,
+            start_cursor: self.entries().first().map(entry_cursor),
+            end_cursor: self.entries().last().map(entry_cursor),
+        }
+    }
+
+    fn total_count(&self) -> i32 {
+        self.total.clamp(0, i64::from(i32::MAX)) as i32
+    }
+}
+
+fn entry_cursor(entry: &ListEntry) -> String {
+    cursor::encode(Keyset {
+        at: entry.followed_at,
+        user_id: entry.user_id,
+    })
+}
+
+/// A page of the users the viewer blocks (Relay cursor connection).
+pub struct BlockConnection(UserPage);
+
+#[Object]
+impl BlockConnection {
+    async fn edges(&self) -> Vec<BlockEdge> {
+        self.0.entries().iter().cloned().map(BlockEdge).collect()
+    }
+
+    async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<User>> {
+        self.0.nodes(ctx).await
+    }
+
+    async fn page_info(&self) -> PageInfo {
+        self.0.page_info()
+    }
+
+    /// How many users the viewer blocks.
+    async fn total_count(&self) -> i32 {
+        self.0.total_count()
+    }
+}
+
+/// One user the viewer blocks.
+pub struct BlockEdge(ListEntry);
+
+#[Object]
+impl BlockEdge {
+    async fn cursor(&self) -> String {
+        entry_cursor(&self.0)
+    }
+
+    async fn node(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, self.0.user_id).await
+    }
+
+    /// When the block began.
+    async fn blocked_at(&self) -> DateTime {
+        DateTime(self.0.followed_at)
+    }
+}
+
+/// A page of the users asking to follow the viewer (Relay cursor connection).
+pub struct FollowRequestConnection(UserPage);
+
+#[Object]
+impl FollowRequestConnection {
+    async fn edges(&self) -> Vec<FollowRequestEdge> {
+        self.0
+            .entries()
+            .iter()
+            .cloned()
+            .map(FollowRequestEdge)
+            .collect()
+    }
+
+    async fn nodes(&self, ctx: &Context<'_>) -> Result<Vec<User>> {
+        self.0.nodes(ctx).await
+    }
+
+    async fn page_info(&self) -> PageInfo {
+        self.0.page_info()
+    }
+
+    /// How many requests are pending to the viewer.
+    async fn total_count(&self) -> i32 {
+        self.0.total_count()
+    }
+}
+
+/// One user asking to follow the viewer.
+pub struct FollowRequestEdge(ListEntry);
+
+#[Object]
+impl FollowRequestEdge {
+    async fn cursor(&self) -> String {
+        entry_cursor(&self.0)
+    }
+
+    async fn node(&self, ctx: &Context<'_>) -> Result<User> {
+        load_user(ctx, self.0.user_id).await
+    }
+
+    /// When the request was made.
+    async fn requested_at(&self) -> DateTime {
+        DateTime(self.0.followed_at)
+    }
+}
