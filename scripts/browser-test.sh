@@ -4,7 +4,9 @@
 # would, runs queries from the page, and fails if the page reaches any other host. Then, against the
 # same server, runs the typed TypeScript client end to end (examples/web-client, `npm run e2e`,
 # src/e2e.ts): one seeded user subscribes to followEvents while another follows and unfollows them,
-# reads the follow back, pages the followers and waits for followerCount; bad tokens must be refused.
+# reads the follow back, pages the followers and waits for followerCount; then, with an admin token,
+# the first is made private for the follow-request flow (request, approve, remove, reject), blocks the
+# other (follows FORBIDDEN) and unblocks, and is made public again; bad tokens must be refused.
 #
 #   FOLLOW_BIN=target/debug/follow-service scripts/browser-test.sh
 #
@@ -139,11 +141,14 @@ readonly E2E_USER_A=3 E2E_USER_B=4
 log "typed client end to end ($WEB_CLIENT: npm run e2e): user $E2E_USER_A subscribes, user $E2E_USER_B follows"
 E2E_TOKEN_A=$("$BIN" token --user "$E2E_USER_A")
 E2E_TOKEN_B=$("$BIN" token --user "$E2E_USER_B")
+# The admin token (upsertUser) makes user A private for the follow-request part, then public again.
+E2E_ADMIN_TOKEN=$("$BIN" token --user 1 --admin)
 (
     cd "$WEB_CLIENT"
     FOLLOW_URL="http://127.0.0.1:$port/graphql" \
         FOLLOW_USER_A=$E2E_USER_A FOLLOW_TOKEN_A=$E2E_TOKEN_A \
         FOLLOW_USER_B=$E2E_USER_B FOLLOW_TOKEN_B=$E2E_TOKEN_B \
+        FOLLOW_ADMIN_TOKEN=$E2E_ADMIN_TOKEN \
         npm run e2e
 ) || die "the typed client's end-to-end check failed (server log: $SERVER_LOG)"
 log "passed: GraphiQL page and typed client end to end"

@@ -71,6 +71,12 @@ pub enum UpsertError {
     Store(#[from] StoreError),
 }
 
+impl super::Transient for UpsertError {
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(err) if err.is_retryable())
+    }
+}
+
 /// What an upsert wrote: the record, and the events of the requests it approved (an account turned
 /// public approves every pending request).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -246,6 +246,23 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_reads_back_and_says_what_it_did_to_the_edge() {
+        use FollowEventKind::*;
+        for kind in [Follow, Unfollow, Approve, Remove, Request] {
+            assert_eq!(FollowEventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(FollowEventKind::parse("block"), None);
+        let edge: Vec<Option<bool>> = [Follow, Unfollow, Approve, Remove, Request]
+            .into_iter()
+            .map(FollowEventKind::edge_after)
+            .collect();
+        assert_eq!(
+            edge,
+            [Some(true), Some(false), Some(true), Some(false), None]
+        );
+    }
+
+    #[test]
     fn an_entry_with_a_missing_field_is_not_decoded() {
         let map: HashMap<String, redis::Value> =
             [("id".to_owned(), redis::Value::BulkString(b"1".to_vec()))]

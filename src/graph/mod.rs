@@ -271,16 +271,23 @@ impl FollowGraph {
                 "displayName is longer than 100 characters",
             ));
         }
-        let mut conn = db::connect(&self.db).await?;
-        let upserted = db::users::upsert(&mut conn, id, handle, display_name, is_private)
-            .await
-            .map_err(|err| match err {
-                UpsertError::HandleTaken => {
-                    AppError::bad_input(format!("the handle {handle:?} is taken"))
-                }
-                UpsertError::Store(err) => err.into(),
-            })?;
-        drop(conn);
+        // A change of privacy locks the row against follows in flight and approves requests: it may
+        // meet a block in a deadlock, and runs again.
+        let upserted = db::retrying(
+            &self.db,
+            std::time::Duration::from_millis(2),
+            || {},
+            |mut conn| async move {
+                db::users::upsert(&mut conn, id, handle, display_name, is_private).await
+            },
+        )
+        .await
+        .map_err(|err| match err {
+            UpsertError::HandleTaken => {
+                AppError::bad_input(format!("the handle {handle:?} is taken"))
+            }
+            UpsertError::Store(err) => err.into(),
+        })?;
         let record = upserted.record;
         // The new record replaces what every instance cached, a miss included: else a user looked up
         // before it existed stays unknown (and a follow of it cannot load it), and a handle stays old.

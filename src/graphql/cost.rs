@@ -731,6 +731,12 @@ mod tests {
         let ids: Vec<String> = (10..40).map(|i| i.to_string()).collect();
         let measured = cost(text, serde_json::json!({ "ids": ids })).expect("fine");
         assert_eq!(measured.edge_changes, 32);
+        // Blocks, removals and answers to requests spend the same write quota as follows.
+        let consent = r#"mutation { a: block(userId: "2") { changed } b: unblock(userId: "2") { changed } c: removeFollower(userId: "3") { changed } d: approveFollowRequest(userId: "4") { changed } e: rejectFollowRequest(userId: "5") { changed } }"#;
+        assert_eq!(
+            cost(consent, serde_json::json!({})).map(|c| c.edge_changes),
+            Ok(5)
+        );
         let fragment = r#"mutation { ...M ...M } fragment M on Mutation { a: follow(userId: "2") { changed } }"#;
         assert_eq!(
             cost(fragment, serde_json::json!({})).map(|c| c.edge_changes),
@@ -782,7 +788,10 @@ mod tests {
                 let parent = ty.node.name.node.as_str();
                 let name = field.node.name.node.as_str();
                 // Lists inside a page cost through the page that holds them.
-                let held = parent == "FollowConnection";
+                let held = matches!(
+                    parent,
+                    "FollowConnection" | "BlockConnection" | "FollowRequestConnection"
+                );
                 // Mutation batches cost their ids as edge changes.
                 if is_list && !held {
                     assert_ne!(

@@ -294,6 +294,24 @@ mod tests {
     }
 
     #[test]
+    fn blocks_and_requests_count_as_writes_lists_and_statuses() {
+        assert_eq!(
+            class_of("mutation { block(userId: \"2\") { changed } }"),
+            RequestClass::Write
+        );
+        assert_eq!(
+            class_of("mutation { approveFollowRequest(userId: \"2\") { changed } }"),
+            RequestClass::Write
+        );
+        // `blocking` is the viewer's list on Query, a status on a User.
+        assert_eq!(class_of("{ blocking { totalCount } }"), RequestClass::List);
+        assert_eq!(
+            class_of("{ user(id: \"1\") { blocking viewerHasRequested } }"),
+            RequestClass::Status
+        );
+    }
+
+    #[test]
     fn a_field_counts_by_the_type_it_is_on_through_fragments() {
         // `following` on a Relationship is a status, on a User a list.
         assert_eq!(
