@@ -58,6 +58,8 @@ pub enum EdgeResult {
     Withdrawn,
     /// A block stands between the two, either way: nothing written.
     Blocked,
+    /// Another change of the same call met a block: nothing of the call is written.
+    Refused,
     /// The follower has no user record: nothing written.
     UnknownFollower,
     /// The followee has no user record: nothing written.
@@ -121,14 +123,18 @@ struct ChangeRow {
 /// followee has no record, or between users a block separates, writes nothing and is reported so; the
 /// others go on. Returns one result per change, in the order asked. The batch must not name one pair
 /// twice (the statement's parts see one snapshot, so a second change of a pair would not see the first).
+/// `calls` numbers each change's call (a request's changes share a number): a call with a change a
+/// block refuses writes none of its changes, so a `followMany` is refused whole.
 pub async fn change_edges(
     conn: &mut AsyncPgConnection,
     changes: &[EdgeChange],
+    calls: &[i64],
 ) -> Result<Vec<EdgeResult>, EdgeError> {
     let rows: Vec<ChangeRow> = ChangeEdges {
         followers: changes.iter().map(|c| c.follower_id).collect(),
         followees: changes.iter().map(|c| c.followee_id).collect(),
         follows: changes.iter().map(|c| c.follow).collect(),
+        calls: calls.to_vec(),
     }
     .load(conn)
     .await
@@ -158,6 +164,7 @@ pub async fn change_edges(
                 ("no_follower", _) => EdgeResult::UnknownFollower,
                 ("no_followee", _) => EdgeResult::UnknownFollowee,
                 ("blocked", _) => EdgeResult::Blocked,
+                ("refused", _) => EdgeResult::Refused,
                 ("request", event) => EdgeResult::Requested(event),
                 (_, Some(event)) => EdgeResult::Changed(event),
                 (_, None) if row.withdrew => EdgeResult::Withdrawn,
@@ -175,32 +182,36 @@ prepared!(
         followers: Vec<i64> => Array<BigInt>,
         followees: Vec<i64> => Array<BigInt>,
         follows: Vec<bool> => Array<Bool>,
+        calls: Vec<i64> => Array<BigInt>,
     } = "WITH asked AS ( \
-             SELECT r.n, r.follower_id, r.followee_id, r.follow, \
+             SELECT r.n, r.call, r.follower_id, r.followee_id, r.follow, \
                     CASE WHEN r.follow THEN follow_gate(r.follower_id, r.followee_id) \
                          WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = r.follower_id) THEN 'no_follower' \
                          WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = r.followee_id) THEN 'no_followee' \
                          ELSE 'unfollow' END AS gate \
-             FROM unnest(?::bigint[], ?::bigint[], ?::bool[]) \
-                  WITH ORDINALITY AS r(follower_id, followee_id, follow, n)), \
+             FROM unnest(?::bigint[], ?::bigint[], ?::bool[], ?::bigint[]) \
+                  WITH ORDINALITY AS r(follower_id, followee_id, follow, call, n)), \
+         refused AS (SELECT DISTINCT call FROM asked WHERE gate = 'blocked'), \
+         admitted AS ( \
+             SELECT * FROM asked a WHERE NOT EXISTS (SELECT 1 FROM refused r WHERE r.call = a.call)), \
          added AS ( \
              INSERT INTO follows (follower_id, followee_id) \
-             SELECT follower_id, followee_id FROM asked WHERE gate = 'follow' \
+             SELECT follower_id, followee_id FROM admitted WHERE gate = 'follow' \
              ORDER BY follower_id, followee_id \
              ON CONFLICT DO NOTHING \
              RETURNING follower_id, followee_id, created_at), \
          requested AS ( \
              INSERT INTO follow_requests (requester_id, target_id) \
-             SELECT follower_id, followee_id FROM asked WHERE gate = 'request' \
+             SELECT follower_id, followee_id FROM admitted WHERE gate = 'request' \
              ORDER BY follower_id, followee_id \
              ON CONFLICT DO NOTHING \
              RETURNING requester_id, target_id, created_at), \
          removed AS ( \
-             DELETE FROM follows f USING asked a \
+             DELETE FROM follows f USING admitted a \
              WHERE a.gate = 'unfollow' AND f.follower_id = a.follower_id AND f.followee_id = a.followee_id \
              RETURNING f.follower_id, f.followee_id), \
          withdrawn AS ( \
-             DELETE FROM follow_requests q USING asked a \
+             DELETE FROM follow_requests q USING admitted a \
              WHERE a.gate = 'unfollow' AND q.requester_id = a.follower_id AND q.target_id = a.followee_id \
              RETURNING q.requester_id, q.target_id), \
          events AS ( \
@@ -211,7 +222,9 @@ prepared!(
              UNION ALL \
              SELECT 'request', requester_id, target_id, created_at FROM requested \
              RETURNING id, kind, follower_id, followee_id, occurred_at) \
-         SELECT a.gate, e.id, e.kind, e.occurred_at, (w.requester_id IS NOT NULL) AS withdrew \
+         SELECT CASE WHEN a.gate <> 'blocked' AND a.call IN (SELECT call FROM refused) \
+                     THEN 'refused' ELSE a.gate END AS gate, \
+                e.id, e.kind, e.occurred_at, (w.requester_id IS NOT NULL) AS withdrew \
          FROM asked a \
          LEFT JOIN events e ON e.follower_id = a.follower_id AND e.followee_id = a.followee_id \
          LEFT JOIN withdrawn w ON w.requester_id = a.follower_id AND w.target_id = a.followee_id \

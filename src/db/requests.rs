@@ -25,16 +25,19 @@ pub struct Approval {
 
 /// `target` approves the pending request of `requester`: the request becomes an edge, with its outbox
 /// event, in one transaction. A request no longer pending (cancelled, rejected, removed by a block)
-/// changes nothing. The two user rows are locked FOR KEY SHARE first, so a block in flight between the
-/// two commits before (and its removal of the request is seen here) or waits for this approval (and
-/// then removes the edge).
+/// changes nothing. The two user rows are locked FOR UPDATE first, as a block locks them: a block or a
+/// repeated follow in flight between the two commits before (a removal of the request is seen here; a
+/// repeated request finds the request there and adds nothing), and one that comes later waits for this
+/// approval, then sees the edge (a follow changes nothing, a block removes it). With a share lock, a
+/// repeated follow's request waited on the row this approval deleted and was written again after it,
+/// beside the new edge.
 pub async fn approve(
     conn: &mut AsyncPgConnection,
     target: i64,
     requester: i64,
 ) -> Result<Approval, PairError> {
     conn.transaction::<_, PairError, _>(async |conn| {
-        lock_users(conn, target, requester, false).await?;
+        lock_users(conn, target, requester, true).await?;
         #[derive(QueryableByName)]
         struct Moved {
             #[diesel(sql_type = BigInt)]

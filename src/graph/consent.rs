@@ -64,38 +64,13 @@ impl FollowGraph {
         if viewer_id == user_id {
             return Err(AppError::bad_input("a user cannot block themself"));
         }
-        let outcome = db::retrying(
-            &self.db,
-            RETRY_PAUSE,
-            || {},
-            |mut conn| async move { db::blocks::block(&mut conn, viewer_id, user_id).await },
-        )
-        .await
-        .map_err(|err| pair_error(err, viewer_id, user_id))?;
-        self.publish(&outcome.events).await;
-        Ok(ConsentOutcome {
-            user_id,
-            changed: outcome.changed,
-        })
+        self.pair_write(PairWrite::Block, viewer_id, user_id).await
     }
 
     /// The viewer lifts its block of `user_id`; lifting none changes nothing.
     pub async fn unblock(&self, viewer_id: i64, user_id: i64) -> Result<ConsentOutcome, AppError> {
-        if viewer_id == user_id {
-            return Ok(ConsentOutcome {
-                user_id,
-                changed: false,
-            });
-        }
-        let changed = db::retrying(
-            &self.db,
-            RETRY_PAUSE,
-            || {},
-            |mut conn| async move { db::blocks::unblock(&mut conn, viewer_id, user_id).await },
-        )
-        .await
-        .map_err(|err| pair_error(err, viewer_id, user_id))?;
-        Ok(ConsentOutcome { user_id, changed })
+        self.pair_write(PairWrite::Unblock, viewer_id, user_id)
+            .await
     }
 
     /// The viewer removes `user_id` from its followers (no block: it may follow again). Removing one who
@@ -123,30 +98,24 @@ impl FollowGraph {
         viewer_id: i64,
         user_id: i64,
     ) -> Result<ConsentOutcome, AppError> {
-        if viewer_id == user_id {
-            return Ok(ConsentOutcome {
-                user_id,
-                changed: false,
-            });
-        }
-        let approval = db::retrying(
-            &self.db,
-            RETRY_PAUSE,
-            || {},
-            |mut conn| async move { db::requests::approve(&mut conn, viewer_id, user_id).await },
-        )
-        .await
-        .map_err(|err| pair_error(err, viewer_id, user_id))?;
-        self.publish(approval.event.as_slice()).await;
-        Ok(ConsentOutcome {
-            user_id,
-            changed: approval.changed,
-        })
+        self.pair_write(PairWrite::Approve, viewer_id, user_id)
+            .await
     }
 
     /// The viewer rejects the request of `user_id` (who is not told and may ask again).
     pub async fn reject_request(
         &self,
+        viewer_id: i64,
+        user_id: i64,
+    ) -> Result<ConsentOutcome, AppError> {
+        self.pair_write(PairWrite::Reject, viewer_id, user_id).await
+    }
+
+    /// Runs one write on the pair (viewer, user), again after a deadlock, and publishes its events; with
+    /// oneself it changes nothing and writes nothing.
+    async fn pair_write(
+        &self,
+        write: PairWrite,
         viewer_id: i64,
         user_id: i64,
     ) -> Result<ConsentOutcome, AppError> {
@@ -156,14 +125,31 @@ impl FollowGraph {
                 changed: false,
             });
         }
-        let changed = db::retrying(
+        let (changed, events) = db::retrying(
             &self.db,
             RETRY_PAUSE,
             || {},
-            |mut conn| async move { db::requests::reject(&mut conn, viewer_id, user_id).await },
+            |mut conn| async move {
+                let (v, u) = (viewer_id, user_id);
+                match write {
+                    PairWrite::Block => db::blocks::block(&mut conn, v, u)
+                        .await
+                        .map(|b| (b.changed, b.events)),
+                    PairWrite::Unblock => db::blocks::unblock(&mut conn, v, u)
+                        .await
+                        .map(|changed| (changed, Vec::new())),
+                    PairWrite::Approve => db::requests::approve(&mut conn, v, u)
+                        .await
+                        .map(|a| (a.changed, a.event.into_iter().collect())),
+                    PairWrite::Reject => db::requests::reject(&mut conn, v, u)
+                        .await
+                        .map(|changed| (changed, Vec::new())),
+                }
+            },
         )
         .await
         .map_err(|err| pair_error(err, viewer_id, user_id))?;
+        self.publish(&events).await;
         Ok(ConsentOutcome { user_id, changed })
     }
 
@@ -232,6 +218,15 @@ impl FollowGraph {
         let rows: Vec<&OutboxRow> = events.iter().collect();
         self.publisher.publish(&rows).await;
     }
+}
+
+/// The writes of one user on a pair that consent makes, each its own short transaction.
+#[derive(Clone, Copy, Debug)]
+enum PairWrite {
+    Block,
+    Unblock,
+    Approve,
+    Reject,
 }
 
 /// Pause between attempts of a consent write that met a deadlock (a block against a batch of follows).

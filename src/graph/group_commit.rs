@@ -216,7 +216,13 @@ async fn write_batch<P: Publish>(
         .flat_map(|j| j.changes.iter().copied())
         .collect();
     ::metrics::histogram!(WRITE_BATCH).record(changes.len() as f64);
-    let written = write_with_retry(db, &changes).await;
+    // Each job's changes share its number: a block refuses a call whole.
+    let calls: Vec<i64> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, j)| std::iter::repeat_n(i as i64, j.changes.len()))
+        .collect();
+    let written = write_with_retry(db, &changes, &calls).await;
     if !matches!(written, Err(EdgeError::UnknownUser)) || jobs.len() == 1 {
         drop(slot);
     }
@@ -224,7 +230,8 @@ async fn write_batch<P: Publish>(
         Ok(results) => answer(publisher, jobs, results).await,
         Err(EdgeError::UnknownUser) if jobs.len() > 1 => {
             for job in jobs {
-                match write_with_retry(db, &job.changes).await {
+                let calls = vec![0; job.changes.len()];
+                match write_with_retry(db, &job.changes, &calls).await {
                     Ok(results) => answer(publisher, vec![job], results).await,
                     Err(err) => {
                         let _ = job.reply.send(Err(edge_error(&err)));
@@ -242,13 +249,9 @@ async fn write_batch<P: Publish>(
 
 /// Publishes a committed batch's events, then gives each job its share of the results.
 async fn answer<P: Publish>(publisher: &P, jobs: Vec<Job>, results: Vec<EdgeResult>) {
-    let events: Vec<&db::outbox::OutboxRow> = results
-        .iter()
-        .filter_map(|r| match r {
-            EdgeResult::Changed(row) => Some(row),
-            _ => None,
-        })
-        .collect();
+    // Edge changes and new requests (whose event reaches the owner's subscription).
+    let events: Vec<&db::outbox::OutboxRow> =
+        results.iter().filter_map(EdgeResult::event).collect();
     ::metrics::counter!(EDGE_CHANGES).increment(events.len() as u64);
     publisher.publish(&events).await;
     let mut results = results.into_iter();
@@ -263,12 +266,13 @@ async fn answer<P: Publish>(publisher: &P, jobs: Vec<Job>, results: Vec<EdgeResu
 async fn write_with_retry(
     db: &DbPool,
     changes: &[EdgeChange],
+    calls: &[i64],
 ) -> Result<Vec<EdgeResult>, EdgeError> {
     db::retrying(
         db,
         Duration::from_millis(1),
         || ::metrics::counter!(WRITE_BATCH_RETRIES).increment(1),
-        |mut conn| async move { db::follows::change_edges(&mut conn, changes).await },
+        |mut conn| async move { db::follows::change_edges(&mut conn, changes, calls).await },
     )
     .await
 }

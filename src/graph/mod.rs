@@ -162,7 +162,7 @@ impl FollowGraph {
 
     /// Writes `viewer → each target` (follow or unfollow) in the next group commit; returns where each
     /// target's pair stands. An unknown viewer or target fails the call with `NOT_FOUND`, a block with
-    /// `FORBIDDEN` (the others of a batch, checked beforehand, stand).
+    /// `FORBIDDEN` (and then none of the call's changes is written).
     async fn change_edges(
         &self,
         viewer_id: i64,
@@ -207,6 +207,8 @@ impl FollowGraph {
                     blocked.get_or_insert(target);
                     continue;
                 }
+                // Another of this call's changes was blocked: nothing of the call was written.
+                EdgeResult::Refused => continue,
                 EdgeResult::UnknownFollower => return Err(AppError::viewer_not_found(viewer_id)),
                 EdgeResult::UnknownFollowee => {
                     unknown.push(target.to_string());
