@@ -60,6 +60,10 @@ pub enum EdgeResult {
     Blocked,
     /// Another change of the same call met a block: nothing of the call is written.
     Refused,
+    /// An unfollow found a request to withdraw, which a concurrent approval, rejection or block took
+    /// first: what it did (an edge, maybe) committed after this statement's snapshot, so the unfollow
+    /// must run again to see it.
+    Raced,
     /// The follower has no user record: nothing written.
     UnknownFollower,
     /// The followee has no user record: nothing written.
@@ -115,6 +119,8 @@ struct ChangeRow {
     occurred_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Bool)]
     withdrew: bool,
+    #[diesel(sql_type = Bool)]
+    raced: bool,
 }
 
 /// Applies a batch of edge changes, of any followers, in one statement (so one transaction and one
@@ -168,6 +174,7 @@ pub async fn change_edges(
                 ("request", event) => EdgeResult::Requested(event),
                 (_, Some(event)) => EdgeResult::Changed(event),
                 (_, None) if row.withdrew => EdgeResult::Withdrawn,
+                (_, None) if row.raced => EdgeResult::Raced,
                 (_, None) => EdgeResult::Unchanged,
             }
         })
@@ -224,7 +231,10 @@ prepared!(
              RETURNING id, kind, follower_id, followee_id, occurred_at) \
          SELECT CASE WHEN a.gate <> 'blocked' AND a.call IN (SELECT call FROM refused) \
                      THEN 'refused' ELSE a.gate END AS gate, \
-                e.id, e.kind, e.occurred_at, (w.requester_id IS NOT NULL) AS withdrew \
+                e.id, e.kind, e.occurred_at, (w.requester_id IS NOT NULL) AS withdrew, \
+                (a.gate = 'unfollow' AND w.requester_id IS NULL AND EXISTS ( \
+                    SELECT 1 FROM follow_requests q \
+                    WHERE q.requester_id = a.follower_id AND q.target_id = a.followee_id)) AS raced \
          FROM asked a \
          LEFT JOIN events e ON e.follower_id = a.follower_id AND e.followee_id = a.followee_id \
          LEFT JOIN withdrawn w ON w.requester_id = a.follower_id AND w.target_id = a.followee_id \

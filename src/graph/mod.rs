@@ -32,6 +32,9 @@ pub const MAX_PAGE: i64 = 100;
 /// Page size when the client does not say.
 pub const DEFAULT_PAGE: i64 = 20;
 
+/// Passes of an edge change whose unfollow keeps racing decisions on its request.
+const RACE_ATTEMPTS: usize = 4;
+
 /// Users per batch of a warm-up: one query per kind and batch.
 const WARM_UP_CHUNK: usize = 1_000;
 
@@ -169,6 +172,33 @@ impl FollowGraph {
         targets: &[i64],
         follow: bool,
     ) -> Result<HashMap<i64, PairState>, AppError> {
+        let mut targets = targets.to_vec();
+        let mut states = HashMap::with_capacity(targets.len());
+        // An unfollow that raced a decision on its own request runs again (a few times at most: each
+        // race needs another decision on the same pair meanwhile).
+        for _ in 0..RACE_ATTEMPTS {
+            let raced = self
+                .change_edges_once(viewer_id, &targets, follow, &mut states)
+                .await?;
+            if raced.is_empty() {
+                return Ok(states);
+            }
+            targets = raced;
+        }
+        Err(AppError::ServiceUnavailable(
+            "the follow request changed under this call several times; try again".into(),
+        ))
+    }
+
+    /// One pass of [`Self::change_edges`]: each target's state into `states`; returns the targets whose
+    /// unfollow raced a decision on its request.
+    async fn change_edges_once(
+        &self,
+        viewer_id: i64,
+        targets: &[i64],
+        follow: bool,
+        states: &mut HashMap<i64, PairState>,
+    ) -> Result<Vec<i64>, AppError> {
         let changes = targets
             .iter()
             .map(|&followee_id| EdgeChange {
@@ -178,7 +208,7 @@ impl FollowGraph {
             })
             .collect();
         let results = self.writes.submit(changes).await?;
-        let mut states = HashMap::with_capacity(targets.len());
+        let mut raced = Vec::new();
         let mut unknown = Vec::new();
         let mut blocked = None;
         for (&target, result) in targets.iter().zip(results) {
@@ -209,6 +239,10 @@ impl FollowGraph {
                 }
                 // Another of this call's changes was blocked: nothing of the call was written.
                 EdgeResult::Refused => continue,
+                EdgeResult::Raced => {
+                    raced.push(target);
+                    continue;
+                }
                 EdgeResult::UnknownFollower => return Err(AppError::viewer_not_found(viewer_id)),
                 EdgeResult::UnknownFollowee => {
                     unknown.push(target.to_string());
@@ -221,7 +255,7 @@ impl FollowGraph {
             return Err(consent::cannot_follow(targets.len(), target));
         }
         if unknown.is_empty() {
-            Ok(states)
+            Ok(raced)
         } else {
             Err(AppError::NotFound(format!(
                 "no user with id {}",
