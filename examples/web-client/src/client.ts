@@ -9,7 +9,7 @@ import { createClient, type Client as WsClient, type ClientOptions as WsClientOp
 /** The `extensions.code` values follow-service sends (README.md "Errors", src/error.rs). */
 export const ERROR_CODES = [
   'UNAUTHENTICATED', // no token on a mutation or subscription, or a malformed, expired or forged token (HTTP 401)
-  'FORBIDDEN', // an admin-only mutation without the admin role
+  'FORBIDDEN', // following across a block (either way: "you cannot follow this user"); an admin-only mutation without the admin role
   'BAD_USER_INPUT', // following oneself, a bad id or cursor, `first` outside 1..100, too many ids
   'NOT_FOUND', // following an unknown user; a viewer with no user record
   'RATE_LIMITED', // reserved: the server does not send it yet

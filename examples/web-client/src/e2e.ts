@@ -386,6 +386,7 @@ async function main(): Promise<number> {
 
     const requestEvent = await step('B asks to follow A (requested); A receives FOLLOW_REQUESTED', async () => {
       const since = events.mark();
+      const t0 = Date.now();
       const r = await clientB.execute(FollowDocument, { userId: userA });
       check(r.follow.changed && r.follow.requested && !r.follow.following && r.follow.user.isPrivate,
         `follow(A) by B: changed ${r.follow.changed}, requested ${r.follow.requested}, following ` +
@@ -395,7 +396,7 @@ async function main(): Promise<number> {
         `no FOLLOW_REQUESTED event within ${(2 * EVENT_WAIT_MS) / 1000} s; ` +
           `events since the follow: ${events.events.slice(since).map(describeEvent).join('; ') || 'none'}`);
       check(isRfc3339(event.at), `the FOLLOW_REQUESTED event's at is not RFC 3339: ${JSON.stringify(event.at)}`);
-      return event;
+      return { at: event.at, afterMs: Date.now() - t0 };
     });
 
     const hiddenCounts = await step("B sees its request pending, and A's lists with no entries but their counts", async () => {
@@ -568,7 +569,8 @@ async function main(): Promise<number> {
         `FOLLOW event${followRetried ? ' (after a second follow)' : ''} at ${followEvent.at}, ` +
         `read back at once, newest of ${foundAt.totalCount} followers, ` +
         `followerCount ${before} -> ${before + 1} in ${converged} ms, ` +
-        `UNFOLLOW event at ${unfollowEvent.at}; A private: B's request (FOLLOW_REQUESTED at ${requestEvent.at}) ` +
+        `UNFOLLOW event at ${unfollowEvent.at}; A private: B's request (FOLLOW_REQUESTED at ${requestEvent.at}, ` +
+        `received ${requestEvent.afterMs} ms after the follow) ` +
         `saw A's lists empty (counts ${hiddenCounts}), approved (FOLLOW_REQUEST_APPROVED at ${approvedEvent.at}), ` +
         `removed, rejected; A's block made follows FORBIDDEN both ways, unblocked; ` +
         `bad tokens refused (HTTP 401, WebSocket); ${passed.length} steps passed`,

@@ -5,6 +5,7 @@
 //
 // follows user 2 (the first argument, or FOLLOW_TARGET), pages through that user's followers, then
 // listens to the viewer's follow events for FOLLOW_LISTEN_SECONDS (5) seconds.
+import type { ResultOf } from '@graphql-typed-document-node/core';
 import WebSocket from 'ws';
 import { FollowApiError, FollowClient } from './client.js';
 import { followerPages } from './followers.js';
@@ -15,6 +16,16 @@ const token = process.env['FOLLOW_TOKEN'];
 const target = process.argv[2] ?? process.env['FOLLOW_TARGET'] ?? '2';
 const listenSeconds = Number(process.env['FOLLOW_LISTEN_SECONDS'] ?? '5');
 
+type FollowEvent = ResultOf<typeof FollowEventsDocument>['followEvents'];
+
+/** One line per event kind (a Record, so a kind added to the schema fails the type check here). */
+const eventLine: Record<FollowEvent['kind'], (follower: string, followee: string) => string> = {
+  FOLLOW: (follower, followee) => `@${follower} followed @${followee}`,
+  UNFOLLOW: (follower, followee) => `@${follower} unfollowed @${followee}`,
+  FOLLOW_REQUESTED: (follower, followee) => `@${follower} asked to follow @${followee}`,
+  FOLLOW_REQUEST_APPROVED: (follower, followee) => `@${followee} approved @${follower}'s request to follow`,
+};
+
 /** What to tell the developer for each error code the server sends. */
 function explain(error: FollowApiError): string {
   const where = error.requestId === null ? '' : ` (request id ${error.requestId})`;
@@ -23,7 +34,8 @@ function explain(error: FollowApiError): string {
     case 'UNAUTHENTICATED':
       return `the token was refused or is missing: make one with \`follow-service token --user ID\`${where}`;
     case 'FORBIDDEN':
-      return `the token's user may not do this${where}`;
+      // A block between the two users (either way), or an admin-only mutation.
+      return `the token's user may not do this: ${detail}${where}`;
     case 'BAD_USER_INPUT':
       return `the server refused the input: ${detail}`;
     case 'NOT_FOUND':
@@ -51,14 +63,22 @@ async function main(): Promise<number> {
   try {
     const follow = await client.execute(FollowDocument, { userId: target });
     const { user, viewer } = follow.follow;
+    const status = follow.follow.requested
+      ? `${follow.follow.changed ? 'asked to follow' : 'already asked to follow'} (a private account: it must approve)`
+      : follow.follow.changed
+        ? 'now following'
+        : 'already following';
     console.log(
-      `${follow.follow.changed ? 'now following' : 'already following'} @${user.handle} (${user.id}), ` +
+      `${status} @${user.handle} (${user.id}), ` +
         `who has ${user.followerCount} followers; user ${viewer.id} follows ${viewer.followingCount}`,
     );
 
     const rel = await client.execute(ViewerRelationshipsDocument, { viewerId: viewer.id, otherIds: [target] });
     for (const r of rel.relationships) {
-      console.log(`viewer -> ${r.otherId}: following=${r.following} followedBy=${r.followedBy}`);
+      console.log(
+        `viewer -> ${r.otherId}: following=${r.following} followedBy=${r.followedBy} ` +
+          `requested=${r.requested} requestedBy=${r.requestedBy} blocking=${r.blocking}`,
+      );
     }
 
     let seen = 0;
@@ -75,8 +95,7 @@ async function main(): Promise<number> {
         FollowEventsDocument,
         {},
         ({ followEvents: e }) => {
-          const verb = e.kind === 'FOLLOW' ? 'followed' : 'unfollowed';
-          console.log(`  ${e.at}: @${e.follower.handle} ${verb} @${e.followee.handle}`);
+          console.log(`  ${e.at}: ${eventLine[e.kind](e.follower.handle, e.followee.handle)}`);
         },
         {
           onError: (error) => {
