@@ -89,6 +89,7 @@ pub struct Upserted {
 /// (a new user is public unless told). Setting privacy locks the row FOR UPDATE first, in the same
 /// transaction: a follow in flight (whose gate holds the row FOR KEY SHARE) commits first, and a new
 /// one waits and then sees the new setting, so a public account never keeps a request it did not see.
+/// Turning public locks the pending requesters' rows too (see below).
 pub async fn upsert(
     conn: &mut AsyncPgConnection,
     id: i64,
@@ -100,11 +101,29 @@ pub async fn upsert(
     use diesel_async::AsyncConnection;
     let result = conn
         .transaction::<_, diesel::result::Error, _>(async |conn| {
-            if is_private.is_some() {
-                diesel::sql_query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+            match is_private {
+                Some(true) => {
+                    diesel::sql_query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                        .bind::<BigInt, _>(id)
+                        .execute(conn)
+                        .await?;
+                }
+                // Turning public approves the pending requests, whose follows lock the requesters' rows
+                // (foreign keys): all of them are locked here, in id order with the user's own, the
+                // order a block takes its two rows in. Locked one after the other, a requester's block
+                // (its own row first) and this flip waited for each other until PostgreSQL's deadlock
+                // check broke the cycle a second later.
+                Some(false) => {
+                    diesel::sql_query(
+                        "SELECT id FROM users \
+                         WHERE id = $1 OR id IN (SELECT requester_id FROM follow_requests WHERE target_id = $1) \
+                         ORDER BY id FOR UPDATE",
+                    )
                     .bind::<BigInt, _>(id)
                     .execute(conn)
                     .await?;
+                }
+                None => {}
             }
             let record: UserRecord = diesel::sql_query(
                 "INSERT INTO users (id, handle, display_name, is_private) \

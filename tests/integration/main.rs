@@ -7,6 +7,7 @@ mod auth;
 mod cache;
 mod connections;
 mod consent;
+mod consent_races;
 mod contract;
 mod errors;
 mod events;
