@@ -1,4 +1,4 @@
-DROP FUNCTION follow_gate(BIGINT, BIGINT);
+DROP FUNCTION follow_gates(BIGINT[], BIGINT[]);
 -- Events of the new kinds still unapplied keep their deltas under the old kinds.
 UPDATE outbox SET kind = 'follow' WHERE kind = 'approve';
 UPDATE outbox SET kind = 'unfollow' WHERE kind = 'remove';

@@ -42,36 +42,34 @@ ALTER TABLE outbox ADD CONSTRAINT outbox_kind_check
     CHECK (kind IN ('follow', 'unfollow', 'approve', 'remove', 'request'));
 COMMENT ON COLUMN outbox.kind IS 'follow (+1: the follower followed), unfollow (-1: the follower unfollowed), approve (+1: the followee approved the follower''s request), remove (-1: the followee removed the follower, or a block did), request (0: the follower asked a private followee).';
 
--- The follow gate: what following `followee` as `follower` does now. VOLATILE, so each of its queries
--- takes a fresh snapshot (READ COMMITTED) after the lock: a block or a privacy change that commits
--- while a write waits for the lock is seen, never missed by an older snapshot. Both user rows are locked
--- FOR KEY SHARE (as the foreign keys lock them anyway; follows never wait for each other), in id order;
--- a block and a change of privacy lock them FOR UPDATE, which waits for the follows in flight and
--- makes new ones wait. So a follow commits wholly before a block (whose delete then removes its edge),
--- or sees the block.
-CREATE FUNCTION follow_gate(follower BIGINT, followee BIGINT) RETURNS TEXT
+-- The follow gate: what following does now, for each (follower, followee) of a batch, in order:
+-- no_follower, no_followee, blocked, request (a private followee not followed yet) or follow. VOLATILE,
+-- so each of its queries takes a fresh snapshot (READ COMMITTED) after the lock: a block or a privacy
+-- change that commits while a write waits for the lock is seen, never missed by the calling statement's
+-- older snapshot. Every user row the batch names is locked FOR KEY SHARE, in id order (as the foreign
+-- keys lock them anyway: follows never wait for each other); a block and a change of privacy lock their
+-- rows FOR UPDATE, which waits for the follows in flight and makes new ones wait. So a follow commits
+-- wholly before a block (whose delete then removes its edge), or sees the block. One call per batch:
+-- four queries in all, not four per follow.
+CREATE FUNCTION follow_gates(followers BIGINT[], followees BIGINT[]) RETURNS TEXT[]
 LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    private BOOLEAN;
 BEGIN
-    PERFORM 1 FROM users WHERE id IN (follower, followee) ORDER BY id FOR KEY SHARE;
-    IF NOT EXISTS (SELECT 1 FROM users WHERE id = follower) THEN
-        RETURN 'no_follower';
-    END IF;
-    SELECT u.is_private INTO private FROM users u WHERE u.id = followee;
-    IF NOT FOUND THEN
-        RETURN 'no_followee';
-    END IF;
-    IF EXISTS (SELECT 1 FROM blocks
-               WHERE (blocker_id = follower AND blocked_id = followee)
-                  OR (blocker_id = followee AND blocked_id = follower)) THEN
-        RETURN 'blocked';
-    END IF;
-    IF private AND NOT EXISTS (SELECT 1 FROM follows
-                               WHERE follower_id = follower AND followee_id = followee) THEN
-        RETURN 'request';
-    END IF;
-    RETURN 'follow';
+    PERFORM 1 FROM users WHERE id = ANY (followers || followees) ORDER BY id FOR KEY SHARE;
+    RETURN ARRAY(
+        SELECT CASE
+                   WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.follower) THEN 'no_follower'
+                   WHEN fe.id IS NULL THEN 'no_followee'
+                   WHEN EXISTS (SELECT 1 FROM blocks b
+                                WHERE (b.blocker_id = p.follower AND b.blocked_id = p.followee)
+                                   OR (b.blocker_id = p.followee AND b.blocked_id = p.follower)) THEN 'blocked'
+                   WHEN fe.is_private AND NOT EXISTS (
+                            SELECT 1 FROM follows f
+                            WHERE f.follower_id = p.follower AND f.followee_id = p.followee) THEN 'request'
+                   ELSE 'follow'
+               END
+        FROM unnest(followers, followees) WITH ORDINALITY AS p(follower, followee, n)
+        LEFT JOIN users fe ON fe.id = p.followee
+        ORDER BY p.n);
 END
 $$;
-COMMENT ON FUNCTION follow_gate(BIGINT, BIGINT) IS 'What a follow does now: no_follower, no_followee, blocked, request (private followee) or follow; locks both user rows FOR KEY SHARE first (see the migration).';
+COMMENT ON FUNCTION follow_gates(BIGINT[], BIGINT[]) IS 'What each follow of a batch does now: no_follower, no_followee, blocked, request (private followee) or follow; locks the users rows FOR KEY SHARE first (see the migration).';

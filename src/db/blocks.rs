@@ -22,7 +22,7 @@ pub struct BlockOutcome {
 /// `blocker` blocks `blocked`, in one transaction: the block row, the edges both ways (each removal an
 /// outbox event of kind `remove`, so the counts follow and nobody is told) and any request either way.
 /// Both user rows are locked FOR UPDATE first, in id order: a follow in flight between the two commits
-/// before (and its edge is removed here), and a later one waits, then sees the block (`follow_gate`).
+/// before (and its edge is removed here), and a later one waits, then sees the block (`follow_gates`).
 pub async fn block(
     conn: &mut AsyncPgConnection,
     blocker: i64,

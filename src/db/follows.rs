@@ -107,7 +107,7 @@ fn edge_error(err: DieselError) -> EdgeError {
 
 #[derive(QueryableByName)]
 struct ChangeRow {
-    /// The follow gate's verdict for a follow (`follow_gate`), or `unfollow`, `no_follower`,
+    /// The follow gate's verdict for a follow (`follow_gates`, one call per batch), or `unfollow`, `no_follower`,
     /// `no_followee` for an unfollow.
     #[diesel(sql_type = Text)]
     gate: String,
@@ -190,14 +190,22 @@ prepared!(
         followees: Vec<i64> => Array<BigInt>,
         follows: Vec<bool> => Array<Bool>,
         calls: Vec<i64> => Array<BigInt>,
-    } = "WITH asked AS ( \
-             SELECT r.n, r.call, r.follower_id, r.followee_id, r.follow, \
-                    CASE WHEN r.follow THEN follow_gate(r.follower_id, r.followee_id) \
-                         WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = r.follower_id) THEN 'no_follower' \
-                         WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = r.followee_id) THEN 'no_followee' \
-                         ELSE 'unfollow' END AS gate \
+    } = "WITH input AS ( \
+             SELECT r.*, row_number() OVER (PARTITION BY r.follow ORDER BY r.n) AS k \
              FROM unnest(?::bigint[], ?::bigint[], ?::bool[], ?::bigint[]) \
                   WITH ORDINALITY AS r(follower_id, followee_id, follow, call, n)), \
+         gates AS ( \
+             SELECT follow_gates( \
+                 COALESCE(array_agg(follower_id ORDER BY n) FILTER (WHERE follow), '{}'), \
+                 COALESCE(array_agg(followee_id ORDER BY n) FILTER (WHERE follow), '{}')) AS verdicts \
+             FROM input), \
+         asked AS ( \
+             SELECT i.n, i.call, i.follower_id, i.followee_id, i.follow, \
+                    CASE WHEN i.follow THEN (SELECT verdicts FROM gates)[i.k] \
+                         WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = i.follower_id) THEN 'no_follower' \
+                         WHEN NOT EXISTS (SELECT 1 FROM users u WHERE u.id = i.followee_id) THEN 'no_followee' \
+                         ELSE 'unfollow' END AS gate \
+             FROM input i), \
          refused AS (SELECT DISTINCT call FROM asked WHERE gate = 'blocked'), \
          admitted AS ( \
              SELECT * FROM asked a WHERE NOT EXISTS (SELECT 1 FROM refused r WHERE r.call = a.call)), \
