@@ -440,6 +440,18 @@ impl FollowGraph {
             .await
     }
 
+    /// Of these pairs, the edges as PostgreSQL holds them now, past the caches: for pairs the request has
+    /// just changed on behalf of their other user, which a cache load begun before the write could still
+    /// answer for.
+    pub async fn statuses_now(
+        &self,
+        pairs: &[(i64, i64)],
+    ) -> Result<HashSet<(i64, i64)>, AppError> {
+        let mut conn = db::connect(&self.db).await?;
+        let edges = db::follows::existing_pairs(&mut conn, pairs).await?;
+        Ok(edges.into_iter().collect())
+    }
+
     /// Whom each user follows, each cut at the set limit + 1 (so that "over the limit" shows).
     async fn load_following_sets(
         &self,

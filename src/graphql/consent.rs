@@ -22,10 +22,13 @@ use crate::{
 #[derive(Default)]
 pub struct ConsentMutation;
 
-/// Marks both users as written when the call changed edges, so the payload's counts include it.
+/// Marks both users and both pairs as written when the call changed edges, so the payload's counts and
+/// statuses show it.
 fn written(ctx: &Context<'_>, viewer_id: i64, outcome: ConsentOutcome) -> Result<()> {
     if outcome.changed {
-        loaders(ctx)?.mark_written([viewer_id, outcome.user_id]);
+        let loaders = loaders(ctx)?;
+        loaders.mark_written([viewer_id, outcome.user_id]);
+        loaders.mark_pairs_written([(viewer_id, outcome.user_id), (outcome.user_id, viewer_id)]);
     }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct Loaders {
     /// Users whose edges this request changed: their counts are read as they stand now, not from the
     /// caches, so a mutation's payload shows its own effect.
     written: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// Pairs whose edge this request changed on behalf of their other user (a removal, an approval):
+    /// read from PostgreSQL, since a cache load that began before the write may still answer for them.
+    written_pairs: std::sync::Mutex<std::collections::HashSet<(i64, i64)>>,
     statuses: Batched<(i64, i64), StatusLoader>,
     lists: Batched<ListKey, ListLoader>,
     known_followers: Batched<KnownKey, KnownFollowersLoader>,
@@ -47,6 +50,7 @@ impl Loaders {
             counts_now: Batched::new("counts_now", CountsNowLoader(graph.clone()), delay),
             counts_seen: std::sync::Mutex::default(),
             written: std::sync::Mutex::default(),
+            written_pairs: std::sync::Mutex::default(),
             statuses: Batched::new("statuses", StatusLoader(graph.clone(), viewer_id), delay),
             lists: Batched::new("lists", ListLoader(graph.clone()), delay),
             known_followers: Batched::new(
@@ -131,8 +135,26 @@ impl Loaders {
         self.written.lock().is_ok_and(|w| w.contains(&id))
     }
 
+    /// Notes that this request changed these pairs' edges for their other user: their status is read
+    /// from PostgreSQL (see `written_pairs`).
+    pub fn mark_pairs_written(&self, pairs: impl IntoIterator<Item = (i64, i64)>) {
+        if let Ok(mut written) = self.written_pairs.lock() {
+            written.extend(pairs);
+        }
+    }
+
+    fn pair_was_written(&self, pair: (i64, i64)) -> bool {
+        self.written_pairs.lock().is_ok_and(|w| w.contains(&pair))
+    }
+
     /// Whether `pair.0` follows `pair.1`.
     pub async fn status(&self, pair: (i64, i64)) -> async_graphql::Result<bool> {
+        if self.pair_was_written(pair) {
+            let edges = Box::pin(self.graph.statuses_now(&[pair]))
+                .await
+                .map_err(to_graphql_error)?;
+            return Ok(edges.contains(&pair));
+        }
         match self.graph.peek_status(pair, self.viewer_id) {
             Some(hit) => Ok(hit),
             None => Ok(Box::pin(self.statuses.load_one(pair))
