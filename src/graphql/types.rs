@@ -433,7 +433,7 @@ impl FollowerPayload {
     }
 }
 
-/// Someone followed or unfollowed someone.
+/// Something that happened between a follower and a followee: see kind, and who is told of it.
 pub struct FollowEvent(pub crate::events::FollowEvent);
 
 impl FollowEvent {

@@ -63,11 +63,14 @@ pub async fn ensure_graph(database_url: &str, plan: GraphPlan) -> anyhow::Result
         .get(0);
     let reused = marker.as_deref() == Some(plan.marker().as_str());
     if reused {
-        // A previous run may have been stopped mid-write: put the writers' edges back to none.
+        // A previous run may have been stopped mid-write: put the writers' edges back to none, and
+        // what `consent_mix` makes (blocks and requests, all a writer's; private accounts) too.
         client
             .batch_execute(&format!(
-                "DELETE FROM follows WHERE follower_id > {}",
-                plan.users
+                "DELETE FROM follows WHERE follower_id > {users} OR followee_id > {users}; \
+                 DELETE FROM blocks; DELETE FROM follow_requests; \
+                 UPDATE users SET is_private = false WHERE is_private",
+                users = plan.users
             ))
             .await?;
     } else {
@@ -123,7 +126,8 @@ async fn build(client: &tokio_postgres::Client, plan: GraphPlan) -> anyhow::Resu
         "seeding the benchmark graph"
     );
     client
-        .batch_execute("TRUNCATE follows, outbox, user_stats, users")
+        // Every table that refers to users goes with it (PostgreSQL refuses otherwise).
+        .batch_execute("TRUNCATE blocks, follow_requests, follows, outbox, user_stats, users")
         .await?;
     // The generated rows are consistent by construction: skip the per-row foreign-key triggers.
     client

@@ -8,9 +8,11 @@
 //! cargo run --release --bin follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
 //! cargo run --release --bin follow-bench -- --writes # follows at 1, 16, 64 connections: cost per follow (writes.rs)
 //! cargo run --bin follow-bench -- --quick --writes   # the same, small and short, exact counts checked (CI smoke)
+//! cargo run --release --bin follow-bench -- --scenarios consent_mix # blocks, removals, requests (consent.rs)
 //! ```
 
 mod abuse;
+mod consent;
 mod drill;
 mod graph;
 mod load;
@@ -90,6 +92,10 @@ struct Args {
     /// Redis for the started server (with --writes also the one whose `INFO stats` is read).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// The Redis key prefix of the server the scenarios start (cleared before and after), so that two
+    /// scenario runs on one Redis keep apart (--writes, --abuse and the other modes have their own).
+    #[arg(long, default_value = SERVER_PREFIX)]
+    redis_prefix: String,
     /// Target a running server (e.g. http://127.0.0.1:8080) instead of starting one; it must use
     /// --database-url and sign tokens with FOLLOW_JWT_SECRET as given to this command.
     #[arg(long)]
@@ -261,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
     let deep_cursors = graph::deep_cursors(&database_url, 10).await?;
 
     let secret = jwt_secret();
-    let mut server = start_server(&args, &secret, SERVER_PREFIX).await?;
+    let mut server = start_server(&args, &secret, &args.redis_prefix).await?;
     let addr = server.addr();
 
     let keys = JwtKeys::new(&secret);
@@ -298,16 +304,27 @@ async fn main() -> anyhow::Result<()> {
             let before = load::get(addr, "/metrics").await.unwrap_or_default();
             anyhow::Ok((before, warmed))
         };
-        let (result, (before, warmed)) = load::run(
-            addr,
-            scenario,
-            shared.clone(),
-            concurrency,
-            warm_up,
-            duration,
-            args.seed,
-        )
-        .await?;
+        let mut consent_mix = None;
+        let (result, (before, warmed)) = if scenario == Scenario::ConsentMix {
+            consent_mix
+                .insert(
+                    consent::ConsentMix::prepare(addr, shared.clone(), &checks, concurrency)
+                        .await?,
+                )
+                .load(addr, concurrency, warm_up, duration, args.seed)
+                .await?
+        } else {
+            load::run(
+                addr,
+                scenario,
+                shared.clone(),
+                concurrency,
+                warm_up,
+                duration,
+                args.seed,
+            )
+            .await?
+        };
         print!("{:<22} ", scenario.name());
         let after = load::get(addr, "/metrics").await.unwrap_or_default();
         let (converged_ms, count_mismatches) = if scenario.writes() {
@@ -334,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let h = &result.latency_us;
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        let report = ScenarioReport {
+        let mut report = ScenarioReport {
             name: scenario.name(),
             description: scenario.describe(),
             requests: result.requests,
@@ -351,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
             count_mismatches,
             warmup: warmed,
             typename_ratio: None,
+            consent: None,
         };
         println!(
             "{:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}{}{}",
@@ -372,6 +390,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             ))
         );
+        if let Some(mix) = consent_mix {
+            // After the figures: it checks the models and the API's counts, then puts the graph back.
+            report.consent = Some(mix.finish(addr, &checks).await?);
+        }
         reports.push(report);
     }
     report::set_typename_ratios(&mut reports);
@@ -381,7 +403,7 @@ async fn main() -> anyhow::Result<()> {
     if args.url.is_none() {
         // The warm caches are hundreds of thousands of keys: left behind, they slow every test that
         // scans Redis afterwards.
-        clear_redis_prefix(&args.redis_url, SERVER_PREFIX).await?;
+        clear_redis_prefix(&args.redis_url, &args.redis_prefix).await?;
     }
 
     let run = RunReport {
@@ -414,8 +436,20 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter_map(|s| s.count_mismatches)
         .sum();
-    if errors > 0 || mismatches > 0 {
-        bail!("{errors} request errors and {mismatches} count mismatches");
+    let faults: Vec<&String> = run
+        .scenarios
+        .iter()
+        .filter_map(|s| s.consent.as_ref())
+        .flat_map(|c| &c.faults)
+        .collect();
+    if errors > 0 || mismatches > 0 || !faults.is_empty() {
+        bail!(
+            "{errors} request errors and {mismatches} count mismatches{}",
+            faults
+                .iter()
+                .map(|f| format!("; consent_mix: {f}"))
+                .collect::<String>()
+        );
     }
     Ok(())
 }

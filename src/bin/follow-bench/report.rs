@@ -28,6 +28,9 @@ pub struct ScenarioReport {
     pub warmup: Option<crate::steady::Warmup>,
     /// Throughput over `typename`'s in the same run, when `typename` ran.
     pub typename_ratio: Option<f64>,
+    /// `consent_mix`'s figures per request kind and its checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent: Option<crate::consent::ConsentReport>,
 }
 
 /// The whole run.
@@ -301,6 +304,9 @@ pub fn markdown(run: &RunReport) -> String {
             out.push_str(&format!("  - first error: `{}`\n", err.replace('`', "'")));
         }
     }
+    for consent in run.scenarios.iter().filter_map(|s| s.consent.as_ref()) {
+        out.push_str(&crate::consent::markdown(consent));
+    }
     out
 }
 
@@ -357,6 +363,7 @@ mod tests {
             count_mismatches: None,
             warmup: None,
             typename_ratio: None,
+            consent: None,
         }
     }
 
