@@ -107,8 +107,8 @@ fn edge_error(err: DieselError) -> EdgeError {
 
 #[derive(QueryableByName)]
 struct ChangeRow {
-    /// The follow gate's verdict for a follow (`follow_gates`, one call per batch), or `unfollow`, `no_follower`,
-    /// `no_followee` for an unfollow.
+    /// The follow gate's verdict for a follow (`follow_gates`, one call per batch that follows), or
+    /// `unfollow`, `no_follower`, `no_followee` for an unfollow.
     #[diesel(sql_type = Text)]
     gate: String,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -195,9 +195,9 @@ prepared!(
              FROM unnest(?::bigint[], ?::bigint[], ?::bool[], ?::bigint[]) \
                   WITH ORDINALITY AS r(follower_id, followee_id, follow, call, n)), \
          gates AS ( \
-             SELECT follow_gates( \
-                 COALESCE(array_agg(follower_id ORDER BY n) FILTER (WHERE follow), '{}'), \
-                 COALESCE(array_agg(followee_id ORDER BY n) FILTER (WHERE follow), '{}')) AS verdicts \
+             SELECT CASE WHEN bool_or(follow) THEN follow_gates( \
+                 array_agg(follower_id ORDER BY n) FILTER (WHERE follow), \
+                 array_agg(followee_id ORDER BY n) FILTER (WHERE follow)) END AS verdicts \
              FROM input), \
          asked AS ( \
              SELECT i.n, i.call, i.follower_id, i.followee_id, i.follow, \
