@@ -734,7 +734,7 @@ impl Tally {
             requests: 0,
             changed: 0,
             errors: 0,
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            latency_us: load::latency_histogram()?,
         })
     }
 
@@ -927,21 +927,8 @@ impl ConsentMix {
             }));
         }
         let warmed = warm_up.await;
-        let start = Instant::now();
-        let end = start
-            + if warmed.is_ok() {
-                duration
-            } else {
-                Duration::ZERO
-            };
-        let _ = window.set((start, end));
-        let mut total = LoadResult {
-            requests: 0,
-            errors: 0,
-            first_error: None,
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            measured: duration,
-        };
+        load::open_window(&window, warmed.is_ok(), duration);
+        let mut total = LoadResult::empty(duration)?;
         self.tallies = (0..ROWS)
             .map(|_| Tally::new())
             .collect::<anyhow::Result<_>>()?;

@@ -27,6 +27,32 @@ pub struct LoadResult {
     pub measured: Duration,
 }
 
+impl LoadResult {
+    /// Nothing measured yet, over a window of `measured`.
+    pub fn empty(measured: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            requests: 0,
+            errors: 0,
+            first_error: None,
+            latency_us: latency_histogram()?,
+            measured,
+        })
+    }
+}
+
+/// A latency histogram in µs (1 µs to 60 s, 3 significant figures), as every report reads them.
+pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// Opens the measured window `(start, end)` now that the warm-up is over: `duration` long, or empty
+/// when the warm-up failed, which stops the workers at once.
+pub fn open_window(window: &OnceLock<(Instant, Instant)>, warmed: bool, duration: Duration) {
+    let start = Instant::now();
+    let end = start + if warmed { duration } else { Duration::ZERO };
+    let _ = window.set((start, end));
+}
+
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
 }
@@ -160,22 +186,8 @@ pub async fn run<W>(
         }));
     }
     let warmed = warm_up.await;
-    let start = Instant::now();
-    // A failed warm-up stops the workers at once.
-    let end = start
-        + if warmed.is_ok() {
-            duration
-        } else {
-            Duration::ZERO
-        };
-    let _ = window.set((start, end));
-    let mut total = LoadResult {
-        requests: 0,
-        errors: 0,
-        first_error: None,
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        measured: duration,
-    };
+    open_window(&window, warmed.is_ok(), duration);
+    let mut total = LoadResult::empty(duration)?;
     for worker in workers {
         let (requests, errors, first_error, histogram) = worker.await??;
         total.requests += requests;

@@ -525,7 +525,7 @@ async fn write_lane(
         sent: Vec::with_capacity(ops.len()),
         errors: 0,
         first_error: None,
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        latency_us: crate::load::latency_histogram()?,
         max_lag: Duration::ZERO,
         last_answer: Instant::now(),
     };

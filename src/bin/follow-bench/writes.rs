@@ -624,7 +624,7 @@ impl Phase {
             changed: 0,
             errors: 0,
             first_error: None,
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            latency_us: crate::load::latency_histogram()?,
             elapsed: Duration::ZERO,
             ended: Instant::now(),
             created: Vec::new(),
