@@ -1,13 +1,13 @@
 //! Queries on `blocks`: making and lifting blocks, which blocks stand between pairs, and a blocker's list.
 
-use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
+use diesel::sql_types::{BigInt, Nullable, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::{
-    StoreResult,
+    Count, StoreResult,
     follows::{Keyset, ListEntry},
     outbox::OutboxRow,
-    pairs::{Count, Pair, PairError, lock_users},
+    pairs::{PairError, lock_users},
 };
 
 /// What a block did.
@@ -30,16 +30,14 @@ pub async fn block(
 ) -> Result<BlockOutcome, PairError> {
     conn.transaction::<_, PairError, _>(async |conn| {
         lock_users(conn, blocker, blocked, true).await?;
-        let inserted: Vec<Pair> = diesel::sql_query(
-            "INSERT INTO blocks (blocker_id, blocked_id) VALUES ($1, $2) ON CONFLICT DO NOTHING \
-             RETURNING blocker_id AS a, blocked_id AS b",
+        let inserted = diesel::sql_query(
+            "INSERT INTO blocks (blocker_id, blocked_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind::<BigInt, _>(blocker)
         .bind::<BigInt, _>(blocked)
-        .load(conn)
-        .await
-        .map_err(PairError::store)?;
-        if inserted.is_empty() {
+        .execute(conn)
+        .await?;
+        if inserted == 0 {
             // Standing already: no edge nor request can exist between the two.
             return Ok(BlockOutcome::default());
         }
@@ -59,7 +57,7 @@ pub async fn block(
         .bind::<BigInt, _>(blocked)
         .load(conn)
         .await
-        .map_err(PairError::store)?;
+        ?;
         Ok(BlockOutcome {
             changed: true,
             events,
@@ -83,8 +81,7 @@ pub async fn unblock(
                 .bind::<BigInt, _>(blocker)
                 .bind::<BigInt, _>(blocked)
                 .execute(conn)
-                .await
-                .map_err(PairError::store)?;
+                .await?;
         Ok(removed > 0)
     })
     .await
@@ -95,17 +92,14 @@ pub async fn existing(
     conn: &mut AsyncPgConnection,
     pairs: &[(i64, i64)],
 ) -> StoreResult<Vec<(i64, i64)>> {
-    let (blockers, blocked): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
-    let rows: Vec<Pair> = diesel::sql_query(
+    super::pairs::existing(
+        conn,
         "SELECT b.blocker_id AS a, b.blocked_id AS b \
-         FROM unnest($1::bigint[], $2::bigint[]) AS p(blocker_id, blocked_id) \
-         JOIN blocks b ON b.blocker_id = p.blocker_id AND b.blocked_id = p.blocked_id",
+     FROM unnest($1::bigint[], $2::bigint[]) AS p(blocker_id, blocked_id) \
+     JOIN blocks b ON b.blocker_id = p.blocker_id AND b.blocked_id = p.blocked_id",
+        pairs,
     )
-    .bind::<Array<BigInt>, _>(blockers)
-    .bind::<Array<BigInt>, _>(blocked)
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|p| (p.a, p.b)).collect())
+    .await
 }
 
 /// Whom `blocker` blocks, newest first, after `after` if set: at most `limit` entries (`followed_at`

@@ -81,6 +81,13 @@ impl StoreError {
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One number read back from a statement (`… AS n`).
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
 /// An error that tells whether running the same statement again may succeed.
 pub trait Transient {
     fn is_transient(&self) -> bool;

@@ -9,7 +9,7 @@ use diesel::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::StoreResult;
+use super::{Count, StoreResult};
 
 /// SQL for an outbox row's delta to both counts (its follower's following, its followee's followers),
 /// from its `kind` column: the one place the counters' arithmetic names the kinds.
@@ -102,12 +102,6 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> StoreResult<OutboxStats> {
     .bind::<BigInt, _>(BACKLOG_COUNTED)
     .get_result(conn)
     .await?)
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 /// How many events are committed but not applied yet.

@@ -1,10 +1,14 @@
 //! What the statements on a pair of users share: their row shapes, their errors, and the locks on
 //! the two users' rows that order blocks, approvals and privacy changes against follows in flight.
 
-use diesel::{prelude::*, result::Error as DieselError, sql_types::BigInt};
+use diesel::{
+    prelude::*,
+    result::Error as DieselError,
+    sql_types::{Array, BigInt},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::StoreError;
+use super::{Count, StoreError, StoreResult};
 
 /// A pair of user ids read back from a statement.
 #[derive(QueryableByName)]
@@ -13,13 +17,6 @@ pub(super) struct Pair {
     pub a: i64,
     #[diesel(sql_type = BigInt)]
     pub b: i64,
-}
-
-/// One number read back from a statement.
-#[derive(QueryableByName)]
-pub(super) struct Count {
-    #[diesel(sql_type = BigInt)]
-    pub n: i64,
 }
 
 /// Why a statement on a pair (the acting user, another user) wrote nothing.
@@ -33,15 +30,9 @@ pub enum PairError {
     Store(#[from] StoreError),
 }
 
-impl PairError {
-    pub(super) fn store(err: DieselError) -> Self {
-        Self::Store(err.into())
-    }
-}
-
 impl From<DieselError> for PairError {
     fn from(err: DieselError) -> Self {
-        Self::store(err)
+        Self::Store(err.into())
     }
 }
 
@@ -70,8 +61,7 @@ pub(super) async fn lock_users(
         .bind::<BigInt, _>(actor)
         .bind::<BigInt, _>(other)
         .load(conn)
-        .await
-        .map_err(PairError::store)?;
+        .await?;
     if !found.iter().any(|r| r.n == actor) {
         return Err(PairError::UnknownActor);
     }
@@ -79,4 +69,20 @@ pub(super) async fn lock_users(
         return Err(PairError::UnknownUser);
     }
     Ok(())
+}
+
+/// Of these pairs, the ones `sql` finds: `sql` takes the pairs' first ids as `$1` and second ids as
+/// `$2` (two arrays, one primary-key probe per pair) and returns each pair found as `a, b`.
+pub(super) async fn existing(
+    conn: &mut AsyncPgConnection,
+    sql: &'static str,
+    pairs: &[(i64, i64)],
+) -> StoreResult<Vec<(i64, i64)>> {
+    let (firsts, seconds): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let rows: Vec<Pair> = diesel::sql_query(sql)
+        .bind::<Array<BigInt>, _>(firsts)
+        .bind::<Array<BigInt>, _>(seconds)
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|p| (p.a, p.b)).collect())
 }

@@ -3,15 +3,15 @@
 
 use diesel::{
     prelude::*,
-    sql_types::{Array, BigInt, Nullable, Timestamptz},
+    sql_types::{BigInt, Nullable, Timestamptz},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::{
-    StoreResult,
+    Count, StoreResult,
     follows::{Keyset, ListEntry},
     outbox::OutboxRow,
-    pairs::{Count, Pair, PairError, lock_users},
+    pairs::{PairError, lock_users},
 };
 
 /// What an approval did.
@@ -68,8 +68,7 @@ pub async fn approve(
         .bind::<BigInt, _>(requester)
         .bind::<BigInt, _>(target)
         .get_result(conn)
-        .await
-        .map_err(PairError::store)?;
+        .await?;
         let event = match (row.id, row.kind, row.occurred_at) {
             (Some(id), Some(kind), Some(occurred_at)) => Some(OutboxRow {
                 id,
@@ -103,8 +102,7 @@ pub async fn reject(
         .bind::<BigInt, _>(requester)
         .bind::<BigInt, _>(target)
         .execute(conn)
-        .await
-        .map_err(PairError::store)?;
+        .await?;
         Ok(removed > 0)
     })
     .await
@@ -136,17 +134,14 @@ pub async fn existing(
     conn: &mut AsyncPgConnection,
     pairs: &[(i64, i64)],
 ) -> StoreResult<Vec<(i64, i64)>> {
-    let (requesters, targets): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
-    let rows: Vec<Pair> = diesel::sql_query(
+    super::pairs::existing(
+        conn,
         "SELECT q.requester_id AS a, q.target_id AS b \
-         FROM unnest($1::bigint[], $2::bigint[]) AS p(requester_id, target_id) \
-         JOIN follow_requests q ON q.requester_id = p.requester_id AND q.target_id = p.target_id",
+     FROM unnest($1::bigint[], $2::bigint[]) AS p(requester_id, target_id) \
+     JOIN follow_requests q ON q.requester_id = p.requester_id AND q.target_id = p.target_id",
+        pairs,
     )
-    .bind::<Array<BigInt>, _>(requesters)
-    .bind::<Array<BigInt>, _>(targets)
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|p| (p.a, p.b)).collect())
+    .await
 }
 
 /// Who asked to follow `target`, newest first, after `after` if set: at most `limit` entries

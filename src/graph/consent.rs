@@ -36,28 +36,6 @@ pub(super) fn cannot_follow(asked: usize, target: i64) -> AppError {
 }
 
 impl FollowGraph {
-    /// Fails with `FORBIDDEN` when a block stands, either way, between the viewer and one of `targets`.
-    pub(super) async fn refuse_blocked(
-        &self,
-        viewer_id: i64,
-        targets: &[i64],
-    ) -> Result<(), AppError> {
-        let pairs: Vec<(i64, i64)> = targets
-            .iter()
-            .flat_map(|&t| [(viewer_id, t), (t, viewer_id)])
-            .collect();
-        let mut conn = db::connect(&self.db).await?;
-        let blocks = db::blocks::existing(&mut conn, &pairs).await?;
-        let blocked: HashSet<i64> = blocks
-            .into_iter()
-            .map(|(a, b)| if a == viewer_id { b } else { a })
-            .collect();
-        match targets.iter().find(|t| blocked.contains(t)) {
-            Some(&target) => Err(cannot_follow(targets.len(), target)),
-            None => Ok(()),
-        }
-    }
-
     /// The viewer blocks `user_id`: the edges both ways and any request go, and neither can follow the
     /// other until it is lifted. Blocking twice changes nothing the second time.
     pub async fn block(&self, viewer_id: i64, user_id: i64) -> Result<ConsentOutcome, AppError> {
@@ -210,8 +188,8 @@ impl FollowGraph {
         Ok((page, total))
     }
 
-    /// Puts what a consent write committed into the caches and onto the stream.
-    async fn publish(&self, events: &[OutboxRow]) {
+    /// Puts what a write outside the group commit committed into the caches and onto the stream.
+    pub(super) async fn publish(&self, events: &[OutboxRow]) {
         if events.is_empty() {
             return;
         }

@@ -131,10 +131,9 @@ impl FollowGraph {
         }
         let targets = sorted_unique(user_ids);
         if targets.len() > 1 {
-            // Name every unknown or blocked id before anything is written; a single id learns it from
-            // the write (whose gate refuses a block made since, too).
+            // Name every unknown id before anything is written; a single id learns it from the write.
+            // Blocks need no check here: the write's gate refuses the whole call when it meets one.
             self.require_users(viewer_id, &targets).await?;
-            self.refuse_blocked(viewer_id, &targets).await?;
         }
         let states = self.change_edges(viewer_id, &targets, true).await?;
         Ok(outcomes(user_ids, states))
@@ -330,10 +329,7 @@ impl FollowGraph {
         self.caches
             .record_users(std::slice::from_ref(&record))
             .await;
-        if !upserted.approved.is_empty() {
-            let rows: Vec<&db::outbox::OutboxRow> = upserted.approved.iter().collect();
-            group_commit::Publish::publish(&*self.publisher, &rows).await;
-        }
+        self.publish(&upserted.approved).await;
         Ok(record)
     }
 

@@ -114,27 +114,32 @@ impl FollowQuery {
         let shown = |other: i64| viewer.is_some_and(|v| v == user || v == other);
         let selection = ctx.look_ahead();
         let graph = ctx.data::<FollowGraph>()?;
-        let requests =
+        // Empty when not asked for (the graph answers an empty list without a statement); the two
+        // statements run at once.
+        let asked_requests: Vec<(i64, i64)> =
             if selection.field("requested").exists() || selection.field("requestedBy").exists() {
-                let asked: Vec<(i64, i64)> = pairs
+                pairs
                     .iter()
                     .copied()
                     .filter(|&(a, b)| shown(if a == user { b } else { a }))
-                    .collect();
-                graph.requests_between(&asked).await?
+                    .collect()
             } else {
-                Default::default()
+                Vec::new()
             };
-        let blocks = if selection.field("blocking").exists() && viewer == Some(user) {
-            let asked: Vec<(i64, i64)> = others
-                .iter()
-                .filter(|&&o| o != user)
-                .map(|&o| (user, o))
-                .collect();
-            graph.blocks_between(&asked).await?
-        } else {
-            Default::default()
-        };
+        let asked_blocks: Vec<(i64, i64)> =
+            if selection.field("blocking").exists() && viewer == Some(user) {
+                others
+                    .iter()
+                    .filter(|&&o| o != user)
+                    .map(|&o| (user, o))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let (requests, blocks) = futures::try_join!(
+            graph.requests_between(&asked_requests),
+            graph.blocks_between(&asked_blocks)
+        )?;
         Ok(others
             .iter()
             .zip(other_ids)
