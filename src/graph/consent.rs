@@ -6,6 +6,8 @@
 
 use std::collections::HashSet;
 
+use diesel_async::AsyncPgConnection;
+
 use super::{FollowGraph, group_commit::Publish};
 use crate::{
     db::{
@@ -24,6 +26,15 @@ pub struct ConsentOutcome {
     pub user_id: i64,
     /// Whether the call changed anything.
     pub changed: bool,
+}
+
+/// The lists only their owner, the viewer, reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewerList {
+    /// Whom the viewer blocks.
+    Blocking,
+    /// Who asks to follow the viewer.
+    FollowRequests,
 }
 
 /// The refusal of a follow across a block, either way: it says no more than that.
@@ -137,14 +148,10 @@ impl FollowGraph {
         &self,
         pairs: &[(i64, i64)],
     ) -> Result<HashSet<(i64, i64)>, AppError> {
-        if pairs.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let mut conn = db::connect(&self.db).await?;
-        Ok(db::blocks::existing(&mut conn, pairs)
-            .await?
-            .into_iter()
-            .collect())
+        self.pairs_found(pairs, async |conn, pairs| {
+            db::blocks::existing(conn, pairs).await
+        })
+        .await
     }
 
     /// Of these (requester, target) pairs, the pending requests. Read from PostgreSQL, as blocks.
@@ -152,40 +159,56 @@ impl FollowGraph {
         &self,
         pairs: &[(i64, i64)],
     ) -> Result<HashSet<(i64, i64)>, AppError> {
+        self.pairs_found(pairs, async |conn, pairs| {
+            db::requests::existing(conn, pairs).await
+        })
+        .await
+    }
+
+    /// The pairs a store probe finds; no statement for no pairs.
+    async fn pairs_found(
+        &self,
+        pairs: &[(i64, i64)],
+        probe: impl AsyncFnOnce(
+            &mut AsyncPgConnection,
+            &[(i64, i64)],
+        ) -> db::StoreResult<Vec<(i64, i64)>>,
+    ) -> Result<HashSet<(i64, i64)>, AppError> {
         if pairs.is_empty() {
             return Ok(HashSet::new());
         }
         let mut conn = db::connect(&self.db).await?;
-        Ok(db::requests::existing(&mut conn, pairs)
-            .await?
-            .into_iter()
-            .collect())
+        Ok(probe(&mut conn, pairs).await?.into_iter().collect())
     }
 
-    /// A page of whom the viewer blocks, newest first (`limit` rows at most), and how many in all.
-    pub async fn blocking_page(
+    /// A page of one of the viewer's own lists, newest first, `limit` rows at most.
+    pub async fn viewer_list_page(
         &self,
+        list: ViewerList,
         viewer_id: i64,
         after: Option<Keyset>,
         limit: i64,
-    ) -> Result<(Vec<ListEntry>, i64), AppError> {
+    ) -> Result<Vec<ListEntry>, AppError> {
         let mut conn = db::connect(&self.db).await?;
-        let page = db::blocks::page(&mut conn, viewer_id, after, limit).await?;
-        let total = db::blocks::count(&mut conn, viewer_id).await?;
-        Ok((page, total))
+        Ok(match list {
+            ViewerList::Blocking => db::blocks::page(&mut conn, viewer_id, after, limit).await?,
+            ViewerList::FollowRequests => {
+                db::requests::page(&mut conn, viewer_id, after, limit).await?
+            }
+        })
     }
 
-    /// A page of the requests pending to the viewer, newest first, and how many in all.
-    pub async fn requests_page(
+    /// How long one of the viewer's own lists is.
+    pub async fn viewer_list_count(
         &self,
+        list: ViewerList,
         viewer_id: i64,
-        after: Option<Keyset>,
-        limit: i64,
-    ) -> Result<(Vec<ListEntry>, i64), AppError> {
+    ) -> Result<i64, AppError> {
         let mut conn = db::connect(&self.db).await?;
-        let page = db::requests::page(&mut conn, viewer_id, after, limit).await?;
-        let total = db::requests::count(&mut conn, viewer_id).await?;
-        Ok((page, total))
+        Ok(match list {
+            ViewerList::Blocking => db::blocks::count(&mut conn, viewer_id).await?,
+            ViewerList::FollowRequests => db::requests::count(&mut conn, viewer_id).await?,
+        })
     }
 
     /// Puts what a write outside the group commit committed into the caches and onto the stream.

@@ -5,7 +5,7 @@
 mod consent;
 mod group_commit;
 
-pub use consent::ConsentOutcome;
+pub use consent::{ConsentOutcome, ViewerList};
 pub use group_commit::GroupCommitSettings;
 
 use std::{

@@ -1,8 +1,6 @@
 //! Who may follow whom, as the viewer decides it: blocks, removing a follower, and the follow requests
 //! to a private account (mutations, and the two lists only the viewer sees).
 
-use std::sync::Arc;
-
 use async_graphql::{Context, ID, Object, Result};
 
 use super::{
@@ -15,7 +13,7 @@ use super::{
 };
 use crate::{
     db::follows::{Keyset, ListEntry},
-    graph::{ConsentOutcome, FollowGraph},
+    graph::{ConsentOutcome, FollowGraph, ViewerList},
 };
 
 /// Blocking, removing followers, answering follow requests.
@@ -141,14 +139,9 @@ impl ConsentQuery {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> Result<BlockConnection> {
-        let viewer = require_viewer(ctx)?;
-        let size = page_size(first)?;
-        let after = after.as_deref().map(cursor::decode).transpose()?;
-        let (rows, total) = ctx
-            .data::<FollowGraph>()?
-            .blocking_page(viewer.user_id, after, size + 1)
-            .await?;
-        Ok(BlockConnection(UserPage::new(rows, size, total)))
+        Ok(BlockConnection(
+            UserPage::read(ctx, ViewerList::Blocking, first, after).await?,
+        ))
     }
 
     /// The follow requests pending to the viewer (a private account), most recent first. Needs a viewer;
@@ -160,32 +153,43 @@ impl ConsentQuery {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> Result<FollowRequestConnection> {
-        let viewer = require_viewer(ctx)?;
-        let size = page_size(first)?;
-        let after = after.as_deref().map(cursor::decode).transpose()?;
-        let (rows, total) = ctx
-            .data::<FollowGraph>()?
-            .requests_page(viewer.user_id, after, size + 1)
-            .await?;
-        Ok(FollowRequestConnection(UserPage::new(rows, size, total)))
+        Ok(FollowRequestConnection(
+            UserPage::read(ctx, ViewerList::FollowRequests, first, after).await?,
+        ))
     }
 }
 
-/// A page of users with the time each entered the list, fetched one row beyond the page.
+/// A page of one of the viewer's lists, fetched one row beyond the page; its length is read only if
+/// `totalCount` is asked for.
 struct UserPage {
-    rows: Arc<Vec<ListEntry>>,
+    rows: Vec<ListEntry>,
     shown: usize,
-    total: i64,
+    list: ViewerList,
+    viewer_id: i64,
 }
 
 impl UserPage {
-    fn new(rows: Vec<ListEntry>, size: i64, total: i64) -> Self {
+    /// The page `first` / `after` asks of the viewer's `list`.
+    async fn read(
+        ctx: &Context<'_>,
+        list: ViewerList,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Self> {
+        let viewer = require_viewer(ctx)?;
+        let size = page_size(first)?;
+        let after = after.as_deref().map(cursor::decode).transpose()?;
+        let rows = ctx
+            .data::<FollowGraph>()?
+            .viewer_list_page(list, viewer.user_id, after, size + 1)
+            .await?;
         let shown = rows.len().min(size as usize);
-        Self {
-            rows: Arc::new(rows),
+        Ok(Self {
+            rows,
             shown,
-            total,
-        }
+            list,
+            viewer_id: viewer.user_id,
+        })
     }
 
     fn entries(&self) -> &[ListEntry] {
@@ -206,8 +210,12 @@ impl UserPage {
         }
     }
 
-    fn total_count(&self) -> i32 {
-        self.total.clamp(0, i64::from(i32::MAX)) as i32
+    async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        let n = ctx
+            .data::<FollowGraph>()?
+            .viewer_list_count(self.list, self.viewer_id)
+            .await?;
+        Ok(n.clamp(0, i64::from(i32::MAX)) as i32)
     }
 }
 
@@ -236,8 +244,8 @@ impl BlockConnection {
     }
 
     /// How many users the viewer blocks.
-    async fn total_count(&self) -> i32 {
-        self.0.total_count()
+    async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        self.0.total_count(ctx).await
     }
 }
 
@@ -283,8 +291,8 @@ impl FollowRequestConnection {
     }
 
     /// How many requests are pending to the viewer.
-    async fn total_count(&self) -> i32 {
-        self.0.total_count()
+    async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        self.0.total_count(ctx).await
     }
 }
 
