@@ -50,7 +50,7 @@ COMMENT ON COLUMN outbox.kind IS 'follow (+1: the follower followed), unfollow (
 -- keys lock them anyway: follows never wait for each other); a block and a change of privacy lock their
 -- rows FOR UPDATE, which waits for the follows in flight and makes new ones wait. So a follow commits
 -- wholly before a block (whose delete then removes its edge), or sees the block. One call per batch:
--- four queries in all, not four per follow.
+-- two queries in all, not four per follow.
 CREATE FUNCTION follow_gates(followers BIGINT[], followees BIGINT[]) RETURNS TEXT[]
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
