@@ -35,8 +35,8 @@ pub struct Loaders {
     lists: Batched<ListKey, ListLoader>,
     known_followers: Batched<KnownKey, KnownFollowersLoader>,
     known_counts: Batched<KnownCountKey, KnownCountLoader>,
-    blocks: Batched<(i64, i64), BlockLoader>,
-    requests: Batched<(i64, i64), RequestLoader>,
+    blocks: Batched<(i64, i64), PairFactLoader>,
+    requests: Batched<(i64, i64), PairFactLoader>,
     graph: FollowGraph,
     viewer_id: Option<i64>,
 }
@@ -59,8 +59,16 @@ impl Loaders {
                 delay,
             ),
             known_counts: Batched::new("known_counts", KnownCountLoader(graph.clone()), delay),
-            blocks: Batched::new("blocks", BlockLoader(graph.clone()), delay),
-            requests: Batched::new("requests", RequestLoader(graph.clone()), delay),
+            blocks: Batched::new(
+                "blocks",
+                PairFactLoader(graph.clone(), PairFact::Block),
+                delay,
+            ),
+            requests: Batched::new(
+                "requests",
+                PairFactLoader(graph.clone(), PairFact::Request),
+                delay,
+            ),
             graph: graph.clone(),
             viewer_id,
         }
@@ -221,36 +229,28 @@ impl Loaders {
     }
 }
 
-/// Blocks by (blocker, blocked) pair: every pair asked gets an answer.
-pub struct BlockLoader(FollowGraph);
-
-impl Loader<(i64, i64)> for BlockLoader {
-    type Value = bool;
-    type Error = async_graphql::Error;
-
-    async fn load(&self, keys: &[(i64, i64)]) -> Result<HashMap<(i64, i64), bool>, Self::Error> {
-        let found = self
-            .0
-            .blocks_between(keys)
-            .await
-            .map_err(to_graphql_error)?;
-        Ok(keys.iter().map(|k| (*k, found.contains(k))).collect())
-    }
+/// Which fact about a pair a [`PairFactLoader`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairFact {
+    /// `pair.0` blocks `pair.1`.
+    Block,
+    /// `pair.0` has a request pending to follow `pair.1`.
+    Request,
 }
 
-/// Pending requests by (requester, target) pair: every pair asked gets an answer.
-pub struct RequestLoader(FollowGraph);
+/// A fact about pairs, read from PostgreSQL (not cached): every pair asked gets an answer.
+pub struct PairFactLoader(FollowGraph, PairFact);
 
-impl Loader<(i64, i64)> for RequestLoader {
+impl Loader<(i64, i64)> for PairFactLoader {
     type Value = bool;
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[(i64, i64)]) -> Result<HashMap<(i64, i64), bool>, Self::Error> {
-        let found = self
-            .0
-            .requests_between(keys)
-            .await
-            .map_err(to_graphql_error)?;
+        let found = match self.1 {
+            PairFact::Block => self.0.blocks_between(keys).await,
+            PairFact::Request => self.0.requests_between(keys).await,
+        }
+        .map_err(to_graphql_error)?;
         Ok(keys.iter().map(|k| (*k, found.contains(k))).collect())
     }
 }

@@ -26,15 +26,13 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Result<FollowEvent>> + use<>> {
         let viewer = viewer_id(ctx).ok_or_else(AppError::needs_viewer)?;
         let hub = ctx.data::<EventHub>()?;
-        Ok(hub.subscribe(viewer).filter_map(|delivery| {
-            std::future::ready(match delivery {
-                Delivery::Event(event) => FollowEvent::shown(event).map(Ok),
-                Delivery::Overrun => Some(Err(AppError::ServiceUnavailable(
-                    "this subscription fell too far behind its events and was ended; subscribe again"
-                        .into(),
-                )
-                .into())),
-            })
+        Ok(hub.subscribe(viewer).map(|delivery| match delivery {
+            Delivery::Event(event) => Ok(FollowEvent(event)),
+            Delivery::Overrun => Err(AppError::ServiceUnavailable(
+                "this subscription fell too far behind its events and was ended; subscribe again"
+                    .into(),
+            )
+            .into()),
         }))
     }
 }

@@ -436,24 +436,13 @@ impl FollowerPayload {
 /// Something that happened between a follower and a followee: see kind, and who is told of it.
 pub struct FollowEvent(pub crate::events::FollowEvent);
 
-impl FollowEvent {
-    /// The event as its recipient sees it; `None` for a kind nobody is told of (a removal).
-    pub fn shown(event: crate::events::FollowEvent) -> Option<Self> {
-        use crate::events::FollowEventKind as Kind;
-        match event.kind {
-            Kind::Follow | Kind::Unfollow | Kind::Request | Kind::Approve => Some(Self(event)),
-            Kind::Remove => None,
-        }
-    }
-}
-
 #[Object]
 impl FollowEvent {
     async fn kind(&self) -> FollowEventKind {
         use crate::events::FollowEventKind as Kind;
         match self.0.kind {
             Kind::Follow => FollowEventKind::Follow,
-            // Never shown (see `shown`); an unfollow is what it did to the edge.
+            // A removal has no recipient, so the hub never delivers one; to the edge it is an unfollow.
             Kind::Unfollow | Kind::Remove => FollowEventKind::Unfollow,
             Kind::Request => FollowEventKind::FollowRequested,
             Kind::Approve => FollowEventKind::FollowRequestApproved,
