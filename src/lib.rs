@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod graph;

@@ -3,10 +3,11 @@
 use diesel::sql_types::{BigInt, Nullable, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use crate::domain::FollowEvent;
+
 use super::{
     Count, StoreResult,
     follows::{Keyset, ListEntry},
-    outbox::OutboxRow,
     pairs::{PairError, lock_users},
 };
 
@@ -16,7 +17,7 @@ pub struct BlockOutcome {
     /// Whether the block is new.
     pub changed: bool,
     /// The removal of each edge it took away (none, one or both ways), committed with it.
-    pub events: Vec<OutboxRow>,
+    pub events: Vec<FollowEvent>,
 }
 
 /// `blocker` blocks `blocked`, in one transaction: the block row, the edges both ways (each removal an
@@ -41,7 +42,7 @@ pub async fn block(
             // Standing already: no edge nor request can exist between the two.
             return Ok(BlockOutcome::default());
         }
-        let events: Vec<OutboxRow> = diesel::sql_query(
+        let events: Vec<FollowEvent> = diesel::sql_query(
             "WITH removed AS ( \
                  DELETE FROM follows \
                  WHERE (follower_id = $1 AND followee_id = $2) OR (follower_id = $2 AND followee_id = $1) \

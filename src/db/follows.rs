@@ -8,7 +8,8 @@ use diesel::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{StoreError, StoreResult, outbox::OutboxRow, prepared::prepared};
+use super::{StoreError, StoreResult, prepared::prepared};
+use crate::domain::{EventId, EventKind, FollowEvent, UserId};
 
 /// Which end of the edge a list is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,11 +50,11 @@ pub struct EdgeChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EdgeResult {
     /// The edge changed; its event, committed with it.
-    Changed(OutboxRow),
+    Changed(FollowEvent),
     /// The edge already was as asked (and, for an unfollow, no request was pending).
     Unchanged,
     /// A follow of a private account: a request is pending; its event if this change made it.
-    Requested(Option<OutboxRow>),
+    Requested(Option<FollowEvent>),
     /// An unfollow withdrew a pending request (there was no edge).
     Withdrawn,
     /// A block stands between the two, either way: nothing written.
@@ -72,7 +73,7 @@ pub enum EdgeResult {
 
 impl EdgeResult {
     /// The event this change committed, if any.
-    pub fn event(&self) -> Option<&OutboxRow> {
+    pub fn event(&self) -> Option<&FollowEvent> {
         match self {
             Self::Changed(row) | Self::Requested(Some(row)) => Some(row),
             _ => None,
@@ -112,9 +113,9 @@ struct ChangeRow {
     #[diesel(sql_type = Text)]
     gate: String,
     #[diesel(sql_type = Nullable<BigInt>)]
-    id: Option<i64>,
+    id: Option<EventId>,
     #[diesel(sql_type = Nullable<Text>)]
-    kind: Option<String>,
+    kind: Option<EventKind>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     occurred_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Bool)]
@@ -157,12 +158,12 @@ pub async fn change_edges(
         .zip(rows)
         .map(|(change, row)| {
             let event = match (row.id, row.kind, row.occurred_at) {
-                (Some(id), Some(kind), Some(occurred_at)) => Some(OutboxRow {
+                (Some(id), Some(kind), Some(occurred_at)) => Some(FollowEvent {
                     id,
                     kind,
-                    follower_id: change.follower_id,
-                    followee_id: change.followee_id,
-                    occurred_at,
+                    follower: UserId(change.follower_id),
+                    followee: UserId(change.followee_id),
+                    at: occurred_at,
                 }),
                 _ => None,
             };
@@ -566,8 +567,8 @@ pub async fn remove_follower(
     conn: &mut AsyncPgConnection,
     owner: i64,
     follower: i64,
-) -> StoreResult<Option<OutboxRow>> {
-    let rows: Vec<OutboxRow> = diesel::sql_query(
+) -> StoreResult<Option<FollowEvent>> {
+    let rows: Vec<FollowEvent> = diesel::sql_query(
         "WITH removed AS ( \
              DELETE FROM follows WHERE follower_id = $1 AND followee_id = $2 \
              RETURNING follower_id, followee_id) \

@@ -2,38 +2,21 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use diesel::{
-    prelude::*,
-    sql_types::{BigInt, Text, Timestamptz},
-};
+use diesel::{prelude::*, sql_types::BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{Count, StoreResult};
+use crate::domain::{EventId, FollowEvent};
 
 /// SQL for an outbox row's delta to both counts (its follower's following, its followee's followers),
-/// from its `kind` column: the one place the counters' arithmetic names the kinds.
+/// from its `kind` column: the one place the counters' arithmetic names the kinds (a unit test checks
+/// it against `EventKind::count_delta`; the table's CHECK admits no other kind).
 #[macro_export]
 macro_rules! outbox_delta_sql {
     () => {
-        "CASE kind WHEN 'follow' THEN 1 WHEN 'approve' THEN 1 WHEN 'request' THEN 0 ELSE -1 END"
+        "CASE kind WHEN 'follow' THEN 1 WHEN 'unfollow' THEN -1 WHEN 'approve' THEN 1 \
+         WHEN 'remove' THEN -1 WHEN 'request' THEN 0 END"
     };
-}
-
-/// One committed edge change, as written in the same statement as the edge.
-#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
-pub struct OutboxRow {
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
-    /// `follow`, `unfollow`, `approve`, `remove` or `request` (see the migration that adds the last three).
-    #[diesel(sql_type = Text)]
-    pub kind: String,
-    #[diesel(sql_type = BigInt)]
-    pub follower_id: i64,
-    #[diesel(sql_type = BigInt)]
-    pub followee_id: i64,
-    #[diesel(sql_type = Timestamptz)]
-    pub occurred_at: DateTime<Utc>,
 }
 
 /// Claims up to `limit` rows that nobody applied, and no relay looked at, for `older_than`, oldest first,
@@ -42,7 +25,7 @@ pub async fn claim_stale(
     conn: &mut AsyncPgConnection,
     older_than: Duration,
     limit: i64,
-) -> StoreResult<Vec<OutboxRow>> {
+) -> StoreResult<Vec<FollowEvent>> {
     let micros = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
     Ok(diesel::sql_query(
         "UPDATE outbox SET published_at = clock_timestamp() \
@@ -62,11 +45,11 @@ pub async fn claim_stale(
 #[derive(QueryableByName)]
 struct Id {
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    id: EventId,
 }
 
 /// Of these outbox ids, the ones whose row is still there (not applied yet).
-pub async fn unapplied(conn: &mut AsyncPgConnection, ids: &[i64]) -> StoreResult<Vec<i64>> {
+pub async fn unapplied(conn: &mut AsyncPgConnection, ids: &[EventId]) -> StoreResult<Vec<EventId>> {
     let rows: Vec<Id> = diesel::sql_query("SELECT id FROM outbox WHERE id = ANY($1::bigint[])")
         .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
         .load(conn)

@@ -7,10 +7,11 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use crate::domain::{EventId, EventKind, FollowEvent, UserId};
+
 use super::{
     Count, StoreResult,
     follows::{Keyset, ListEntry},
-    outbox::OutboxRow,
     pairs::{PairError, lock_users},
 };
 
@@ -20,7 +21,7 @@ pub struct Approval {
     /// Whether a request was pending (and is now gone).
     pub changed: bool,
     /// The edge's event (kind `approve`), when the approval made the edge.
-    pub event: Option<OutboxRow>,
+    pub event: Option<FollowEvent>,
 }
 
 /// `target` approves the pending request of `requester`: the request becomes an edge, with its outbox
@@ -43,9 +44,9 @@ pub async fn approve(
             #[diesel(sql_type = BigInt)]
             moved: i64,
             #[diesel(sql_type = Nullable<BigInt>)]
-            id: Option<i64>,
+            id: Option<EventId>,
             #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
-            kind: Option<String>,
+            kind: Option<EventKind>,
             #[diesel(sql_type = Nullable<Timestamptz>)]
             occurred_at: Option<chrono::DateTime<chrono::Utc>>,
         }
@@ -70,12 +71,12 @@ pub async fn approve(
         .get_result(conn)
         .await?;
         let event = match (row.id, row.kind, row.occurred_at) {
-            (Some(id), Some(kind), Some(occurred_at)) => Some(OutboxRow {
+            (Some(id), Some(kind), Some(occurred_at)) => Some(FollowEvent {
                 id,
                 kind,
-                follower_id: requester,
-                followee_id: target,
-                occurred_at,
+                follower: UserId(requester),
+                followee: UserId(target),
+                at: occurred_at,
             }),
             _ => None,
         };
@@ -111,7 +112,10 @@ pub async fn reject(
 /// Approves every request pending to `target`, in the caller's transaction (an account turned public,
 /// whose row the caller holds FOR UPDATE, so no new request can slip in): one edge and one `approve`
 /// event per request, in one statement.
-pub async fn approve_all(conn: &mut AsyncPgConnection, target: i64) -> QueryResult<Vec<OutboxRow>> {
+pub async fn approve_all(
+    conn: &mut AsyncPgConnection,
+    target: i64,
+) -> QueryResult<Vec<FollowEvent>> {
     diesel::sql_query(
         "WITH moved AS ( \
              DELETE FROM follow_requests WHERE target_id = $1 RETURNING requester_id, target_id), \

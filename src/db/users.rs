@@ -82,7 +82,7 @@ impl super::Transient for UpsertError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upserted {
     pub record: UserRecord,
-    pub approved: Vec<super::outbox::OutboxRow>,
+    pub approved: Vec<crate::domain::FollowEvent>,
 }
 
 /// Creates the user or updates its handle and display name, and its privacy when `is_private` is set

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::{FollowEvent, StreamNames};
+use super::{StreamNames, codec};
 use crate::{
     db::{self, DbPool, stats::AppliedBatch},
     redis_pool::redis::{self, aio::MultiplexedConnection, streams::StreamReadReply},
@@ -163,12 +163,12 @@ pub async fn process_entries(
     // Events whose status the writer's own round trip recorded in the caches: not recorded again.
     let mut recorded = std::collections::HashSet::new();
     for entry in entries {
-        match FollowEvent::from_fields(&entry.map) {
+        match codec::decode(&entry.map) {
             Some(event) => {
-                outbox_ids.push(event.id);
+                outbox_ids.push(event.id.get());
                 done.push(entry.id.as_str());
-                if super::recorded_in_caches(&entry.map) {
-                    recorded.insert(event.id);
+                if codec::recorded_in_caches(&entry.map) {
+                    recorded.insert(event.id.get());
                 }
             }
             None => tracing::warn!(entry = %entry.id, "undecodable stream entry left pending"),

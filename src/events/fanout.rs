@@ -28,8 +28,9 @@ use std::{
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 
-use super::{FollowEvent, StreamNames};
+use super::{StreamNames, codec};
 use crate::{
+    domain::{EventId, FollowEvent, UserId},
     redis_pool::redis::{self, streams::StreamReadReply},
     telemetry::metrics::{SUBSCRIBERS, SUBSCRIPTION_EVENTS, SUBSCRIPTIONS_OVERRUN},
 };
@@ -51,7 +52,7 @@ struct HubInner {
 }
 
 struct Routes {
-    by_user: HashMap<i64, Vec<Subscriber>>,
+    by_user: HashMap<UserId, Vec<Subscriber>>,
     next_id: u64,
     marks: Marks,
 }
@@ -85,7 +86,7 @@ impl EventHub {
     }
 
     /// Subscribes to the events whose followee is `user_id`.
-    pub fn subscribe(&self, user_id: i64) -> EventSubscription {
+    pub fn subscribe(&self, user_id: UserId) -> EventSubscription {
         let (queue, receiver) = mpsc::channel(self.inner.buffer);
         let mut routes = self.routes();
         routes.next_id += 1;
@@ -155,7 +156,7 @@ impl EventHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn unsubscribe(&self, user_id: i64, id: u64) {
+    fn unsubscribe(&self, user_id: UserId, id: u64) {
         let mut routes = self.routes();
         if let Some(subscribers) = routes.by_user.get_mut(&user_id) {
             subscribers.retain(|s| s.id != id);
@@ -171,7 +172,7 @@ impl EventHub {
 pub struct EventSubscription {
     receiver: mpsc::Receiver<FollowEvent>,
     hub: EventHub,
-    user_id: i64,
+    user_id: UserId,
     id: u64,
     finished: bool,
 }
@@ -212,19 +213,19 @@ impl Drop for EventSubscription {
 /// arrives after `capacity` newer marks were set (an XADD lost at commit whose relay copy comes seconds
 /// later behind that many events of subscribed users): it is treated as superseded.
 struct Marks {
-    by_followee: HashMap<i64, FolloweeMarks>,
+    by_followee: HashMap<UserId, FolloweeMarks>,
     /// (followee, follower, id) in the order marks were set; an entry whose mark has since moved on or
     /// gone is skipped when its turn comes. Its length bounds the number of marks.
-    order: VecDeque<(i64, i64, i64)>,
+    order: VecDeque<(UserId, UserId, EventId)>,
     capacity: usize,
 }
 
 #[derive(Default)]
 struct FolloweeMarks {
     /// Events of this followee with an id at or below it are dropped (raised by evictions).
-    floor: i64,
+    floor: EventId,
     /// The highest id delivered per follower.
-    by_follower: HashMap<i64, i64>,
+    by_follower: HashMap<UserId, EventId>,
 }
 
 impl Marks {
@@ -238,7 +239,7 @@ impl Marks {
 
     /// Whether the event `id` of the pair (`recipient`, `other`) is new for the pair; if so it becomes
     /// the pair's mark.
-    fn admit(&mut self, recipient: i64, other: i64, id: i64) -> bool {
+    fn admit(&mut self, recipient: UserId, other: UserId, id: EventId) -> bool {
         let followee = self.by_followee.entry(recipient).or_default();
         if id <= followee.floor {
             return false;
@@ -268,7 +269,7 @@ impl Marks {
     }
 
     /// Drops the marks of a followee that has no subscriber here any more.
-    fn forget(&mut self, followee_id: i64) {
+    fn forget(&mut self, followee_id: UserId) {
         self.by_followee.remove(&followee_id);
     }
 
@@ -352,7 +353,7 @@ async fn read_once(
         .query_async(conn)
         .await?;
     for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-        if let Some(event) = FollowEvent::from_fields(&entry.map) {
+        if let Some(event) = codec::decode(&entry.map) {
             hub.publish(&event);
         }
         *last_id = entry.id;
@@ -365,7 +366,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::events::FollowEventKind;
+    use crate::domain::EventKind as FollowEventKind;
 
     fn event(id: i64, followee_id: i64) -> FollowEvent {
         edge_event(id, 1, followee_id)
@@ -373,10 +374,10 @@ mod tests {
 
     fn edge_event(id: i64, follower_id: i64, followee_id: i64) -> FollowEvent {
         FollowEvent {
-            id,
+            id: EventId(id),
             kind: FollowEventKind::Follow,
-            follower_id,
-            followee_id,
+            follower: UserId(follower_id),
+            followee: UserId(followee_id),
             at: chrono::DateTime::UNIX_EPOCH,
         }
     }
@@ -384,8 +385,8 @@ mod tests {
     #[tokio::test]
     async fn an_approval_reaches_the_requester_and_a_removal_reaches_nobody() {
         let hub = EventHub::new(8);
-        let mut requester = hub.subscribe(1);
-        let mut owner = hub.subscribe(2);
+        let mut requester = hub.subscribe(UserId(1));
+        let mut owner = hub.subscribe(UserId(2));
         let approval = FollowEvent {
             kind: FollowEventKind::Approve,
             ..edge_event(10, 1, 2)
@@ -408,8 +409,8 @@ mod tests {
     #[tokio::test]
     async fn an_event_reaches_only_the_subscribers_of_its_followee() {
         let hub = EventHub::new(8);
-        let mut mine = hub.subscribe(2);
-        let mut other = hub.subscribe(3);
+        let mut mine = hub.subscribe(UserId(2));
+        let mut other = hub.subscribe(UserId(3));
         assert_eq!(hub.publish(&event(10, 2)), 1);
         assert_eq!(mine.next().await, Some(Delivery::Event(event(10, 2))));
         assert!(futures::poll!(other.next()).is_pending());
@@ -418,7 +419,7 @@ mod tests {
     #[tokio::test]
     async fn a_republished_event_is_delivered_once() {
         let hub = EventHub::new(8);
-        let mut sub = hub.subscribe(2);
+        let mut sub = hub.subscribe(UserId(2));
         let e = event(10, 2);
         assert_eq!(hub.publish(&e), 1);
         assert_eq!(hub.publish(&e), 0);
@@ -429,7 +430,7 @@ mod tests {
     #[tokio::test]
     async fn a_repeat_is_dropped_however_many_events_came_between() {
         let hub = EventHub::new(8);
-        let mut sub = hub.subscribe(2);
+        let mut sub = hub.subscribe(UserId(2));
         let first = edge_event(10, 1, 2);
         assert_eq!(hub.publish(&first), 1);
         assert_eq!(sub.next().await, Some(Delivery::Event(first.clone())));
@@ -444,17 +445,17 @@ mod tests {
     #[tokio::test]
     async fn two_followers_events_arriving_out_of_order_are_both_delivered() {
         let hub = EventHub::new(8);
-        let mut sub = hub.subscribe(2);
+        let mut sub = hub.subscribe(UserId(2));
         assert_eq!(hub.publish(&edge_event(11, 3, 2)), 1);
         assert_eq!(hub.publish(&edge_event(10, 4, 2)), 1);
-        assert!(matches!(sub.next().await, Some(Delivery::Event(e)) if e.id == 11));
-        assert!(matches!(sub.next().await, Some(Delivery::Event(e)) if e.id == 10));
+        assert!(matches!(sub.next().await, Some(Delivery::Event(e)) if e.id == EventId(11)));
+        assert!(matches!(sub.next().await, Some(Delivery::Event(e)) if e.id == EventId(10)));
     }
 
     #[tokio::test]
     async fn an_older_change_of_an_edge_after_a_newer_one_is_dropped() {
         let hub = EventHub::new(8);
-        let _sub = hub.subscribe(2);
+        let _sub = hub.subscribe(UserId(2));
         assert_eq!(hub.publish(&edge_event(12, 3, 2)), 1);
         assert_eq!(hub.publish(&edge_event(11, 3, 2)), 0);
     }
@@ -463,20 +464,26 @@ mod tests {
     fn marks_stay_within_their_capacity_and_evicted_edges_still_drop_repeats() {
         let mut marks = Marks::new(4);
         for id in 1..=100 {
-            assert!(marks.admit(2, id, id));
+            assert!(marks.admit(UserId(2), UserId(id), EventId(id)));
             assert!(marks.len() <= 4);
         }
-        assert!(!marks.admit(2, 1, 1), "below the floor");
-        assert!(!marks.admit(2, 100, 100), "still marked");
-        assert!(marks.admit(2, 1, 101));
-        marks.forget(2);
+        assert!(
+            !marks.admit(UserId(2), UserId(1), EventId(1)),
+            "below the floor"
+        );
+        assert!(
+            !marks.admit(UserId(2), UserId(100), EventId(100)),
+            "still marked"
+        );
+        assert!(marks.admit(UserId(2), UserId(1), EventId(101)));
+        marks.forget(UserId(2));
         assert_eq!(marks.len(), 0);
     }
 
     #[tokio::test]
     async fn a_followee_s_marks_go_with_its_last_subscriber() {
         let hub = EventHub::new(8);
-        let sub = hub.subscribe(2);
+        let sub = hub.subscribe(UserId(2));
         assert_eq!(hub.publish(&event(10, 2)), 1);
         assert_eq!(hub.routes().marks.len(), 1);
         drop(sub);
@@ -486,15 +493,15 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_ends_that_subscription_and_no_other() {
         let hub = EventHub::new(2);
-        let mut slow = hub.subscribe(2);
-        let mut fast = hub.subscribe(2);
+        let mut slow = hub.subscribe(UserId(2));
+        let mut fast = hub.subscribe(UserId(2));
         for id in 1..=3 {
             hub.publish(&event(id, 2));
             // The fast subscriber keeps up.
             assert!(matches!(fast.next().await, Some(Delivery::Event(_))));
         }
-        assert!(matches!(slow.next().await, Some(Delivery::Event(e)) if e.id == 1));
-        assert!(matches!(slow.next().await, Some(Delivery::Event(e)) if e.id == 2));
+        assert!(matches!(slow.next().await, Some(Delivery::Event(e)) if e.id == EventId(1)));
+        assert!(matches!(slow.next().await, Some(Delivery::Event(e)) if e.id == EventId(2)));
         assert_eq!(slow.next().await, Some(Delivery::Overrun));
         assert_eq!(slow.next().await, None);
         assert_eq!(hub.subscriber_count(), 1);
@@ -504,7 +511,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_subscription_unsubscribes_it() {
         let hub = EventHub::new(2);
-        let sub = hub.subscribe(2);
+        let sub = hub.subscribe(UserId(2));
         assert_eq!(hub.subscriber_count(), 1);
         drop(sub);
         assert_eq!(hub.subscriber_count(), 0);

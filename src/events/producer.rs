@@ -20,8 +20,9 @@ use std::{sync::Arc, sync::LazyLock, time::Duration};
 
 use anyhow::Context;
 
-use super::{FollowEvent, StreamNames};
+use super::{StreamNames, codec};
 use crate::{
+    domain::{EventId, FollowEvent},
     redis_health::RedisHealth,
     redis_pool::{RedisPool, redis},
     telemetry::metrics::{EVENTS_PUBLISHED, PUBLISH_FAILURES},
@@ -238,7 +239,7 @@ impl Producer {
     /// Of these outbox ids, the ones whose entry is still on its way to the counters group (see the
     /// module's documentation); one script per chunk of ids, each a consistent view of the stream, the group
     /// and the index.
-    pub async fn in_flight(&self, outbox_ids: &[i64]) -> anyhow::Result<Vec<i64>> {
+    pub async fn in_flight(&self, outbox_ids: &[EventId]) -> anyhow::Result<Vec<EventId>> {
         if outbox_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -303,19 +304,19 @@ impl Producer {
 
 /// The arguments of `PUBLISH_LUA` for these events (at least one).
 /// `recorded`: the entries say that their status went to the caches in the same round trip (see
-/// [`super::RECORDED_FIELD`]).
+/// [`codec::RECORDED_FIELD`]).
 fn publish_args(events: &[FollowEvent], recorded: bool) -> Vec<String> {
-    let pairs = events.first().map_or(0, |e| e.to_fields().len()) + usize::from(recorded);
+    let pairs = events.first().map_or(0, |e| codec::fields(e).len()) + usize::from(recorded);
     let mut args: Vec<String> = Vec::with_capacity(1 + events.len() * (1 + 2 * pairs));
     args.push(pairs.to_string());
     for event in events {
         args.push(event.id.to_string());
-        for (field, value) in event.to_fields() {
+        for (field, value) in codec::fields(event) {
             args.push(field.to_owned());
             args.push(value);
         }
         if recorded {
-            args.push(super::RECORDED_FIELD.to_owned());
+            args.push(codec::RECORDED_FIELD.to_owned());
             args.push("1".to_owned());
         }
     }

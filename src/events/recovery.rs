@@ -123,8 +123,8 @@ pub async fn reclaim_once(
         let outbox_ids: Vec<i64> = bodies
             .iter()
             .flat_map(|b| b.ids.iter())
-            .filter_map(|b| super::FollowEvent::from_fields(&b.map))
-            .map(|e| e.id)
+            .filter_map(|b| super::codec::decode(&b.map))
+            .map(|e| e.id.get())
             .collect();
         if !outbox_ids.is_empty() {
             move_them

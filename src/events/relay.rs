@@ -12,8 +12,11 @@ use std::{collections::HashSet, time::Duration};
 
 use tokio::sync::watch;
 
-use super::{FollowEvent, producer::Producer};
-use crate::db::{self, DbPool};
+use super::producer::Producer;
+use crate::{
+    db::{self, DbPool},
+    domain::{EventId, FollowEvent},
+};
 
 /// How many rows one relay pass claims at most.
 const RELAY_BATCH: i64 = 1_000;
@@ -71,10 +74,10 @@ pub async fn relay_once(
     if rows.is_empty() {
         return Ok(pass);
     }
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let in_flight: HashSet<i64> = producer.in_flight(&ids).await?.into_iter().collect();
+    let ids: Vec<EventId> = rows.iter().map(|r| r.id).collect();
+    let in_flight: HashSet<EventId> = producer.in_flight(&ids).await?.into_iter().collect();
     pass.in_flight = in_flight.len();
-    let missing: Vec<i64> = ids
+    let missing: Vec<EventId> = ids
         .into_iter()
         .filter(|id| !in_flight.contains(id))
         .collect();
@@ -83,16 +86,15 @@ pub async fn relay_once(
     }
     // Read after Redis: an entry the group acknowledged had its row deleted before the XACK, so a row
     // still here now was not applied through it (a consumer that applied it meanwhile is not a loss).
-    let unapplied: HashSet<i64> = {
+    let unapplied: HashSet<EventId> = {
         let mut conn = db::connect(db).await?;
         db::outbox::unapplied(&mut conn, &missing).await?
     }
     .into_iter()
     .collect();
     let events: Vec<FollowEvent> = rows
-        .iter()
-        .filter(|r| unapplied.contains(&r.id))
-        .filter_map(FollowEvent::from_outbox)
+        .into_iter()
+        .filter(|event| unapplied.contains(&event.id))
         .collect();
     producer.publish(&events).await?;
     pass.republished = events.len();

@@ -13,9 +13,9 @@ use crate::{
     db::{
         self,
         follows::{Keyset, ListEntry},
-        outbox::OutboxRow,
         pairs::PairError,
     },
+    domain::FollowEvent,
     error::AppError,
 };
 
@@ -212,12 +212,11 @@ impl FollowGraph {
     }
 
     /// Puts what a write outside the group commit committed into the caches and onto the stream.
-    pub(super) async fn publish(&self, events: &[OutboxRow]) {
+    pub(super) async fn publish(&self, events: &[FollowEvent]) {
         if events.is_empty() {
             return;
         }
-        let rows: Vec<&OutboxRow> = events.iter().collect();
-        self.publisher.publish(&rows).await;
+        self.publisher.publish(events).await;
     }
 }
 

@@ -23,6 +23,7 @@ use crate::{
         self, DbPool, StoreError,
         follows::{EdgeChange, EdgeError, EdgeResult},
     },
+    domain::FollowEvent,
     error::AppError,
     telemetry::metrics::{EDGE_CHANGES, WRITE_BATCH, WRITE_BATCH_RETRIES},
 };
@@ -51,7 +52,7 @@ struct Job {
 /// What a committed batch hands over to be published before its requests return.
 pub(super) trait Publish: Send + Sync + 'static {
     /// Puts the committed events into the caches and onto the stream, in one round trip.
-    fn publish(&self, events: &[&db::outbox::OutboxRow]) -> impl Future<Output = ()> + Send;
+    fn publish(&self, events: &[FollowEvent]) -> impl Future<Output = ()> + Send;
 }
 
 /// The queue of writes and its dispatcher; cheap to clone.
@@ -250,8 +251,11 @@ async fn write_batch<P: Publish>(
 /// Publishes a committed batch's events, then gives each job its share of the results.
 async fn answer<P: Publish>(publisher: &P, jobs: Vec<Job>, results: Vec<EdgeResult>) {
     // Edge changes and new requests (whose event reaches the owner's subscription).
-    let events: Vec<&db::outbox::OutboxRow> =
-        results.iter().filter_map(EdgeResult::event).collect();
+    let events: Vec<FollowEvent> = results
+        .iter()
+        .filter_map(EdgeResult::event)
+        .cloned()
+        .collect();
     ::metrics::counter!(EDGE_CHANGES).increment(events.len() as u64);
     publisher.publish(&events).await;
     let mut results = results.into_iter();

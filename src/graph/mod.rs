@@ -22,7 +22,11 @@ use crate::{
         users::{UpsertError, UserRecord},
     },
     error::AppError,
-    events::{FollowEvent, producer::Producer},
+    events::producer::Producer,
+};
+pub use crate::{
+    domain::{EventKind, FollowEvent, UserId},
+    events::fanout::{Delivery, EventHub},
 };
 
 /// Most ids one batch argument may carry.
@@ -612,16 +616,12 @@ struct Publisher {
 }
 
 impl group_commit::Publish for Publisher {
-    async fn publish(&self, rows: &[&db::outbox::OutboxRow]) {
-        let events: Vec<FollowEvent> = rows
-            .iter()
-            .filter_map(|r| FollowEvent::from_outbox(r))
-            .collect();
+    async fn publish(&self, events: &[FollowEvent]) {
         if events.is_empty() {
             return;
         }
         if !self.caches.enabled() {
-            if let Err(err) = self.producer.publish(&events).await {
+            if let Err(err) = self.producer.publish(events).await {
                 tracing::warn!(error = %format!("{err:#}"), events = events.len(), "XADD failed; the relay will publish these events");
             }
             return;
@@ -629,9 +629,17 @@ impl group_commit::Publish for Publisher {
         // A request changes no edge: nothing to record but its append.
         let statuses: Vec<(i64, i64, bool, i64)> = events
             .iter()
-            .filter_map(|e| Some((e.follower_id, e.followee_id, e.kind.edge_after()?, e.id)))
+            .filter_map(FollowEvent::edge_state)
+            .map(|s| {
+                (
+                    s.follower.get(),
+                    s.followee.get(),
+                    s.follows,
+                    s.version.get(),
+                )
+            })
             .collect();
-        let rider = self.producer.rider(&events);
+        let rider = self.producer.rider(events);
         let carried = rider.is_some();
         let done = self.caches.record_statuses(&statuses, rider.as_ref()).await;
         if carried {

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use super::types::{FollowEvent, viewer_id};
 use crate::{
     error::AppError,
-    events::fanout::{Delivery, EventHub},
+    graph::{Delivery, EventHub, UserId},
 };
 
 #[derive(Default)]
@@ -26,13 +26,17 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Result<FollowEvent>> + use<>> {
         let viewer = viewer_id(ctx).ok_or_else(AppError::needs_viewer)?;
         let hub = ctx.data::<EventHub>()?;
-        Ok(hub.subscribe(viewer).map(|delivery| match delivery {
+        Ok(hub
+            .subscribe(UserId(viewer))
+            .map(|delivery| {
+                match delivery {
             Delivery::Event(event) => Ok(FollowEvent(event)),
             Delivery::Overrun => Err(AppError::ServiceUnavailable(
                 "this subscription fell too far behind its events and was ended; subscribe again"
                     .into(),
             )
             .into()),
-        }))
+        }
+            }))
     }
 }

@@ -434,27 +434,20 @@ impl FollowerPayload {
 }
 
 /// Something that happened between a follower and a followee: see kind, and who is told of it.
-pub struct FollowEvent(pub crate::events::FollowEvent);
+pub struct FollowEvent(pub crate::graph::FollowEvent);
 
 #[Object]
 impl FollowEvent {
     async fn kind(&self) -> FollowEventKind {
-        use crate::events::FollowEventKind as Kind;
-        match self.0.kind {
-            Kind::Follow => FollowEventKind::Follow,
-            // A removal has no recipient, so the hub never delivers one; to the edge it is an unfollow.
-            Kind::Unfollow | Kind::Remove => FollowEventKind::Unfollow,
-            Kind::Request => FollowEventKind::FollowRequested,
-            Kind::Approve => FollowEventKind::FollowRequestApproved,
-        }
+        self.0.kind.into()
     }
 
     async fn follower(&self, ctx: &Context<'_>) -> Result<User> {
-        load_user(ctx, self.0.follower_id).await
+        load_user(ctx, self.0.follower.get()).await
     }
 
     async fn followee(&self, ctx: &Context<'_>) -> Result<User> {
-        load_user(ctx, self.0.followee_id).await
+        load_user(ctx, self.0.followee.get()).await
     }
 
     async fn at(&self) -> DateTime {
@@ -472,6 +465,19 @@ pub enum FollowEventKind {
     FollowRequested,
     /// followee approved follower's request: follower now follows followee (told to the follower).
     FollowRequestApproved,
+}
+
+impl From<crate::graph::EventKind> for FollowEventKind {
+    fn from(kind: crate::graph::EventKind) -> Self {
+        use crate::graph::EventKind as Kind;
+        match kind {
+            Kind::Follow => Self::Follow,
+            // A removal has no recipient, so the hub never delivers one; to the edge it is an unfollow.
+            Kind::Unfollow | Kind::Remove => Self::Unfollow,
+            Kind::Request => Self::FollowRequested,
+            Kind::Approve => Self::FollowRequestApproved,
+        }
+    }
 }
 
 /// The local record of a user, as the user service knows it.
