@@ -128,15 +128,3 @@ impl AppError {
         )
     }
 }
-
-impl From<crate::db::StoreError> for AppError {
-    fn from(err: crate::db::StoreError) -> Self {
-        match err {
-            crate::db::StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "database unavailable");
-                Self::ServiceUnavailable("the database is unavailable; try again shortly".into())
-            }
-            crate::db::StoreError::Query(err) => Self::Internal(err.into()),
-        }
-    }
-}

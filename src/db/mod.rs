@@ -53,6 +53,20 @@ impl From<DieselError> for StoreError {
     }
 }
 
+/// The client's view of a store failure: the database away is `SERVICE_UNAVAILABLE` (retry), a failed
+/// query is internal (logged, never shown).
+impl From<StoreError> for crate::error::AppError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                Self::ServiceUnavailable("the database is unavailable; try again shortly".into())
+            }
+            StoreError::Query(err) => Self::Internal(err.into()),
+        }
+    }
+}
+
 impl StoreError {
     /// Sorts a diesel error: a closed connection or a failed send (no SQLSTATE: the socket is gone) means
     /// the database went away, anything else is a query error.

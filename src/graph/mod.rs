@@ -17,14 +17,19 @@ use crate::{
     cache::Caches,
     db::{
         self, DbPool,
-        follows::{EdgeChange, EdgeResult, Keyset, KnownPage, ListEntry, ListKind},
-        stats::Counts,
-        users::{UpsertError, UserRecord},
+        follows::{EdgeChange, EdgeResult},
+        users::UpsertError,
     },
     error::AppError,
     events::producer::Producer,
 };
+/// The records and events the graph's API speaks in, for the layers above it.
 pub use crate::{
+    db::{
+        follows::{Keyset, KnownPage, ListEntry, ListKind},
+        stats::Counts,
+        users::UserRecord,
+    },
     domain::{EventKind, FollowEvent, UserId},
     events::fanout::{Delivery, EventHub},
 };

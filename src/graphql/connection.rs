@@ -8,12 +8,8 @@ use super::{
     types::{FollowConnection, TotalCount, loaders, viewer_id},
 };
 use crate::{
-    db::{
-        follows::{KnownPage, ListKind},
-        users::UserRecord,
-    },
     error::AppError,
-    graph::{DEFAULT_PAGE, MAX_PAGE},
+    graph::{DEFAULT_PAGE, KnownPage, ListKind, MAX_PAGE, UserRecord},
 };
 
 /// The page size asked: null means the default; outside 1..=100 is `BAD_USER_INPUT` naming the limit.

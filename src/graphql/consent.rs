@@ -11,10 +11,7 @@ use super::{
     scalars::DateTime,
     types::{BlockPayload, FollowerPayload, PageInfo, User, load_user, load_users, loaders},
 };
-use crate::{
-    db::follows::{Keyset, ListEntry},
-    graph::{ConsentOutcome, FollowGraph, ViewerList},
-};
+use crate::graph::{ConsentOutcome, FollowGraph, Keyset, ListEntry, ViewerList};
 
 /// Blocking, removing followers, answering follow requests.
 #[derive(Default)]

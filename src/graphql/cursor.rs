@@ -3,7 +3,7 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Datelike};
 
-use crate::{db::follows::Keyset, error::AppError};
+use crate::{error::AppError, graph::Keyset};
 
 /// The cursor of a list position. The version tag lets the format change without breaking old clients loudly.
 pub fn encode(position: Keyset) -> String {

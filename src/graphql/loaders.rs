@@ -6,14 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use async_graphql::dataloader::Loader;
 
 use super::{batch::Batched, to_graphql_error};
-use crate::{
-    db::{
-        follows::{Keyset, KnownPage, ListEntry, ListKind},
-        stats::Counts,
-        users::UserRecord,
-    },
-    graph::FollowGraph,
-};
+use crate::graph::{Counts, FollowGraph, Keyset, KnownPage, ListEntry, ListKind, UserRecord};
 
 /// The loaders of one request (created per request, so nothing leaks between viewers).
 ///

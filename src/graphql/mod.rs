@@ -25,7 +25,11 @@ use std::time::Duration;
 
 use async_graphql::{ErrorExtensions, Schema};
 
-use crate::{auth::Viewer, error::AppError, events::fanout::EventHub, graph::FollowGraph};
+use crate::{
+    auth::Viewer,
+    error::AppError,
+    graph::{EventHub, FollowGraph},
+};
 
 pub use self::{
     mutation::Mutation,

@@ -10,8 +10,8 @@ use super::{
     scalars::DateTime,
 };
 use crate::{
-    db::{follows::ListEntry, users::UserRecord},
     error::AppError,
+    graph::{ListEntry, UserRecord},
 };
 
 /// Per-request data every resolver may need.
@@ -131,7 +131,7 @@ impl User {
         // Boxed: see `Loaders` (the largest field future sizes every field's).
         Box::pin(super::connection::list(
             ctx,
-            crate::db::follows::ListKind::Followers,
+            crate::graph::ListKind::Followers,
             &self.0,
             first,
             after,
@@ -149,7 +149,7 @@ impl User {
     ) -> Result<FollowConnection> {
         Box::pin(super::connection::list(
             ctx,
-            crate::db::follows::ListKind::Following,
+            crate::graph::ListKind::Following,
             &self.0,
             first,
             after,
@@ -288,7 +288,7 @@ impl FollowConnection {
 }
 
 fn entry_cursor(entry: &ListEntry) -> String {
-    cursor::encode(crate::db::follows::Keyset {
+    cursor::encode(crate::graph::Keyset {
         at: entry.followed_at,
         user_id: entry.user_id,
     })

@@ -17,6 +17,7 @@ mod follows;
 mod fuzz;
 mod group_commit;
 mod hostile;
+mod house;
 mod http;
 mod known_followers;
 mod limits;
