@@ -121,6 +121,19 @@ enum Unreadable {
     NotARequest(String),
 }
 
+/// Whether reading a body failed on the body limit (`RequestBodyLimitLayer` wraps the body in a
+/// `Limited`), found by type along the error's sources rather than by its message.
+fn over_the_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// Reads a POST body and parses it as one request or a batch: an array is a batch, anything else one
 /// request (what async-graphql's untagged `BatchRequest` decides too, without buffering the document
 /// into an intermediate tree first).
@@ -128,11 +141,10 @@ async fn read_batch(body: axum::body::Body) -> Result<BatchRequest, Unreadable> 
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .map_err(|err| {
-            let message = err.to_string();
-            if message.contains("length limit exceeded") {
+            if over_the_limit(&err) {
                 Unreadable::TooLarge
             } else {
-                Unreadable::NotARequest(message)
+                Unreadable::NotARequest(err.to_string())
             }
         })?;
     parse_batch(&bytes).map_err(|err| {
