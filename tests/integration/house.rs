@@ -229,3 +229,35 @@ fn the_import_scanner_sees_groups_paths_and_skips_macros_and_comments() {
     let named: Vec<String> = named_modules(&code(text)).into_iter().collect();
     assert_eq!(named, ["a", "b", "c", "f"]);
 }
+
+/// Every Rust file of the workspace, relative to its root: the service, the bench, the tests.
+fn workspace_files() -> BTreeSet<String> {
+    let root = root();
+    let mut files = Vec::new();
+    for dir in ["src", "follow-bench/src", "tests"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files
+        .iter()
+        .filter_map(|f| f.strip_prefix(&root).ok())
+        .map(|f| f.to_string_lossy().replace('\\', "/"))
+        .collect()
+}
+
+#[test]
+fn the_file_map_lists_exactly_the_files_that_exist() {
+    let page = architecture();
+    let listed: BTreeSet<String> = marked(&page, "files")
+        .lines()
+        .flat_map(quoted)
+        .filter(|name| name.ends_with(".rs"))
+        .map(str::to_owned)
+        .collect();
+    let existing = workspace_files();
+    let missing: Vec<&String> = existing.difference(&listed).collect();
+    let gone: Vec<&String> = listed.difference(&existing).collect();
+    assert!(
+        missing.is_empty() && gone.is_empty(),
+        "ARCHITECTURE.md's file map is out of date.\nnot listed: {missing:?}\nlisted but absent: {gone:?}"
+    );
+}
