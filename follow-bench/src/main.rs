@@ -3,12 +3,12 @@
 //! count convergence after writes, and the server's peak RSS, as Markdown and JSON.
 //!
 //! ```sh
-//! cargo run --release --bin follow-bench            # default size: 100,000 users, ~2,000,000 edges
-//! cargo run --release --bin follow-bench -- --quick # a small graph and short runs (CI smoke)
-//! cargo run --release --bin follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
-//! cargo run --release --bin follow-bench -- --writes # follows at 1, 16, 64 connections: cost per follow (writes.rs)
-//! cargo run --bin follow-bench -- --quick --writes   # the same, small and short, exact counts checked (CI smoke)
-//! cargo run --release --bin follow-bench -- --scenarios consent_mix # blocks, removals, requests (consent.rs)
+//! cargo run --release -p follow-bench            # default size: 100,000 users, ~2,000,000 edges
+//! cargo run --release -p follow-bench -- --quick # a small graph and short runs (CI smoke)
+//! cargo run --release -p follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
+//! cargo run --release -p follow-bench -- --writes # follows at 1, 16, 64 connections: cost per follow (writes.rs)
+//! cargo run -p follow-bench -- --quick --writes   # the same, small and short, exact counts checked (CI smoke)
+//! cargo run --release -p follow-bench -- --scenarios consent_mix # blocks, removals, requests (consent.rs)
 //! ```
 
 mod abuse;
@@ -721,11 +721,12 @@ fn server_binary() -> anyhow::Result<PathBuf> {
     let binary = dir.join("follow-service");
     if !binary.exists() {
         let cargo = std::env::var("CARGO").context(
-            "follow-service is not built beside follow-bench; run `cargo build --release --bins`",
+            "follow-service is not built beside follow-bench; run `cargo build --release --workspace --bins`",
         )?;
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--bin", "follow-service"]);
+        // `-p`: the workspace's other member when run from follow-bench/.
+        build.args(["build", "-p", "follow-service", "--bin", "follow-service"]);
         if release {
             build.arg("--release");
         }
