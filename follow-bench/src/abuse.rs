@@ -41,11 +41,12 @@ use std::{
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use follow_service::{auth::JwtKeys, cache::persisted::sha256_hex};
+use follow_service::auth::JwtKeys;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     task::JoinHandle,
@@ -1224,6 +1225,11 @@ fn follow_flood_body(targets: &[i64]) -> Bytes {
     Bytes::from(json!({ "query": query }).to_string())
 }
 
+/// The lowercase hex SHA-256 of a text: the `sha256Hash` of an automatic persisted query.
+fn sha256_hex(text: &str) -> String {
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
 /// A new registration: random junk (no quotes or backslashes) and its SHA-256.
 fn persisted_junk_body(rng: &mut StdRng) -> Bytes {
     const ALPHABET: &[u8] =
@@ -1572,6 +1578,11 @@ mod tests {
         assert_eq!(
             junk["extensions"]["persistedQuery"]["sha256Hash"],
             sha256_hex(text)
+        );
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            "the FIPS 180-2 test vector, as the service hashes texts"
         );
         let flood: serde_json::Value =
             serde_json::from_slice(&follow_flood_body(&[5, 6])).expect("JSON");
