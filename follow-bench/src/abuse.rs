@@ -55,6 +55,7 @@ use tokio::{
 use crate::{
     graph::{self, GraphPlan, GraphReport},
     load,
+    process::{self, ServeSettings, Server},
     scenarios::{Generator, Request, Scenario, Shared},
 };
 
@@ -389,12 +390,12 @@ pub async fn run(mut plan: AbusePlan, server_binary: PathBuf) -> anyhow::Result<
     )?);
 
     crate::clear_redis_prefix(&plan.redis_url, PREFIX).await?;
-    let mut server = crate::Server::spawn(
+    let mut server = Server::spawn_announced(
         &server_binary,
-        crate::ServeSettings {
+        ServeSettings {
             database_url: &plan.database_url,
             redis_url: &plan.redis_url,
-            listen: crate::free_local_addr()?,
+            listen: process::free_local_addr()?,
             redis_prefix: PREFIX,
             secret: crate::BENCH_SECRET,
             log: &std::env::temp_dir().join("follow-bench-abuse-server.log"),
@@ -465,12 +466,7 @@ pub async fn run(mut plan: AbusePlan, server_binary: PathBuf) -> anyhow::Result<
 /// Caps the slowloris class's sockets to what the open-file limit leaves (this process's, which the
 /// server inherits); returns why, when it had to.
 fn fit_sockets(plan: &mut AbusePlan) -> Option<String> {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft: usize = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse().ok())?;
+    let soft = process::open_file_limit()?;
     // The legitimate and attacking connections, the server's pools and files, and room to spare.
     let reserve = plan.connections + plan.attacker_connections + 512;
     let available = soft.saturating_sub(reserve);
@@ -531,13 +527,13 @@ fn identity_rates(plan: &AbusePlan, shared: &Shared) -> (f64, f64, f64) {
 /// The first warm-up, then every phase in turn.
 async fn phases(
     plan: &AbusePlan,
-    server: &crate::Server,
+    server: &Server,
     checks: &tokio_postgres::Client,
     shared: &Arc<Shared>,
     setup: &Arc<AttackerSetup>,
 ) -> anyhow::Result<Vec<PhaseReport>> {
     let addr = server.addr();
-    crate::wait_healthy(addr).await?;
+    process::wait_healthy(addr).await?;
     if !plan.initial_warmup.is_zero() {
         println!(
             "abuse: {:.0} s of legitimate load to warm up",

@@ -32,10 +32,7 @@ use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::{
-    process::{Child, Command},
-    sync::{mpsc, watch},
-};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async_with_config,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
@@ -44,6 +41,7 @@ use tokio_tungstenite::{
 use crate::{
     graph::{self, GraphPlan},
     load,
+    process::{self, ServeSettings, Server},
     scenarios::Request,
 };
 
@@ -256,14 +254,8 @@ pub async fn run(plan: SubscriptionPlan, server_binary: PathBuf) -> anyhow::Resu
 
 /// Fails early when this process (and so the servers it starts) may not open enough sockets.
 fn check_open_files(subscribers: usize) -> anyhow::Result<()> {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft: Option<usize> = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse().ok());
     let needed = subscribers + 512;
-    if let Some(soft) = soft {
+    if let Some(soft) = process::open_file_limit() {
         anyhow::ensure!(
             soft >= needed,
             "the open-file limit is {soft}, {needed} are needed: raise it (ulimit -n) and run again"
@@ -276,7 +268,7 @@ fn check_open_files(subscribers: usize) -> anyhow::Result<()> {
 struct Instance {
     name: &'static str,
     addr: SocketAddr,
-    child: Child,
+    server: Server,
 }
 
 impl Instance {
@@ -285,14 +277,11 @@ impl Instance {
         binary: &std::path::Path,
         name: &'static str,
     ) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = process::free_local_addr()?;
         let log_path = std::env::temp_dir().join(format!("follow-bench-subscriptions-{name}.log"));
-        let mut command = crate::serve_command(
+        let server = Server::spawn(
             binary,
-            crate::ServeSettings {
+            ServeSettings {
                 database_url: &plan.database_url,
                 redis_url: &plan.redis_url,
                 listen: addr,
@@ -302,44 +291,20 @@ impl Instance {
                 extra_env: &plan.server_env,
             },
         )?;
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
         println!(
             "subscriptions: started instance {name} on {addr} (log: {})",
             log_path.display()
         );
-        Ok(Self { name, addr, child })
+        Ok(Self { name, addr, server })
     }
 
     /// A `/proc/<pid>/status` figure (`VmRSS`, `VmHWM`) in MiB.
     fn memory_mib(&self, field: &str) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        self.server.memory_mib(field)
     }
 
     async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        self.server.stop().await;
     }
 }
 
@@ -590,7 +555,7 @@ async fn measure(
     instances: &[Instance],
 ) -> anyhow::Result<SizeReport> {
     for instance in instances {
-        crate::wait_healthy(instance.addr).await?;
+        process::wait_healthy(instance.addr).await?;
     }
     // Let both settle (pools, the fan-out's first XREAD) before the idle reading.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -51,9 +51,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    Args, Server,
+    Args,
     graph::{GraphPlan, GraphReport},
     load::{self, Connection},
+    process::Server,
     scenarios::{Request, Shared},
 };
 
