@@ -16,6 +16,7 @@ mod consent;
 mod drill;
 mod graph;
 mod load;
+mod metrics;
 mod pipeline;
 mod process;
 mod report;
@@ -301,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             // The hit rates are those of the measured window only.
-            let before = load::get(addr, "/metrics").await.unwrap_or_default();
+            let before = metrics::scrape(addr).await.unwrap_or_default();
             anyhow::Ok((before, warmed))
         };
         let mut consent_mix = None;
@@ -326,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
         };
         print!("{:<22} ", scenario.name());
-        let after = load::get(addr, "/metrics").await.unwrap_or_default();
+        let after = metrics::scrape(addr).await.unwrap_or_default();
         let (converged_ms, count_mismatches) = if scenario.writes() {
             let since = Instant::now();
             loop {
@@ -363,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             max_ms: h.max() as f64 / 1000.0,
-            cache_hit_rates: report::cache_hit_rates(&before, &after),
+            cache_hit_rates: metrics::cache_hit_rates(&before, &after),
             converged_ms,
             count_mismatches,
             warmup: warmed,

@@ -52,41 +52,6 @@ pub struct RunReport {
     pub server_peak_rss_mib: Option<f64>,
 }
 
-/// Hit rates between two `/metrics` scrapes, per `cache/l1` (of L1 lookups), `cache/l2` (of L2 lookups)
-/// and `cache/all` (lookups answered without PostgreSQL; a load coalesced into another counts as served).
-pub fn cache_hit_rates(before: &str, after: &str) -> BTreeMap<String, f64> {
-    let (b, a) = (cache_counters(before), cache_counters(after));
-    let delta = |key: &(String, String, String)| {
-        a.get(key).copied().unwrap_or(0.0) - b.get(key).copied().unwrap_or(0.0)
-    };
-    let caches: std::collections::BTreeSet<String> =
-        a.keys().map(|(cache, _, _)| cache.clone()).collect();
-    let mut rates = BTreeMap::new();
-    for cache in caches {
-        let get = |level: &str, result: &str| {
-            delta(&(cache.clone(), level.to_owned(), result.to_owned()))
-        };
-        let (l1_hit, l1_miss, l1_bypass) =
-            (get("l1", "hit"), get("l1", "miss"), get("l1", "bypass"));
-        let (l2_hit, l2_miss, l2_down) = (
-            get("l2", "hit"),
-            get("l2", "miss"),
-            get("l2", "unavailable"),
-        );
-        if l1_hit + l1_miss > 0.0 {
-            rates.insert(format!("{cache}/l1"), l1_hit / (l1_hit + l1_miss));
-        }
-        if l2_hit + l2_miss + l2_down > 0.0 {
-            rates.insert(format!("{cache}/l2"), l2_hit / (l2_hit + l2_miss + l2_down));
-        }
-        let lookups = l1_hit + l1_miss + l1_bypass;
-        if lookups > 0.0 {
-            rates.insert(format!("{cache}/all"), 1.0 - (l2_miss + l2_down) / lookups);
-        }
-    }
-    rates
-}
-
 /// Sets each scenario's throughput over `typename`'s (when `typename` ran, with some throughput).
 pub fn set_typename_ratios(scenarios: &mut [ScenarioReport]) {
     let typename = scenarios
@@ -97,47 +62,6 @@ pub fn set_typename_ratios(scenarios: &mut [ScenarioReport]) {
     for s in scenarios {
         s.typename_ratio = typename.map(|t| s.throughput_per_s / t);
     }
-}
-
-/// The sum of every series of `name` in a Prometheus text (absent: no such series).
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
-        })
-        .fold(None, |sum, value| Some(sum.unwrap_or(0.0) + value))
-}
-
-/// (cache, level, result) → count, from `follow_cache_requests_total` lines.
-fn cache_counters(metrics: &str) -> BTreeMap<(String, String, String), f64> {
-    let mut counters = BTreeMap::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("follow_cache_requests_total{"))
-    {
-        let Some((labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().unwrap_or(0.0);
-        let label = |name: &str| {
-            labels
-                .split(&[',', '{', '}'])
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-        };
-        let (Some(cache), Some(level), Some(result)) =
-            (label("cache"), label("level"), label("result"))
-        else {
-            continue;
-        };
-        *counters.entry((cache, level, result)).or_insert(0.0) += value;
-    }
-    counters
 }
 
 /// Facts about the machine the run used.
@@ -313,37 +237,6 @@ pub fn markdown(run: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metrics_sum_their_series_and_match_whole_names() {
-        let text = "# TYPE follow_db_queries_total counter\n\
-                    follow_db_queries_total 120\n\
-                    follow_db_queries_total_other 7\n\
-                    follow_consumer_batch_size_sum{consumer=\"a\"} 30\n\
-                    follow_consumer_batch_size_sum{consumer=\"b\"} 12\n\
-                    follow_consumer_batch_size_count 6\n";
-        assert_eq!(metric(text, "follow_db_queries_total"), Some(120.0));
-        assert_eq!(metric(text, "follow_consumer_batch_size_sum"), Some(42.0));
-        assert_eq!(metric(text, "follow_consumer_batch_size_count"), Some(6.0));
-        assert_eq!(metric(text, "follow_write_batch_size_sum"), None);
-    }
-
-    #[test]
-    fn hit_rates_come_from_counter_deltas() {
-        let before = "follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"hit\"} 10\n\
-                      follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"miss\"} 10\n";
-        let after = "follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"hit\"} 100\n\
-                     follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"miss\"} 20\n\
-                     follow_cache_requests_total{cache=\"counts\",level=\"l2\",result=\"miss\"} 5\n";
-        let rates = cache_hit_rates(before, after);
-        assert_eq!(rates.get("status/l1").copied(), Some(0.9));
-        assert_eq!(
-            rates.get("status/all").copied(),
-            Some(1.0),
-            "no L2 misses: every lookup served without PostgreSQL"
-        );
-        assert_eq!(rates.get("counts/l2").copied(), Some(0.0));
-    }
 
     fn scenario(name: &'static str, throughput_per_s: f64) -> ScenarioReport {
         ScenarioReport {

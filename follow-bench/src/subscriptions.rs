@@ -40,7 +40,7 @@ use tokio_tungstenite::{
 
 use crate::{
     graph::{self, GraphPlan},
-    load,
+    load, metrics,
     process::{self, ServeSettings, Server},
     scenarios::Request,
 };
@@ -310,7 +310,7 @@ impl Instance {
 
 /// The sum of a metric's samples (all label sets) in a `/metrics` text; 0 when it has none.
 fn metric(text: &str, name: &str) -> f64 {
-    crate::report::metric(text, name).unwrap_or(0.0)
+    metrics::sum(text, name).unwrap_or(0.0)
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -817,11 +817,7 @@ async fn measure(
 async fn metrics(instances: &[Instance]) -> Vec<String> {
     let mut texts = Vec::new();
     for instance in instances {
-        texts.push(
-            load::get(instance.addr, "/metrics")
-                .await
-                .unwrap_or_default(),
-        );
+        texts.push(metrics::scrape(instance.addr).await.unwrap_or_default());
     }
     texts
 }

@@ -54,6 +54,7 @@ use crate::{
     Args,
     graph::{GraphPlan, GraphReport},
     load::{self, Connection},
+    metrics,
     process::Server,
     scenarios::{Request, Shared},
 };
@@ -1146,12 +1147,12 @@ impl CounterSources {
             .and_then(|n| n.trim().parse::<f64>().ok())
             .context("no total_commands_processed in Redis INFO stats")?;
         let histogram = |name: &str| {
-            crate::report::metric(metrics, &format!("{name}_sum"))
-                .zip(crate::report::metric(metrics, &format!("{name}_count")))
+            metrics::sum(metrics, &format!("{name}_sum"))
+                .zip(metrics::sum(metrics, &format!("{name}_count")))
         };
         Ok(Counters {
             at: Instant::now(),
-            statements: crate::report::metric(metrics, DB_QUERIES),
+            statements: metrics::sum(metrics, DB_QUERIES),
             write_batch: histogram(WRITE_BATCH),
             consumer_batch: histogram(CONSUMER_BATCH),
             transactions: row.get(0),
@@ -1169,15 +1170,15 @@ impl CounterSources {
 /// every `FOLLOW_METRICS_SAMPLE_MS`; the sampler's own statements move it each time), so that it counts
 /// every statement until now. Empty when `/metrics` does not answer.
 async fn fresh_metrics(addr: SocketAddr) -> String {
-    let first = load::get(addr, "/metrics").await.unwrap_or_default();
-    let Some(seen) = crate::report::metric(&first, DB_QUERIES) else {
+    let first = metrics::scrape(addr).await.unwrap_or_default();
+    let Some(seen) = metrics::sum(&first, DB_QUERIES) else {
         return first;
     };
     let since = Instant::now();
     while since.elapsed() < SAMPLE_WAIT {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let text = load::get(addr, "/metrics").await.unwrap_or_default();
-        if crate::report::metric(&text, DB_QUERIES).is_some_and(|now| now != seen) {
+        let text = metrics::scrape(addr).await.unwrap_or_default();
+        if metrics::sum(&text, DB_QUERIES).is_some_and(|now| now != seen) {
             return text;
         }
     }
