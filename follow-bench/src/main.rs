@@ -38,7 +38,7 @@ use follow_service::auth::JwtKeys;
 use crate::{
     graph::GraphPlan,
     process::{ServeSettings, Server},
-    report::{RunReport, ScenarioReport},
+    report::scenarios::{RunReport, ScenarioReport},
     scenarios::{Scenario, Shared},
 };
 
@@ -262,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|name| Scenario::parse(name).with_context(|| format!("unknown scenario {name:?}")))
             .collect::<anyhow::Result<_>>()?
     };
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let started_at = report::started_at();
 
     let seeding = seed_graph(&database_url, plan).await?;
     let deep_cursors = graph::deep_cursors(&database_url, 10).await?;
@@ -397,7 +397,7 @@ async fn main() -> anyhow::Result<()> {
         }
         reports.push(report);
     }
-    report::set_typename_ratios(&mut reports);
+    report::scenarios::set_typename_ratios(&mut reports);
 
     let server_peak_rss_mib = server.peak_rss_mib();
     server.stop().await;
@@ -409,11 +409,8 @@ async fn main() -> anyhow::Result<()> {
 
     let run = RunReport {
         started_at,
-        command: std::iter::once("follow-bench".to_owned())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
-        commit: git_commit(),
+        command: report::command_line(),
+        commit: report::git_commit(),
         machine: report::machine(),
         graph: plan,
         seeding,
@@ -425,8 +422,8 @@ async fn main() -> anyhow::Result<()> {
         scenarios: reports,
         server_peak_rss_mib,
     };
-    let markdown = report::markdown(&run);
-    crate::report::save(
+    let markdown = report::scenarios::markdown(&run);
+    report::save(
         &args.out.clone().unwrap_or_else(default_out),
         &markdown,
         &run,
@@ -582,16 +579,6 @@ fn abuse_plan(args: &Args) -> anyhow::Result<abuse::AbusePlan> {
         idle_connections: slow_connections / 4,
         rng_seed: args.seed,
     })
-}
-
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The Redis key prefix of the server the scenarios run against.

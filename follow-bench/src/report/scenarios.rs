@@ -1,8 +1,11 @@
-//! The results: per scenario figures, the machine, Markdown and JSON.
+//! The scenarios' report (the default mode): each scenario's figures, the run's (latest.json), and
+//! the Markdown table (latest.md).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use super::header;
 
 /// One scenario's figures.
 #[derive(Clone, Debug, Serialize)]
@@ -30,7 +33,7 @@ pub struct ScenarioReport {
     pub typename_ratio: Option<f64>,
     /// `consent_mix`'s figures per request kind and its checks.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub consent: Option<crate::consent::ConsentReport>,
+    pub consent: Option<crate::report::consent::ConsentReport>,
 }
 
 /// The whole run.
@@ -62,64 +65,6 @@ pub fn set_typename_ratios(scenarios: &mut [ScenarioReport]) {
     for s in scenarios {
         s.typename_ratio = typename.map(|t| s.throughput_per_s / t);
     }
-}
-
-/// Facts about the machine the run used.
-pub fn machine() -> BTreeMap<String, String> {
-    let mut facts = BTreeMap::new();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if let Some(model) = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")) {
-        facts.insert(
-            "cpu".into(),
-            model.trim_start_matches([' ', '\t', ':']).to_owned(),
-        );
-    }
-    facts.insert(
-        "cores".into(),
-        std::thread::available_parallelism()
-            .map_or(0, |n| n.get())
-            .to_string(),
-    );
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    if let Some(total) = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")) {
-        let kib: f64 = total
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap_or(0.0);
-        facts.insert("memory".into(), format!("{:.1} GiB", kib / 1024.0 / 1024.0));
-    }
-    if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
-        facts.insert("kernel".into(), kernel.trim().to_owned());
-    }
-    facts
-}
-
-/// Writes a run to `out/latest.md` and `out/latest.json`, and prints the Markdown.
-pub fn save(out: &std::path::Path, markdown: &str, run: &impl Serialize) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("latest.md"), markdown)?;
-    std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(run)?)?;
-    println!(
-        "\n{markdown}\nwritten to {}/latest.md and latest.json",
-        out.display()
-    );
-    Ok(())
-}
-
-/// A report's opening: when, at which commit, the command, and the machine.
-pub fn header(
-    started_at: &str,
-    commit: &str,
-    command: &str,
-    machine: &std::collections::BTreeMap<String, String>,
-) -> String {
-    let machine: Vec<String> = machine.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    format!(
-        "Run {started_at} at commit `{commit}`:\n\n```sh\n{command}\n```\n\nMachine: {}.\n\n",
-        machine.join(", ")
-    )
 }
 
 /// The run as Markdown: a header with the command and machine, then one table.
@@ -229,7 +174,7 @@ pub fn markdown(run: &RunReport) -> String {
         }
     }
     for consent in run.scenarios.iter().filter_map(|s| s.consent.as_ref()) {
-        out.push_str(&crate::consent::markdown(consent));
+        out.push_str(&crate::report::consent::markdown(consent));
     }
     out
 }
