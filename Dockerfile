@@ -7,15 +7,18 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /build
 
-# Dependencies first, in a layer of their own: it is rebuilt only when Cargo.toml or Cargo.lock
-# change, not on every source edit. Stub sources stand in for the real ones meanwhile (cargo does not
-# need the [[test]] target's file to build the binary).
+# Dependencies first, in a layer of their own: it is rebuilt only when a manifest or Cargo.lock
+# changes, not on every source edit. Stub sources stand in for the real ones meanwhile (cargo does not
+# need the [[test]] target's file to build the binary). The workspace's other member, the benchmark,
+# only needs its manifest and a stub to load: the image builds the service alone (-p follow-service).
 COPY Cargo.toml Cargo.lock ./
+COPY follow-bench/Cargo.toml ./follow-bench/
 RUN --mount=type=cache,id=follow-service-cargo-registry,target=/usr/local/cargo/registry \
-    mkdir -p src \
+    mkdir -p src follow-bench/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && echo 'fn main() {}' > follow-bench/src/main.rs \
+    && cargo build --release --locked -p follow-service \
     && rm -rf src
 
 # The crate itself. `migrations/` is compiled into the binary (embed_migrations!). Touching the entry
@@ -25,7 +28,7 @@ COPY migrations ./migrations
 COPY assets ./assets
 RUN --mount=type=cache,id=follow-service-cargo-registry,target=/usr/local/cargo/registry \
     touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p follow-service \
     && install -D -m 0755 target/release/follow-service /out/follow-service
 
 # ---- run ------------------------------------------------------------------------------------------

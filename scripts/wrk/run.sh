@@ -7,7 +7,7 @@
 # points so that every request pays the check and none is refused. PERF=1 records a profile
 # (perf record $PERF_ARGS, default -g) of the server during the load into $OUT/perf.data. CHECK=1 makes
 # the wrk scripts print error answers. Needs wrk (Debian package), curl, redis-cli and the database
-# follow_bench (`cargo run --release --bin follow-bench` seeds it; DATABASE_URL overrides it).
+# follow_bench (`cargo run --release -p follow-bench` seeds it; DATABASE_URL overrides it).
 set -euo pipefail
 binary=$1; scenario=$2; limits=$3; seconds=${4:-10}; shift $(( $# < 4 ? $# : 4 ))
 here=$(cd "$(dirname "$0")" && pwd)

@@ -47,13 +47,18 @@ use follow_service::{
 };
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    Args, Server,
-    graph::{GraphPlan, GraphReport},
+    Args,
+    graph::GraphPlan,
     load::{self, Connection},
+    metrics,
+    process::Server,
+    report::{
+        self,
+        writes::{Cleanup, Deltas, LevelReport, WritesReport, markdown},
+    },
     scenarios::{Request, Shared},
 };
 
@@ -62,7 +67,7 @@ use crate::{
 const PREFIX: &str = "follow-bench-writes";
 
 /// The request of every follow.
-const FOLLOW: &str = "mutation($u: ID!) { follow(userId: $u) { changed } }";
+pub const FOLLOW: &str = "mutation($u: ID!) { follow(userId: $u) { changed } }";
 
 /// The request that puts a viewer's follows back.
 const UNFOLLOW_MANY: &str = "mutation($ids: [ID!]!) { unfollowMany(userIds: $ids) { changed } }";
@@ -74,24 +79,24 @@ const UNFOLLOW_BATCH: usize = 100;
 const CLEANUP_LANES: usize = 16;
 
 /// The group-commit batch histogram (the service adds it with its write batching).
-const WRITE_BATCH: &str = "follow_write_batch_size";
+pub const WRITE_BATCH: &str = "follow_write_batch_size";
 
 /// Server settings the report shows when this process starts the server and they are set.
 const SHOWN_SETTINGS: [&str; 2] = ["FOLLOW_WRITE_WINDOW_US", "FOLLOW_WRITE_CONCURRENCY"];
 
 /// How often convergence is polled, and how long it may take.
-const POLL_EVERY: Duration = Duration::from_millis(10);
+pub const POLL_EVERY: Duration = Duration::from_millis(10);
 const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
 
 /// The idle window the service's background work is measured over (not with `--quick`).
-const IDLE_WINDOW: Duration = Duration::from_secs(10);
+pub const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The gauge sample period of the server this process starts, in ms: its sampler's statement then cycles
 /// through the idle pool quickly, which publishes the connections' held-back transaction counts.
 const SAMPLE_MS: u64 = 100;
 
 /// How long a snapshot waits for every backend of the bench database to publish its counts.
-const PUBLISH_WAIT: Duration = Duration::from_secs(15);
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(15);
 
 /// How long a snapshot waits for the server's next sample of `follow_db_queries_total`.
 const SAMPLE_WAIT: Duration = Duration::from_secs(10);
@@ -108,92 +113,6 @@ pub struct WritesPlan {
     pub quick: bool,
     pub rng_seed: u64,
     pub out: PathBuf,
-}
-
-/// The whole run.
-#[derive(Debug, Serialize)]
-pub struct WritesReport {
-    pub started_at: String,
-    pub command: String,
-    pub commit: String,
-    pub machine: BTreeMap<String, String>,
-    pub graph: GraphPlan,
-    pub seeding: GraphReport,
-    /// `started` (by this process) or the `--url` targeted.
-    pub server: String,
-    /// Settings of the started server that this process can see (`KEY=VALUE`).
-    pub server_settings: Vec<String>,
-    pub warmup_s: f64,
-    pub duration_s: f64,
-    /// The service's idle work per second (without `--quick`): what every delta includes besides the
-    /// follows.
-    pub background_per_s: Option<Deltas>,
-    pub levels: Vec<LevelReport>,
-    /// Edges in `follows` before the run and after it.
-    pub edges_before: i64,
-    pub edges_after: i64,
-    pub server_peak_rss_mib: Option<f64>,
-}
-
-/// One concurrency's figures.
-#[derive(Debug, Serialize)]
-pub struct LevelReport {
-    pub concurrency: usize,
-    /// Follow requests of the measured window.
-    pub follows: u64,
-    pub changed: u64,
-    pub errors: u64,
-    pub first_error: Option<String>,
-    pub warmup_follows: u64,
-    pub warmup_errors: u64,
-    pub follows_per_s: f64,
-    pub changed_share: f64,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// From the end of the load until the outbox was empty and the touched users' counts exact.
-    pub converged_ms: f64,
-    /// Users whose counts were checked (the followers and followees of the level's follows that changed
-    /// an edge or failed).
-    pub touched_users: usize,
-    /// Counter deltas from just before the window to just after convergence.
-    pub deltas: Deltas,
-    pub statements_per_follow: Option<f64>,
-    pub transactions_per_follow: f64,
-    pub write_transactions_per_follow: f64,
-    pub wal_bytes_per_follow: f64,
-    pub redis_commands_per_follow: f64,
-    /// The server's resident memory after the level converged.
-    pub rss_mib: Option<f64>,
-    pub cleanup: Cleanup,
-}
-
-/// Counter deltas over a span.
-#[derive(Clone, Debug, Serialize)]
-pub struct Deltas {
-    pub seconds: f64,
-    /// `follow_db_queries_total` (absent: not on `/metrics`).
-    pub statements: Option<f64>,
-    /// `xact_commit + xact_rollback` of the bench database, less the benchmark's own checks.
-    pub transactions: f64,
-    /// Whether both snapshots came once every backend had published its counts (else `transactions` is
-    /// approximate).
-    pub transactions_exact: bool,
-    /// The same of every other database but `postgres` (other work on the machine's PostgreSQL).
-    pub other_db_transactions: f64,
-    /// Transaction ids assigned (transactions that wrote; the whole cluster).
-    pub write_transactions: f64,
-    /// WAL inserted (`pg_current_wal_insert_lsn()`; the whole cluster).
-    pub wal_bytes: f64,
-    /// Redis `total_commands_processed` (the whole server), less the benchmark's own `INFO`.
-    pub redis_commands: f64,
-    /// Mean of `follow_write_batch_size` (absent: not on `/metrics`, or no batch).
-    pub write_batch_mean: Option<f64>,
-    pub write_batches: Option<f64>,
-    /// Mean of `follow_consumer_batch_size`.
-    pub consumer_batch_mean: Option<f64>,
-    pub consumer_batches: Option<f64>,
 }
 
 impl Deltas {
@@ -217,22 +136,6 @@ impl Deltas {
     }
 }
 
-/// How the level's edges were taken back.
-#[derive(Debug, Default, Serialize)]
-pub struct Cleanup {
-    /// Edges the level created (follows answered `changed: true`, and failed follows found committed).
-    pub edges: usize,
-    pub calls: u64,
-    pub unfollowed: u64,
-    /// Edges that were already gone (`changed: false`).
-    pub already_gone: u64,
-    pub errors: u64,
-    pub first_error: Option<String>,
-    pub seconds: f64,
-    /// Until the counts were exact again.
-    pub converged_ms: f64,
-}
-
 /// Runs every level, writes `latest.md` and `latest.json` into `plan.out`, and fails on any error, a
 /// count that did not converge, or a graph not put back.
 pub async fn run(mut args: Args, plan: WritesPlan) -> anyhow::Result<()> {
@@ -240,7 +143,7 @@ pub async fn run(mut args: Args, plan: WritesPlan) -> anyhow::Result<()> {
         !plan.levels.is_empty() && plan.levels.iter().all(|&c| c > 0),
         "--write-concurrency needs positive connection counts"
     );
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let started_at = report::started_at();
     let seeding = crate::seed_graph(&plan.database_url, plan.graph).await?;
     if args.url.is_none() {
         // First, so that `--server-env` overrides it.
@@ -260,12 +163,9 @@ pub async fn run(mut args: Args, plan: WritesPlan) -> anyhow::Result<()> {
 
     let run = WritesReport {
         started_at,
-        command: std::iter::once("follow-bench".to_owned())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
-        commit: crate::git_commit(),
-        machine: crate::report::machine(),
+        command: report::command_line(),
+        commit: report::git_commit(),
+        machine: report::machine(),
         graph: plan.graph,
         seeding,
         server: args.url.clone().unwrap_or_else(|| "started".to_owned()),
@@ -279,7 +179,7 @@ pub async fn run(mut args: Args, plan: WritesPlan) -> anyhow::Result<()> {
         server_peak_rss_mib,
     };
     let markdown = markdown(&run);
-    crate::report::save(&plan.out, &markdown, &run)?;
+    report::save(&plan.out, &markdown, &run)?;
 
     let mut faults = Vec::new();
     for level in &run.levels {
@@ -1145,12 +1045,12 @@ impl CounterSources {
             .and_then(|n| n.trim().parse::<f64>().ok())
             .context("no total_commands_processed in Redis INFO stats")?;
         let histogram = |name: &str| {
-            crate::report::metric(metrics, &format!("{name}_sum"))
-                .zip(crate::report::metric(metrics, &format!("{name}_count")))
+            metrics::sum(metrics, &format!("{name}_sum"))
+                .zip(metrics::sum(metrics, &format!("{name}_count")))
         };
         Ok(Counters {
             at: Instant::now(),
-            statements: crate::report::metric(metrics, DB_QUERIES),
+            statements: metrics::sum(metrics, DB_QUERIES),
             write_batch: histogram(WRITE_BATCH),
             consumer_batch: histogram(CONSUMER_BATCH),
             transactions: row.get(0),
@@ -1168,15 +1068,15 @@ impl CounterSources {
 /// every `FOLLOW_METRICS_SAMPLE_MS`; the sampler's own statements move it each time), so that it counts
 /// every statement until now. Empty when `/metrics` does not answer.
 async fn fresh_metrics(addr: SocketAddr) -> String {
-    let first = load::get(addr, "/metrics").await.unwrap_or_default();
-    let Some(seen) = crate::report::metric(&first, DB_QUERIES) else {
+    let first = metrics::scrape(addr).await.unwrap_or_default();
+    let Some(seen) = metrics::sum(&first, DB_QUERIES) else {
         return first;
     };
     let since = Instant::now();
     while since.elapsed() < SAMPLE_WAIT {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let text = load::get(addr, "/metrics").await.unwrap_or_default();
-        if crate::report::metric(&text, DB_QUERIES).is_some_and(|now| now != seen) {
+        let text = metrics::scrape(addr).await.unwrap_or_default();
+        if metrics::sum(&text, DB_QUERIES).is_some_and(|now| now != seen) {
             return text;
         }
     }
@@ -1187,159 +1087,10 @@ async fn fresh_metrics(addr: SocketAddr) -> String {
     first
 }
 
-/// The run as Markdown: the command and machine, the load, one row per concurrency, then notes.
-pub fn markdown(run: &WritesReport) -> String {
-    let mut out = crate::report::header(&run.started_at, &run.commit, &run.command, &run.machine);
-    out.push_str(&format!(
-        "Graph: {} users, {} edges (Zipf s = {}), top follower counts {:?}; {} in {:.1} s.\n\n",
-        run.graph.users,
-        run.seeding.edges,
-        run.graph.exponent,
-        run.seeding.top_follower_counts,
-        if run.seeding.reused {
-            "reused from a previous run"
-        } else {
-            "seeded"
-        },
-        run.seeding.seconds
-    ));
-    out.push_str(&format!(
-        "Load: `{FOLLOW}`, one request at a time per keep-alive connection from one client thread; the viewer \
-         uniform over all users (a token signed per request), the followee Zipf-chosen, never the viewer. \
-         {:.1} s warm-up, then {:.1} s measured per level. Server: {}.{}\n\n",
-        run.warmup_s,
-        run.duration_s,
-        if run.server == "started" {
-            "started by the benchmark".to_owned()
-        } else {
-            format!("{} (its settings unknown here)", run.server)
-        },
-        if run.server_settings.is_empty() {
-            String::new()
-        } else {
-            format!(" Server settings: `{}`.", run.server_settings.join("`, `"))
-        }
-    ));
-    out.push_str(
-        "| connections | follows | follows/s | changed | errors | p50 ms | p90 ms | p99 ms | max ms | counts exact after | PG statements / follow | PG transactions / follow | PG write transactions / follow | WAL bytes / follow | Redis commands / follow | write batch (mean) | consumer batch (mean) | server RSS |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-    );
-    let mean = |m: Option<f64>| m.map_or("n/a".to_owned(), |m| format!("{m:.1}"));
-    for l in &run.levels {
-        out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} % | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} ms | {} | {}{:.2} | {:.2} | {:.0} | {:.1} | {} | {} | {} |\n",
-            l.concurrency,
-            l.follows,
-            l.follows_per_s,
-            l.changed_share * 100.0,
-            l.errors + l.warmup_errors,
-            l.p50_ms,
-            l.p90_ms,
-            l.p99_ms,
-            l.max_ms,
-            l.converged_ms,
-            l.statements_per_follow
-                .map_or("n/a".to_owned(), |n| format!("{n:.2}")),
-            if l.deltas.transactions_exact { "" } else { "≈" },
-            l.transactions_per_follow,
-            l.write_transactions_per_follow,
-            l.wal_bytes_per_follow,
-            l.redis_commands_per_follow,
-            mean(l.deltas.write_batch_mean),
-            mean(l.deltas.consumer_batch_mean),
-            l.rss_mib.map_or("n/a".to_owned(), |m| format!("{m:.0} MiB")),
-        ));
-    }
-    out.push_str(&format!(
-        "\nFollows/s: the window's follow requests over the time until the last of them was answered. \
-         Per follow: the counters' deltas from just before the measured window to just after the counts \
-         were exact (the consumer's work included, the warm-up's and the cleanup's not), divided by the \
-         follow requests of the window, whether they changed an edge or not. Counts exact after: from the \
-         end of the load until the outbox was found empty with every follower and followee the level wrote having \
-         `user_stats` equal to its edges in `follows` (polled every {} ms). Statements: the service's \
-         `{DB_QUERIES}` (every pool, the consumer's included). Transactions: `xact_commit + xact_rollback` \
-         of the bench database in `pg_stat_database`, less the benchmark's own checks; PostgreSQL \
-         publishes a backend's counts at most once a second and an idle backend's only at its next \
-         transaction, so each snapshot waited until every backend of the bench database had ended one a \
-         second after the quiet began (≈: not all did within {} s, the figure is approximate). Write \
-         transactions: transaction ids \
-         assigned (`pg_snapshot_xmax(pg_current_snapshot())`), exact but the whole cluster's, as are WAL \
-         bytes (`pg_current_wal_insert_lsn()`: `pg_current_wal_lsn()`, the write position, lags it by up to a \
-         page at times); Redis commands (`total_commands_processed`) are the whole Redis \
-         server's: other work on this machine counts in those three. Batch sizes: the mean of \
-         `{WRITE_BATCH}` (group commit; n/a when the service does not export it) and of `{CONSUMER_BATCH}` \
-         over the same span. Errors include the warm-up's. Server RSS: VmRSS after the level.\n",
-        POLL_EVERY.as_millis(),
-        PUBLISH_WAIT.as_secs(),
-    ));
-    match &run.background_per_s {
-        Some(b) => out.push_str(&format!(
-            "\nThe service's idle work, included in every delta (measured over {} s without load): \
-             {} statements, {:.1} transactions, {:.1} write transactions, {:.0} WAL bytes, {:.1} Redis \
-             commands per second.\n",
-            IDLE_WINDOW.as_secs(),
-            b.statements.map_or("n/a".to_owned(), |n| format!("{n:.1}")),
-            b.transactions,
-            b.write_transactions,
-            b.wal_bytes,
-            b.redis_commands
-        )),
-        None => out.push_str(
-            "\nThe service's idle work (relay, gauge sampler, idle consumers) is included in every delta and \
-             not measured apart with --quick.\n",
-        ),
-    }
-    out.push_str("\nPer level:\n");
-    for l in &run.levels {
-        let c = &l.cleanup;
-        out.push_str(&format!(
-            "- {} connections: {} follows changed an edge, {} users' counts checked; {} warm-up follows. \
-             Cleanup: {} edges unfollowed of {} created ({} already gone) in {} `unfollowMany` calls, {:.1} s, \
-             counts exact again after {:.0} ms.{}\n",
-            l.concurrency,
-            l.changed,
-            l.touched_users,
-            l.warmup_follows,
-            c.unfollowed,
-            c.edges,
-            c.already_gone,
-            c.calls,
-            c.seconds,
-            c.converged_ms,
-            if l.deltas.other_db_transactions > 0.0 {
-                format!(
-                    " Other databases ran {:.0} transactions meanwhile.",
-                    l.deltas.other_db_transactions
-                )
-            } else {
-                String::new()
-            }
-        ));
-        if let Some(err) = &l.first_error {
-            out.push_str(&format!("  - first error: `{}`\n", err.replace('`', "'")));
-        }
-        if let Some(err) = &c.first_error {
-            out.push_str(&format!(
-                "  - first cleanup error: `{}`\n",
-                err.replace('`', "'")
-            ));
-        }
-    }
-    out.push_str(&format!(
-        "\nEdges: {} before the run, {} after. Server peak RSS: {}.\n",
-        run.edges_before,
-        run.edges_after,
-        run.server_peak_rss_mib.map_or(
-            "n/a (server not started by the benchmark)".to_owned(),
-            |m| format!("{m:.0} MiB")
-        )
-    ));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::GraphReport;
 
     fn counters(statements: f64, batch: Option<(f64, f64)>, own: u64) -> Counters {
         Counters {

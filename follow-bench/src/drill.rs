@@ -12,7 +12,6 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -20,14 +19,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use follow_service::{auth::JwtKeys, seed::ZipfSampler};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
-use tokio::process::{Child, Command};
 
-use crate::{graph, load, scenarios::Request};
+use crate::{
+    graph, load,
+    process::{self, Process, ServeSettings},
+    scenarios::Request,
+};
 
 /// How big the drill is.
 pub struct DrillPlan {
@@ -37,61 +39,14 @@ pub struct DrillPlan {
     pub database_url: String,
 }
 
-/// A process the drill starts, kills and restarts.
-struct Managed {
-    name: &'static str,
-    command: Vec<String>,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
+/// Where a process of the drill logs: `<temp>/follow-drill-<name>.log`, appended to across restarts.
+fn log_of(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("follow-drill-{name}.log"))
 }
 
-impl Managed {
-    fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::env::temp_dir().join(format!("follow-drill-{}.log", self.name)))?;
-        let mut command = Command::new(&self.command[0]);
-        command
-            .args(&self.command[1..])
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        for (k, v) in &self.env {
-            command.env(k, v);
-        }
-        self.child = Some(
-            command
-                .spawn()
-                .with_context(|| format!("starting {}", self.name))?,
-        );
-        Ok(())
-    }
-
-    /// SIGKILL: no graceful shutdown, as a crash.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_for(addr: SocketAddr, path: &str, limit: Duration) -> anyhow::Result<()> {
-    let since = Instant::now();
-    while since.elapsed() < limit {
-        if load::get(addr, path).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{addr}{path} did not answer within {limit:?}")
-}
+/// How long a restarted instance may take to answer `/healthz`, and how often it is asked.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+const HEALTH_POLL: Duration = Duration::from_millis(50);
 
 /// Runs the drill and prints its figures; fails if anything was lost or drifted.
 pub async fn run(plan: DrillPlan, server_binary: std::path::PathBuf) -> anyhow::Result<()> {
@@ -111,12 +66,11 @@ pub async fn run(plan: DrillPlan, server_binary: std::path::PathBuf) -> anyhow::
     graph::ensure_graph(&plan.database_url, graph_plan).await?;
     let checks = graph::client(&plan.database_url).await?;
 
-    let redis_port = free_port()?;
+    let redis_port = process::free_port()?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
-    let mut redis = Managed {
-        name: "redis",
-        command: [
-            "redis-server",
+    let mut redis = Process::new(
+        "redis-server",
+        [
             "--port",
             &redis_port.to_string(),
             "--bind",
@@ -125,58 +79,50 @@ pub async fn run(plan: DrillPlan, server_binary: std::path::PathBuf) -> anyhow::
             "",
             "--appendonly",
             "no",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        env: Vec::new(),
-        child: None,
-    };
+        ],
+        log_of("redis"),
+    )
+    .appending_log();
     redis.start()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let secret = "follow-drill-secret-not-for-production";
-    let common = |listen: String| {
-        vec![
-            ("DATABASE_URL".to_owned(), plan.database_url.clone()),
-            ("REDIS_URL".to_owned(), redis_url.clone()),
-            ("FOLLOW_LISTEN".to_owned(), listen),
-            ("FOLLOW_REDIS_PREFIX".to_owned(), "follow-drill".to_owned()),
-            ("FOLLOW_JWT_SECRET".to_owned(), secret.to_owned()),
-            ("FOLLOW_CONSUMERS".to_owned(), "2".to_owned()),
-            // 40 clients write from one address: the drill measures durability, not the limits.
-            ("FOLLOW_RATE_LIMIT".to_owned(), "off".to_owned()),
-            ("FOLLOW_RELAY_AFTER_MS".to_owned(), "2000".to_owned()),
-            ("FOLLOW_CLAIM_IDLE_MS".to_owned(), "3000".to_owned()),
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
-        ]
+    // Set after the usual settings of a started server: two consumers, and a relay and claims quick
+    // enough to recover within the drill; logs at `warn` whatever BENCH_SERVER_LOG says.
+    let drill_env = [
+        "FOLLOW_CONSUMERS=2",
+        "FOLLOW_RELAY_AFTER_MS=2000",
+        "FOLLOW_CLAIM_IDLE_MS=3000",
+        "RUST_LOG=warn",
+    ]
+    .map(str::to_owned);
+    // 40 clients write from one address: the drill measures durability, not the limits (the settings
+    // turn them off).
+    let child = |role: &str, listen: SocketAddr, name: &str| {
+        let log = log_of(name);
+        let settings = ServeSettings {
+            database_url: &plan.database_url,
+            redis_url: &redis_url,
+            listen,
+            redis_prefix: "follow-drill",
+            secret,
+            log: &log,
+            extra_env: &drill_env,
+        };
+        anyhow::Ok(settings.process(&server_binary, role)?.appending_log())
     };
-    let binary = server_binary.display().to_string();
-    let addrs: Vec<SocketAddr> = vec![
-        ([127, 0, 0, 1], free_port()?).into(),
-        ([127, 0, 0, 1], free_port()?).into(),
+    let addrs: Vec<SocketAddr> = vec![process::free_local_addr()?, process::free_local_addr()?];
+    let mut services = vec![
+        child("serve", addrs[0], "serve-a")?,
+        child("serve", addrs[1], "serve-b")?,
     ];
-    let mut services: Vec<Managed> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| Managed {
-            name: if i == 0 { "serve-a" } else { "serve-b" },
-            command: vec![binary.clone(), "serve".to_owned()],
-            env: common(addr.to_string()),
-            child: None,
-        })
-        .collect();
-    let mut worker = Managed {
-        name: "worker",
-        command: vec![binary.clone(), "worker".to_owned()],
-        env: common("127.0.0.1:0".to_owned()),
-        child: None,
-    };
+    let mut worker = child("worker", ([127, 0, 0, 1], 0).into(), "worker")?;
     for service in &mut services {
         service.start()?;
     }
     worker.start()?;
     for addr in &addrs {
-        wait_for(*addr, "/healthz", Duration::from_secs(30)).await?;
+        process::wait_for(*addr, "/healthz", HEALTHY_WITHIN, HEALTH_POLL).await?;
     }
 
     // The load: each client owns writers and keeps the last acknowledged state of each of its pairs.
@@ -312,7 +258,7 @@ pub async fn run(plan: DrillPlan, server_binary: std::path::PathBuf) -> anyhow::
 
     // Drain: everything up, then wait for the outbox to empty.
     for addr in &addrs {
-        wait_for(*addr, "/healthz", Duration::from_secs(30)).await?;
+        process::wait_for(*addr, "/healthz", HEALTHY_WITHIN, HEALTH_POLL).await?;
     }
     let drain_started = Instant::now();
     loop {

@@ -1,8 +1,11 @@
-//! The results: per scenario figures, the machine, Markdown and JSON.
+//! The scenarios' report (the default mode): each scenario's figures, the run's (latest.json), and
+//! the Markdown table (latest.md).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use super::header;
 
 /// One scenario's figures.
 #[derive(Clone, Debug, Serialize)]
@@ -30,7 +33,7 @@ pub struct ScenarioReport {
     pub typename_ratio: Option<f64>,
     /// `consent_mix`'s figures per request kind and its checks.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub consent: Option<crate::consent::ConsentReport>,
+    pub consent: Option<crate::report::consent::ConsentReport>,
 }
 
 /// The whole run.
@@ -52,41 +55,6 @@ pub struct RunReport {
     pub server_peak_rss_mib: Option<f64>,
 }
 
-/// Hit rates between two `/metrics` scrapes, per `cache/l1` (of L1 lookups), `cache/l2` (of L2 lookups)
-/// and `cache/all` (lookups answered without PostgreSQL; a load coalesced into another counts as served).
-pub fn cache_hit_rates(before: &str, after: &str) -> BTreeMap<String, f64> {
-    let (b, a) = (cache_counters(before), cache_counters(after));
-    let delta = |key: &(String, String, String)| {
-        a.get(key).copied().unwrap_or(0.0) - b.get(key).copied().unwrap_or(0.0)
-    };
-    let caches: std::collections::BTreeSet<String> =
-        a.keys().map(|(cache, _, _)| cache.clone()).collect();
-    let mut rates = BTreeMap::new();
-    for cache in caches {
-        let get = |level: &str, result: &str| {
-            delta(&(cache.clone(), level.to_owned(), result.to_owned()))
-        };
-        let (l1_hit, l1_miss, l1_bypass) =
-            (get("l1", "hit"), get("l1", "miss"), get("l1", "bypass"));
-        let (l2_hit, l2_miss, l2_down) = (
-            get("l2", "hit"),
-            get("l2", "miss"),
-            get("l2", "unavailable"),
-        );
-        if l1_hit + l1_miss > 0.0 {
-            rates.insert(format!("{cache}/l1"), l1_hit / (l1_hit + l1_miss));
-        }
-        if l2_hit + l2_miss + l2_down > 0.0 {
-            rates.insert(format!("{cache}/l2"), l2_hit / (l2_hit + l2_miss + l2_down));
-        }
-        let lookups = l1_hit + l1_miss + l1_bypass;
-        if lookups > 0.0 {
-            rates.insert(format!("{cache}/all"), 1.0 - (l2_miss + l2_down) / lookups);
-        }
-    }
-    rates
-}
-
 /// Sets each scenario's throughput over `typename`'s (when `typename` ran, with some throughput).
 pub fn set_typename_ratios(scenarios: &mut [ScenarioReport]) {
     let typename = scenarios
@@ -97,105 +65,6 @@ pub fn set_typename_ratios(scenarios: &mut [ScenarioReport]) {
     for s in scenarios {
         s.typename_ratio = typename.map(|t| s.throughput_per_s / t);
     }
-}
-
-/// The sum of every series of `name` in a Prometheus text (absent: no such series).
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
-        })
-        .fold(None, |sum, value| Some(sum.unwrap_or(0.0) + value))
-}
-
-/// (cache, level, result) → count, from `follow_cache_requests_total` lines.
-fn cache_counters(metrics: &str) -> BTreeMap<(String, String, String), f64> {
-    let mut counters = BTreeMap::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("follow_cache_requests_total{"))
-    {
-        let Some((labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().unwrap_or(0.0);
-        let label = |name: &str| {
-            labels
-                .split(&[',', '{', '}'])
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-        };
-        let (Some(cache), Some(level), Some(result)) =
-            (label("cache"), label("level"), label("result"))
-        else {
-            continue;
-        };
-        *counters.entry((cache, level, result)).or_insert(0.0) += value;
-    }
-    counters
-}
-
-/// Facts about the machine the run used.
-pub fn machine() -> BTreeMap<String, String> {
-    let mut facts = BTreeMap::new();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if let Some(model) = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")) {
-        facts.insert(
-            "cpu".into(),
-            model.trim_start_matches([' ', '\t', ':']).to_owned(),
-        );
-    }
-    facts.insert(
-        "cores".into(),
-        std::thread::available_parallelism()
-            .map_or(0, |n| n.get())
-            .to_string(),
-    );
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    if let Some(total) = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")) {
-        let kib: f64 = total
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .unwrap_or(0.0);
-        facts.insert("memory".into(), format!("{:.1} GiB", kib / 1024.0 / 1024.0));
-    }
-    if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
-        facts.insert("kernel".into(), kernel.trim().to_owned());
-    }
-    facts
-}
-
-/// Writes a run to `out/latest.md` and `out/latest.json`, and prints the Markdown.
-pub fn save(out: &std::path::Path, markdown: &str, run: &impl Serialize) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("latest.md"), markdown)?;
-    std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(run)?)?;
-    println!(
-        "\n{markdown}\nwritten to {}/latest.md and latest.json",
-        out.display()
-    );
-    Ok(())
-}
-
-/// A report's opening: when, at which commit, the command, and the machine.
-pub fn header(
-    started_at: &str,
-    commit: &str,
-    command: &str,
-    machine: &std::collections::BTreeMap<String, String>,
-) -> String {
-    let machine: Vec<String> = machine.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    format!(
-        "Run {started_at} at commit `{commit}`:\n\n```sh\n{command}\n```\n\nMachine: {}.\n\n",
-        machine.join(", ")
-    )
 }
 
 /// The run as Markdown: a header with the command and machine, then one table.
@@ -305,7 +174,7 @@ pub fn markdown(run: &RunReport) -> String {
         }
     }
     for consent in run.scenarios.iter().filter_map(|s| s.consent.as_ref()) {
-        out.push_str(&crate::consent::markdown(consent));
+        out.push_str(&crate::report::consent::markdown(consent));
     }
     out
 }
@@ -313,37 +182,6 @@ pub fn markdown(run: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metrics_sum_their_series_and_match_whole_names() {
-        let text = "# TYPE follow_db_queries_total counter\n\
-                    follow_db_queries_total 120\n\
-                    follow_db_queries_total_other 7\n\
-                    follow_consumer_batch_size_sum{consumer=\"a\"} 30\n\
-                    follow_consumer_batch_size_sum{consumer=\"b\"} 12\n\
-                    follow_consumer_batch_size_count 6\n";
-        assert_eq!(metric(text, "follow_db_queries_total"), Some(120.0));
-        assert_eq!(metric(text, "follow_consumer_batch_size_sum"), Some(42.0));
-        assert_eq!(metric(text, "follow_consumer_batch_size_count"), Some(6.0));
-        assert_eq!(metric(text, "follow_write_batch_size_sum"), None);
-    }
-
-    #[test]
-    fn hit_rates_come_from_counter_deltas() {
-        let before = "follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"hit\"} 10\n\
-                      follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"miss\"} 10\n";
-        let after = "follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"hit\"} 100\n\
-                     follow_cache_requests_total{cache=\"status\",level=\"l1\",result=\"miss\"} 20\n\
-                     follow_cache_requests_total{cache=\"counts\",level=\"l2\",result=\"miss\"} 5\n";
-        let rates = cache_hit_rates(before, after);
-        assert_eq!(rates.get("status/l1").copied(), Some(0.9));
-        assert_eq!(
-            rates.get("status/all").copied(),
-            Some(1.0),
-            "no L2 misses: every lookup served without PostgreSQL"
-        );
-        assert_eq!(rates.get("counts/l2").copied(), Some(0.0));
-    }
 
     fn scenario(name: &'static str, throughput_per_s: f64) -> ScenarioReport {
         ScenarioReport {

@@ -3,12 +3,12 @@
 //! count convergence after writes, and the server's peak RSS, as Markdown and JSON.
 //!
 //! ```sh
-//! cargo run --release --bin follow-bench            # default size: 100,000 users, ~2,000,000 edges
-//! cargo run --release --bin follow-bench -- --quick # a small graph and short runs (CI smoke)
-//! cargo run --release --bin follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
-//! cargo run --release --bin follow-bench -- --writes # follows at 1, 16, 64 connections: cost per follow (writes.rs)
-//! cargo run --bin follow-bench -- --quick --writes   # the same, small and short, exact counts checked (CI smoke)
-//! cargo run --release --bin follow-bench -- --scenarios consent_mix # blocks, removals, requests (consent.rs)
+//! cargo run --release -p follow-bench            # default size: 100,000 users, ~2,000,000 edges
+//! cargo run --release -p follow-bench -- --quick # a small graph and short runs (CI smoke)
+//! cargo run --release -p follow-bench -- --abuse # legitimate load beside each hostile class (abuse.rs)
+//! cargo run --release -p follow-bench -- --writes # follows at 1, 16, 64 connections: cost per follow (writes.rs)
+//! cargo run -p follow-bench -- --quick --writes   # the same, small and short, exact counts checked (CI smoke)
+//! cargo run --release -p follow-bench -- --scenarios consent_mix # blocks, removals, requests (consent.rs)
 //! ```
 
 mod abuse;
@@ -16,7 +16,9 @@ mod consent;
 mod drill;
 mod graph;
 mod load;
+mod metrics;
 mod pipeline;
+mod process;
 mod report;
 mod scenarios;
 mod steady;
@@ -24,9 +26,7 @@ mod subscriptions;
 mod writes;
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
-    process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -37,7 +37,8 @@ use follow_service::auth::JwtKeys;
 
 use crate::{
     graph::GraphPlan,
-    report::{RunReport, ScenarioReport},
+    process::{ServeSettings, Server},
+    report::scenarios::{RunReport, ScenarioReport},
     scenarios::{Scenario, Shared},
 };
 
@@ -178,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_drill".to_owned()),
         };
-        return drill::run(plan, server_binary()?).await;
+        return drill::run(plan, process::server_binary()?).await;
     }
     if args.subscriptions {
         follow_service::telemetry::init(false);
@@ -194,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
             server_env: args.server_env.clone(),
             out: args.out.clone().unwrap_or_else(default_out),
         };
-        return subscriptions::run(plan, server_binary()?).await;
+        return subscriptions::run(plan, process::server_binary()?).await;
     }
     if args.pipeline {
         follow_service::telemetry::init(false);
@@ -206,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.abuse {
         follow_service::telemetry::init(false);
-        return abuse::run(abuse_plan(&args)?, server_binary()?).await;
+        return abuse::run(abuse_plan(&args)?, process::server_binary()?).await;
     }
     let database = if args.quick {
         "follow_bench_quick"
@@ -261,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|name| Scenario::parse(name).with_context(|| format!("unknown scenario {name:?}")))
             .collect::<anyhow::Result<_>>()?
     };
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let started_at = report::started_at();
 
     let seeding = seed_graph(&database_url, plan).await?;
     let deep_cursors = graph::deep_cursors(&database_url, 10).await?;
@@ -301,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             // The hit rates are those of the measured window only.
-            let before = load::get(addr, "/metrics").await.unwrap_or_default();
+            let before = metrics::scrape(addr).await.unwrap_or_default();
             anyhow::Ok((before, warmed))
         };
         let mut consent_mix = None;
@@ -326,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
         };
         print!("{:<22} ", scenario.name());
-        let after = load::get(addr, "/metrics").await.unwrap_or_default();
+        let after = metrics::scrape(addr).await.unwrap_or_default();
         let (converged_ms, count_mismatches) = if scenario.writes() {
             let since = Instant::now();
             loop {
@@ -363,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             max_ms: h.max() as f64 / 1000.0,
-            cache_hit_rates: report::cache_hit_rates(&before, &after),
+            cache_hit_rates: metrics::cache_hit_rates(&before, &after),
             converged_ms,
             count_mismatches,
             warmup: warmed,
@@ -396,7 +397,7 @@ async fn main() -> anyhow::Result<()> {
         }
         reports.push(report);
     }
-    report::set_typename_ratios(&mut reports);
+    report::scenarios::set_typename_ratios(&mut reports);
 
     let server_peak_rss_mib = server.peak_rss_mib();
     server.stop().await;
@@ -408,11 +409,8 @@ async fn main() -> anyhow::Result<()> {
 
     let run = RunReport {
         started_at,
-        command: std::iter::once("follow-bench".to_owned())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
-        commit: git_commit(),
+        command: report::command_line(),
+        commit: report::git_commit(),
         machine: report::machine(),
         graph: plan,
         seeding,
@@ -424,8 +422,8 @@ async fn main() -> anyhow::Result<()> {
         scenarios: reports,
         server_peak_rss_mib,
     };
-    let markdown = report::markdown(&run);
-    crate::report::save(
+    let markdown = report::scenarios::markdown(&run);
+    report::save(
         &args.out.clone().unwrap_or_else(default_out),
         &markdown,
         &run,
@@ -477,13 +475,30 @@ fn jwt_secret() -> String {
 /// `--url`.
 async fn start_server(args: &Args, secret: &str, prefix: &str) -> anyhow::Result<Server> {
     let server = match &args.url {
-        Some(url) => Server::External(parse_addr(url)?),
-        None => Server::start(args, secret, prefix).await?,
+        Some(url) => Server::external(process::parse_addr(url)?),
+        None => {
+            // The binary beside this one (built first when run through cargo), its Redis keys under
+            // `prefix` (cleared first), its log in `<temp>/<prefix>-server.log`.
+            let binary = process::server_binary()?;
+            clear_redis_prefix(&args.redis_url, prefix).await?;
+            Server::spawn_announced(
+                &binary,
+                ServeSettings {
+                    database_url: args.database_url.as_deref().unwrap_or_default(),
+                    redis_url: &args.redis_url,
+                    listen: process::free_local_addr()?,
+                    redis_prefix: prefix,
+                    secret,
+                    log: &std::env::temp_dir().join(format!("{prefix}-server.log")),
+                    extra_env: &args.server_env,
+                },
+            )?
+        }
     };
     let addr = server.addr();
-    wait_healthy(addr).await?;
+    process::wait_healthy(addr).await?;
     let warming = Instant::now();
-    wait_ready(addr).await?;
+    process::wait_ready(addr).await?;
     eprintln!(
         "follow-bench: server ready (its cache warm-up included) after {:.1} s",
         warming.elapsed().as_secs_f64()
@@ -564,215 +579,6 @@ fn abuse_plan(args: &Args) -> anyhow::Result<abuse::AbusePlan> {
         idle_connections: slow_connections / 4,
         rng_seed: args.seed,
     })
-}
-
-/// How to start one `follow-service serve` child.
-pub struct ServeSettings<'a> {
-    pub database_url: &'a str,
-    pub redis_url: &'a str,
-    pub listen: SocketAddr,
-    pub redis_prefix: &'a str,
-    pub secret: &'a str,
-    /// Where its stdout and stderr go.
-    pub log: &'a std::path::Path,
-    /// `--server-env` pairs, KEY=VALUE.
-    pub extra_env: &'a [String],
-}
-
-/// The command that starts `follow-service serve` with `settings` (killed when dropped); logs at `warn`
-/// unless `BENCH_SERVER_LOG` says otherwise.
-pub fn serve_command(
-    binary: &std::path::Path,
-    settings: ServeSettings<'_>,
-) -> anyhow::Result<tokio::process::Command> {
-    let log = std::fs::File::create(settings.log)?;
-    let mut command = tokio::process::Command::new(binary);
-    command
-        .arg("serve")
-        .env("DATABASE_URL", settings.database_url)
-        .env("REDIS_URL", settings.redis_url)
-        .env("FOLLOW_LISTEN", settings.listen.to_string())
-        .env("FOLLOW_REDIS_PREFIX", settings.redis_prefix)
-        .env("FOLLOW_JWT_SECRET", settings.secret)
-        // Thousands of requests a second from one address: a load test is not a client to limit.
-        // Reports say so; `--server-env FOLLOW_RATE_LIMIT=on` measures with the limits.
-        .env("FOLLOW_RATE_LIMIT", "off")
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true);
-    for pair in settings.extra_env {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--server-env {pair:?} is not KEY=VALUE"))?;
-        command.env(key, value);
-    }
-    Ok(command)
-}
-
-/// The service under test: started here, or already running elsewhere.
-enum Server {
-    Started {
-        child: tokio::process::Child,
-        addr: SocketAddr,
-    },
-    External(SocketAddr),
-}
-
-impl Server {
-    /// Starts `follow-service serve` (the binary beside this one, built first when run through cargo)
-    /// with its Redis keys under `prefix` (cleared first) and its log in `<temp>/<prefix>-server.log`.
-    async fn start(args: &Args, secret: &str, prefix: &str) -> anyhow::Result<Self> {
-        let binary = server_binary()?;
-        clear_redis_prefix(&args.redis_url, prefix).await?;
-        Self::spawn(
-            &binary,
-            ServeSettings {
-                database_url: args.database_url.as_deref().unwrap_or_default(),
-                redis_url: &args.redis_url,
-                listen: free_local_addr()?,
-                redis_prefix: prefix,
-                secret,
-                log: &std::env::temp_dir().join(format!("{prefix}-server.log")),
-                extra_env: &args.server_env,
-            },
-        )
-    }
-
-    /// Starts `binary serve` with `settings`.
-    fn spawn(binary: &std::path::Path, settings: ServeSettings<'_>) -> anyhow::Result<Self> {
-        let (addr, log) = (settings.listen, settings.log.to_owned());
-        let child = serve_command(binary, settings)?
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        println!(
-            "started {} on {addr} (log: {})",
-            binary.display(),
-            log.display()
-        );
-        Ok(Self::Started { child, addr })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        match self {
-            Self::Started { addr, .. } | Self::External(addr) => *addr,
-        }
-    }
-
-    /// A `/proc/<pid>/status` figure of the server (`VmRSS`, `VmHWM`) in MiB, when this process
-    /// started it.
-    fn memory_mib(&self, field: &str) -> Option<f64> {
-        let Self::Started { child, .. } = self else {
-            return None;
-        };
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()?)).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
-    }
-
-    /// The server's peak resident memory (VmHWM), when this process started it.
-    fn peak_rss_mib(&self) -> Option<f64> {
-        self.memory_mib("VmHWM")
-    }
-
-    async fn stop(&mut self) {
-        if let Self::Started { child, .. } = self {
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status()
-                    .await;
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
-    }
-}
-
-/// A free port on 127.0.0.1 for a server to listen on.
-fn free_local_addr() -> anyhow::Result<SocketAddr> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(([127, 0, 0, 1], port).into())
-}
-
-/// The `follow-service` binary beside this one; when run through cargo and it is missing, build it.
-fn server_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let dir = me
-        .parent()
-        .context("the benchmark binary has no directory")?;
-    let binary = dir.join("follow-service");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").context(
-            "follow-service is not built beside follow-bench; run `cargo build --release --bins`",
-        )?;
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--bin", "follow-service"]);
-        if release {
-            build.arg("--release");
-        }
-        anyhow::ensure!(build.status()?.success(), "building follow-service failed");
-    }
-    Ok(binary)
-}
-
-async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
-    wait_for(addr, "/healthz", "answer /healthz").await
-}
-
-/// Waits (up to 60 s) until `/readyz` answers 200: the server's start-up cache warm-up is over.
-async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
-    wait_for(addr, "/readyz", "say ready").await
-}
-
-/// Polls `path` every 100 ms until it answers 200, for at most 60 s.
-async fn wait_for(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<()> {
-    let since = Instant::now();
-    while since.elapsed() < Duration::from_secs(60) {
-        if load::get(addr, path).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the server at {addr} did not {what} within 60 s")
-}
-
-fn parse_addr(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url.trim_start_matches("http://").trim_end_matches('/');
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    use std::net::ToSocketAddrs;
-    host_port
-        .to_socket_addrs()?
-        .next()
-        .with_context(|| format!("cannot resolve {url}"))
-}
-
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The Redis key prefix of the server the scenarios run against.

@@ -1,7 +1,7 @@
 //! `--steady`: a scenario runs unrecorded until its caches' hit rates stop rising, then is measured.
 //!
 //! Every [`SCRAPE_EVERY`] the server's `/metrics` are scraped and each cache's L1 hit rate over that
-//! window computed (hits / (hits + misses), as [`crate::report::cache_hit_rates`] does). The warm-up
+//! window computed (hits / (hits + misses), as [`crate::metrics::cache_hit_rates`] does). The warm-up
 //! ends when at least [`MIN_WARMUP`] has passed and no cache's rate rose by [`RISE_POINTS`] percentage
 //! points or more from the previous window to the last one, or at the cap (`--steady-max`).
 
@@ -13,7 +13,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{load, report};
+use crate::metrics;
 
 /// How often the hit rates are sampled.
 pub const SCRAPE_EVERY: Duration = Duration::from_secs(5);
@@ -61,13 +61,13 @@ pub fn stopped_rising(samples: &[Sample]) -> bool {
 /// stderr, until [`stopped_rising`] or `max` has passed.
 pub async fn settle(addr: SocketAddr, name: &str, max: Duration) -> anyhow::Result<Warmup> {
     let start = Instant::now();
-    let mut before = load::get(addr, "/metrics").await?;
+    let mut before = metrics::scrape(addr).await?;
     let mut samples = Vec::new();
     loop {
         let next = (SCRAPE_EVERY * (samples.len() as u32 + 1)).min(max);
         tokio::time::sleep_until((start + next).into()).await;
-        let after = load::get(addr, "/metrics").await?;
-        let rates = report::cache_hit_rates(&before, &after);
+        let after = metrics::scrape(addr).await?;
+        let rates = metrics::cache_hit_rates(&before, &after);
         before = after;
         let sample = Sample {
             elapsed: start.elapsed(),

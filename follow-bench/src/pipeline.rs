@@ -14,7 +14,10 @@ use follow_service::{
     redis_pool::redis,
 };
 
-use crate::graph::{self, GraphPlan};
+use crate::{
+    graph::{self, GraphPlan},
+    metrics,
+};
 
 const GRAPH: GraphPlan = GraphPlan {
     users: 10_000,
@@ -184,20 +187,8 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
 
 /// p50 and p99 (bucket upper bounds) of the commit-to-apply histogram between two renders.
 fn lag_quantiles(before: &str, after: &str) -> (f64, f64, f64) {
-    let buckets = |text: &str| -> Vec<(f64, f64)> {
-        text.lines()
-            .filter_map(|l| l.strip_prefix("follow_event_commit_to_apply_seconds_bucket{le=\""))
-            .filter_map(|rest| {
-                let (le, count) = rest.split_once("\"} ")?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                Some((le, count.trim().parse().ok()?))
-            })
-            .collect()
-    };
+    let buckets =
+        |text: &str| metrics::histogram_buckets(text, "follow_event_commit_to_apply_seconds");
     let (b, a) = (buckets(before), buckets(after));
     let delta: Vec<(f64, f64)> = a
         .iter()
