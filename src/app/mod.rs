@@ -1,4 +1,7 @@
-//! The application: every shared part built once from the configuration, and the background tasks.
+//! The application: every shared part built once from the configuration, the background tasks, and
+//! the gauges they sample ([`gauges`]).
+
+pub mod gauges;
 
 use std::sync::Arc;
 
@@ -10,6 +13,7 @@ use crate::{
     cache::{Caches, persisted::PersistedQueries},
     config::Config,
     db::{self, DbPool},
+    error::ErrorCode,
     events::{StreamNames, consumer, fanout::EventHub, producer::Producer, relay},
     graph::FollowGraph,
     graphql::{self, FollowSchema, SchemaLimits},
@@ -95,7 +99,7 @@ impl App {
 
     /// Builds every part without touching the database (it must already be migrated).
     pub fn build(config: Config) -> anyhow::Result<Self> {
-        crate::telemetry::metrics::install();
+        crate::telemetry::metrics::register_error_codes(ErrorCode::ALL.map(ErrorCode::as_str));
         let queries = Arc::new(db::QueryCounter::default());
         let db = db::build_pool(
             &config.database_url,
@@ -223,10 +227,7 @@ impl App {
     /// Starts sampling the gauges of `/metrics` (pools, stream, outbox) every `interval`.
     pub fn spawn_metrics_sampler(&self, interval: std::time::Duration) -> JoinHandle<()> {
         crate::telemetry::metrics::install();
-        tokio::spawn(crate::telemetry::metrics::sample_forever(
-            self.clone(),
-            interval,
-        ))
+        tokio::spawn(gauges::sample_forever(self.clone(), interval))
     }
 
     /// Starts the event consumer and the outbox relay; they stop when `shutdown` turns true.
