@@ -1,5 +1,6 @@
 //! The test app: a real PostgreSQL database and a Redis key prefix of its own per test, the schema
-//! driven in process, and the event pipeline running as in `serve`.
+//! driven in process, and the background tasks of `serve` running (less the warm-up and the gauge
+//! sampler).
 //!
 //! Databases are cloned from a template migrated once per run (`CREATE DATABASE … TEMPLATE`), named
 //! after the test process, and dropped when the test ends; a run drops what dead runs left behind.
@@ -14,10 +15,14 @@ use std::{
 };
 
 use axum::body::Body;
-use follow_service::{app::App, config::Config, db, graphql, http};
+use follow_service::{
+    app::{App, Background, BackgroundTasks, Role},
+    config::Config,
+    db, graphql, http,
+};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
@@ -194,8 +199,7 @@ pub struct TestApp {
     pub app: App,
     pub database: String,
     pub prefix: String,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    background: BackgroundTasks,
 }
 
 impl TestApp {
@@ -217,13 +221,12 @@ impl TestApp {
         let database = fresh_database().await;
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let app = Self::build_app(&database, &prefix, &options);
-        let (stop, tasks) = start_background(&app, options.pipeline);
+        let background = start_background(&app, options.pipeline);
         let test_app = Self {
             app,
             database,
             prefix,
-            stop,
-            tasks,
+            background,
         };
         test_app.wait_for_l1(&test_app.app).await;
         test_app
@@ -249,12 +252,11 @@ impl TestApp {
     /// until it is dropped. Returns once its L1 is in use (when its Redis is reachable).
     pub async fn instance(&self, options: Options) -> Instance {
         let app = self.sibling(options.clone());
-        let (stop, tasks) = start_background(&app, options.pipeline);
+        let background = start_background(&app, options.pipeline);
         self.wait_for_l1(&app).await;
         Instance {
             app,
-            _stop: stop,
-            tasks,
+            _background: background,
         }
     }
 
@@ -460,10 +462,7 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.background.abort();
         let name = self.database.clone();
         let prefix = self.prefix.clone();
         // Drop the database and the Redis keys from a thread of its own: Drop cannot await.
@@ -490,18 +489,17 @@ impl Drop for TestApp {
     }
 }
 
-/// Starts what an instance runs in the background: the cache subscription, the event fan-out to
-/// subscribers, and the event pipeline when asked; they stop when the returned sender turns true or is dropped.
-fn start_background(app: &App, pipeline: bool) -> (watch::Sender<bool>, Vec<JoinHandle<()>>) {
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = if pipeline {
-        app.spawn_pipeline(stopped)
-    } else {
-        Vec::new()
-    };
-    tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
-    tasks.push(app.spawn_event_fanout(stop.subscribe()));
-    (stop, tasks)
+/// Starts what a test instance runs in the background: the API's list (`Background::of(Role::Api)`),
+/// with the pipeline only when `pipeline`, and without the warm-up (tests start cold, or warm up
+/// themselves) and the gauge sampler (tests sample when they look). The tasks are aborted when the
+/// returned handle is dropped.
+fn start_background(app: &App, pipeline: bool) -> BackgroundTasks {
+    app.spawn_background(Background {
+        pipeline,
+        warm_up: false,
+        gauge_sampler: false,
+        ..Background::of(Role::Api, &app.config)
+    })
 }
 
 /// Sends an HTTP request through `app`'s router in process; returns the status, headers and body.
@@ -551,19 +549,10 @@ pub async fn serve(app: &App) -> Served {
     Served { address, task }
 }
 
-/// A running instance besides the test's main one.
+/// A running instance besides the test's main one; its background tasks are aborted when it is dropped.
 pub struct Instance {
     pub app: App,
-    _stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    _background: BackgroundTasks,
 }
 
 /// A `POST /graphql` with a JSON content type, the `Accept` of Apollo Client and graphql-http (the
