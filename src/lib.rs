@@ -10,8 +10,11 @@
 //! - [`graph`]: the follow graph's operations; the GraphQL layer calls only this.
 //! - [`graphql`]: schema, resolvers, loaders. Knows nothing of HTTP.
 //! - [`ratelimit`]: rate limits shared by every instance (GCRA in Redis, a local one while it is down).
-//! - [`http`]: routes, authentication, limits, health. [`app`]: builds all of it from a [`config::Config`].
-//! - [`seed`], [`telemetry`], [`redis_pool`]: demo data, logging, Redis connections.
+//! - [`http`]: routes, authentication, limits, health.
+//! - [`app`]: the composition root: builds all of it from a [`config::Config`], starts the background
+//!   tasks of each role (API, worker) and samples the gauges of `/metrics`.
+//! - [`telemetry`]: logging, and the metrics' names and recorder; it uses no other module.
+//! - [`seed`], [`redis_pool`]: demo data, Redis connections.
 
 pub mod app;
 pub mod auth;

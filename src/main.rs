@@ -1,15 +1,12 @@
 //! The command line: one binary for every role.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use follow_service::{
-    app::{self, App},
+    app::{self, App, Background, Role},
     config::Config,
     db, graphql, http, seed, telemetry,
 };
-use tokio::sync::watch;
 
 /// jemalloc rather than glibc's malloc: on the `isFollowing` miss path (cache off) it took the server's
 /// CPU per request from 226 to 195 µs and `{ __typename }` from 100 to 78 µs (medians of three
@@ -176,16 +173,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let app = App::start(config).await?;
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = if app.config.run_consumer {
-        app.spawn_pipeline(stopped)
-    } else {
-        Vec::new()
-    };
-    tasks.push(app.spawn_cache_subscriber(stop.subscribe()));
-    tasks.push(app.spawn_event_fanout(stop.subscribe()));
-    let _warm_up = app.spawn_warm_up();
-    let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
+    let background = app.spawn_background(Background::of(Role::Api, &app.config));
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await
         .with_context(|| format!("binding {}", app.config.listen))?;
@@ -203,11 +191,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(operators) = operators {
         operators.abort();
     }
-    sampler.abort();
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
+    background.stop().await;
     Ok(())
 }
 
@@ -229,20 +213,14 @@ async fn serve_operators(app: &App) -> anyhow::Result<Option<tokio::task::JoinHa
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     let app = App::start(config).await?;
-    let (stop, stopped) = watch::channel(false);
-    let tasks = app.spawn_pipeline(stopped);
-    let sampler = app.spawn_metrics_sampler(app.config.metrics_sample);
+    let background = app.spawn_background(Background::of(Role::Worker, &app.config));
     let operators = serve_operators(&app).await?;
     tracing::info!("worker running: event consumer and outbox relay");
     app::shutdown_signal().await?;
     if let Some(operators) = operators {
         operators.abort();
     }
-    sampler.abort();
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
+    background.stop().await;
     Ok(())
 }
 

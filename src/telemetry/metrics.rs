@@ -1,5 +1,5 @@
-//! Prometheus metrics: the recorder, the name of every series, and the sampler of gauges that no request
-//! updates (pools, stream, outbox).
+//! Prometheus metrics: the recorder, the name of every series, and the series registered at zero.
+//! The gauges that no request updates (pools, stream, outbox) are sampled by `app::gauges`.
 //!
 //! Names follow Prometheus conventions: a `follow_` prefix, base units (`_seconds`), `_total` counters.
 //! The recorder is process-wide (the `metrics` facade has one global recorder); `/metrics` renders it.
@@ -7,7 +7,6 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Mutex, OnceLock, RwLock},
-    time::Duration,
 };
 
 use ::metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
@@ -115,7 +114,8 @@ pub const RATE_LIMITER_FALLBACK: &str = "follow_rate_limiter_fallback_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide recorder once and returns its handle (later calls return the same handle).
+/// Installs the process-wide recorder once and returns its handle (calls after the first return the same
+/// handle).
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -486,11 +486,6 @@ fn register_known_series() {
         .inspect(|counter| counter.absolute(0))
         .collect();
     let _ = REQUEST_COUNTERS.set(requests);
-    // Parse and validation errors carry no code of ours: they count as GRAPHQL_VALIDATION.
-    let codes = crate::error::ErrorCode::ALL.map(crate::error::ErrorCode::as_str);
-    for code in codes.into_iter().chain(["GRAPHQL_VALIDATION"]) {
-        ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).absolute(0);
-    }
     for cache in ["status", "counts", "users", "lists", "sets"] {
         ::metrics::counter!(CACHE_COALESCED, "cache" => cache).absolute(0);
         for level in ["l1", "l2"] {
@@ -527,94 +522,27 @@ fn register_known_series() {
     }
 }
 
-/// Samples the gauges no request updates, every `interval`, until the process ends.
-pub async fn sample_forever(app: crate::app::App, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        ticker.tick().await;
-        sample_once(&app).await;
-        if let Some(handle) = HANDLE.get() {
-            handle.run_upkeep();
-        }
+/// Registers at zero the error counter of each of `codes` (the service's `extensions.code` values) and of
+/// `GRAPHQL_VALIDATION`, which parse and validation errors count as (they carry no code of ours), so that
+/// a fresh instance exports them. A counter already counting keeps its count.
+pub fn register_error_codes(codes: impl IntoIterator<Item = &'static str>) {
+    install();
+    for code in codes.into_iter().chain(["GRAPHQL_VALIDATION"]) {
+        ::metrics::counter!(GRAPHQL_ERRORS, "code" => code).increment(0);
     }
 }
 
-/// A pool's connections in use and idle, and its waiters.
-fn pool_gauges(connections: &'static str, waiting: &'static str, status: deadpool::Status) {
-    gauge!(connections, "state" => "in_use")
-        .set(status.size.saturating_sub(status.available) as f64);
-    gauge!(connections, "state" => "idle").set(status.available as f64);
-    gauge!(waiting).set(status.waiting as f64);
-}
-
-/// One sample of pools, stream and outbox; each source that does not answer in time is skipped.
-pub async fn sample_once(app: &crate::app::App) {
-    pool_gauges(DB_POOL_CONNECTIONS, DB_POOL_WAITING, app.db.status());
-    pool_gauges(
-        DB_WRITE_POOL_CONNECTIONS,
-        DB_WRITE_POOL_WAITING,
-        app.db_writes.status(),
-    );
-    pool_gauges(
-        REDIS_POOL_CONNECTIONS,
-        REDIS_POOL_WAITING,
-        app.redis.status(),
-    );
-    ::metrics::counter!(DB_QUERIES).absolute(app.queries.get());
-
-    app.caches.probe().await;
-    let budget = Duration::from_secs(1);
-    if let Ok(Ok(stream)) =
-        tokio::time::timeout(budget, crate::events::stream_stats(&app.redis, &app.stream)).await
-    {
-        gauge!(STREAM_LENGTH).set(stream.length as f64);
-        gauge!(STREAM_PENDING).set(stream.pending as f64);
-        gauge!(STREAM_LAG).set(stream.lag as f64);
-        gauge!(STREAM_DEAD_LETTERS).set(stream.dead_letters as f64);
+/// Runs the recorder's upkeep (histograms' recent samples folded into their buckets) once it is
+/// installed; the gauge sampler calls it on every sample.
+pub fn run_upkeep() {
+    if let Some(handle) = HANDLE.get() {
+        handle.run_upkeep();
     }
-    let outbox = async {
-        let mut conn = crate::db::connect(&app.db).await?;
-        let stats = crate::db::outbox::stats(&mut conn).await?;
-        // Fails on a replica (no insert position there): the WAL gauge is then left alone.
-        let wal = crate::db::wal_position(&mut conn).await.ok();
-        Ok::<_, crate::db::StoreError>((stats, wal))
-    };
-    if let Ok(Ok((outbox, wal))) = tokio::time::timeout(budget, outbox).await {
-        gauge!(OUTBOX_BACKLOG).set(outbox.backlog as f64);
-        gauge!(OUTBOX_OLDEST_AGE).set(outbox.oldest_age_seconds);
-        if let Some(bytes) = wal {
-            gauge!(PG_WAL_BYTES).set(bytes as f64);
-        }
-    }
-    let mut info = crate::redis_pool::redis::cmd("INFO");
-    info.arg("stats");
-    let info = app.redis.query_cmd::<String>(&info);
-    if let Ok(Ok(info)) = tokio::time::timeout(budget, info).await
-        && let Some(commands) = info_field(&info, "total_commands_processed")
-    {
-        gauge!(REDIS_COMMANDS).set(commands);
-    }
-}
-
-/// A numeric field of Redis's `INFO` text (`name:value` lines).
-fn info_field(info: &str, name: &str) -> Option<f64> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|value| value.trim().parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redis_info_fields_are_read_by_name() {
-        let info = "# Stats\r\ntotal_connections_received:7\r\ntotal_commands_processed:12345\r\n";
-        assert_eq!(info_field(info, "total_commands_processed"), Some(12345.0));
-        assert_eq!(info_field(info, "total_connections_received"), Some(7.0));
-        assert_eq!(info_field(info, "total_commands"), None);
-    }
 
     #[test]
     fn the_request_counters_are_indexed_in_the_order_of_all() {

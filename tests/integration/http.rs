@@ -228,7 +228,7 @@ async fn metrics_show_requests_loaders_pipeline_and_pools() {
         .expect("request");
     assert_eq!(app.http(bad).await.0, StatusCode::OK);
     app.drained().await;
-    follow_service::telemetry::metrics::sample_once(&app.app).await;
+    follow_service::app::gauges::sample_once(&app.app).await;
 
     let (status, headers, body) = get(&app, "/metrics").await;
     assert_eq!(status, StatusCode::OK);

@@ -272,7 +272,7 @@ async fn without_caches_a_breaker_the_limiter_opened_closes_once_redis_is_back()
     // The gauge sampler's probe (every FOLLOW_METRICS_SAMPLE_MS in a server) is what tries Redis again
     // when no request path does.
     let closed = crate::support::eventually(Duration::from_secs(10), || async {
-        follow_service::telemetry::metrics::sample_once(&cut_off).await;
+        follow_service::app::gauges::sample_once(&cut_off).await;
         cut_off.redis_health.is_closed()
     })
     .await;

@@ -1,16 +1,24 @@
-//! The application: every shared part built once from the configuration, and the background tasks.
+//! The application, the composition root: every shared part built once from the configuration
+//! ([`App`]), the background tasks each role runs ([`background`]) and the gauges they sample
+//! ([`gauges`]).
+
+pub mod background;
+pub mod gauges;
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
+
+pub use background::{Background, BackgroundTasks, Role};
 
 use crate::{
     auth::JwtKeys,
     cache::{Caches, persisted::PersistedQueries},
     config::Config,
     db::{self, DbPool},
-    events::{StreamNames, consumer, fanout::EventHub, producer::Producer, relay},
+    error::ErrorCode,
+    events::{StreamNames, fanout::EventHub, producer::Producer},
     graph::FollowGraph,
     graphql::{self, FollowSchema, SchemaLimits},
     redis_health::RedisHealth,
@@ -31,7 +39,7 @@ pub struct AppInner {
     pub db_writes: DbPool,
     /// Statements run on both pools so far.
     pub queries: Arc<db::QueryCounter>,
-    /// Redis connections (stream producer, relay; later the shared cache).
+    /// Redis connections (stream producer and relay, L2 cache, persisted queries, rate limits).
     pub redis: RedisPool,
     /// Signs and checks bearer tokens.
     pub jwt: JwtKeys,
@@ -95,7 +103,7 @@ impl App {
 
     /// Builds every part without touching the database (it must already be migrated).
     pub fn build(config: Config) -> anyhow::Result<Self> {
-        crate::telemetry::metrics::install();
+        crate::telemetry::metrics::register_error_codes(ErrorCode::ALL.map(ErrorCode::as_str));
         let queries = Arc::new(db::QueryCounter::default());
         let db = db::build_pool(
             &config.database_url,
@@ -220,140 +228,6 @@ impl App {
         )
     }
 
-    /// Starts sampling the gauges of `/metrics` (pools, stream, outbox) every `interval`.
-    pub fn spawn_metrics_sampler(&self, interval: std::time::Duration) -> JoinHandle<()> {
-        crate::telemetry::metrics::install();
-        tokio::spawn(crate::telemetry::metrics::sample_forever(
-            self.clone(),
-            interval,
-        ))
-    }
-
-    /// Starts the event consumer and the outbox relay; they stop when `shutdown` turns true.
-    pub fn spawn_pipeline(&self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        let base = consumer_name();
-        let mut tasks: Vec<JoinHandle<()>> = (0..self.config.consumers.max(1))
-            .map(|i| {
-                let settings = consumer::ConsumerSettings {
-                    redis_url: self.config.redis_url.clone(),
-                    names: self.stream.clone(),
-                    consumer_name: format!("{base}-{i}"),
-                    batch_size: self.config.consumer_batch,
-                    block: self.config.consumer_block,
-                    caches: self.caches.clone(),
-                    claim_idle: self.config.claim_idle,
-                    max_deliveries: self.config.max_deliveries,
-                    refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                        consumer::REFRESHES_IN_FLIGHT,
-                    )),
-                };
-                tokio::spawn(consumer::run(
-                    self.db_writes.clone(),
-                    settings,
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
-        tasks.push(tokio::spawn(relay::run(
-            self.db.clone(),
-            self.producer("relay"),
-            self.config.relay_after,
-            self.config.relay_interval,
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(relay::trim_forever(
-            self.config.redis_url.clone(),
-            self.stream.clone(),
-            self.config.relay_interval * 10,
-            shutdown.clone(),
-        )));
-        if !self.config.reconcile_every.is_zero() {
-            tasks.push(tokio::spawn(crate::reconcile::run_every(
-                self.db.clone(),
-                self.caches.clone(),
-                self.config.reconcile_every,
-                shutdown,
-            )));
-        }
-        tasks
-    }
-
-    /// Starts applying other instances' cache announcements to this instance's L1 (L1 stays unused
-    /// until this subscription is up); it stops when `shutdown` turns true.
-    pub fn spawn_cache_subscriber(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(crate::cache::invalidation::run(
-            self.caches.clone(),
-            self.config.redis_url.clone(),
-            shutdown,
-        ))
-    }
-
-    /// Starts tailing the event stream for this instance's subscribers; it stops when `shutdown` turns true.
-    pub fn spawn_event_fanout(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(crate::events::fanout::run(
-            self.events.clone(),
-            self.config.redis_url.clone(),
-            self.stream.clone(),
-            FANOUT_BLOCK,
-            shutdown,
-        ))
-    }
-
-    /// Warms the caches (see `FollowGraph::warm_up`) within `FOLLOW_WARMUP_TIMEOUT_S`; `/readyz`
-    /// answers 503 until it finishes or its time is up.
-    pub fn spawn_warm_up(&self) -> JoinHandle<()> {
-        let state = self.warm_up.clone();
-        state
-            .running
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let (graph, config) = (self.graph.clone(), self.config.clone());
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let outcome = tokio::time::timeout(
-                config.warmup_timeout,
-                graph.warm_up(
-                    crate::graph::WarmUpPlan {
-                        users: config.warmup_users,
-                        pages: config.warmup_pages,
-                        viewers: config.warmup_viewers,
-                    },
-                    &state.loaded,
-                ),
-            )
-            .await;
-            let loaded =
-                |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::Relaxed);
-            let (users, pages, sets) = (
-                loaded(&state.loaded.users),
-                loaded(&state.loaded.pages),
-                loaded(&state.loaded.sets),
-            );
-            let ms = started.elapsed().as_millis() as u64;
-            match outcome {
-                Ok(Ok(())) => tracing::info!(
-                    hot_users = users,
-                    first_pages = pages,
-                    viewer_sets = sets,
-                    ms,
-                    "cache warm-up done"
-                ),
-                Ok(Err(err)) => {
-                    tracing::warn!(hot_users = users, first_pages = pages, viewer_sets = sets, ms, error = ?err, "cache warm-up failed; serving cold")
-                }
-                Err(_) => tracing::warn!(
-                    hot_users = users,
-                    first_pages = pages,
-                    viewer_sets = sets,
-                    ms,
-                    "cache warm-up cut short by FOLLOW_WARMUP_TIMEOUT_S; serving partly cold"
-                ),
-            }
-            state
-                .running
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-        })
-    }
-
     /// Whether PostgreSQL and Redis both answer, each with its error if not.
     pub async fn readiness(&self) -> (Result<(), String>, Result<(), String>) {
         let timeout = self.config.db_timeout;
@@ -384,16 +258,6 @@ const PERSISTED_TEXT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Memory for parsed documents (about 2 MiB of text at the worst ratio of tree to text).
 const PARSED_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
-
-/// How long the fan-out blocks in one XREAD: short enough to notice a shutdown soon.
-const FANOUT_BLOCK: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A consumer name unique to this process: host, pid and a random suffix.
-fn consumer_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
-}
 
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<()> {

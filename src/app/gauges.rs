@@ -1,0 +1,102 @@
+//! The gauges of `/metrics` that no request updates (pools, stream, outbox, the servers' totals),
+//! sampled from the application's parts; `telemetry::metrics` names and installs them.
+
+use std::time::Duration;
+
+use ::metrics::gauge;
+
+use super::App;
+use crate::telemetry::metrics::{
+    DB_POOL_CONNECTIONS, DB_POOL_WAITING, DB_QUERIES, DB_WRITE_POOL_CONNECTIONS,
+    DB_WRITE_POOL_WAITING, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PG_WAL_BYTES, REDIS_COMMANDS,
+    REDIS_POOL_CONNECTIONS, REDIS_POOL_WAITING, STREAM_DEAD_LETTERS, STREAM_LAG, STREAM_LENGTH,
+    STREAM_PENDING,
+};
+
+/// Samples the gauges every `interval`, until the task is aborted.
+pub async fn sample_forever(app: App, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        sample_once(&app).await;
+        crate::telemetry::metrics::run_upkeep();
+    }
+}
+
+/// A pool's connections in use and idle, and its waiters.
+fn pool_gauges(connections: &'static str, waiting: &'static str, status: deadpool::Status) {
+    gauge!(connections, "state" => "in_use")
+        .set(status.size.saturating_sub(status.available) as f64);
+    gauge!(connections, "state" => "idle").set(status.available as f64);
+    gauge!(waiting).set(status.waiting as f64);
+}
+
+/// One sample of pools, stream and outbox; each source that does not answer in time is skipped.
+pub async fn sample_once(app: &App) {
+    pool_gauges(DB_POOL_CONNECTIONS, DB_POOL_WAITING, app.db.status());
+    pool_gauges(
+        DB_WRITE_POOL_CONNECTIONS,
+        DB_WRITE_POOL_WAITING,
+        app.db_writes.status(),
+    );
+    pool_gauges(
+        REDIS_POOL_CONNECTIONS,
+        REDIS_POOL_WAITING,
+        app.redis.status(),
+    );
+    ::metrics::counter!(DB_QUERIES).absolute(app.queries.get());
+
+    app.caches.probe().await;
+    let budget = Duration::from_secs(1);
+    if let Ok(Ok(stream)) =
+        tokio::time::timeout(budget, crate::events::stream_stats(&app.redis, &app.stream)).await
+    {
+        gauge!(STREAM_LENGTH).set(stream.length as f64);
+        gauge!(STREAM_PENDING).set(stream.pending as f64);
+        gauge!(STREAM_LAG).set(stream.lag as f64);
+        gauge!(STREAM_DEAD_LETTERS).set(stream.dead_letters as f64);
+    }
+    let outbox = async {
+        let mut conn = crate::db::connect(&app.db).await?;
+        let stats = crate::db::outbox::stats(&mut conn).await?;
+        // Fails on a replica (no insert position there): the WAL gauge is then left alone.
+        let wal = crate::db::wal_position(&mut conn).await.ok();
+        Ok::<_, crate::db::StoreError>((stats, wal))
+    };
+    if let Ok(Ok((outbox, wal))) = tokio::time::timeout(budget, outbox).await {
+        gauge!(OUTBOX_BACKLOG).set(outbox.backlog as f64);
+        gauge!(OUTBOX_OLDEST_AGE).set(outbox.oldest_age_seconds);
+        if let Some(bytes) = wal {
+            gauge!(PG_WAL_BYTES).set(bytes as f64);
+        }
+    }
+    let mut info = crate::redis_pool::redis::cmd("INFO");
+    info.arg("stats");
+    let info = app.redis.query_cmd::<String>(&info);
+    if let Ok(Ok(info)) = tokio::time::timeout(budget, info).await
+        && let Some(commands) = info_field(&info, "total_commands_processed")
+    {
+        gauge!(REDIS_COMMANDS).set(commands);
+    }
+}
+
+/// A numeric field of Redis's `INFO` text (`name:value` lines).
+fn info_field(info: &str, name: &str) -> Option<f64> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_info_fields_are_read_by_name() {
+        let info = "# Stats\r\ntotal_connections_received:7\r\ntotal_commands_processed:12345\r\n";
+        assert_eq!(info_field(info, "total_commands_processed"), Some(12345.0));
+        assert_eq!(info_field(info, "total_connections_received"), Some(7.0));
+        assert_eq!(info_field(info, "total_commands"), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! The test app: an instance of the service over a database and a Redis key prefix of its own, its
+//! schema driven in process and the background tasks of `serve` running (less the warm-up and the gauge
+//! sampler); more instances beside it over the same database and prefix; an instance's router served on
+//! a real socket.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use follow_service::{
+    app::{App, Background, BackgroundTasks, Role},
+    config::Config,
+    db, http,
+};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use super::{
+    databases::{database_url, drop_database, fresh_database},
+    redis::{redis_forget, redis_url},
+    requests::{run_on, send},
+};
+
+/// The secret test apps sign tokens with.
+pub const TEST_SECRET: &str = "test-secret-of-at-least-sixteen-bytes";
+
+/// Options of a test app.
+#[derive(Clone)]
+pub struct Options {
+    /// Run the consumer and relay (most tests want counts to move).
+    pub pipeline: bool,
+    pub redis_url: String,
+    pub relay_after: Duration,
+    /// How long DataLoaders gather keys (the service's default unless set).
+    pub loader_delay: Duration,
+    /// Another PostgreSQL than the test's database (to make it unreachable).
+    pub database_url: Option<String>,
+    /// The two-level cache on (`FOLLOW_CACHE`).
+    pub cache: bool,
+    /// `FOLLOW_CORS_ORIGINS`.
+    pub cors_origins: String,
+    /// Any other settings, by variable name (they win over the ones above).
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pipeline: true,
+            redis_url: redis_url(),
+            relay_after: Duration::from_millis(300),
+            loader_delay: Duration::ZERO,
+            database_url: None,
+            cache: true,
+            cors_origins: String::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// One instance of the service, over its own database and Redis prefix.
+pub struct TestApp {
+    pub app: App,
+    pub database: String,
+    pub prefix: String,
+    background: BackgroundTasks,
+}
+
+impl TestApp {
+    /// An app with its pipeline running.
+    pub async fn spawn() -> Self {
+        Self::with_options(Options::default()).await
+    }
+
+    /// An app whose events wait in the stream and the outbox until a test applies them.
+    pub async fn without_pipeline() -> Self {
+        Self::with_options(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn with_options(options: Options) -> Self {
+        let database = fresh_database().await;
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let app = Self::build_app(&database, &prefix, &options);
+        let background = start_background(&app, options.pipeline);
+        let test_app = Self {
+            app,
+            database,
+            prefix,
+            background,
+        };
+        test_app.wait_for_l1(&test_app.app).await;
+        test_app
+    }
+
+    /// A second instance over the same database and Redis prefix (as behind a load balancer), built
+    /// but running nothing in the background.
+    pub fn sibling(&self, options: Options) -> App {
+        Self::build_app(&self.database, &self.prefix, &options)
+    }
+
+    /// Another running instance over the same database and Redis, without a pipeline of its own (the
+    /// test's main instance applies the events): what most two-instance tests want.
+    pub async fn second_instance(&self) -> Instance {
+        self.instance(Options {
+            pipeline: false,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Another running instance: its cache subscription (and its pipeline when `options.pipeline`) run
+    /// until it is dropped. Returns once its L1 is in use (when its Redis is reachable).
+    pub async fn instance(&self, options: Options) -> Instance {
+        let app = self.sibling(options.clone());
+        let background = start_background(&app, options.pipeline);
+        self.wait_for_l1(&app).await;
+        Instance {
+            app,
+            _background: background,
+        }
+    }
+
+    fn build_app(database: &str, prefix: &str, options: &Options) -> App {
+        let url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| database_url(database));
+        let redis_url = options.redis_url.clone();
+        let prefix = prefix.to_owned();
+        let relay_after = options.relay_after.as_millis().to_string();
+        let loader_delay = options.loader_delay.as_micros().to_string();
+        let cache = if options.cache { "on" } else { "off" };
+        let cors_origins = options.cors_origins.clone();
+        let env = options.env.clone();
+        let config = Config::from_lookup(move |name| {
+            if let Some((_, value)) = env.iter().find(|(n, _)| *n == name) {
+                return Some(value.clone());
+            }
+            match name {
+                "DATABASE_URL" => Some(url.clone()),
+                "REDIS_URL" => Some(redis_url.clone()),
+                "FOLLOW_REDIS_PREFIX" => Some(prefix.clone()),
+                "FOLLOW_JWT_SECRET" => Some(TEST_SECRET.to_owned()),
+                "FOLLOW_DB_POOL_SIZE" => Some("6".to_owned()),
+                "FOLLOW_REDIS_POOL_SIZE" => Some("4".to_owned()),
+                "FOLLOW_CONSUMER_BLOCK_MS" => Some("100".to_owned()),
+                "FOLLOW_RELAY_AFTER_MS" => Some(relay_after.clone()),
+                "FOLLOW_RELAY_INTERVAL_MS" => Some("100".to_owned()),
+                "FOLLOW_LOADER_DELAY_US" => Some(loader_delay.clone()),
+                "FOLLOW_CACHE" => Some(cache.to_owned()),
+                "FOLLOW_REDIS_BREAKER_COOLDOWN_MS" => Some("200".to_owned()),
+                "FOLLOW_WS_INIT_TIMEOUT_MS" => Some("500".to_owned()),
+                "FOLLOW_CORS_ORIGINS" => Some(cors_origins.clone()),
+                _ => None,
+            }
+        })
+        .expect("test config is valid");
+        App::build(config).expect("app builds")
+    }
+
+    /// Waits (up to 5 s) until `app`'s cache subscription is up, so tests start with L1 in use.
+    pub async fn wait_for_l1(&self, app: &App) {
+        let started = Instant::now();
+        while app.config.cache.enabled
+            && !app.caches.l1_active()
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A bearer token for `user_id`, signed with the app's secret.
+    pub fn token(&self, user_id: i64, admin: bool) -> String {
+        self.app.jwt.issue(user_id, admin, 3600).expect("token")
+    }
+
+    /// Runs an operation through the schema as `viewer` (None: anonymous); returns the whole response.
+    pub async fn run(&self, viewer: Option<i64>, query: &str, variables: Value) -> Value {
+        run_on(&self.app, viewer, query, variables).await
+    }
+
+    /// Runs an operation that must succeed; returns its `data`.
+    pub async fn data(&self, viewer: Option<i64>, query: &str, variables: Value) -> Value {
+        let response = self.run(viewer, query, variables).await;
+        assert!(
+            response.get("errors").is_none(),
+            "unexpected errors: {response:#}"
+        );
+        response["data"].clone()
+    }
+
+    /// Runs an operation that must fail; returns the first error's `extensions.code` and message.
+    pub async fn error(
+        &self,
+        viewer: Option<i64>,
+        query: &str,
+        variables: Value,
+    ) -> (String, String) {
+        let response = self.run(viewer, query, variables).await;
+        let error = &response["errors"][0];
+        assert!(!error.is_null(), "expected an error: {response:#}");
+        (
+            error["extensions"]["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            error["message"].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
+    /// Creates users `ids` (handles `u<id>`) in one statement.
+    pub async fn create_users(&self, ids: impl IntoIterator<Item = i64>) {
+        let ids: Vec<i64> = ids.into_iter().collect();
+        let handles: Vec<String> = ids.iter().map(|id| format!("u{id}")).collect();
+        let names: Vec<Option<String>> = ids.iter().map(|id| Some(format!("User {id}"))).collect();
+        let mut conn = db::connect(&self.app.db).await.expect("connection");
+        db::users::insert_many(&mut conn, &ids, &handles, &names)
+            .await
+            .expect("insert users");
+    }
+
+    /// `viewer` follows `user` through the API.
+    pub async fn follow(&self, viewer: i64, user: i64) -> Value {
+        self.edge("follow", viewer, user).await
+    }
+
+    /// `viewer` unfollows `user` through the API.
+    pub async fn unfollow(&self, viewer: i64, user: i64) -> Value {
+        self.edge("unfollow", viewer, user).await
+    }
+
+    /// Runs `follow` or `unfollow` as `viewer`; returns its `changed` and `following`.
+    async fn edge(&self, mutation: &str, viewer: i64, user: i64) -> Value {
+        let query =
+            format!("mutation($u: ID!) {{ {mutation}(userId: $u) {{ changed following }} }}");
+        self.data(Some(viewer), &query, json!({ "u": user.to_string() }))
+            .await[mutation]
+            .clone()
+    }
+
+    /// Waits until every committed event is applied (the outbox is empty); panics after 30 s.
+    pub async fn drained(&self) {
+        let started = Instant::now();
+        loop {
+            let backlog = {
+                let mut conn = db::connect(&self.app.db).await.expect("connection");
+                db::outbox::backlog(&mut conn).await.expect("backlog")
+            };
+            if backlog == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{backlog} events still unapplied after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that every stored count equals the edge count in `follows`, for every user.
+    pub async fn assert_counts_exact(&self) {
+        let rows = self
+            .sql(
+                "SELECT u.id, COALESCE(s.follower_count, 0), COALESCE(s.following_count, 0), \
+                    (SELECT count(*) FROM follows WHERE followee_id = u.id), \
+                    (SELECT count(*) FROM follows WHERE follower_id = u.id) \
+             FROM users u LEFT JOIN user_stats s ON s.user_id = u.id",
+            )
+            .await;
+        assert!(!rows.is_empty(), "no users to check");
+        for row in rows {
+            let (id, followers, following, edges_in, edges_out): (i64, i64, i64, i64, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            assert_eq!(
+                (followers, following),
+                (edges_in, edges_out),
+                "user {id}: stored counts vs edges"
+            );
+        }
+    }
+
+    /// Runs SQL on the app's database (for checks that must not go through the app).
+    pub async fn sql(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, connection) =
+            tokio_postgres::connect(&database_url(&self.database), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client.query(sql, &[]).await.expect("test SQL")
+    }
+
+    /// One count from SQL.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.sql(sql).await[0].get(0)
+    }
+
+    /// Holds user `id`'s row (`SELECT … FOR UPDATE` in an open transaction) on a connection of its own:
+    /// a write that names the user waits in its foreign-key check until the returned client commits.
+    pub async fn hold_user_row(&self, id: i64) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&database_url(&self.database), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM users WHERE id = {id} FOR UPDATE"
+            ))
+            .await
+            .expect("lock the user's row");
+        client
+    }
+
+    /// Sends an HTTP request through the router in process.
+    pub async fn http(
+        &self,
+        request: axum::http::Request<Body>,
+    ) -> (axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        send(&self.app, request).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.background.abort();
+        let name = self.database.clone();
+        let prefix = self.prefix.clone();
+        // Drop the database and the Redis keys from a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                drop_database(&name).await;
+                redis_forget(&prefix).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Starts what a test instance runs in the background: the API's list (`Background::of(Role::Api)`),
+/// with the pipeline only when `pipeline`, and without the warm-up (tests start cold, or warm up
+/// themselves) and the gauge sampler (tests sample when they look). The tasks are aborted when the
+/// returned handle is dropped.
+fn start_background(app: &App, pipeline: bool) -> BackgroundTasks {
+    app.spawn_background(Background {
+        pipeline,
+        warm_up: false,
+        gauge_sampler: false,
+        ..Background::of(Role::Api, &app.config)
+    })
+}
+
+/// An instance's router served on a real socket until dropped.
+pub struct Served {
+    pub address: std::net::SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `app`'s router on a free local port.
+pub async fn serve(app: &App) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let router = http::router(app.clone());
+    let limits = http::server::ServerLimits::from_config(&app.config);
+    let task = tokio::spawn(async move {
+        let _ = http::server::serve(listener, router, limits, std::future::pending()).await;
+    });
+    Served { address, task }
+}
+
+/// A running instance besides the test's main one; its background tasks are aborted when it is dropped.
+pub struct Instance {
+    pub app: App,
+    _background: BackgroundTasks,
+}
