@@ -5,7 +5,7 @@
 pub mod background;
 pub mod gauges;
 
-use std::sync::Arc;
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use crate::{
     events::{StreamNames, fanout::EventHub, producer::Producer},
     graph::FollowGraph,
     graphql::{self, FollowSchema, SchemaLimits},
+    http::{Health, HttpParts, HttpState, Probe, ws::Sockets},
     redis_health::RedisHealth,
     redis_pool::{self, RedisPool},
 };
@@ -55,14 +56,10 @@ pub struct AppInner {
     pub redis_health: Arc<RedisHealth>,
     /// Routes follow events from the stream to this instance's subscribers.
     pub events: EventHub,
-    /// Persisted queries and parsed documents, shared by every transport.
-    pub documents: graphql::documents::Documents,
     /// The rate limits' buckets, shared by every instance through Redis (disabled by `FOLLOW_RATE_LIMIT=off`).
     pub limiter: crate::ratelimit::RateLimiter,
-    /// Clients out of points, turned away before their requests are read (see `http::admission`).
-    pub penalties: crate::http::admission::PenaltyBox,
-    /// Open websockets, in all and by client, against their caps.
-    pub sockets: crate::http::ws::Sockets,
+    /// What the HTTP layer serves with (the schema, the limits, the sockets), built once.
+    pub http: HttpState,
     /// Turns true when the process begins to shut down: long-lived connections close so clients move.
     pub closing: watch::Sender<bool>,
     /// The start-up warm-up of the caches: `/readyz` waits for it.
@@ -193,8 +190,25 @@ impl App {
             PARSED_DOCUMENT_BYTES,
             cost_limits,
         );
-        let sockets =
-            crate::http::ws::Sockets::new(config.ws_max_connections, config.ws_max_per_viewer);
+        let closing = watch::channel(false).0;
+        let warm_up: Arc<WarmUpState> = Arc::default();
+        let http = HttpState::new(HttpParts {
+            config: config.clone(),
+            schema: schema.clone(),
+            documents,
+            jwt: jwt.clone(),
+            limiter: limiter.clone(),
+            penalties: Default::default(),
+            sockets: Sockets::new(config.ws_max_connections, config.ws_max_per_viewer),
+            closing: closing.clone(),
+            health: Arc::new(Probes {
+                db: db.clone(),
+                redis: redis.clone(),
+                db_timeout: config.db_timeout,
+                redis_timeout: config.redis_timeout,
+                warm_up: warm_up.clone(),
+            }),
+        });
         Ok(Self(Arc::new(AppInner {
             config,
             db,
@@ -208,12 +222,10 @@ impl App {
             caches,
             redis_health,
             events,
-            documents,
             limiter,
-            penalties: Default::default(),
-            warm_up: Default::default(),
-            sockets,
-            closing: watch::channel(false).0,
+            http,
+            warm_up,
+            closing,
         })))
     }
 
@@ -227,28 +239,49 @@ impl App {
             self.redis_health.clone(),
         )
     }
+}
 
-    /// Whether PostgreSQL and Redis both answer, each with its error if not.
-    pub async fn readiness(&self) -> (Result<(), String>, Result<(), String>) {
-        let timeout = self.config.db_timeout;
-        let database = async {
-            match tokio::time::timeout(timeout, db::ping(&self.db)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err("timed out".to_owned()),
-            }
-        };
-        let redis = async {
-            redis_pool::ping(
-                &self.redis,
-                self.config
-                    .redis_timeout
-                    .max(std::time::Duration::from_millis(500)),
-            )
-            .await
-            .map_err(|err| format!("{err:#}"))
-        };
-        tokio::join!(database, redis)
+/// The answers `/readyz` gives, from the stores this layer owns.
+struct Probes {
+    db: DbPool,
+    redis: RedisPool,
+    db_timeout: std::time::Duration,
+    redis_timeout: std::time::Duration,
+    warm_up: Arc<WarmUpState>,
+}
+
+impl Health for Probes {
+    fn probe(&self) -> Pin<Box<dyn Future<Output = (Probe, Probe)> + Send + '_>> {
+        Box::pin(async move {
+            let database = async {
+                match tokio::time::timeout(self.db_timeout, db::ping(&self.db)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            };
+            let redis = async {
+                redis_pool::ping(
+                    &self.redis,
+                    self.redis_timeout
+                        .max(std::time::Duration::from_millis(500)),
+                )
+                .await
+                .map_err(|err| format!("{err:#}"))
+            };
+            tokio::join!(database, redis)
+        })
+    }
+
+    fn warming_up(&self) -> bool {
+        self.warm_up.running()
+    }
+}
+
+/// The HTTP layer's view of the application.
+impl From<App> for HttpState {
+    fn from(app: App) -> Self {
+        app.http.clone()
     }
 }
 

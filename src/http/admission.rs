@@ -156,12 +156,12 @@ mod names {
 }
 
 impl<'a> Admission<'a> {
-    /// The limits of `app`.
-    pub fn of(app: &'a crate::app::App) -> Self {
+    /// The limits of the served state.
+    pub fn of(state: &'a super::HttpState) -> Self {
         Self {
-            limiter: &app.limiter,
-            rate: &app.config.rate,
-            penalties: &app.penalties,
+            limiter: &state.limiter,
+            rate: &state.config.rate,
+            penalties: &state.penalties,
         }
     }
 
@@ -335,11 +335,11 @@ pub fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
 /// `Retry-After` before its body is read. The viewer is read from the token when it is valid (an
 /// invalid one is the handler's to refuse with 401).
 pub async fn gate(
-    axum::extract::State(app): axum::extract::State<crate::app::App>,
+    axum::extract::State(state): axum::extract::State<super::HttpState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if app.penalties.is_empty() {
+    if state.penalties.is_empty() {
         return next.run(request).await;
     }
     let address = request
@@ -351,9 +351,9 @@ pub async fn gate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| app.jwt.viewer_from_header(Some(value)).ok().flatten());
+        .and_then(|value| state.jwt.viewer_from_header(Some(value)).ok().flatten());
     let client = Client::new(viewer, address);
-    match app.penalties.wait(&client) {
+    match state.penalties.wait(&client) {
         Some(wait) => {
             ::metrics::counter!(RATE_LIMITED, "limit" => "door", "source" => "penalty_box")
                 .increment(1);

@@ -26,11 +26,11 @@ use axum::{
 use serde::{Deserialize, Serialize, ser::SerializeMap};
 
 use super::{
+    HttpState,
     admission::{self, Admission, Client, ClientAddress, Refused},
     negotiate::{MediaType, negotiate},
 };
 use crate::{
-    app::App,
     auth::Viewer,
     error::{AppError, ErrorCode},
     graphql::{self, is_request_error},
@@ -40,7 +40,7 @@ use crate::{
 /// `POST /graphql`: one operation or a batch, as JSON. The headers are read in place and the body only
 /// once they allow it (no copy of the header map, no detour through a generic body reader).
 pub async fn post_graphql(
-    State(app): State<App>,
+    State(state): State<HttpState>,
     Extension(address): Extension<ClientAddress>,
     request: Request,
 ) -> Response {
@@ -61,13 +61,13 @@ pub async fn post_graphql(
         Ok(request) => request,
         Err(unreadable) => {
             let client = Client::new(None, address);
-            Admission::of(&app)
+            Admission::of(&state)
                 .charge_refusal(&client, None, body_bytes.unwrap_or(0))
                 .await;
-            return unreadable_request(&app, unreadable, media);
+            return unreadable_request(&state, unreadable, media);
         }
     };
-    let viewer = match authenticate(&app, headers, media) {
+    let viewer = match authenticate(&state, headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
@@ -84,11 +84,11 @@ pub async fn post_graphql(
         BatchRequest::Single(request) if lacks_query(&request) => {
             refusal(StatusCode::BAD_REQUEST, no_query(), media)
         }
-        BatchRequest::Single(request) => render(media, run(&app, request, &asker).await),
-        BatchRequest::Batch(requests) if requests.len() > app.config.max_batch_operations => {
+        BatchRequest::Single(request) => render(media, run(&state, request, &asker).await),
+        BatchRequest::Batch(requests) if requests.len() > state.config.max_batch_operations => {
             let err = AppError::bad_input(format!(
                 "a batch may carry at most {} operations (FOLLOW_MAX_BATCH_OPERATIONS); got {}",
-                app.config.max_batch_operations,
+                state.config.max_batch_operations,
                 requests.len()
             ));
             refusal(StatusCode::BAD_REQUEST, err, media)
@@ -98,7 +98,7 @@ pub async fn post_graphql(
             // the batch as a whole is 200.
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
-                outcomes.push(run(&app, request, &asker).await);
+                outcomes.push(run(&state, request, &asker).await);
             }
             let bodies: Vec<Wire<'_>> = outcomes.iter().map(|o| Wire(&o.response)).collect();
             let mut response = with_media(StatusCode::OK, media, to_bytes(&bodies));
@@ -185,7 +185,7 @@ struct GetParameters {
 
 /// `GET /graphql`: GraphiQL for a browser, else a query (or a persisted query's hash) from the URL.
 pub async fn get_graphql(
-    State(app): State<App>,
+    State(state): State<HttpState>,
     Extension(address): Extension<ClientAddress>,
     request: Request,
 ) -> Response {
@@ -216,7 +216,7 @@ pub async fn get_graphql(
         return refusal(StatusCode::BAD_REQUEST, no_query(), media);
     }
     // Authenticated first: a persisted query is registered only for a client the service knows.
-    let viewer = match authenticate(&app, headers, media) {
+    let viewer = match authenticate(&state, headers, media) {
         Ok(viewer) => viewer,
         Err(response) => return *response,
     };
@@ -225,10 +225,10 @@ pub async fn get_graphql(
         client: Client::new(viewer, address),
         bytes: Some(query.len()),
     };
-    let resolved = match resolve(&app, &mut request).await {
+    let resolved = match resolve(&state, &mut request).await {
         Err(response) => {
             let outcome = Outcome::unmetered(response);
-            charge_if_refused(&app, &asker, &outcome, 0).await;
+            charge_if_refused(&state, &asker, &outcome, 0).await;
             return render(media, outcome);
         }
         Ok(resolved) => resolved,
@@ -242,8 +242,8 @@ pub async fn get_graphql(
         return response;
     }
     let text_bytes = request.query.len();
-    let outcome = admit_and_execute(&app, request, resolved, &asker).await;
-    charge_if_refused(&app, &asker, &outcome, text_bytes).await;
+    let outcome = admit_and_execute(&state, request, resolved, &asker).await;
+    charge_if_refused(&state, &asker, &outcome, text_bytes).await;
     render(media, outcome)
 }
 
@@ -283,10 +283,11 @@ fn parse_parameters(query: &str) -> Result<async_graphql::Request, String> {
 /// Resolves the request's document (persisted query, parse cache, cost); a persisted query that cannot
 /// be resolved, or a document over the limits, is a response already.
 async fn resolve(
-    app: &App,
+    state: &HttpState,
     request: &mut async_graphql::Request,
 ) -> Result<graphql::documents::Resolved, async_graphql::Response> {
-    app.documents
+    state
+        .documents
         .resolve(request)
         .await
         .map_err(|error| async_graphql::Response::from_errors(vec![error]))
@@ -316,22 +317,22 @@ impl Outcome {
 }
 
 /// Resolves and runs one operation for `asker`; a refusal before execution is charged to its client.
-async fn run(app: &App, mut request: async_graphql::Request, asker: &Asker) -> Outcome {
+async fn run(state: &HttpState, mut request: async_graphql::Request, asker: &Asker) -> Outcome {
     let text_bytes = request.query.len();
-    let outcome = match resolve(app, &mut request).await {
-        Ok(resolved) => admit_and_execute(app, request, resolved, asker).await,
+    let outcome = match resolve(state, &mut request).await {
+        Ok(resolved) => admit_and_execute(state, request, resolved, asker).await,
         Err(response) => Outcome::unmetered(response),
     };
-    charge_if_refused(app, asker, &outcome, text_bytes).await;
+    charge_if_refused(state, asker, &outcome, text_bytes).await;
     outcome
 }
 
 /// Charges the client for a request refused before execution (it still cost its parse); a rate-limit
 /// refusal has been charged already.
-async fn charge_if_refused(app: &App, asker: &Asker, outcome: &Outcome, text_bytes: usize) {
+async fn charge_if_refused(state: &HttpState, asker: &Asker, outcome: &Outcome, text_bytes: usize) {
     if is_request_error(&outcome.response) && !has_code(&outcome.response, ErrorCode::RateLimited) {
         let bytes = asker.bytes.unwrap_or(0).max(text_bytes);
-        Admission::of(app)
+        Admission::of(state)
             .charge_refusal(&asker.client, asker.viewer, bytes)
             .await;
     }
@@ -349,12 +350,12 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
 
 /// Spends a resolved operation's cost (and its registration, if it carries one), then runs it.
 async fn admit_and_execute(
-    app: &App,
+    state: &HttpState,
     request: async_graphql::Request,
     resolved: graphql::documents::Resolved,
     asker: &Asker,
 ) -> Outcome {
-    let limits = Admission::of(app);
+    let limits = Admission::of(state);
     let refused = |refused: Refused| Outcome {
         response: async_graphql::Response::from_errors(vec![graphql::request_error(refused.error)]),
         budget: refused.budget,
@@ -368,26 +369,27 @@ async fn admit_and_execute(
         });
     }
     let budget = match limits
-        .admit_resolved(&app.documents, &asker.client, asker.viewer, resolved)
+        .admit_resolved(&state.documents, &asker.client, asker.viewer, resolved)
         .await
     {
         Ok(budget) => budget,
         Err(refusal) => return refused(refusal),
     };
     Outcome {
-        response: execute(app, request, asker.viewer).await,
+        response: execute(state, request, asker.viewer).await,
         budget,
     }
 }
 
 /// Runs a resolved request for `viewer`.
 async fn execute(
-    app: &App,
+    state: &HttpState,
     request: async_graphql::Request,
     viewer: Option<Viewer>,
 ) -> async_graphql::Response {
-    app.schema
-        .execute(graphql::prepare(&app.schema, request, viewer))
+    state
+        .schema
+        .execute(graphql::prepare(&state.schema, request, viewer))
         .await
 }
 
@@ -488,14 +490,15 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// The viewer of the request's bearer token. A token that is present but not valid is refused with 401
 /// and a GraphQL error `UNAUTHENTICATED`: it never becomes an anonymous request.
 fn authenticate(
-    app: &App,
+    state: &HttpState,
     headers: &HeaderMap,
     media: MediaType,
 ) -> Result<Option<Viewer>, Box<Response>> {
     let header = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    app.jwt
+    state
+        .jwt
         .viewer_from_header(header)
         .map_err(|err| Box::new(refusal(StatusCode::UNAUTHORIZED, err, media)))
 }
@@ -513,9 +516,9 @@ fn refusal(status: StatusCode, err: AppError, media: MediaType) -> Response {
 }
 
 /// A body that is not a GraphQL request: 413 naming the limit when it was too large, else 400.
-fn unreadable_request(app: &App, unreadable: Unreadable, media: MediaType) -> Response {
+fn unreadable_request(state: &HttpState, unreadable: Unreadable, media: MediaType) -> Response {
     match unreadable {
-        Unreadable::TooLarge => body_too_large(app.config.max_body_bytes),
+        Unreadable::TooLarge => body_too_large(state.config.max_body_bytes),
         Unreadable::NotARequest(reason) => {
             let err = AppError::bad_input(format!("the body is not a GraphQL request: {reason}"));
             refusal(StatusCode::BAD_REQUEST, err, media)

@@ -3,7 +3,7 @@
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde_json::json;
 
-use crate::app::App;
+use super::HttpState;
 
 /// Alive: the process answers HTTP.
 pub async fn healthz() -> &'static str {
@@ -13,9 +13,9 @@ pub async fn healthz() -> &'static str {
 /// Ready: PostgreSQL and Redis both answer and the start-up cache warm-up is over (done, or cut short
 /// by its bound); 503 naming what is not. The driver's own words (addresses, user names) go to the
 /// log, not to whoever asks.
-pub async fn readyz(State(app): State<App>) -> impl IntoResponse {
-    let (database, redis) = app.readiness().await;
-    let warming = app.warm_up.running();
+pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let (database, redis) = state.health.probe().await;
+    let warming = state.health.warming_up();
     let status = if database.is_ok() && redis.is_ok() && !warming {
         StatusCode::OK
     } else {

@@ -7,7 +7,10 @@ mod health;
 mod metrics;
 mod negotiate;
 pub mod server;
+mod state;
 pub mod ws;
+
+pub use state::{Health, HttpParts, HttpState, Probe};
 
 use axum::{
     Router,
@@ -29,27 +32,31 @@ use tower_http::{
 /// sent one) and in the response.
 pub const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
-use crate::app::App;
-
 /// Every route of the service, in one place.
-pub fn router(app: App) -> Router {
-    let body_limit = app.config.max_body_bytes;
-    let timeout = app.config.request_timeout;
-    let cors = cors(&app.config.cors_origins);
-    let trusted_proxies = std::sync::Arc::new(app.config.trusted_proxies.clone());
-    let public_metrics = app.config.metrics_listen.is_none();
+pub fn router(state: impl Into<HttpState>) -> Router {
+    let state: HttpState = state.into();
+    let body_limit = state.config.max_body_bytes;
+    let timeout = state.config.request_timeout;
+    let cors = cors(&state.config.cors_origins);
+    let trusted_proxies = std::sync::Arc::new(state.config.trusted_proxies.clone());
+    let public_metrics = state.config.metrics_listen.is_none();
     let mut routes = Router::new()
         .route("/", get(graphiql::page))
         .route(
             "/graphql",
             get(graphql::get_graphql)
                 .post(graphql::post_graphql)
-                .route_layer(middleware::from_fn_with_state(app.clone(), admission::gate)),
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    admission::gate,
+                )),
         )
         .route(
             "/graphql/ws",
-            get(ws::upgrade)
-                .route_layer(middleware::from_fn_with_state(app.clone(), admission::gate)),
+            get(ws::upgrade).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                admission::gate,
+            )),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
@@ -58,7 +65,7 @@ pub fn router(app: App) -> Router {
     }
     routes
         .merge(graphiql::asset_routes())
-        .with_state(app)
+        .with_state(state)
         // A streamed body is cut at the limit; a declared length over it is refused before reading.
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(middleware::from_fn_with_state(
@@ -85,12 +92,13 @@ pub fn router(app: App) -> Router {
 
 /// The operators' listener (`FOLLOW_METRICS_LISTEN`): `/metrics`, `/healthz` and `/readyz`, kept off the
 /// public address so that load and dependency details are not published to clients.
-pub fn operator_router(app: App) -> Router {
+pub fn operator_router(state: impl Into<HttpState>) -> Router {
+    let state: HttpState = state.into();
     Router::new()
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .with_state(app)
+        .with_state(state)
 }
 
 /// CORS for web apps on other origins (`FOLLOW_CORS_ORIGINS`): GET and POST with the headers GraphQL

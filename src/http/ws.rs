@@ -39,9 +39,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
-use super::admission::{Admission, Client, ClientAddress};
+use super::{
+    HttpState,
+    admission::{Admission, Client, ClientAddress},
+};
 use crate::{
-    app::App,
     auth::Viewer,
     error::AppError,
     graphql,
@@ -73,7 +75,7 @@ mod close {
 
 /// `GET /graphql/ws`: upgrades to a websocket that speaks graphql-transport-ws.
 pub async fn upgrade(
-    State(app): State<App>,
+    State(state): State<HttpState>,
     Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -84,8 +86,8 @@ pub async fn upgrade(
         .map(str::to_owned);
     let upgrade = upgrade
         .protocols([PROTOCOL])
-        .max_message_size(app.config.max_body_bytes)
-        .max_frame_size(app.config.max_body_bytes)
+        .max_message_size(state.config.max_body_bytes)
+        .max_frame_size(state.config.max_body_bytes)
         // tungstenite's default 128 KiB is zero-filled and resident for every socket, though the
         // protocol's messages are a few hundred bytes; a larger frame still grows the buffer.
         .read_buffer_size(READ_BUFFER_BYTES);
@@ -98,13 +100,13 @@ pub async fn upgrade(
                 "Subprotocol not acceptable: use graphql-transport-ws",
             )
             .await;
-        } else if let Some(slot) = app.sockets.open() {
-            serve(app, socket, header_auth, address, slot).await;
+        } else if let Some(slot) = state.sockets.open() {
+            serve(state, socket, header_auth, address, slot).await;
         } else {
             ::metrics::counter!(WS_REFUSED, "cap" => "instance").increment(1);
             let reason = format!(
                 "Too many connections: this instance holds {} (FOLLOW_WS_MAX_CONNECTIONS); try again later",
-                app.config.ws_max_connections
+                state.config.ws_max_connections
             );
             close_now(socket, close::TRY_AGAIN_LATER, &reason).await;
         }
@@ -211,7 +213,7 @@ type Operations = Arc<Mutex<HashMap<String, AbortHandle>>>;
 
 /// One connection's protocol state.
 struct Connection {
-    app: App,
+    state: HttpState,
     header_auth: Option<String>,
     /// Where the connection comes from (the client of an anonymous viewer).
     address: ClientAddress,
@@ -230,7 +232,7 @@ struct Connection {
 
 /// Runs one connection until either side closes it.
 async fn serve(
-    app: App,
+    state: HttpState,
     socket: WebSocket,
     header_auth: Option<String>,
     address: ClientAddress,
@@ -249,11 +251,11 @@ async fn serve(
         }
         let _ = sink.close().await;
     });
-    let mut shutting_down = app.closing.subscribe();
-    let init_deadline = Instant::now() + app.config.ws_init_timeout;
-    let idle = app.config.ws_idle_timeout;
+    let mut shutting_down = state.closing.subscribe();
+    let init_deadline = Instant::now() + state.config.ws_init_timeout;
+    let idle = state.config.ws_idle_timeout;
     let mut connection = Connection {
-        app,
+        state,
         header_auth,
         address,
         slot,
@@ -361,7 +363,7 @@ impl Connection {
         });
         let authorization = from_payload.or_else(|| self.header_auth.clone());
         let session = self
-            .app
+            .state
             .jwt
             .session_from_header(authorization.as_deref())
             .map_err(|err| {
@@ -372,13 +374,13 @@ impl Connection {
             })?;
         let viewer = session.map(|(viewer, _)| viewer);
         let client = Client::new(viewer, self.address);
-        if !self.app.sockets.claim(&mut self.slot, &client) {
+        if !self.state.sockets.claim(&mut self.slot, &client) {
             ::metrics::counter!(WS_REFUSED, "cap" => "client").increment(1);
             return Err(Closing(
                 close::TOO_MANY_INITS,
                 format!(
                     "Too many connections for this client: at most {} per instance (FOLLOW_WS_MAX_PER_VIEWER)",
-                    self.app.config.ws_max_per_viewer
+                    self.state.config.ws_max_per_viewer
                 ),
             ));
         }
@@ -397,7 +399,7 @@ impl Connection {
         let (Some(viewer), Some(client)) = (self.viewer, self.client.clone()) else {
             return Err(Closing(close::UNAUTHORIZED, "Unauthorized".into()));
         };
-        let limit = self.app.config.ws_max_subscriptions;
+        let limit = self.state.config.ws_max_subscriptions;
         // Only this loop adds operations, so the answer holds until the insert below.
         let (exists, full) = {
             let operations = self.operations();
@@ -417,7 +419,7 @@ impl Connection {
             return self.send(json!({ "id": id, "type": "error", "payload": [error] }));
         }
         let task = tokio::spawn(run_operation(
-            self.app.clone(),
+            self.state.clone(),
             id.clone(),
             (request, viewer, client),
             self.operations.clone(),
@@ -457,14 +459,14 @@ impl Connection {
 /// Drives one operation: each result becomes a `next` message; a request error (the operation could not
 /// start: it does not parse or validate) becomes one `error` message; the end becomes `complete`.
 async fn run_operation(
-    app: App,
+    state: HttpState,
     id: String,
     (request, viewer, client): (async_graphql::Request, Option<Viewer>, Client),
     operations: Operations,
     outgoing: mpsc::Sender<Message>,
 ) {
     let mut request = request;
-    match admit(&app, &mut request, viewer, &client).await {
+    match admit(&state, &mut request, viewer, &client).await {
         Ok(()) => {}
         Err(error) => {
             forget(&operations, &id);
@@ -477,8 +479,8 @@ async fn run_operation(
             return;
         }
     }
-    let request = graphql::prepare(&app.schema, request, viewer);
-    let mut results = app.schema.execute_stream(request);
+    let request = graphql::prepare(&state.schema, request, viewer);
+    let mut results = state.schema.execute_stream(request);
     let mut first = true;
     while let Some(response) = results.next().await {
         if first && graphql::is_request_error(&response) {
@@ -513,14 +515,14 @@ async fn run_operation(
 /// Resolves an operation's document and spends its cost (and its registration) against the client's
 /// limits, as HTTP does.
 async fn admit(
-    app: &App,
+    state: &HttpState,
     request: &mut async_graphql::Request,
     viewer: Option<Viewer>,
     client: &Client,
 ) -> Result<(), async_graphql::ServerError> {
-    let resolved = app.documents.resolve(request).await?;
-    Admission::of(app)
-        .admit_resolved(&app.documents, client, viewer, resolved)
+    let resolved = state.documents.resolve(request).await?;
+    Admission::of(state)
+        .admit_resolved(&state.documents, client, viewer, resolved)
         .await
         .map(|_| ())
         .map_err(|refused| graphql::request_error(refused.error))
