@@ -7,12 +7,12 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     auth::JwtKeys,
-    cache::{Caches, persisted::PersistedQueries},
+    cache::Caches,
     config::Config,
     db::{self, DbPool},
     events::{StreamNames, consumer, fanout::EventHub, producer::Producer, relay},
     graph::FollowGraph,
-    graphql::{self, FollowSchema, SchemaLimits},
+    graphql::{self, FollowSchema, SchemaLimits, persisted::PersistedQueries},
     redis_health::RedisHealth,
     redis_pool::{self, RedisPool},
 };

@@ -29,7 +29,6 @@ pub mod invalidation;
 pub mod keys;
 pub mod l1;
 pub mod l2;
-pub mod persisted;
 pub mod sets;
 pub mod singleflight;
 

@@ -41,7 +41,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use follow_service::{auth::JwtKeys, cache::persisted::sha256_hex};
+use follow_service::{auth::JwtKeys, graphql::persisted::sha256_hex};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
