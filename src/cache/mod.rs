@@ -54,6 +54,7 @@ use self::{
     singleflight::Inflight,
 };
 use crate::{
+    config::CacheSettings,
     db::{
         follows::{ListEntry, ListKind},
         stats::{AppliedBatch, Counts},
@@ -63,27 +64,6 @@ use crate::{
     redis_pool::RedisPool,
     telemetry::metrics::{CACHE_COALESCED, CACHE_REQUESTS},
 };
-
-/// Cache sizes and lifetimes.
-#[derive(Clone, Debug)]
-pub struct CacheSettings {
-    /// Caching on (`FOLLOW_CACHE=on`) or every read from PostgreSQL.
-    pub enabled: bool,
-    /// Bytes L1 may hold, all kinds together (each kind gets a fixed share, see `L1_SHARES`).
-    pub l1_max_bytes: u64,
-    /// L1's safety lifetime: entries stay until a write or the consumer changes them (announcements
-    /// reach every instance), this long at most.
-    pub l1_ttl: Duration,
-    /// Most ids of a following set kept whole; a user following more gets per-pair lookups.
-    pub set_limit: usize,
-    pub sets_ttl: Duration,
-    pub status_ttl: Duration,
-    pub counts_ttl: Duration,
-    pub lists_ttl: Duration,
-    pub users_ttl: Duration,
-    /// Budget of one Redis cache call.
-    pub redis_timeout: Duration,
-}
 
 /// The caches of one process; cheap to clone.
 #[derive(Clone)]
