@@ -1,16 +1,18 @@
 //! First pages of follower and following lists: each list's version first, then the pages at those
-//! versions: L1, then L2, then PostgreSQL, coalesced.
+//! versions through the shared lookup (a [`CachedKind`] whose key names the version).
 
 use std::{collections::HashMap, future::Future, sync::Arc};
 
 use super::{
-    Caches, keys,
-    l1::{Ticket, Versioned},
-    read::count,
+    Caches, CachesInner,
+    keys::{self, KeyNames},
+    l1::{Ticket, Versioned, VersionedCache},
+    read::{CachedKind, Fill, count},
+    singleflight::Inflight,
 };
 use crate::{
+    config::CacheSettings,
     db::follows::{ListEntry, ListKind},
-    telemetry::metrics::CACHE_COALESCED,
 };
 
 /// A page's key: (kind, owner, list version, rows).
@@ -68,7 +70,7 @@ impl Caches {
                 .collect();
             let Some(values) = self.l2.read_versions(&names).await else {
                 // Without versions nothing cached can be trusted: straight to PostgreSQL.
-                count("lists", "l2", "unavailable", owners.len());
+                count(ListPages::LABEL, "l2", "unavailable", owners.len());
                 return Ok(to_arcs(load(owners.to_vec()).await?, owners));
             };
             for ((owner, version), ticket) in unknown.into_iter().zip(values).zip(tickets) {
@@ -81,76 +83,77 @@ impl Caches {
         }
 
         // 2. The pages at those versions: L1, then L2, then PostgreSQL.
-        let mut found = HashMap::with_capacity(owners.len());
-        let mut pending = Vec::new();
-        for &owner in owners {
-            let key = (kind, owner, versions[&owner], limit);
-            match use_l1.then(|| self.pages.get(&key)).flatten() {
-                Some(page) => {
-                    found.insert(owner, page);
-                }
-                None => pending.push(key),
-            }
-        }
-        count("lists", "l1", "hit", found.len());
-        count("lists", "l1", "miss", pending.len());
-        if pending.is_empty() {
-            return Ok(found);
-        }
-        let load_pages = |keys: Vec<(ListKind, i64, i64, i64)>| {
-            let load = &load;
+        let keys: Vec<PageKey> = owners
+            .iter()
+            .map(|&owner| (kind, owner, versions[&owner], limit))
+            .collect();
+        let load = |keys: Vec<PageKey>| {
+            let pages = load(keys.iter().map(|key| key.1).collect());
             async move {
-                let names: Vec<String> = keys
-                    .iter()
-                    .map(|(k, o, v, l)| self.names.list_page(*k, *o, *v, *l))
-                    .collect();
-                let stored = self
-                    .l2
-                    .get_many(&names)
-                    .await
-                    .unwrap_or_else(|| vec![None; names.len()]);
-                let mut pages = HashMap::with_capacity(keys.len());
-                let mut missing = Vec::new();
-                for (key, value) in keys.into_iter().zip(stored) {
-                    match value.as_deref().and_then(|v| keys::decode_page(key.1, v)) {
-                        Some(page) => {
-                            pages.insert(key, Arc::new(page));
-                        }
-                        None => missing.push(key),
-                    }
-                }
-                count("lists", "l2", "hit", names.len() - missing.len());
-                count("lists", "l2", "miss", missing.len());
-                if !missing.is_empty() {
-                    let mut loaded = load(missing.iter().map(|k| k.1).collect()).await?;
-                    let mut fills = Vec::with_capacity(missing.len());
-                    for key in missing {
-                        let page = Arc::new(loaded.remove(&key.1).unwrap_or_default());
-                        fills.push((
-                            self.names.list_page(key.0, key.1, key.2, key.3),
-                            keys::encode_page(&page),
-                            self.settings.lists_ttl,
-                        ));
-                        pages.insert(key, page);
-                    }
-                    let caches = self.clone();
-                    tokio::spawn(async move {
-                        caches.l2.set_many(&fills).await;
-                    });
-                }
-                if use_l1 {
-                    for (key, page) in &pages {
-                        self.pages.insert(*key, page.clone());
-                    }
-                }
-                Ok(pages)
+                let mut pages = pages.await?;
+                Ok(keys
+                    .into_iter()
+                    .map(|key| {
+                        let page = Arc::new(pages.remove(&key.1).unwrap_or_default());
+                        (
+                            key,
+                            Versioned {
+                                version: key.2,
+                                value: page,
+                            },
+                        )
+                    })
+                    .collect())
             }
         };
-        let (loaded, joined) = self.inflight_pages.load(pending, load_pages).await?;
-        if joined > 0 {
-            ::metrics::counter!(CACHE_COALESCED, "cache" => "lists").increment(joined as u64);
+        let found = self.lookup(&ListPages, &keys, load).await?;
+        Ok(found.into_iter().map(|(key, page)| (key.1, page)).collect())
+    }
+}
+
+/// A list's first page. Its key names the list version it was read at (immutable: a bump makes new
+/// keys, and the old ones expire), so in Redis it is stored bare, without a version of its own.
+pub(super) struct ListPages;
+
+impl CachedKind for ListPages {
+    type Key = PageKey;
+    type Value = Arc<Vec<ListEntry>>;
+    const LABEL: &'static str = "lists";
+    const DEGRADED_AS_MISS: bool = true;
+
+    fn l1<'c>(&self, caches: &'c CachesInner) -> &'c VersionedCache<PageKey, Arc<Vec<ListEntry>>> {
+        &caches.pages
+    }
+
+    fn inflight<'c>(
+        &self,
+        caches: &'c CachesInner,
+    ) -> &'c Inflight<PageKey, Versioned<Arc<Vec<ListEntry>>>> {
+        &caches.inflight_pages
+    }
+
+    fn l2_key(&self, names: &KeyNames, &(kind, owner, version, limit): &PageKey) -> String {
+        names.list_page(kind, owner, version, limit)
+    }
+
+    fn decode(&self, key: &PageKey, stored: &str) -> Option<Versioned<Arc<Vec<ListEntry>>>> {
+        let page = keys::decode_page(key.1, stored)?;
+        Some(Versioned {
+            version: key.2,
+            value: Arc::new(page),
+        })
+    }
+
+    fn fill(
+        &self,
+        settings: &CacheSettings,
+        name: String,
+        page: &Versioned<Arc<Vec<ListEntry>>>,
+    ) -> Fill {
+        Fill::Immutable {
+            key: name,
+            payload: keys::encode_page(&page.value),
+            ttl: settings.lists_ttl,
         }
-        found.extend(loaded.into_iter().map(|(key, page)| (key.1, page)));
-        Ok(found)
     }
 }

@@ -25,10 +25,11 @@
 //! for a moment after repeated failures, L1 is suspended while the invalidation subscription is down,
 //! and writes that could not reach Redis leave their keys dirty, deleted before Redis is read again.
 //!
-//! The modules, one job each: [`read`] the lookup every per-key kind shares, [`status`] follow statuses
-//! (following sets, the viewer's recent changes, pair statuses), [`lists`] list pages, [`peek`] L1-only
-//! answers, [`write`] the write path, [`invalidation`] the announcements, [`l1`], [`l2`], [`keys`],
-//! [`sets`], [`singleflight`], [`active`] viewers for warm-up, [`outage`] the repair after Redis trouble.
+//! The modules, one job each: `read` the lookup every per-key kind shares (counts, users), `status`
+//! follow statuses (following sets, the viewer's recent changes, pair statuses), `lists` list pages,
+//! `peek` L1-only answers, `write` the write path, [`invalidation`] the announcements, [`l1`], [`l2`],
+//! [`keys`], [`sets`] (following sets as stored), [`singleflight`], `active` viewers for warm-up,
+//! `outage` the repair after Redis trouble.
 
 mod active;
 pub mod invalidation;
@@ -52,8 +53,6 @@ use std::{
     },
     time::Duration,
 };
-
-use mini_moka::sync::{Cache as MokaCache, ConcurrentCacheExt};
 
 use self::{
     keys::KeyNames,
@@ -88,8 +87,8 @@ pub struct CachesInner {
     users: VersionedCache<i64, Option<UserRecord>>,
     /// The version of each list, as last read or announced.
     list_versions: VersionedCache<(ListKind, i64), ()>,
-    /// List pages by (kind, owner, list version, rows): immutable, so unversioned.
-    pages: MokaCache<PageKey, Arc<Vec<ListEntry>>>,
+    /// List pages by (kind, owner, list version, rows), at the list version of their key: immutable.
+    pages: VersionedCache<PageKey, Arc<Vec<ListEntry>>>,
     /// Whether the invalidation subscription is up (L1 is used only then).
     l1_live: AtomicBool,
     /// This instance's name on the invalidation channel: a message it sent with this name (a write's
@@ -101,7 +100,7 @@ pub struct CachesInner {
     inflight_status: Inflight<(i64, i64), Versioned<bool>>,
     inflight_counts: Inflight<i64, Versioned<Counts>>,
     inflight_users: Inflight<i64, Versioned<Option<UserRecord>>>,
-    inflight_pages: Inflight<PageKey, Arc<Vec<ListEntry>>>,
+    inflight_pages: Inflight<PageKey, Versioned<Arc<Vec<ListEntry>>>>,
 }
 
 impl std::ops::Deref for Caches {
@@ -158,14 +157,10 @@ impl Caches {
                 l1_ttl(settings.lists_ttl),
                 |_, _| 48,
             ),
-            pages: MokaCache::builder()
-                .weigher(|_, page: &Arc<Vec<ListEntry>>| {
-                    u32::try_from(64 + page.len() * std::mem::size_of::<ListEntry>())
-                        .unwrap_or(u32::MAX)
-                })
-                .max_capacity(share("pages").max(1))
-                .time_to_live(l1_ttl(settings.lists_ttl))
-                .build(),
+            pages: VersionedCache::new(share("pages"), l1_ttl(settings.lists_ttl), |_, page| {
+                u32::try_from(64 + page.value.len() * std::mem::size_of::<ListEntry>())
+                    .unwrap_or(u32::MAX)
+            }),
             l1_live: AtomicBool::new(false),
             active: Default::default(),
             inflight_sets: Inflight::default(),

@@ -93,7 +93,9 @@ impl Caches {
     ) -> Option<Arc<Vec<ListEntry>>> {
         self.peek("lists", || {
             let version = self.list_versions.get(&(kind, owner))?.version;
-            self.pages.get(&(kind, owner, version, limit))
+            self.pages
+                .get(&(kind, owner, version, limit))
+                .map(|page| page.value)
         })
     }
 

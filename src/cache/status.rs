@@ -1,5 +1,5 @@
 //! Follow statuses: the viewer's own recent changes (read-your-writes), each follower's following set,
-//! and pair by pair for followers over the set limit.
+//! and pair by pair (a [`CachedKind`]) for followers over the set limit.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,13 +9,15 @@ use std::{
 };
 
 use super::{
-    Caches, keys,
-    l1::Versioned,
+    Caches, CachesInner,
+    keys::{self, KeyNames},
+    l1::{Versioned, VersionedCache},
     l2::SetFill,
-    read::count,
+    read::{CachedKind, Fill, count, split_versioned},
     sets::{self, Following, Members},
+    singleflight::Inflight,
 };
-use crate::telemetry::metrics::CACHE_COALESCED;
+use crate::{config::CacheSettings, telemetry::metrics::CACHE_COALESCED};
 
 /// How long after Redis's data began (or was lost) the viewer's recent changes are trusted: longer than
 /// any set load takes (a load in flight at the loss may carry a state from before a lost change).
@@ -179,6 +181,11 @@ impl Caches {
     /// Following sets of `users`: L1, then L2 (one pipeline), then PostgreSQL (one statement, each set
     /// cut at the limit + 1), coalesced with loads in flight; loaded sets fill both levels unless a
     /// change raced their load.
+    ///
+    /// Not a [`CachedKind`], because a set's races are closed by generations, not versions: its L2 read
+    /// returns the generation that the L2 fill script must find unchanged (and sets none to fill with
+    /// when Redis is unavailable), its L1 fill checks a generation of the user's stripe instead of a
+    /// ticket, and each set answers with where it was found (the status counters count by it).
     async fn following_sets<E, F, Fut>(
         &self,
         users: &[i64],
@@ -317,18 +324,43 @@ impl Caches {
                     .collect())
             }
         };
-        self.lookup(
-            "status_pairs",
-            pairs,
-            &self.status,
-            |(follower, _)| Some(*follower) == viewer,
-            |(a, b)| self.names.status(*a, *b),
-            |_, _, payload| keys::decode_status(payload),
-            |follows| keys::encode_status(*follows).to_owned(),
-            self.settings.status_ttl,
-            &self.inflight_status,
-            load,
-        )
-        .await
+        self.lookup(&PairStatuses { viewer }, pairs, load).await
+    }
+}
+
+/// The status of one pair whose follower is over the set limit, versioned by the outbox id of the
+/// change that set it. The viewer's own pairs skip L1 (read-your-writes on every instance).
+pub(super) struct PairStatuses {
+    pub viewer: Option<i64>,
+}
+
+impl CachedKind for PairStatuses {
+    type Key = (i64, i64);
+    type Value = bool;
+    const LABEL: &'static str = "status_pairs";
+
+    fn l1<'c>(&self, caches: &'c CachesInner) -> &'c VersionedCache<(i64, i64), bool> {
+        &caches.status
+    }
+
+    fn inflight<'c>(&self, caches: &'c CachesInner) -> &'c Inflight<(i64, i64), Versioned<bool>> {
+        &caches.inflight_status
+    }
+
+    fn skip_l1(&self, (follower, _): &(i64, i64)) -> bool {
+        Some(*follower) == self.viewer
+    }
+
+    fn l2_key(&self, names: &KeyNames, (follower, followee): &(i64, i64)) -> String {
+        names.status(*follower, *followee)
+    }
+
+    fn decode(&self, _: &(i64, i64), stored: &str) -> Option<Versioned<bool>> {
+        split_versioned(stored, |_, payload| keys::decode_status(payload))
+    }
+
+    fn fill(&self, settings: &CacheSettings, name: String, status: &Versioned<bool>) -> Fill {
+        let payload = keys::encode_status(status.value).to_owned();
+        Fill::versioned(name, status.version, payload, settings.status_ttl)
     }
 }
