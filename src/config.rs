@@ -94,7 +94,7 @@ pub struct Config {
     /// `FOLLOW_METRICS_SAMPLE_MS`: how often the pool, stream and outbox gauges of `/metrics` are sampled.
     pub metrics_sample: Duration,
     /// `FOLLOW_CACHE` and `FOLLOW_CACHE_*`: the two-level cache (on by default).
-    pub cache: crate::cache::CacheSettings,
+    pub cache: CacheSettings,
     /// `FOLLOW_REDIS_BREAKER_FAILURES`: consecutive Redis failures that open the circuit breaker.
     pub breaker_failures: u32,
     /// `FOLLOW_REDIS_BREAKER_COOLDOWN_MS`: how long an open breaker keeps Redis uncalled before a probe.
@@ -136,6 +136,27 @@ pub struct Config {
     /// `FOLLOW_CORS_ORIGINS`: web origins allowed to call the API from a browser (comma-separated,
     /// `*` for any); empty: none, so only pages served by the API's own origin (GraphiQL) may.
     pub cors_origins: Vec<String>,
+}
+
+/// Cache sizes and lifetimes.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// Caching on (`FOLLOW_CACHE=on`) or every read from PostgreSQL.
+    pub enabled: bool,
+    /// Bytes L1 may hold, all kinds together (each kind gets a fixed share, see `cache::L1_SHARES`).
+    pub l1_max_bytes: u64,
+    /// L1's safety lifetime: entries stay until a write or the consumer changes them (announcements
+    /// reach every instance), this long at most.
+    pub l1_ttl: Duration,
+    /// Most ids of a following set kept whole; a user following more gets per-pair lookups.
+    pub set_limit: usize,
+    pub sets_ttl: Duration,
+    pub status_ttl: Duration,
+    pub counts_ttl: Duration,
+    pub lists_ttl: Duration,
+    pub users_ttl: Duration,
+    /// Budget of one Redis cache call.
+    pub redis_timeout: Duration,
 }
 
 /// The rate limits' budgets (`FOLLOW_RATE_*`), each per client and per minute unless named otherwise.
@@ -321,7 +342,7 @@ impl Config {
             relay_after: millis("FOLLOW_RELAY_AFTER_MS", 5_000)?,
             relay_interval: millis("FOLLOW_RELAY_INTERVAL_MS", 1_000)?,
             metrics_sample: millis("FOLLOW_METRICS_SAMPLE_MS", 2_000)?,
-            cache: crate::cache::CacheSettings {
+            cache: CacheSettings {
                 enabled: flag("FOLLOW_CACHE", true)?,
                 l1_max_bytes: number("FOLLOW_L1_MAX_BYTES", 256 * 1024 * 1024)?,
                 l1_ttl: seconds("FOLLOW_CACHE_L1_TTL_S", 3_600)?,

@@ -14,13 +14,13 @@ pub use background::{Background, BackgroundTasks, Role};
 
 use crate::{
     auth::JwtKeys,
-    cache::{Caches, persisted::PersistedQueries},
+    cache::Caches,
     config::Config,
     db::{self, DbPool},
     error::ErrorCode,
     events::{StreamNames, fanout::EventHub, producer::Producer},
     graph::FollowGraph,
-    graphql::{self, FollowSchema, SchemaLimits},
+    graphql::{self, FollowSchema, SchemaLimits, persisted::PersistedQueries},
     http::{Health, HttpParts, HttpState, Probe, ws::Sockets},
     redis_health::RedisHealth,
     redis_pool::{self, RedisPool},

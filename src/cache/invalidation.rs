@@ -11,7 +11,11 @@ use std::{
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{Caches, keys, l1::Versioned};
+use super::{
+    Caches,
+    keys::{self, KeyNames},
+    l1::Versioned,
+};
 use crate::{redis_pool::redis, telemetry::metrics::CACHE_INVALIDATIONS};
 
 /// One announcement; a message carries one per line.
@@ -171,8 +175,8 @@ pub fn message(announcements: &[Announcement]) -> String {
         .join("\n")
 }
 
-/// The first line of a message that names the instance that sent it (older versions ignore it as an
-/// unknown line).
+/// The first line of a message that names the instance that sent it (a receiver that does not know
+/// the line skips it, as any unknown line).
 const ORIGIN: &str = "from ";
 
 /// A message of announcements the sender has applied to its own L1 already: it names the sender, whose
@@ -188,6 +192,34 @@ fn sent_by(payload: &str, origin: &str) -> bool {
         .next()
         .and_then(|line| line.strip_prefix(ORIGIN))
         .is_some_and(|from| from == origin)
+}
+
+/// The announcement that drops, on every instance, the L1 entries of these deleted dirty keys, one
+/// line per entry (a failed write dirties a pair's status, set and recent changes together). Their
+/// changes reached no other instance (a renamed user, say, has no event for the consumer to repair it).
+pub(super) fn drops_of(names: &KeyNames, keys: &[String]) -> Option<(String, String)> {
+    let mut lines: Vec<String> = keys
+        .iter()
+        .filter_map(|key| {
+            let drop = match names.parse(key)? {
+                keys::Named::Status { follower, followee } => {
+                    Announcement::DropStatus { follower, followee }
+                }
+                keys::Named::Counts { user } => Announcement::DropCounts { user },
+                keys::Named::User { user } => Announcement::DropUser { user },
+                keys::Named::ListVersion { kind, owner } => {
+                    Announcement::DropListVersion { kind, owner }
+                }
+                keys::Named::FollowingSet { user } | keys::Named::RecentChanges { user } => {
+                    Announcement::DropSet { user }
+                }
+            };
+            Some(drop.encode())
+        })
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    (!lines.is_empty()).then(|| (names.channel(), lines.join("\n")))
 }
 
 impl Caches {

@@ -593,7 +593,7 @@ impl L2 {
         self.run::<()>(&pipe).await.is_some()
     }
 
-    /// Bumps list versions (never to a version used before, see [`BUMP_VERSIONS`]), then announces the
+    /// Bumps list versions (never to a version used before, see `BUMP_VERSIONS`), then announces the
     /// new versions on `channel`. Returns them, or `None` (the keys are then remembered as dirty).
     pub async fn bump_versions(
         &self,
@@ -619,7 +619,7 @@ impl L2 {
         Some(versions)
     }
 
-    /// The current versions of lists (see [`READ_VERSIONS`]), or `None` when Redis is unavailable.
+    /// The current versions of lists (see `READ_VERSIONS`), or `None` when Redis is unavailable.
     pub async fn read_versions(&self, keys: &[String]) -> Option<Vec<i64>> {
         if keys.is_empty() {
             return Some(Vec::new());

@@ -24,12 +24,9 @@ use mini_moka::sync::Cache as MokaCache;
 use super::{
     cost::{self, Cost, CostLimits},
     limits::{CheckedDocument, ValidationMemo, VariableDeclarations},
+    persisted::{PersistedQueries, sha256_hex},
 };
-use crate::{
-    cache::persisted::{PersistedQueries, sha256_hex},
-    error::AppError,
-    telemetry::metrics::PERSISTED_QUERIES,
-};
+use crate::{error::AppError, telemetry::metrics::PERSISTED_QUERIES};
 
 /// The request extension of Apollo's APQ protocol.
 pub const PERSISTED_QUERY: &str = "persistedQuery";

@@ -16,6 +16,7 @@ pub mod loaders;
 pub mod mutation;
 pub mod observe;
 pub mod order;
+pub mod persisted;
 pub mod query;
 pub mod scalars;
 pub mod subscription;

@@ -2096,7 +2096,7 @@ impl OpRequest {
 }
 
 fn sha256_hex(text: &str) -> String {
-    follow_service::cache::persisted::sha256_hex(text)
+    follow_service::graphql::persisted::sha256_hex(text)
 }
 
 /// A JWT signed with `secret`, with these claims.

@@ -133,7 +133,7 @@ async fn known_followers_under_many_aliases_is_refused_before_any_statement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisted_queries_store_only_documents_that_parse_and_pass_the_limits() {
-    use follow_service::cache::persisted::sha256_hex;
+    use follow_service::graphql::persisted::sha256_hex;
     let app = TestApp::without_pipeline().await;
     let register = |text: &str| {
         let extensions =

@@ -199,7 +199,7 @@ async fn without_redis_each_instance_keeps_the_same_budget_locally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisted_query_registrations_are_rate_limited_per_client() {
-    use follow_service::cache::persisted::sha256_hex;
+    use follow_service::graphql::persisted::sha256_hex;
     let app = TestApp::with_options(small_budgets(&[("FOLLOW_RATE_APQ_PER_MINUTE", "3")])).await;
     let register = |i: usize| {
         let text = format!("query Q{i} {{ __typename }}");

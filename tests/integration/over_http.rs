@@ -208,7 +208,7 @@ async fn get_runs_queries_and_refuses_mutations() {
 
 /// The APQ extension for `text`.
 fn persisted(text: &str) -> Value {
-    json!({ "persistedQuery": { "version": 1, "sha256Hash": follow_service::cache::persisted::sha256_hex(text) } })
+    json!({ "persistedQuery": { "version": 1, "sha256Hash": follow_service::graphql::persisted::sha256_hex(text) } })
 }
 
 #[tokio::test]
