@@ -10,16 +10,19 @@ use super::{
     l1::Versioned,
     l2::{self, Batch, ChangeWrite, RECENT_TTL, VersionedWrite},
 };
-use crate::db::{follows::ListKind, stats::AppliedBatch, users::UserRecord};
+use crate::{
+    db::{follows::ListKind, stats::AppliedBatch, users::UserRecord},
+    domain::{EdgeState, EventId},
+};
 
 impl Caches {
-    /// After a group commit: the pairs' changes, versioned by their outbox ids, into L1 (the follower's
+    /// After a group commit: the pairs' edges, versioned by their events, into L1 (the follower's
     /// set in place) and L2 and announced to the other instances, before the writes return, with
     /// another part's script (the stream append) in the same round trip. Returns whether the round trip
     /// went through (false, without calling Redis, when the cache is off).
     pub async fn record_statuses(
         &self,
-        changes: &[(i64, i64, bool, i64)],
+        changes: &[EdgeState],
         rider: Option<&l2::Rider<'_>>,
     ) -> bool {
         if !self.settings.enabled {
@@ -30,15 +33,8 @@ impl Caches {
         }
         let mut batch = Batch::default();
         let mut announcements = Vec::with_capacity(changes.len());
-        for &(follower, followee, follows, version) in changes {
-            self.stage_change(
-                follower,
-                followee,
-                follows,
-                version,
-                &mut batch,
-                &mut announcements,
-            );
+        for &change in changes {
+            self.stage_change(change, &mut batch, &mut announcements);
         }
         let channel = self.names.channel();
         // Every change is in this instance's L1 already: its subscriber skips the message.
@@ -50,13 +46,12 @@ impl Caches {
     /// A follow or unfollow: into L1 now, and queued for L2 and the announcement.
     fn stage_change(
         &self,
-        follower: i64,
-        followee: i64,
-        follows: bool,
-        version: i64,
+        change: EdgeState,
         batch: &mut Batch,
         announcements: &mut Vec<Announcement>,
     ) {
+        let (follower, followee) = (change.follower.get(), change.followee.get());
+        let (follows, version) = (change.follows, change.version.get());
         self.sets.change(follower, followee, version, follows);
         self.note_status(follower, followee, follows, version, announcements);
         batch.changes.push(ChangeWrite {
@@ -101,40 +96,29 @@ impl Caches {
     ///
     /// Events in `recorded` (outbox ids) had their status recorded and announced by the writer's round
     /// trip, together with their append: only their counts and lists are refreshed here.
-    pub async fn record_applied(&self, batch: &AppliedBatch, recorded: &HashSet<i64>) {
+    pub async fn record_applied(&self, batch: &AppliedBatch, recorded: &HashSet<EventId>) {
         if !self.settings.enabled || (batch.events.is_empty() && batch.counts.is_empty()) {
             return;
         }
         let mut writes = Batch::default();
         let mut announcements = Vec::new();
         let mut dropped = HashSet::new();
-        for event in &batch.events {
-            if recorded.contains(&event.id) {
+        for applied in &batch.events {
+            if recorded.contains(&applied.event.id) {
                 continue;
             }
-            let (follower, followee) = (event.follower_id, event.followee_id);
-            if event.lag_seconds < RECENT_TTL.as_secs_f64() / 2.0 {
-                self.stage_change(
-                    follower,
-                    followee,
-                    event.follows,
-                    event.id,
-                    &mut writes,
-                    &mut announcements,
-                );
+            let edge = applied.edge_now();
+            if applied.lag_seconds < RECENT_TTL.as_secs_f64() / 2.0 {
+                self.stage_change(edge, &mut writes, &mut announcements);
                 continue;
             }
-            self.note_status(
-                follower,
-                followee,
-                event.follows,
-                event.id,
-                &mut announcements,
-            );
+            let (follower, followee) = (edge.follower.get(), edge.followee.get());
+            let (follows, version) = (edge.follows, edge.version.get());
+            self.note_status(follower, followee, follows, version, &mut announcements);
             writes.versioned.push(VersionedWrite {
                 key: self.names.status(follower, followee),
-                version: event.id,
-                payload: keys::encode_status(event.follows).to_owned(),
+                version,
+                payload: keys::encode_status(follows).to_owned(),
                 ttl: self.settings.status_ttl,
             });
             if dropped.insert(follower) {
@@ -177,8 +161,8 @@ impl Caches {
             .iter()
             .flat_map(|e| {
                 [
-                    (ListKind::Followers, e.followee_id),
-                    (ListKind::Following, e.follower_id),
+                    (ListKind::Followers, e.event.followee.get()),
+                    (ListKind::Following, e.event.follower.get()),
                 ]
             })
             .collect::<HashSet<_>>()

@@ -1,12 +1,14 @@
 //! Queries on `user_stats`: reading counts, folding applied events into them, reconciling them.
 
+use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
-    sql_types::{Array, BigInt},
+    sql_types::{Array, BigInt, Bool, Double, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{StoreResult, prepared::prepared, schema::user_stats};
+use crate::domain::{EdgeState, EventId, EventKind, FollowEvent, UserId};
 
 /// The stored counts of one user.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Queryable)]
@@ -102,20 +104,29 @@ pub async fn counts_now(
         .collect())
 }
 
-/// One event whose delta a batch applied.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One event whose delta a batch applied, with its pair's edge as the batch found it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct AppliedEvent {
-    /// The outbox id: orders the changes of one pair (a later change has a higher id).
-    pub id: i64,
-    pub follower_id: i64,
-    pub followee_id: i64,
+    pub event: FollowEvent,
     /// Whether the edge exists as the batch is applied (read in the same statement): not the event's own
     /// direction, which a later change of the pair may have undone already. The cache records this state
     /// under the event's id, so a late event can never put an older state back where Redis forgot the
     /// newer change's version (its data lost).
-    pub follows: bool,
+    pub follows_now: bool,
     /// Seconds from the event's commit (its `occurred_at`) to this application.
     pub lag_seconds: f64,
+}
+
+impl AppliedEvent {
+    /// The pair's edge as the batch found it, versioned by this event: what the caches record.
+    pub fn edge_now(&self) -> EdgeState {
+        EdgeState {
+            follower: self.event.follower,
+            followee: self.event.followee,
+            follows: self.follows_now,
+            version: self.event.id,
+        }
+    }
 }
 
 /// What applying a batch of events did.
@@ -127,68 +138,102 @@ pub struct AppliedBatch {
     pub counts: Vec<Counts>,
 }
 
+/// The apply statement's one row: the applied events and the new counts, each as parallel arrays.
 #[derive(QueryableByName)]
 struct AppliedRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    row_kind: String,
-    #[diesel(sql_type = BigInt)]
-    a: i64,
-    #[diesel(sql_type = BigInt)]
-    b: i64,
-    #[diesel(sql_type = BigInt)]
-    c: i64,
-    #[diesel(sql_type = BigInt)]
-    d: i64,
-    #[diesel(sql_type = diesel::sql_types::Double)]
-    e: f64,
+    #[diesel(sql_type = Array<BigInt>)]
+    ids: Vec<EventId>,
+    #[diesel(sql_type = Array<Text>)]
+    kinds: Vec<EventKind>,
+    #[diesel(sql_type = Array<BigInt>)]
+    followers: Vec<UserId>,
+    #[diesel(sql_type = Array<BigInt>)]
+    followees: Vec<UserId>,
+    #[diesel(sql_type = Array<Timestamptz>)]
+    ats: Vec<DateTime<Utc>>,
+    #[diesel(sql_type = Array<Bool>)]
+    follows_now: Vec<bool>,
+    #[diesel(sql_type = Array<Double>)]
+    lags: Vec<f64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    count_users: Vec<i64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    follower_counts: Vec<i64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    following_counts: Vec<i64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    versions: Vec<i64>,
 }
 
-/// The signed delta of each outbox row, per user and per count, as SQL shared by apply and reconcile.
-const DELTAS_PER_USER: &str = concat!(
-    "SELECT user_id, sum(followers)::bigint AS followers, sum(following)::bigint AS following \
-     FROM ( \
-         SELECT followee_id AS user_id, ",
-    crate::outbox_delta_sql!(),
-    " AS followers, 0 AS following FROM {src} \
-         UNION ALL \
-         SELECT follower_id, 0, ",
-    crate::outbox_delta_sql!(),
-    " FROM {src} \
-     ) AS d GROUP BY user_id"
-);
+/// The signed delta of each outbox row of `$src` (a table or a CTE with the outbox's columns), per user
+/// and per count, as SQL shared by apply and reconcile.
+macro_rules! deltas_per_user_sql {
+    ($src:literal) => {
+        concat!(
+            "SELECT user_id, sum(followers)::bigint AS followers, sum(following)::bigint AS following \
+             FROM ( \
+                 SELECT followee_id AS user_id, ",
+            crate::outbox_delta_sql!(),
+            " AS followers, 0 AS following FROM ",
+            $src,
+            " \
+                 UNION ALL \
+                 SELECT follower_id, 0, ",
+            crate::outbox_delta_sql!(),
+            " FROM ",
+            $src,
+            " \
+             ) AS d GROUP BY user_id"
+        )
+    };
+}
 
-/// The apply statement's text (`?`: the outbox ids), built once from the shared deltas.
-static APPLY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let deltas = DELTAS_PER_USER.replace("{src}", "applied");
-    format!(
-        "WITH applied AS ( \
-             DELETE FROM outbox WHERE id = ANY(?::bigint[]) \
-             RETURNING id, kind, follower_id, followee_id, occurred_at), \
-         deltas AS ({deltas}), \
-         upserted AS ( \
-             INSERT INTO user_stats (user_id, follower_count, following_count, version) \
-             SELECT user_id, followers, following, 1 FROM deltas \
-             WHERE followers <> 0 OR following <> 0 \
-             ORDER BY user_id \
-             ON CONFLICT (user_id) DO UPDATE SET \
-                 follower_count = user_stats.follower_count + EXCLUDED.follower_count, \
-                 following_count = user_stats.following_count + EXCLUDED.following_count, \
-                 version = user_stats.version + 1, \
-                 updated_at = now() \
-             RETURNING user_id, follower_count, following_count, version) \
-         SELECT 'event' AS row_kind, id AS a, follower_id AS b, followee_id AS c, \
-                (EXISTS (SELECT 1 FROM follows f \
-                         WHERE f.follower_id = applied.follower_id AND f.followee_id = applied.followee_id))::int::int8 AS d, \
-                EXTRACT(EPOCH FROM clock_timestamp() - occurred_at)::float8 AS e FROM applied \
-         UNION ALL \
-         SELECT 'counts', user_id, follower_count, following_count, version, 0::float8 FROM upserted"
-    )
-});
+/// The apply statement (`?`: the outbox ids): delete the batch's outbox rows, add their deltas, and
+/// return what it applied and the new counts in one row of arrays.
+const APPLY_SQL: &str = concat!(
+    "WITH applied AS ( \
+         DELETE FROM outbox WHERE id = ANY(?::bigint[]) \
+         RETURNING id, kind, follower_id, followee_id, occurred_at), \
+     deltas AS (",
+    deltas_per_user_sql!("applied"),
+    "), \
+     upserted AS ( \
+         INSERT INTO user_stats (user_id, follower_count, following_count, version) \
+         SELECT user_id, followers, following, 1 FROM deltas \
+         WHERE followers <> 0 OR following <> 0 \
+         ORDER BY user_id \
+         ON CONFLICT (user_id) DO UPDATE SET \
+             follower_count = user_stats.follower_count + EXCLUDED.follower_count, \
+             following_count = user_stats.following_count + EXCLUDED.following_count, \
+             version = user_stats.version + 1, \
+             updated_at = now() \
+         RETURNING user_id, follower_count, following_count, version), \
+     events AS ( \
+         SELECT a.id, a.kind, a.follower_id, a.followee_id, a.occurred_at, \
+                (f.follower_id IS NOT NULL) AS follows_now, \
+                EXTRACT(EPOCH FROM clock_timestamp() - a.occurred_at)::float8 AS lag \
+         FROM applied a \
+         LEFT JOIN follows f ON f.follower_id = a.follower_id AND f.followee_id = a.followee_id) \
+     SELECT e.*, c.* FROM \
+         (SELECT COALESCE(array_agg(id ORDER BY id), ARRAY[]::bigint[]) AS ids, \
+                 COALESCE(array_agg(kind ORDER BY id), ARRAY[]::text[]) AS kinds, \
+                 COALESCE(array_agg(follower_id ORDER BY id), ARRAY[]::bigint[]) AS followers, \
+                 COALESCE(array_agg(followee_id ORDER BY id), ARRAY[]::bigint[]) AS followees, \
+                 COALESCE(array_agg(occurred_at ORDER BY id), ARRAY[]::timestamptz[]) AS ats, \
+                 COALESCE(array_agg(follows_now ORDER BY id), ARRAY[]::bool[]) AS follows_now, \
+                 COALESCE(array_agg(lag ORDER BY id), ARRAY[]::float8[]) AS lags \
+          FROM events) AS e, \
+         (SELECT COALESCE(array_agg(user_id ORDER BY user_id), ARRAY[]::bigint[]) AS count_users, \
+                 COALESCE(array_agg(follower_count ORDER BY user_id), ARRAY[]::bigint[]) AS follower_counts, \
+                 COALESCE(array_agg(following_count ORDER BY user_id), ARRAY[]::bigint[]) AS following_counts, \
+                 COALESCE(array_agg(version ORDER BY user_id), ARRAY[]::bigint[]) AS versions \
+          FROM upserted) AS c"
+);
 
 prepared!(
     /// Deletes a batch's outbox rows and adds their folded deltas to `user_stats`, in one statement;
     /// prepared once per connection (on the write pool, with a generic plan: no planning per batch).
-    ApplyEvents { outbox_ids: Vec<i64> => Array<BigInt> } = APPLY_SQL
+    ApplyEvents { outbox_ids: Vec<EventId> => Array<BigInt> } = APPLY_SQL
 );
 
 /// Applies the events with these outbox ids exactly once: in one statement, deletes their outbox rows,
@@ -196,33 +241,44 @@ prepared!(
 /// (applied before, a redelivery) contributes nothing. Rows are locked in user-id order against deadlocks.
 pub async fn apply_events(
     conn: &mut AsyncPgConnection,
-    outbox_ids: &[i64],
+    outbox_ids: &[EventId],
 ) -> StoreResult<AppliedBatch> {
-    let rows: Vec<AppliedRow> = ApplyEvents {
+    let row: AppliedRow = ApplyEvents {
         outbox_ids: outbox_ids.to_vec(),
     }
-    .load(conn)
+    .get_result(conn)
     .await?;
-    let mut batch = AppliedBatch::default();
-    for row in rows {
-        if row.row_kind == "event" {
-            batch.events.push(AppliedEvent {
-                id: row.a,
-                follower_id: row.b,
-                followee_id: row.c,
-                follows: row.d == 1,
-                lag_seconds: row.e,
-            });
-        } else {
-            batch.counts.push(Counts {
-                user_id: row.a,
-                follower_count: row.b,
-                following_count: row.c,
-                version: row.d,
-            });
-        }
-    }
-    Ok(batch)
+    let events = (row.ids.into_iter())
+        .zip(row.kinds)
+        .zip(row.followers.into_iter().zip(row.followees))
+        .zip(row.ats.into_iter().zip(row.follows_now).zip(row.lags))
+        .map(
+            |(((id, kind), (follower, followee)), ((at, follows_now), lag_seconds))| AppliedEvent {
+                event: FollowEvent {
+                    id,
+                    kind,
+                    follower,
+                    followee,
+                    at,
+                },
+                follows_now,
+                lag_seconds,
+            },
+        )
+        .collect();
+    let counts = (row.count_users.into_iter())
+        .zip(row.follower_counts)
+        .zip(row.following_counts.into_iter().zip(row.versions))
+        .map(
+            |((user_id, follower_count), (following_count, version))| Counts {
+                user_id,
+                follower_count,
+                following_count,
+                version,
+            },
+        )
+        .collect();
+    Ok(AppliedBatch { events, counts })
 }
 
 /// A user whose stored counts differ from what the edges say.
@@ -243,7 +299,7 @@ pub struct Drift {
 /// The drift query: in one snapshot, the counts each user should have = its edges in `follows` minus the
 /// deltas of outbox rows not applied yet (they will be), compared with `user_stats`.
 fn drift_sql() -> String {
-    let pending = DELTAS_PER_USER.replace("{src}", "outbox");
+    let pending = deltas_per_user_sql!("outbox");
     format!(
         "WITH truth AS ( \
              SELECT u.id AS user_id, COALESCE(fr.n, 0) AS followers, COALESCE(fg.n, 0) AS following \

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::{StreamNames, codec};
 use crate::{
     db::{self, DbPool, stats::AppliedBatch},
+    domain::EventId,
     redis_pool::redis::{self, aio::MultiplexedConnection, streams::StreamReadReply},
     telemetry::metrics::{APPLY_LAG, CONSUMER_APPLY, CONSUMER_BATCH, EVENTS_APPLIED},
 };
@@ -165,10 +166,10 @@ pub async fn process_entries(
     for entry in entries {
         match codec::decode(&entry.map) {
             Some(event) => {
-                outbox_ids.push(event.id.get());
+                outbox_ids.push(event.id);
                 done.push(entry.id.as_str());
                 if codec::recorded_in_caches(&entry.map) {
-                    recorded.insert(event.id.get());
+                    recorded.insert(event.id);
                 }
             }
             None => tracing::warn!(entry = %entry.id, "undecodable stream entry left pending"),
@@ -203,7 +204,7 @@ pub async fn process_entries(
             .ignore()
             .cmd("HDEL")
             .arg(&settings.names.published)
-            .arg(&outbox_ids)
+            .arg(outbox_ids.iter().map(|id| id.get()).collect::<Vec<i64>>())
             .ignore()
             .query_async(conn)
             .await
@@ -219,7 +220,7 @@ pub async fn process_entries(
 
 /// Applies a batch, again when PostgreSQL reports a deadlock or serialization failure (two consumers
 /// holding one redelivered row each).
-pub async fn apply_with_retry(db: &DbPool, outbox_ids: &[i64]) -> anyhow::Result<AppliedBatch> {
+pub async fn apply_with_retry(db: &DbPool, outbox_ids: &[EventId]) -> anyhow::Result<AppliedBatch> {
     db::retrying(
         db,
         Duration::from_millis(10),

@@ -30,7 +30,7 @@ pub use crate::{
         stats::Counts,
         users::UserRecord,
     },
-    domain::{EventKind, FollowEvent, UserId},
+    domain::{EdgeState, EventKind, FollowEvent, UserId},
     events::fanout::{Delivery, EventHub},
 };
 
@@ -632,18 +632,7 @@ impl group_commit::Publish for Publisher {
             return;
         }
         // A request changes no edge: nothing to record but its append.
-        let statuses: Vec<(i64, i64, bool, i64)> = events
-            .iter()
-            .filter_map(FollowEvent::edge_state)
-            .map(|s| {
-                (
-                    s.follower.get(),
-                    s.followee.get(),
-                    s.follows,
-                    s.version.get(),
-                )
-            })
-            .collect();
+        let statuses: Vec<EdgeState> = events.iter().filter_map(FollowEvent::edge_state).collect();
         let rider = self.producer.rider(events);
         let carried = rider.is_some();
         let done = self.caches.record_statuses(&statuses, rider.as_ref()).await;

@@ -169,6 +169,7 @@ async fn a_redelivered_or_duplicated_entry_changes_the_counts_once() {
         .get::<String>("id")
         .and_then(|s| s.parse().ok())
         .expect("outbox id");
+    let outbox_id = follow_service::domain::EventId(outbox_id);
     let again = consumer::apply_with_retry(&app.app.db, &[outbox_id, outbox_id])
         .await
         .expect("apply");
@@ -325,7 +326,8 @@ async fn reconcile_counts_pending_events_as_not_drift() {
             .expect("fix")
             .is_empty()
     );
-    consumer::apply_with_retry(&app.app.db, &[app.count("SELECT id FROM outbox").await])
+    let outbox_id = follow_service::domain::EventId(app.count("SELECT id FROM outbox").await);
+    consumer::apply_with_retry(&app.app.db, &[outbox_id])
         .await
         .expect("apply");
     app.assert_counts_exact().await;

@@ -50,11 +50,11 @@ async fn a_hundred_user_entities_cost_a_few_batched_lookups() {
     .await;
     app.create_users(1..=100).await;
     app.follow(2, 1).await;
-    let outbox: Vec<i64> = app
+    let outbox: Vec<follow_service::domain::EventId> = app
         .sql("SELECT id FROM outbox")
         .await
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| follow_service::domain::EventId(row.get(0)))
         .collect();
     follow_service::events::consumer::apply_with_retry(&app.app.db, &outbox)
         .await
