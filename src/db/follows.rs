@@ -106,12 +106,40 @@ fn edge_error(err: DieselError) -> EdgeError {
     }
 }
 
+/// What the change statement decided for one change: the follow gate's verdict for a follow
+/// (`follow_gates`, one call per batch that follows), `unfollow` or an unknown user for an unfollow, and
+/// `refused` for any change of a call another of whose changes a block refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, diesel::deserialize::FromSqlRow)]
+enum Gate {
+    Follow,
+    Request,
+    Unfollow,
+    Blocked,
+    Refused,
+    NoFollower,
+    NoFollowee,
+}
+
+impl diesel::deserialize::FromSql<Text, diesel::pg::Pg> for Gate {
+    fn from_sql(value: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let text = <String as diesel::deserialize::FromSql<Text, diesel::pg::Pg>>::from_sql(value)?;
+        Ok(match text.as_str() {
+            "follow" => Self::Follow,
+            "request" => Self::Request,
+            "unfollow" => Self::Unfollow,
+            "blocked" => Self::Blocked,
+            "refused" => Self::Refused,
+            "no_follower" => Self::NoFollower,
+            "no_followee" => Self::NoFollowee,
+            other => return Err(format!("unknown gate verdict {other:?}").into()),
+        })
+    }
+}
+
 #[derive(QueryableByName)]
 struct ChangeRow {
-    /// The follow gate's verdict for a follow (`follow_gates`, one call per batch that follows), or
-    /// `unfollow`, `no_follower`, `no_followee` for an unfollow.
     #[diesel(sql_type = Text)]
-    gate: String,
+    gate: Gate,
     #[diesel(sql_type = Nullable<BigInt>)]
     id: Option<EventId>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -167,13 +195,13 @@ pub async fn change_edges(
                 }),
                 _ => None,
             };
-            match (row.gate.as_str(), event) {
-                ("no_follower", _) => EdgeResult::UnknownFollower,
-                ("no_followee", _) => EdgeResult::UnknownFollowee,
-                ("blocked", _) => EdgeResult::Blocked,
-                ("refused", _) => EdgeResult::Refused,
-                ("request", event) => EdgeResult::Requested(event),
-                (_, Some(event)) => EdgeResult::Changed(event),
+            match (row.gate, event) {
+                (Gate::NoFollower, _) => EdgeResult::UnknownFollower,
+                (Gate::NoFollowee, _) => EdgeResult::UnknownFollowee,
+                (Gate::Blocked, _) => EdgeResult::Blocked,
+                (Gate::Refused, _) => EdgeResult::Refused,
+                (Gate::Request, event) => EdgeResult::Requested(event),
+                (Gate::Follow | Gate::Unfollow, Some(event)) => EdgeResult::Changed(event),
                 (_, None) if row.withdrew => EdgeResult::Withdrawn,
                 (_, None) if row.raced => EdgeResult::Raced,
                 (_, None) => EdgeResult::Unchanged,
