@@ -1,5 +1,7 @@
-//! The follow graph's vocabulary, typed once: user and event ids, event kinds, and the one follow event
-//! that the outbox, the stream, the consumer, the caches, the fan-out and the subscription all pass.
+//! The follow graph's vocabulary, typed once: user and event ids, event kinds, the one follow event
+//! that the outbox, the stream, the consumer, the caches, the fan-out and the subscription all pass, a
+//! user's counts, and what applying a batch of events did (made by the store, read by the consumer and
+//! the caches, so neither knows the other's types).
 //!
 //! Each type maps to SQL here (diesel `ToSql`/`FromSql`), so a row with an unknown kind fails to load
 //! instead of being skipped; the GraphQL layer maps them to the wire in `graphql/ids.rs` and
@@ -9,7 +11,7 @@ use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    QueryableByName,
+    Queryable, QueryableByName,
     deserialize::{self, FromSql, FromSqlRow},
     expression::AsExpression,
     pg::{Pg, PgValue},
@@ -218,6 +220,50 @@ pub struct EdgeState {
     pub followee: UserId,
     pub follows: bool,
     pub version: EventId,
+}
+
+/// The stored counts of one user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Queryable)]
+pub struct Counts {
+    pub user_id: i64,
+    pub follower_count: i64,
+    pub following_count: i64,
+    /// Bumped by every change of the row (0: no row yet); caches keep the highest.
+    pub version: i64,
+}
+
+/// One event whose delta a batch applied, with its pair's edge as the batch found it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppliedEvent {
+    pub event: FollowEvent,
+    /// Whether the edge exists as the batch is applied (read in the same statement): not the event's own
+    /// direction, which a later change of the pair may have undone already. The cache records this state
+    /// under the event's id, so a late event can never put an older state back where Redis forgot the
+    /// newer change's version (its data lost).
+    pub follows_now: bool,
+    /// Seconds from the event's commit (its `occurred_at`) to this application.
+    pub lag_seconds: f64,
+}
+
+impl AppliedEvent {
+    /// The pair's edge as the batch found it, versioned by this event: what the caches record.
+    pub fn edge_now(&self) -> EdgeState {
+        EdgeState {
+            follower: self.event.follower,
+            followee: self.event.followee,
+            follows: self.follows_now,
+            version: self.event.id,
+        }
+    }
+}
+
+/// What applying a batch of events did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppliedBatch {
+    /// Events whose outbox row this batch deleted, so whose delta it applied.
+    pub events: Vec<AppliedEvent>,
+    /// The new counts of every user whose counts changed.
+    pub counts: Vec<Counts>,
 }
 
 #[cfg(test)]

@@ -248,7 +248,7 @@ impl Caches {
                 followers,
                 following,
             } => {
-                let counts = crate::db::stats::Counts {
+                let counts = crate::domain::Counts {
                     user_id: user,
                     follower_count: followers,
                     following_count: following,

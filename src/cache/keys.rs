@@ -1,10 +1,12 @@
 //! Typed cache keys: their Redis names (hash-tagged by user, so a Redis Cluster keeps a user's keys in
 //! one slot) and the encoding of their values (`<version>:<payload>` in Redis).
 
-use crate::db::{
-    follows::{ListEntry, ListKind},
-    stats::Counts,
-    users::UserRecord,
+use crate::{
+    db::{
+        follows::{ListEntry, ListKind},
+        users::UserRecord,
+    },
+    domain::Counts,
 };
 
 /// Version tag of the key layout and value encoding: bump it when either changes.

@@ -65,7 +65,8 @@ use self::{
 pub use self::{peek::StatusPeek, status::Source};
 use crate::{
     config::CacheSettings,
-    db::{follows::ListEntry, follows::ListKind, stats::Counts, users::UserRecord},
+    db::{follows::ListEntry, follows::ListKind, users::UserRecord},
+    domain::Counts,
     redis_health::RedisHealth,
     redis_pool::RedisPool,
 };

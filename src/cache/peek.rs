@@ -4,10 +4,12 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{Caches, read::count, sets::Following};
-use crate::db::{
-    follows::{ListEntry, ListKind},
-    stats::Counts,
-    users::UserRecord,
+use crate::{
+    db::{
+        follows::{ListEntry, ListKind},
+        users::UserRecord,
+    },
+    domain::Counts,
 };
 
 /// Statuses answered from L1, and the pairs still to load (in the order asked).

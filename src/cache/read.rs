@@ -12,7 +12,8 @@ use super::{
 };
 use crate::{
     config::CacheSettings,
-    db::{stats::Counts, users::UserRecord},
+    db::users::UserRecord,
+    domain::Counts,
     telemetry::metrics::{CACHE_COALESCED, CACHE_REQUESTS},
 };
 

@@ -11,8 +11,8 @@ use super::{
     l2::{self, Batch, ChangeWrite, RECENT_TTL, VersionedWrite},
 };
 use crate::{
-    db::{follows::ListKind, stats::AppliedBatch, users::UserRecord},
-    domain::{EdgeState, EventId},
+    db::{follows::ListKind, users::UserRecord},
+    domain::{AppliedBatch, EdgeState, EventId},
 };
 
 impl Caches {

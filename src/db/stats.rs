@@ -8,17 +8,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{StoreResult, prepared::prepared, schema::user_stats};
-use crate::domain::{EdgeState, EventId, EventKind, FollowEvent, UserId};
-
-/// The stored counts of one user.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Queryable)]
-pub struct Counts {
-    pub user_id: i64,
-    pub follower_count: i64,
-    pub following_count: i64,
-    /// Bumped by every change of the row (0: no row yet); caches keep the highest.
-    pub version: i64,
-}
+use crate::domain::{AppliedBatch, AppliedEvent, Counts, EventId, EventKind, FollowEvent, UserId};
 
 /// Stored counts of these users; a user without a row has no edges yet (zero counts).
 pub async fn counts(conn: &mut AsyncPgConnection, user_ids: &[i64]) -> StoreResult<Vec<Counts>> {
@@ -102,40 +92,6 @@ pub async fn counts_now(
             version: r.version,
         })
         .collect())
-}
-
-/// One event whose delta a batch applied, with its pair's edge as the batch found it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AppliedEvent {
-    pub event: FollowEvent,
-    /// Whether the edge exists as the batch is applied (read in the same statement): not the event's own
-    /// direction, which a later change of the pair may have undone already. The cache records this state
-    /// under the event's id, so a late event can never put an older state back where Redis forgot the
-    /// newer change's version (its data lost).
-    pub follows_now: bool,
-    /// Seconds from the event's commit (its `occurred_at`) to this application.
-    pub lag_seconds: f64,
-}
-
-impl AppliedEvent {
-    /// The pair's edge as the batch found it, versioned by this event: what the caches record.
-    pub fn edge_now(&self) -> EdgeState {
-        EdgeState {
-            follower: self.event.follower,
-            followee: self.event.followee,
-            follows: self.follows_now,
-            version: self.event.id,
-        }
-    }
-}
-
-/// What applying a batch of events did.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AppliedBatch {
-    /// Events whose outbox row this batch deleted, so whose delta it applied.
-    pub events: Vec<AppliedEvent>,
-    /// The new counts of every user whose counts changed.
-    pub counts: Vec<Counts>,
 }
 
 /// The apply statement's one row: the applied events and the new counts, each as parallel arrays.

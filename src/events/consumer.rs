@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use super::{StreamNames, codec};
 use crate::{
-    db::{self, DbPool, stats::AppliedBatch},
-    domain::EventId,
+    db::{self, DbPool},
+    domain::{AppliedBatch, EventId},
     redis_pool::redis::{self, aio::MultiplexedConnection, streams::StreamReadReply},
     telemetry::metrics::{APPLY_LAG, CONSUMER_APPLY, CONSUMER_BATCH, EVENTS_APPLIED},
 };

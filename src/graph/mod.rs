@@ -27,10 +27,9 @@ use crate::{
 pub use crate::{
     db::{
         follows::{Keyset, KnownPage, ListEntry, ListKind},
-        stats::Counts,
         users::UserRecord,
     },
-    domain::{EdgeState, EventKind, FollowEvent, UserId},
+    domain::{Counts, EdgeState, EventKind, FollowEvent, UserId},
     events::fanout::{Delivery, EventHub},
 };
 
