@@ -225,7 +225,7 @@ pub struct EdgeState {
 /// The stored counts of one user.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Queryable)]
 pub struct Counts {
-    pub user_id: i64,
+    pub user_id: UserId,
     pub follower_count: i64,
     pub following_count: i64,
     /// Bumped by every change of the row (0: no row yet); caches keep the highest.

@@ -249,7 +249,7 @@ impl Caches {
                 following,
             } => {
                 let counts = crate::domain::Counts {
-                    user_id: user,
+                    user_id: crate::domain::UserId(user),
                     follower_count: followers,
                     following_count: following,
                     version,

@@ -6,7 +6,7 @@ use crate::{
         follows::{ListEntry, ListKind},
         users::UserRecord,
     },
-    domain::Counts,
+    domain::{Counts, UserId},
 };
 
 /// Version tag of the key layout and value encoding: bump it when either changes.
@@ -164,7 +164,7 @@ pub fn encode_counts(counts: &Counts) -> String {
 pub fn decode_counts(user_id: i64, version: i64, payload: &str) -> Option<Counts> {
     let (followers, following) = payload.split_once(',')?;
     Some(Counts {
-        user_id,
+        user_id: UserId(user_id),
         follower_count: followers.parse().ok()?,
         following_count: following.parse().ok()?,
         version,
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn values_survive_their_encoding() {
         let counts = Counts {
-            user_id: 3,
+            user_id: UserId(3),
             follower_count: 10,
             following_count: 2,
             version: 9,

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     config::CacheSettings,
     db::users::UserRecord,
-    domain::Counts,
+    domain::{Counts, UserId},
     telemetry::metrics::{CACHE_COALESCED, CACHE_REQUESTS},
 };
 
@@ -239,7 +239,7 @@ impl Caches {
                     .into_iter()
                     .map(|id| {
                         let counts = rows.get(&id).copied().unwrap_or(Counts {
-                            user_id: id,
+                            user_id: UserId(id),
                             ..Counts::default()
                         });
                         (

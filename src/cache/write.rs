@@ -132,20 +132,20 @@ impl Caches {
         }
         for counts in &batch.counts {
             self.counts.put_if_newer(
-                counts.user_id,
+                counts.user_id.get(),
                 Versioned {
                     version: counts.version,
                     value: *counts,
                 },
             );
             writes.versioned.push(VersionedWrite {
-                key: self.names.counts(counts.user_id),
+                key: self.names.counts(counts.user_id.get()),
                 version: counts.version,
                 payload: keys::encode_counts(counts),
                 ttl: self.settings.counts_ttl,
             });
             announcements.push(Announcement::Counts {
-                user: counts.user_id,
+                user: counts.user_id.get(),
                 version: counts.version,
                 followers: counts.follower_count,
                 following: counts.following_count,

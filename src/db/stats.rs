@@ -86,7 +86,7 @@ pub async fn counts_now(
     Ok(rows
         .into_iter()
         .map(|r| Counts {
-            user_id: r.user_id,
+            user_id: UserId(r.user_id),
             follower_count: r.follower_count,
             following_count: r.following_count,
             version: r.version,
@@ -112,7 +112,7 @@ struct AppliedRow {
     #[diesel(sql_type = Array<Double>)]
     lags: Vec<f64>,
     #[diesel(sql_type = Array<BigInt>)]
-    count_users: Vec<i64>,
+    count_users: Vec<UserId>,
     #[diesel(sql_type = Array<BigInt>)]
     follower_counts: Vec<i64>,
     #[diesel(sql_type = Array<BigInt>)]

@@ -410,7 +410,7 @@ impl FollowGraph {
             .counts(ids, |ids| async move {
                 let mut conn = db::connect(&self.db).await?;
                 let counts = db::stats::counts(&mut conn, &ids).await?;
-                Ok::<_, AppError>(counts.into_iter().map(|c| (c.user_id, c)).collect())
+                Ok::<_, AppError>(counts.into_iter().map(|c| (c.user_id.get(), c)).collect())
             })
             .await
     }
@@ -420,7 +420,7 @@ impl FollowGraph {
     pub async fn counts_now(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
         let mut conn = db::connect(&self.db).await?;
         let counts = db::stats::counts_now(&mut conn, ids).await?;
-        Ok(counts.into_iter().map(|c| (c.user_id, c)).collect())
+        Ok(counts.into_iter().map(|c| (c.user_id.get(), c)).collect())
     }
 
     /// Follow status of each (follower, followee) pair. The viewer's own pairs are read past L1, so that

@@ -783,7 +783,7 @@ async fn a_mutation_s_exact_counts_read_a_large_backlog_by_index_not_by_scan() {
         };
         assert_eq!(
             (
-                counts.user_id,
+                counts.user_id.get(),
                 counts.follower_count,
                 counts.following_count
             ),
