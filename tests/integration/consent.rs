@@ -5,62 +5,18 @@
 
 use std::time::Duration;
 
-use axum::{
-    body::Body,
-    http::{HeaderMap, StatusCode},
-};
 use serde_json::{Value, json};
 
 use follow_service::app::App;
 
+use axum::http::StatusCode;
+
 use crate::support::{
-    Options, Served, TestApp, eventually, graphql_post, send, serve, ws::WsClient,
+    Options, Served, TestApp, eventually, fail_on, ok_on, post, serve, ws::WsClient,
 };
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers (also used by `consent_races`).
-
-/// POSTs one operation to `app`'s router with `token`; returns the status, the headers and the JSON.
-pub(crate) async fn post(
-    app: &App,
-    token: Option<&str>,
-    query: &str,
-    variables: Value,
-) -> (StatusCode, HeaderMap, Value) {
-    let body = json!({ "query": query, "variables": variables }).to_string();
-    let request = graphql_post(token).body(Body::from(body)).expect("request");
-    let (status, headers, body) = send(app, request).await;
-    let json = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| panic!("a JSON body, got {}", String::from_utf8_lossy(&body)));
-    (status, headers, json)
-}
-
-/// An operation that must succeed on `app` with `token`: 200 and no errors; returns its `data`.
-pub(crate) async fn ok_on(app: &App, token: Option<&str>, query: &str, variables: Value) -> Value {
-    let (status, _, body) = post(app, token, query, variables).await;
-    assert_eq!(status, StatusCode::OK, "{body:#}");
-    assert!(body.get("errors").is_none(), "unexpected errors: {body:#}");
-    body["data"].clone()
-}
-
-/// An operation that must fail on `app` with `token`; returns the first error's code and message.
-pub(crate) async fn fail_on(
-    app: &App,
-    token: Option<&str>,
-    query: &str,
-    variables: Value,
-) -> (String, String) {
-    let (_, _, body) = post(app, token, query, variables).await;
-    let error = &body["errors"][0];
-    assert!(!error.is_null(), "expected an error: {body:#}");
-    (
-        error["extensions"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-        error["message"].as_str().unwrap_or("").to_owned(),
-    )
-}
 
 /// A user's bearer token (not an admin's); `None`: anonymous.
 fn bearer(app: &TestApp, viewer: Option<i64>) -> Option<String> {
@@ -180,6 +136,20 @@ pub(crate) async fn counts(app: &TestApp, id: i64) -> Value {
         .clone()
 }
 
+/// Once the outbox is drained: every user's stored counts equal its edges, and each `(id, followers,
+/// following)` is what the API answers for that user.
+pub(crate) async fn settled(app: &TestApp, expected: &[(i64, i64, i64)]) {
+    app.drained().await;
+    app.assert_counts_exact().await;
+    for &(id, followers, following) in expected {
+        assert_eq!(
+            counts(app, id).await,
+            json!({ "followerCount": followers, "followingCount": following }),
+            "user {id}"
+        );
+    }
+}
+
 const EVENTS: &str = "subscription { followEvents { kind follower { id } followee { id } } }";
 
 /// An event as `next_event` returns it.
@@ -296,16 +266,7 @@ async fn a_block_ends_the_edges_both_ways_and_refuses_follows_until_lifted() {
     );
 
     // Each removal was counted once.
-    app.drained().await;
-    app.assert_counts_exact().await;
-    assert_eq!(
-        counts(&app, 1).await,
-        json!({ "followerCount": 0, "followingCount": 1 })
-    );
-    assert_eq!(
-        counts(&app, 2).await,
-        json!({ "followerCount": 1, "followingCount": 0 })
-    );
+    settled(&app, &[(1, 0, 1), (2, 1, 0)]).await;
 
     // Lifting it: once, then nothing; the ended follows stay ended, new ones are allowed.
     assert_eq!(
@@ -334,12 +295,7 @@ async fn a_block_ends_the_edges_both_ways_and_refuses_follows_until_lifted() {
             json!({ "following": true, "requested": false, "changed": true })
         );
     }
-    app.drained().await;
-    app.assert_counts_exact().await;
-    assert_eq!(
-        counts(&app, 2).await,
-        json!({ "followerCount": 2, "followingCount": 1 })
-    );
+    settled(&app, &[(2, 2, 1)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,16 +581,7 @@ async fn removing_a_follower_drops_its_edge_silently_and_it_may_follow_again() {
     );
     assert_eq!(next_event(&mut owner).await, event("FOLLOW", 2, 1));
 
-    app.drained().await;
-    app.assert_counts_exact().await;
-    assert_eq!(
-        counts(&app, 1).await,
-        json!({ "followerCount": 3, "followingCount": 1 })
-    );
-    assert_eq!(
-        counts(&app, 2).await,
-        json!({ "followerCount": 2, "followingCount": 1 })
-    );
+    settled(&app, &[(1, 3, 1), (2, 2, 1)]).await;
 }
 
 // ---------------------------------------------------------------------------------------------------

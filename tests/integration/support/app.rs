@@ -199,16 +199,7 @@ impl TestApp {
         query: &str,
         variables: Value,
     ) -> (String, String) {
-        let response = self.run(viewer, query, variables).await;
-        let error = &response["errors"][0];
-        assert!(!error.is_null(), "expected an error: {response:#}");
-        (
-            error["extensions"]["code"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned(),
-            error["message"].as_str().unwrap_or("").to_owned(),
-        )
+        super::requests::first_error(&self.run(viewer, query, variables).await)
     }
 
     /// Creates users `ids` (handles `u<id>`) in one statement.

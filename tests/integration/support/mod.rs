@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub use app::{Options, Served, TEST_SECRET, TestApp, serve};
 pub use databases::{database_url, fresh_database, server_url};
 pub use redis::{RedisProxy, redis_forget, redis_get, redis_members, redis_url};
-pub use requests::{graphql_post, query_body, run_as, run_on, send};
+pub use requests::{fail_on, graphql_post, ok_on, post, query_body, run_as, run_on, send};
 
 /// Waits up to `limit` for `check` to hold, polling every 10 ms; returns whether it did.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool

@@ -1,7 +1,10 @@
 //! Requests to an instance in process: HTTP requests through its router, GraphQL operations through
 //! its schema.
 
-use axum::body::Body;
+use axum::{
+    body::Body,
+    http::{HeaderMap, StatusCode},
+};
 use follow_service::{app::App, graphql, http};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -70,4 +73,50 @@ pub async fn run_as(
     let request = graphql::prepare(&app.schema, request, viewer);
     let response = app.schema.execute(request).await;
     serde_json::to_value(response).expect("response serializes")
+}
+
+/// POSTs one operation to `app`'s router with `token`; returns the status, the headers and the JSON.
+pub async fn post(
+    app: &App,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> (StatusCode, HeaderMap, Value) {
+    let body = json!({ "query": query, "variables": variables }).to_string();
+    let request = graphql_post(token).body(Body::from(body)).expect("request");
+    let (status, headers, body) = send(app, request).await;
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("a JSON body, got {}", String::from_utf8_lossy(&body)));
+    (status, headers, json)
+}
+
+/// An operation over HTTP that must succeed on `app` with `token`: 200 and no errors; its `data`.
+pub async fn ok_on(app: &App, token: Option<&str>, query: &str, variables: Value) -> Value {
+    let (status, _, body) = post(app, token, query, variables).await;
+    assert_eq!(status, StatusCode::OK, "{body:#}");
+    assert!(body.get("errors").is_none(), "unexpected errors: {body:#}");
+    body["data"].clone()
+}
+
+/// An operation over HTTP that must fail on `app` with `token`; its first error's code and message.
+pub async fn fail_on(
+    app: &App,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> (String, String) {
+    first_error(&post(app, token, query, variables).await.2)
+}
+
+/// A response's first error: its `extensions.code` and message (it must have one).
+pub fn first_error(response: &Value) -> (String, String) {
+    let error = &response["errors"][0];
+    assert!(!error.is_null(), "expected an error: {response:#}");
+    (
+        error["extensions"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        error["message"].as_str().unwrap_or("").to_owned(),
+    )
 }
