@@ -42,12 +42,6 @@ macro_rules! bigint_id {
             }
         }
 
-        impl From<i64> for $name {
-            fn from(id: i64) -> Self {
-                Self(id)
-            }
-        }
-
         impl ToSql<BigInt, Pg> for $name {
             fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
                 <i64 as ToSql<BigInt, Pg>>::to_sql(&self.0, out)
