@@ -56,8 +56,6 @@ pub struct AppInner {
     pub redis_health: Arc<RedisHealth>,
     /// Routes follow events from the stream to this instance's subscribers.
     pub events: EventHub,
-    /// The rate limits' buckets, shared by every instance through Redis (disabled by `FOLLOW_RATE_LIMIT=off`).
-    pub limiter: crate::ratelimit::RateLimiter,
     /// What the HTTP layer serves with (the schema, the limits, the sockets), built once.
     pub http: HttpState,
     /// Turns true when the process begins to shut down: long-lived connections close so clients move.
@@ -197,7 +195,7 @@ impl App {
             schema: schema.clone(),
             documents,
             jwt: jwt.clone(),
-            limiter: limiter.clone(),
+            limiter,
             penalties: Default::default(),
             sockets: Sockets::new(config.ws_max_connections, config.ws_max_per_viewer),
             closing: closing.clone(),
@@ -222,7 +220,6 @@ impl App {
             caches,
             redis_health,
             events,
-            limiter,
             http,
             warm_up,
             closing,
