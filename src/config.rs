@@ -17,13 +17,59 @@ pub const PUBLISHED_JWT_SECRETS: &[&str] = &[
     "test-secret-of-at-least-sixteen-bytes",
 ];
 
+/// Where Redis is: one server, or a Redis Cluster reached through seed nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `REDIS_URL`: one server.
+    Node(String),
+    /// `REDIS_CLUSTER_URLS`: some of a cluster's nodes (any of them; the rest is learnt from them).
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// The cluster when `cluster_urls` names nodes (comma-separated), else the one server at `url`.
+    pub fn from_settings(url: &str, cluster_urls: &str) -> anyhow::Result<Self> {
+        let seeds: Vec<String> = cluster_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|seed| !seed.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if seeds.is_empty() {
+            return Ok(Self::Node(url.to_owned()));
+        }
+        if let Some(bad) = seeds
+            .iter()
+            .find(|seed| !seed.starts_with("redis://") && !seed.starts_with("rediss://"))
+        {
+            bail!("REDIS_CLUSTER_URLS must list redis://host:port addresses, not {bad:?}");
+        }
+        Ok(Self::Cluster(seeds))
+    }
+
+    /// The addresses of single servers to try in turn for a plain connection: the server, or each
+    /// seed of the cluster (a PUBLISH reaches the subscribers of every node of a cluster).
+    pub fn node_urls(&self) -> &[String] {
+        match self {
+            Self::Node(url) => std::slice::from_ref(url),
+            Self::Cluster(seeds) => seeds,
+        }
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
 /// Every setting of the service; one field per environment variable.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `DATABASE_URL`: PostgreSQL; the database is created and migrated at start if missing.
     pub database_url: String,
-    /// `REDIS_URL`: Redis holding the event stream, the shared (L2) cache and its invalidation channel.
-    pub redis_url: String,
+    /// `REDIS_URL` (one server) or `REDIS_CLUSTER_URLS` (a Redis Cluster's seed nodes, which replace
+    /// it): Redis holding the event stream, the shared (L2) cache and its invalidation channel.
+    pub redis: RedisTarget,
     /// `FOLLOW_LISTEN`: the HTTP address to bind.
     pub listen: SocketAddr,
     /// `FOLLOW_JWT_SECRET`: HS256 secret that signs bearer tokens.
@@ -302,7 +348,10 @@ impl Config {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/follow_service",
             ),
-            redis_url: parse("REDIS_URL", "redis://127.0.0.1:6379"),
+            redis: RedisTarget::from_settings(
+                &parse("REDIS_URL", "redis://127.0.0.1:6379"),
+                &parse("REDIS_CLUSTER_URLS", ""),
+            )?,
             listen: parse("FOLLOW_LISTEN", "127.0.0.1:8080")
                 .parse()
                 .context("FOLLOW_LISTEN must be an address such as 127.0.0.1:8080")?,

@@ -44,9 +44,8 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
     })?;
     let app = App::build(config)?;
     let checks = graph::client(&database_url).await?;
-    let client = redis::Client::open(redis_url.as_str())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    // The service's own connection type: one server, or the cluster of REDIS_CLUSTER_URLS.
+    let mut conn = follow_service::redis_pool::dedicated(&app.config.redis, Duration::ZERO)
         .await
         .context("connecting to Redis")?;
 
@@ -96,7 +95,7 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
             let () = pipe.query_async(&mut conn).await?;
         }
         let settings = ConsumerSettings {
-            redis_url: redis_url.clone(),
+            redis: app.config.redis.clone(),
             names: app.stream.clone(),
             consumer_name: format!("bench-{batch}"),
             batch_size: batch,

@@ -137,7 +137,7 @@ impl App {
         let mut tasks: Vec<JoinHandle<()>> = (0..self.config.consumers.max(1))
             .map(|i| {
                 let settings = consumer::ConsumerSettings {
-                    redis_url: self.config.redis_url.clone(),
+                    redis: self.config.redis.clone(),
                     names: self.stream.clone(),
                     consumer_name: format!("{base}-{i}"),
                     batch_size: self.config.consumer_batch,
@@ -164,7 +164,7 @@ impl App {
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(relay::trim_forever(
-            self.config.redis_url.clone(),
+            self.config.redis.clone(),
             self.stream.clone(),
             self.config.relay_interval * 10,
             shutdown.clone(),
@@ -185,7 +185,7 @@ impl App {
     fn spawn_cache_subscriber(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(crate::cache::invalidation::run(
             self.caches.clone(),
-            self.config.redis_url.clone(),
+            self.config.redis.clone(),
             shutdown,
         ))
     }
@@ -194,7 +194,7 @@ impl App {
     fn spawn_event_fanout(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(crate::events::fanout::run(
             self.events.clone(),
-            self.config.redis_url.clone(),
+            self.config.redis.clone(),
             self.stream.clone(),
             FANOUT_BLOCK,
             shutdown,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ::metrics::gauge;
 
 use super::App;
+use crate::redis_pool::PoolStatus;
 use crate::telemetry::metrics::{
     DB_POOL_CONNECTIONS, DB_POOL_WAITING, DB_QUERIES, DB_WRITE_POOL_CONNECTIONS,
     DB_WRITE_POOL_WAITING, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PG_WAL_BYTES, REDIS_COMMANDS,
@@ -25,20 +26,30 @@ pub async fn sample_forever(app: App, interval: Duration) {
 }
 
 /// A pool's connections in use and idle, and its waiters.
-fn pool_gauges(connections: &'static str, waiting: &'static str, status: deadpool::Status) {
+fn pool_gauges(connections: &'static str, waiting: &'static str, status: PoolStatus) {
     gauge!(connections, "state" => "in_use")
         .set(status.size.saturating_sub(status.available) as f64);
     gauge!(connections, "state" => "idle").set(status.available as f64);
     gauge!(waiting).set(status.waiting as f64);
 }
 
+/// A database pool's use, in the terms of the Redis connections'.
+fn db_status(pool: &crate::db::DbPool) -> PoolStatus {
+    let status = pool.status();
+    PoolStatus {
+        size: status.size,
+        available: status.available,
+        waiting: status.waiting,
+    }
+}
+
 /// One sample of pools, stream and outbox; each source that does not answer in time is skipped.
 pub async fn sample_once(app: &App) {
-    pool_gauges(DB_POOL_CONNECTIONS, DB_POOL_WAITING, app.db.status());
+    pool_gauges(DB_POOL_CONNECTIONS, DB_POOL_WAITING, db_status(&app.db));
     pool_gauges(
         DB_WRITE_POOL_CONNECTIONS,
         DB_WRITE_POOL_WAITING,
-        app.db_writes.status(),
+        db_status(&app.db_writes),
     );
     pool_gauges(
         REDIS_POOL_CONNECTIONS,
@@ -71,32 +82,8 @@ pub async fn sample_once(app: &App) {
             gauge!(PG_WAL_BYTES).set(bytes as f64);
         }
     }
-    let mut info = crate::redis_pool::redis::cmd("INFO");
-    info.arg("stats");
-    let info = app.redis.query_cmd::<String>(&info);
-    if let Ok(Ok(info)) = tokio::time::timeout(budget, info).await
-        && let Some(commands) = info_field(&info, "total_commands_processed")
-    {
+    let commands = app.redis.info_sum("stats", "total_commands_processed");
+    if let Ok(Ok(commands)) = tokio::time::timeout(budget, commands).await {
         gauge!(REDIS_COMMANDS).set(commands);
-    }
-}
-
-/// A numeric field of Redis's `INFO` text (`name:value` lines).
-fn info_field(info: &str, name: &str) -> Option<f64> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|value| value.trim().parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_info_fields_are_read_by_name() {
-        let info = "# Stats\r\ntotal_connections_received:7\r\ntotal_commands_processed:12345\r\n";
-        assert_eq!(info_field(info, "total_commands_processed"), Some(12345.0));
-        assert_eq!(info_field(info, "total_connections_received"), Some(7.0));
-        assert_eq!(info_field(info, "total_commands"), None);
     }
 }

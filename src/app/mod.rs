@@ -115,11 +115,8 @@ impl App {
             queries.clone(),
             db::Plans::Generic,
         )?;
-        let redis = redis_pool::build_pool(
-            &config.redis_url,
-            config.redis_pool_size,
-            config.redis_timeout,
-        )?;
+        let redis =
+            redis_pool::build_pool(&config.redis, config.redis_pool_size, config.redis_timeout)?;
         let stream = StreamNames::new(&config.redis_prefix);
         let redis_health = Arc::new(RedisHealth::new(
             config.breaker_failures,

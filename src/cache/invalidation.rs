@@ -16,7 +16,10 @@ use super::{
     keys::{self, KeyNames},
     l1::Versioned,
 };
-use crate::{redis_pool::redis, telemetry::metrics::CACHE_INVALIDATIONS};
+use crate::{
+    redis_pool::{RedisTarget, redis},
+    telemetry::metrics::CACHE_INVALIDATIONS,
+};
 
 /// One announcement; a message carries one per line.
 #[derive(Clone, Debug, PartialEq)]
@@ -332,14 +335,21 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const ACTIVE_FLUSH_TICKS: u64 = 5;
 
 /// Subscribes to the invalidation channel and applies every announcement, until `shutdown`.
-pub async fn run(caches: Caches, redis_url: String, mut shutdown: watch::Receiver<bool>) {
+///
+/// On a Redis Cluster it subscribes on one node at a time (each seed in turn after a failure): a PUBLISH
+/// on any node of a cluster reaches the subscribers of every node.
+pub async fn run(caches: Caches, redis: RedisTarget, mut shutdown: watch::Receiver<bool>) {
     if !caches.settings.enabled {
         return;
     }
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let mut backoff = Duration::from_millis(100);
+    let nodes = redis.node_urls();
+    let mut attempt = 0usize;
     while !*shutdown.borrow() {
-        let session = subscribe_once(&caches, &redis_url, &instance);
+        let node = &nodes[attempt % nodes.len().max(1)];
+        attempt += 1;
+        let session = subscribe_once(&caches, node, &instance);
         tokio::select! {
             outcome = session => {
                 if let Err(err) = outcome {

@@ -627,17 +627,31 @@ impl L2 {
         self.versions(&READ_VERSIONS_SCRIPT, keys).await
     }
 
-    /// Runs one of the version scripts over `keys`.
+    /// Runs one of the version scripts over `keys`: one call per hash slot (a script may only touch keys
+    /// of one slot on a Redis Cluster; the keys of one user share one), in one round trip.
     async fn versions(&self, script: &redis::Script, keys: &[String]) -> Option<Vec<i64>> {
+        let groups = crate::redis_pool::by_slot(keys);
         let mut pipe = redis::pipe();
         self.load_scripts(&mut pipe);
-        pipe.cmd("EVALSHA")
-            .arg(script.get_hash())
-            .arg(keys.len())
-            .arg(keys);
-        let versions = self.run::<(Vec<i64>,)>(&pipe).await;
-        self.scripts_ran(versions.is_some(), true);
-        versions.map(|(versions,)| versions)
+        for group in &groups {
+            pipe.cmd("EVALSHA").arg(script.get_hash()).arg(group.len());
+            for &index in group {
+                pipe.arg(&keys[index]);
+            }
+        }
+        let answers = self.run::<Vec<Vec<i64>>>(&pipe).await;
+        self.scripts_ran(answers.is_some(), true);
+        let answers = answers.filter(|answers| answers.len() == groups.len())?;
+        let mut versions = vec![0; keys.len()];
+        for (group, answer) in groups.iter().zip(answers) {
+            if answer.len() != group.len() {
+                return None;
+            }
+            for (&index, version) in group.iter().zip(answer) {
+                versions[index] = version;
+            }
+        }
+        Some(versions)
     }
 
     /// Deletes keys and announces it (used when an exact new value is not at hand).

@@ -16,14 +16,17 @@ use super::{StreamNames, codec};
 use crate::{
     db::{self, DbPool},
     domain::{AppliedBatch, EventId},
-    redis_pool::redis::{self, aio::MultiplexedConnection, streams::StreamReadReply},
+    redis_pool::{
+        Dedicated, RedisTarget,
+        redis::{self, streams::StreamReadReply},
+    },
     telemetry::metrics::{APPLY_LAG, CONSUMER_APPLY, CONSUMER_BATCH, EVENTS_APPLIED},
 };
 
 /// Settings of one consumer.
 #[derive(Clone)]
 pub struct ConsumerSettings {
-    pub redis_url: String,
+    pub redis: RedisTarget,
     pub names: StreamNames,
     /// This consumer's name in the group; unique per process.
     pub consumer_name: String,
@@ -45,7 +48,7 @@ pub const REFRESHES_IN_FLIGHT: usize = 4;
 /// Runs the consumer until `shutdown` turns true.
 pub async fn run(db: DbPool, settings: ConsumerSettings, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(consumer = %settings.consumer_name, stream = %settings.names.stream, "event consumer started");
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Dedicated> = None;
     let mut backoff = Duration::from_millis(100);
     // Look for entries left pending by dead consumers a few times per idle period.
     let reclaim_every = (settings.claim_idle / 3).max(Duration::from_millis(50));
@@ -83,17 +86,14 @@ pub async fn run(db: DbPool, settings: ConsumerSettings, mut shutdown: watch::Re
 }
 
 /// A dedicated connection (XREADGROUP blocks), with the group in place.
-async fn connect(settings: &ConsumerSettings) -> anyhow::Result<MultiplexedConnection> {
-    let mut conn = crate::redis_pool::dedicated(&settings.redis_url, settings.block).await?;
+async fn connect(settings: &ConsumerSettings) -> anyhow::Result<Dedicated> {
+    let mut conn = crate::redis_pool::dedicated(&settings.redis, settings.block).await?;
     ensure_group(&mut conn, &settings.names).await?;
     Ok(conn)
 }
 
 /// Creates the stream and the group if missing; a new group starts at the stream's first entry.
-pub async fn ensure_group(
-    conn: &mut MultiplexedConnection,
-    names: &StreamNames,
-) -> anyhow::Result<()> {
+pub async fn ensure_group(conn: &mut Dedicated, names: &StreamNames) -> anyhow::Result<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&names.stream)
@@ -113,7 +113,7 @@ pub async fn ensure_group(
 /// Returns how many events were applied.
 pub async fn consume_once(
     db: &DbPool,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Dedicated,
     settings: &ConsumerSettings,
 ) -> anyhow::Result<i64> {
     let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
@@ -152,7 +152,7 @@ pub async fn consume_once(
 /// moved to the dead letters (see `recovery`); it never holds up the entries around it.
 pub async fn process_entries(
     db: &DbPool,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Dedicated,
     settings: &ConsumerSettings,
     entries: &[redis::streams::StreamId],
 ) -> anyhow::Result<i64> {

@@ -286,7 +286,7 @@ impl Marks {
 /// entry ids are Redis times, so even a Redis that lost its data numbers new entries after that one.
 pub async fn run(
     hub: EventHub,
-    redis_url: String,
+    redis: crate::redis_pool::RedisTarget,
     names: StreamNames,
     block: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -298,7 +298,7 @@ pub async fn run(
         let step = async {
             let connection = match conn.as_mut() {
                 Some(c) => c,
-                None => conn.insert(crate::redis_pool::dedicated(&redis_url, block).await?),
+                None => conn.insert(crate::redis_pool::dedicated(&redis, block).await?),
             };
             let from = match last_id.as_mut() {
                 Some(id) => id,
@@ -326,7 +326,7 @@ pub async fn run(
 }
 
 /// The stream id of Redis's current time: entries appended from now on come after it.
-async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<String> {
+async fn redis_now(conn: &mut crate::redis_pool::Dedicated) -> anyhow::Result<String> {
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
     Ok(format!(
         "{}-0",
@@ -336,7 +336,7 @@ async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Resu
 
 /// Reads what was appended after `last_id` (blocking up to `block`) and publishes it.
 async fn read_once(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut crate::redis_pool::Dedicated,
     names: &StreamNames,
     last_id: &mut String,
     block: Duration,

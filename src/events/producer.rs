@@ -326,7 +326,7 @@ fn publish_args(events: &[FollowEvent], recorded: bool) -> Vec<String> {
 /// Deletes the fields of one page of the published index whose entry is no longer in flight; returns
 /// the next HSCAN cursor (`0`: the sweep went round) and how many fields it deleted.
 pub async fn sweep_published(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut crate::redis_pool::Dedicated,
     names: &StreamNames,
     cursor: u64,
     count: usize,

@@ -21,12 +21,14 @@ use anyhow::Context;
 use super::consumer::{ConsumerSettings, process_entries};
 use crate::{
     db::DbPool,
-    redis_pool::redis::{
-        self,
-        aio::MultiplexedConnection,
-        streams::{
-            StreamClaimReply, StreamInfoConsumersReply, StreamInfoGroupsReply,
-            StreamPendingCountReply, StreamRangeReply,
+    redis_pool::{
+        Dedicated,
+        redis::{
+            self,
+            streams::{
+                StreamClaimReply, StreamInfoConsumersReply, StreamInfoGroupsReply,
+                StreamPendingCountReply, StreamRangeReply,
+            },
         },
     },
     telemetry::metrics::{DEAD_LETTERS, EVENTS_RECLAIMED},
@@ -51,7 +53,7 @@ pub struct Reclaimed {
 /// One pass: dead-letters the entries over the delivery limit, takes over the other long-pending ones.
 pub async fn reclaim_once(
     db: &DbPool,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Dedicated,
     settings: &ConsumerSettings,
 ) -> anyhow::Result<Reclaimed> {
     let names = &settings.names;
@@ -172,7 +174,7 @@ fn no_stream(err: &redis::RedisError) -> bool {
 
 /// Cuts the stream below the oldest entry the counters group still needs. Returns the cut, if any.
 pub async fn trim_once(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Dedicated,
     names: &super::StreamNames,
 ) -> anyhow::Result<Option<String>> {
     let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
@@ -222,7 +224,7 @@ pub const CONSUMER_FORGOTTEN_AFTER: std::time::Duration = std::time::Duration::f
 /// Deletes the consumers of the counters group idle for `idle_after` with nothing pending. Returns how
 /// many went.
 pub async fn forget_idle_consumers(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Dedicated,
     names: &super::StreamNames,
     idle_after: std::time::Duration,
 ) -> anyhow::Result<usize> {

@@ -111,7 +111,7 @@ pub async fn relay_once(
 /// Every `interval`, trims the stream below the oldest entry the counters group still needs, deletes
 /// long-idle consumers with nothing pending from the group, and sweeps a page of the published index.
 pub async fn trim_forever(
-    redis_url: String,
+    redis: crate::redis_pool::RedisTarget,
     names: super::StreamNames,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -124,10 +124,9 @@ pub async fn trim_forever(
             _ = shutdown.changed() => break,
         }
         if conn.is_none() {
-            conn = match crate::redis_pool::redis::Client::open(redis_url.as_str()) {
-                Ok(client) => client.get_multiplexed_async_connection().await.ok(),
-                Err(_) => None,
-            };
+            conn = crate::redis_pool::dedicated(&redis, Duration::ZERO)
+                .await
+                .ok();
         }
         let Some(c) = conn.as_mut() else { continue };
         if let Err(err) = super::recovery::trim_once(c, &names).await {

@@ -280,8 +280,12 @@ mod tests {
     fn documents() -> Documents {
         let timeout = std::time::Duration::from_millis(50);
         // Nothing listens there: these tests never reach Redis (no persisted query is sent).
-        let redis =
-            crate::redis_pool::build_pool("redis://127.0.0.1:1", 1, timeout).expect("a lazy pool");
+        let redis = crate::redis_pool::build_pool(
+            &crate::redis_pool::RedisTarget::Node("redis://127.0.0.1:1".into()),
+            1,
+            timeout,
+        )
+        .expect("a lazy pool");
         let health = Arc::new(crate::redis_health::RedisHealth::new(1, timeout));
         let persisted = PersistedQueries::new(redis, health, timeout, timeout, "test", 1 << 20);
         let limits = CostLimits {

@@ -16,7 +16,7 @@ use crate::support::{Options, TestApp};
 /// consumer that died, or stalls, holding them pending.
 async fn read_unacknowledged(
     app: &TestApp,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut follow_service::redis_pool::Dedicated,
     consumer: &str,
     count: usize,
 ) {
@@ -106,7 +106,7 @@ fn settings(app: &TestApp, batch_size: usize) -> ConsumerSettings {
 
 fn settings_named(app: &TestApp, batch_size: usize, name: &str) -> ConsumerSettings {
     ConsumerSettings {
-        redis_url: app.app.config.redis_url.clone(),
+        redis: app.app.config.redis.clone(),
         names: app.app.stream.clone(),
         consumer_name: name.to_owned(),
         batch_size,
@@ -120,10 +120,8 @@ fn settings_named(app: &TestApp, batch_size: usize, name: &str) -> ConsumerSetti
     }
 }
 
-async fn connection(app: &TestApp) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(app.app.config.redis_url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+async fn connection(app: &TestApp) -> follow_service::redis_pool::Dedicated {
+    let mut conn = follow_service::redis_pool::dedicated(&app.app.config.redis, Duration::ZERO)
         .await
         .expect("Redis is reachable for tests");
     consumer::ensure_group(&mut conn, &app.app.stream)
@@ -532,7 +530,7 @@ async fn a_scheduled_reconcile_repairs_drift_while_serving() {
 /// Every entry of the app's stream, oldest first.
 async fn stream_entries(
     app: &TestApp,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut follow_service::redis_pool::Dedicated,
 ) -> redis::streams::StreamRangeReply {
     redis::cmd("XRANGE")
         .arg(&app.app.stream.stream)
@@ -546,7 +544,7 @@ async fn stream_entries(
 /// The outbox ids the stream's entries carry, in stream order.
 async fn outbox_ids_in_stream(
     app: &TestApp,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut follow_service::redis_pool::Dedicated,
 ) -> Vec<i64> {
     stream_entries(app, conn)
         .await
@@ -623,7 +621,7 @@ async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_e
 }
 
 /// Fields of the published index (outbox id → stream entry).
-async fn published_fields(app: &TestApp, conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+async fn published_fields(app: &TestApp, conn: &mut follow_service::redis_pool::Dedicated) -> i64 {
     redis::cmd("HLEN")
         .arg(&app.app.stream.published)
         .query_async(conn)
@@ -799,7 +797,7 @@ async fn a_mutation_s_exact_counts_read_a_large_backlog_by_index_not_by_scan() {
 /// The names of the counters group's consumers.
 async fn consumer_names(
     app: &TestApp,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut follow_service::redis_pool::Dedicated,
 ) -> Vec<String> {
     let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
         .arg("CONSUMERS")

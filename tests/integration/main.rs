@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cache;
+mod cluster;
 mod connections;
 mod consent;
 mod consent_races;

@@ -11,10 +11,10 @@ use std::{
 use follow_service::{
     ratelimit::{Limit, Quota, RateLimiter, Verdict},
     redis_health::{Permit, RedisHealth},
-    redis_pool::{self, redis},
+    redis_pool::{self, RedisTarget, redis},
 };
 
-use crate::support::{RedisProxy, eventually, redis_url};
+use crate::support::{RedisProxy, eventually, redis_connection, redis_target};
 
 const MINUTE: Quota = Quota::per_minute(10);
 
@@ -24,12 +24,12 @@ fn prefix() -> String {
 
 /// A limiter over Redis at `url`, with a breaker opening after `failures_to_open` failures.
 fn limiter_at(
-    url: &str,
+    target: &RedisTarget,
     prefix: &str,
     timeout: Duration,
     failures_to_open: u32,
 ) -> (RateLimiter, Arc<RedisHealth>) {
-    let pool = redis_pool::build_pool(url, 2, timeout).expect("Redis pool");
+    let pool = redis_pool::build_pool(target, 2, timeout).expect("Redis pool");
     let health = Arc::new(RedisHealth::new(
         failures_to_open,
         Duration::from_millis(100),
@@ -40,13 +40,11 @@ fn limiter_at(
 
 /// A limiter over the test Redis, with a budget generous enough that it never falls back.
 fn limiter(prefix: &str) -> RateLimiter {
-    limiter_at(&redis_url(), prefix, Duration::from_secs(2), 5).0
+    limiter_at(&redis_target(), prefix, Duration::from_secs(2), 5).0
 }
 
-async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .expect("Redis URL")
-        .get_multiplexed_async_connection()
+async fn redis_conn() -> redis_pool::Dedicated {
+    redis_connection()
         .await
         .expect("Redis is reachable for tests")
 }
@@ -224,7 +222,7 @@ async fn buckets_are_keyed_by_client_and_expire_when_whole_again() {
 async fn an_unreachable_redis_falls_back_to_the_local_limiter_quickly() {
     // Nothing listens on port 1: every call fails at once, and the breaker then skips Redis.
     let (limiter, _) = limiter_at(
-        "redis://127.0.0.1:1",
+        &RedisTarget::Node("redis://127.0.0.1:1".into()),
         &prefix(),
         Duration::from_millis(50),
         3,
@@ -240,7 +238,12 @@ async fn a_silent_redis_falls_back_after_the_timeout() {
         .await
         .expect("bind");
     let url = format!("redis://{}", silent.local_addr().expect("address"));
-    let (limiter, health) = limiter_at(&url, &prefix(), Duration::from_millis(50), 1_000);
+    let (limiter, health) = limiter_at(
+        &RedisTarget::Node(url.clone()),
+        &prefix(),
+        Duration::from_millis(50),
+        1_000,
+    );
     assert_local_budget(&limiter).await;
     assert!(health.is_closed());
 }
@@ -271,7 +274,12 @@ async fn assert_local_budget(limiter: &RateLimiter) {
 async fn the_shared_budget_resumes_when_redis_is_back() {
     let prefix = prefix();
     let proxy = RedisProxy::start().await;
-    let (limiter, health) = limiter_at(&proxy.url, &prefix, Duration::from_millis(200), 1);
+    let (limiter, health) = limiter_at(
+        &RedisTarget::Node(proxy.url.clone()),
+        &prefix,
+        Duration::from_millis(200),
+        1,
+    );
     let minute = [Limit::new("minute", "viewer:8", MINUTE)];
     let spent = limiter.check(&minute, 3).await;
     assert_eq!((spent.remaining, spent.local), (7, false));

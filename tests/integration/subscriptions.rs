@@ -111,10 +111,7 @@ async fn an_event_published_twice_arrives_once() {
     assert_eq!(subscriber.next().await["type"], "next");
     // Redis loses the stream before the counters applied the event: the relay publishes it again, and
     // the subscriber must not see it again.
-    let client = follow_service::redis_pool::redis::Client::open(app.app.config.redis_url.as_str())
-        .expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let mut conn = follow_service::redis_pool::dedicated(&app.app.config.redis, Duration::ZERO)
         .await
         .expect("Redis");
     let _: i64 = follow_service::redis_pool::redis::cmd("DEL")

@@ -129,6 +129,12 @@ impl TestApp {
             .clone()
             .unwrap_or_else(|| database_url(database));
         let redis_url = options.redis_url.clone();
+        // The suite's cluster, unless the test points this instance at a Redis of its own (a proxy).
+        let cluster = if redis_url == super::redis::redis_url() {
+            super::redis::redis_cluster_urls()
+        } else {
+            String::new()
+        };
         let prefix = prefix.to_owned();
         let relay_after = options.relay_after.as_millis().to_string();
         let loader_delay = options.loader_delay.as_micros().to_string();
@@ -142,6 +148,7 @@ impl TestApp {
             match name {
                 "DATABASE_URL" => Some(url.clone()),
                 "REDIS_URL" => Some(redis_url.clone()),
+                "REDIS_CLUSTER_URLS" => Some(cluster.clone()),
                 "FOLLOW_REDIS_PREFIX" => Some(prefix.clone()),
                 "FOLLOW_JWT_SECRET" => Some(TEST_SECRET.to_owned()),
                 "FOLLOW_DB_POOL_SIZE" => Some("6".to_owned()),

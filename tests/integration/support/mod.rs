@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 pub use app::{Options, Served, TEST_SECRET, TestApp, serve};
 pub use databases::{database_url, fresh_database, server_url};
-pub use redis::{RedisProxy, redis_forget, redis_get, redis_members, redis_url};
+pub use redis::{
+    RedisProxy, redis_connection, redis_forget, redis_get, redis_members, redis_target,
+};
 pub use requests::{fail_on, graphql_post, ok_on, post, query_body, run_as, run_on, send};
 
 /// Waits up to `limit` for `check` to hold, polling every 10 ms; returns whether it did.

@@ -10,6 +10,25 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// The Redis Cluster's seed nodes when the suite runs against one (`TEST_REDIS_CLUSTER_URLS`, as
+/// `REDIS_CLUSTER_URLS`); empty when it runs against the one server.
+pub fn redis_cluster_urls() -> String {
+    std::env::var("TEST_REDIS_CLUSTER_URLS").unwrap_or_default()
+}
+
+/// Where the tests' Redis is: the cluster when `TEST_REDIS_CLUSTER_URLS` is set, else the one server.
+pub fn redis_target() -> follow_service::redis_pool::RedisTarget {
+    follow_service::redis_pool::RedisTarget::from_settings(&redis_url(), &redis_cluster_urls())
+        .expect("TEST_REDIS_CLUSTER_URLS lists redis:// addresses")
+}
+
+/// A connection to the tests' Redis (the server or the cluster), for looking at what the service stored.
+pub async fn redis_connection() -> Option<follow_service::redis_pool::Dedicated> {
+    follow_service::redis_pool::dedicated(&redis_target(), std::time::Duration::ZERO)
+        .await
+        .ok()
+}
+
 /// A TCP proxy in front of Redis that a test can cut (every connection dropped, new ones refused) and
 /// restore, to make Redis unreachable for one instance only.
 pub struct RedisProxy {
@@ -87,8 +106,19 @@ impl Drop for RedisProxy {
 /// FLUSHDB; SCAN, not KEYS, which blocks Redis for every other test while it walks the keyspace): a
 /// test's cleanup, or Redis losing its data. Returns how many keys went.
 pub async fn redis_forget(prefix: &str) -> usize {
+    let mut deleted = 0;
+    // A cluster's keys are scanned node by node (the seeds are every master in the tests' cluster).
+    for node in redis_target().node_urls() {
+        deleted += forget_on_node(node, prefix).await;
+    }
+    deleted
+}
+
+/// Deletes the keys under `prefix` that one server holds (one key per command: on a cluster node the
+/// keys it holds span slots).
+async fn forget_on_node(url: &str, prefix: &str) -> usize {
     use follow_service::redis_pool::redis;
-    let Ok(client) = redis::Client::open(redis_url()) else {
+    let Ok(client) = redis::Client::open(url) else {
         return 0;
     };
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
@@ -110,7 +140,11 @@ pub async fn redis_forget(prefix: &str) -> usize {
         };
         if !keys.is_empty() {
             deleted += keys.len();
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            }
+            let _: Result<(), _> = pipe.query_async(&mut conn).await;
         }
         if next == 0 {
             break;
@@ -123,8 +157,7 @@ pub async fn redis_forget(prefix: &str) -> usize {
 /// Reads a raw Redis key (to look at what the cache stored).
 pub async fn redis_get(key: &str) -> Option<String> {
     use follow_service::redis_pool::redis;
-    let client = redis::Client::open(redis_url()).ok()?;
-    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let mut conn = redis_connection().await?;
     redis::cmd("GET")
         .arg(key)
         .query_async(&mut conn)
@@ -135,8 +168,7 @@ pub async fn redis_get(key: &str) -> Option<String> {
 /// The members of a Redis set, sorted (`None`: no such key).
 pub async fn redis_members(key: &str) -> Option<Vec<String>> {
     use follow_service::redis_pool::redis;
-    let client = redis::Client::open(redis_url()).ok()?;
-    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let mut conn = redis_connection().await?;
     let mut members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(key)
         .query_async(&mut conn)
