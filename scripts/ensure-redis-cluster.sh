@@ -24,12 +24,16 @@ seeds() {
 
 node_answers() { [[ $(redis-cli -h "$HOST" -p "$1" ping 2>/dev/null) == PONG ]]; }
 
-# Whether every node answers and each reports the cluster healthy with all 16384 slots assigned.
+# Whether every node answers, is a master, and reports the cluster healthy with all 16384 slots assigned
+# over as many masters as there are nodes.
 cluster_ok() {
     local port info
     for port in "${PORTS[@]}"; do
         info=$(redis-cli -h "$HOST" -p "$port" cluster info 2>/dev/null) || return 1
         grep -q '^cluster_state:ok' <<<"$info" && grep -q '^cluster_slots_assigned:16384' <<<"$info" || return 1
+        # Every node a master with slots (a master that lost all its slots turns into a replica).
+        grep -q "^cluster_size:${#PORTS[@]}" <<<"$info" || return 1
+        redis-cli -h "$HOST" -p "$port" role 2>/dev/null | head -1 | grep -q '^master$' || return 1
     done
     info=$(redis-cli -h "$HOST" -p "${PORTS[0]}" cluster info 2>/dev/null) || return 1
     grep -q '^cluster_state:ok' <<<"$info" && grep -q '^cluster_slots_assigned:16384' <<<"$info"
