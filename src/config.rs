@@ -84,6 +84,12 @@ pub struct Config {
     pub claim_idle: Duration,
     /// `FOLLOW_MAX_DELIVERIES`: deliveries after which an unapplied entry goes to the dead letters.
     pub max_deliveries: usize,
+    /// `FOLLOW_STREAM_PARTITIONS`: P, the partitions of the event stream; each event goes to its
+    /// followee's (1: the single stream of before, under the same key).
+    pub stream_partitions: usize,
+    /// `FOLLOW_STREAM_PARTITIONS_READ`: partitions the consumers, trimmer, fan-out and gauges cover, at
+    /// least P (default P); set to the larger P of two layouts while P changes.
+    pub stream_partitions_read: usize,
     /// `FOLLOW_RECONCILE_EVERY_S`: run `reconcile --fix` on this period (0: never).
     pub reconcile_every: Duration,
     /// `FOLLOW_RELAY_AFTER_MS`: age after which the relay checks an unapplied outbox row (and publishes it
@@ -338,6 +344,11 @@ impl Config {
             consumers: number("FOLLOW_CONSUMERS", 4)? as usize,
             claim_idle: millis("FOLLOW_CLAIM_IDLE_MS", 10_000)?,
             max_deliveries: number("FOLLOW_MAX_DELIVERIES", 3)? as usize,
+            stream_partitions: number("FOLLOW_STREAM_PARTITIONS", 1)? as usize,
+            stream_partitions_read: number(
+                "FOLLOW_STREAM_PARTITIONS_READ",
+                number("FOLLOW_STREAM_PARTITIONS", 1)?,
+            )? as usize,
             reconcile_every: seconds("FOLLOW_RECONCILE_EVERY_S", 0)?,
             relay_after: millis("FOLLOW_RELAY_AFTER_MS", 5_000)?,
             relay_interval: millis("FOLLOW_RELAY_INTERVAL_MS", 1_000)?,
@@ -425,6 +436,18 @@ impl Config {
         }
         if self.jwt_secret.len() < 16 {
             bail!("FOLLOW_JWT_SECRET must be at least 16 bytes long");
+        }
+        // Each partition read costs a process a blocking connection for its consumer and its fan-out.
+        const MAX_STREAM_PARTITIONS: usize = 64;
+        if !(1..=MAX_STREAM_PARTITIONS).contains(&self.stream_partitions) {
+            bail!("FOLLOW_STREAM_PARTITIONS must be 1 to {MAX_STREAM_PARTITIONS}");
+        }
+        if !(self.stream_partitions..=MAX_STREAM_PARTITIONS).contains(&self.stream_partitions_read)
+        {
+            bail!(
+                "FOLLOW_STREAM_PARTITIONS_READ must be FOLLOW_STREAM_PARTITIONS ({}) to {MAX_STREAM_PARTITIONS}: readers cover at least the partitions written",
+                self.stream_partitions
+            );
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             bail!("FOLLOW_REDIS_PREFIX must be non-empty, without braces or spaces");

@@ -1,7 +1,11 @@
 //! Live fan-out of follow events to this instance's subscribers.
 //!
 //! Every instance runs one [`run`] task that tails the stream with plain `XREAD` (no consumer group:
-//! each instance must see every event, and reading takes nothing from the counters' group). It hands
+//! each instance must see every event, and reading takes nothing from the counters' group): one `XREAD`
+//! loop per partition read, each on its own connection (a blocking read holds its connection, and on a
+//! Redis Cluster the partitions' keys live in different slots, so one `XREAD` of several would be
+//! refused as CROSSSLOT). Every change of one edge is in its followee's partition, so the partitions'
+//! interleaving never reorders an edge's events (but while P changes, see `ARCHITECTURE.md`). It hands
 //! each event to the [`EventHub`], which routes it only to the subscribers of the user it concerns (its
 //! recipient: the followee of a follow, an unfollow or a request, the follower of an approval; nobody
 //! for a removal), so the cost of an event does not grow with the number of subscribers of other users.
@@ -280,12 +284,27 @@ impl Marks {
     }
 }
 
-/// Tails the stream and publishes every event to `hub`, until `shutdown` turns true. It starts at
-/// Redis's clock when it first connects (not at `$` when the first XREAD arrives, which would lose what
-/// was appended in between). After a failure it reconnects and goes on from the last entry it read;
-/// entry ids are Redis times, so even a Redis that lost its data numbers new entries after that one.
+/// Tails every partition in `partitions` and publishes every event to `hub`, until `shutdown` turns
+/// true.
 pub async fn run(
     hub: EventHub,
+    redis_url: String,
+    partitions: Vec<StreamNames>,
+    block: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let tails = partitions
+        .into_iter()
+        .map(|names| tail(&hub, redis_url.clone(), names, block, shutdown.clone()));
+    futures::future::join_all(tails).await;
+}
+
+/// Tails one partition. It starts at Redis's clock when it first connects (not at `$` when the first
+/// XREAD arrives, which would lose what was appended in between). After a failure it reconnects and goes
+/// on from the last entry it read; entry ids are Redis times, so even a Redis that lost its data numbers
+/// new entries after that one.
+async fn tail(
+    hub: &EventHub,
     redis_url: String,
     names: StreamNames,
     block: Duration,
@@ -304,7 +323,7 @@ pub async fn run(
                 Some(id) => id,
                 None => last_id.insert(redis_now(connection).await?),
             };
-            read_once(connection, &names, from, block, &hub).await
+            read_once(connection, &names, from, block, hub).await
         };
         let outcome = tokio::select! {
             outcome = step => outcome,
@@ -313,7 +332,7 @@ pub async fn run(
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "event fan-out read failed; retrying");
+                tracing::warn!(error = %format!("{err:#}"), partition = names.partition, "event fan-out read failed; retrying");
                 conn = None;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},

@@ -24,6 +24,7 @@ mod limits;
 mod model;
 mod over_http;
 mod pagination;
+mod partitions;
 mod queries;
 mod ratelimit;
 mod subscriptions;
