@@ -622,4 +622,52 @@ mod tests {
                 .expect_err("must refuse");
         assert!(err.to_string().contains("FOLLOW_DB_POOL_SIZE"), "{err}");
     }
+
+    #[test]
+    fn stream_partitions_default_to_one_and_readers_cover_at_least_the_written_ones() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            Config::from_lookup(move |name| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+        };
+        let default = with(&[]).expect("valid");
+        assert_eq!(
+            (default.stream_partitions, default.stream_partitions_read),
+            (1, 1)
+        );
+        let four = with(&[("FOLLOW_STREAM_PARTITIONS", "4")]).expect("valid");
+        assert_eq!(
+            (four.stream_partitions, four.stream_partitions_read),
+            (4, 4)
+        );
+        let shrinking = with(&[
+            ("FOLLOW_STREAM_PARTITIONS", "2"),
+            ("FOLLOW_STREAM_PARTITIONS_READ", "4"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            (
+                shrinking.stream_partitions,
+                shrinking.stream_partitions_read
+            ),
+            (2, 4)
+        );
+        for bad in [
+            &[("FOLLOW_STREAM_PARTITIONS", "0")][..],
+            &[("FOLLOW_STREAM_PARTITIONS", "65")][..],
+            &[
+                ("FOLLOW_STREAM_PARTITIONS", "4"),
+                ("FOLLOW_STREAM_PARTITIONS_READ", "2"),
+            ][..],
+        ] {
+            let err = with(bad).expect_err("must refuse");
+            assert!(
+                err.to_string().contains("FOLLOW_STREAM_PARTITIONS"),
+                "{err}"
+            );
+        }
+    }
 }
