@@ -56,6 +56,19 @@ async fn partition_events(
         .collect()
 }
 
+/// Waits (up to 5 s) until every entry of these partitions was delivered to the group and acknowledged
+/// (the XACK follows the apply's commit, so an empty outbox may come a moment before).
+async fn all_acknowledged(app: &follow_service::app::App, partitions: &[StreamNames]) {
+    for names in partitions {
+        let done = crate::support::eventually(Duration::from_secs(5), || async {
+            let stats = stream_stats(&app.redis, names).await.expect("stats");
+            (stats.lag, stats.pending) == (0, 0)
+        })
+        .await;
+        assert!(done, "partition {} not all acknowledged", names.partition);
+    }
+}
+
 /// XLEN of each partition's stream.
 async fn lengths(
     conn: &mut redis::aio::MultiplexedConnection,
@@ -123,15 +136,7 @@ async fn each_event_lands_in_its_followee_s_partition_and_is_applied_once() {
     let worker = app.instance(partitioned(4, None, true)).await;
     app.drained().await;
     app.assert_counts_exact().await;
-    for names in streams.read() {
-        let stats = stream_stats(&worker.app.redis, names).await.expect("stats");
-        assert_eq!(
-            (stats.lag, stats.pending),
-            (0, 0),
-            "partition {}",
-            names.partition
-        );
-    }
+    all_acknowledged(&worker.app, streams.read()).await;
 
     // The stream gauges carry one series per partition.
     let metrics = follow_service::telemetry::metrics::install();
@@ -353,15 +358,7 @@ async fn growing_then_shrinking_p_while_reading_both_layouts_loses_nothing() {
     edge_on(&shrunk.app, "follow", 40, 35).await;
     app.drained().await;
     app.assert_counts_exact().await;
-    for names in shrunk.app.stream.read() {
-        let stats = stream_stats(&shrunk.app.redis, names).await.expect("stats");
-        assert_eq!(
-            (stats.lag, stats.pending),
-            (0, 0),
-            "partition {}",
-            names.partition
-        );
-    }
+    all_acknowledged(&shrunk.app, shrunk.app.stream.read()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
