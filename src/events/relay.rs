@@ -16,7 +16,6 @@
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context;
-
 use tokio::sync::watch;
 
 use super::producer::Producer;
