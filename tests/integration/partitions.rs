@@ -395,3 +395,42 @@ async fn an_entry_stranded_in_a_partition_nobody_reads_is_relayed_and_applied() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_spanning_partitions_rides_one_and_publishes_the_others_beside() {
+    let app = TestApp::with_options(partitioned(4, None, false)).await;
+    app.create_users(1..=40).await;
+    let (a, b) = (user_in(1..=40, 0, 4), user_in(1..=40, 2, 4));
+    app.follow(a, b).await;
+    app.follow(b, a).await;
+    // A block ends both follows in one write: an event in a's partition and one in b's.
+    crate::consent::act(&app, a, "block", b).await;
+    let mut conn = connection(&app).await;
+    let streams = app.app.stream.clone();
+    let mut marked = Vec::new();
+    for p in [0, 2] {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&streams.read()[p].stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        assert_eq!(
+            entries.ids.len(),
+            2,
+            "partition {p}: a follow and the block's"
+        );
+        let last = &entries.ids[1].map;
+        let event = codec::decode(last).expect("decodable");
+        assert_ne!(event.kind, EventKind::Follow, "partition {p}: {event:?}");
+        marked.push(codec::recorded_in_caches(last));
+    }
+    // One append rode the cache's round trip (marked as recorded there); the other went beside it.
+    marked.sort();
+    assert_eq!(marked, [false, true]);
+
+    let _worker = app.instance(partitioned(4, None, true)).await;
+    app.drained().await;
+    app.assert_counts_exact().await;
+}
