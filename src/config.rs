@@ -130,6 +130,12 @@ pub struct Config {
     pub claim_idle: Duration,
     /// `FOLLOW_MAX_DELIVERIES`: deliveries after which an unapplied entry goes to the dead letters.
     pub max_deliveries: usize,
+    /// `FOLLOW_STREAM_PARTITIONS`: P, the partitions of the event stream; each event goes to its
+    /// followee's (1: the single stream of before, under the same key).
+    pub stream_partitions: usize,
+    /// `FOLLOW_STREAM_PARTITIONS_READ`: partitions the consumers, trimmer, fan-out and gauges cover, at
+    /// least P (default P); set to the larger P of two layouts while P changes.
+    pub stream_partitions_read: usize,
     /// `FOLLOW_RECONCILE_EVERY_S`: run `reconcile --fix` on this period (0: never).
     pub reconcile_every: Duration,
     /// `FOLLOW_RELAY_AFTER_MS`: age after which the relay checks an unapplied outbox row (and publishes it
@@ -387,6 +393,11 @@ impl Config {
             consumers: number("FOLLOW_CONSUMERS", 4)? as usize,
             claim_idle: millis("FOLLOW_CLAIM_IDLE_MS", 10_000)?,
             max_deliveries: number("FOLLOW_MAX_DELIVERIES", 3)? as usize,
+            stream_partitions: number("FOLLOW_STREAM_PARTITIONS", 1)? as usize,
+            stream_partitions_read: number(
+                "FOLLOW_STREAM_PARTITIONS_READ",
+                number("FOLLOW_STREAM_PARTITIONS", 1)?,
+            )? as usize,
             reconcile_every: seconds("FOLLOW_RECONCILE_EVERY_S", 0)?,
             relay_after: millis("FOLLOW_RELAY_AFTER_MS", 5_000)?,
             relay_interval: millis("FOLLOW_RELAY_INTERVAL_MS", 1_000)?,
@@ -474,6 +485,18 @@ impl Config {
         }
         if self.jwt_secret.len() < 16 {
             bail!("FOLLOW_JWT_SECRET must be at least 16 bytes long");
+        }
+        // Each partition read costs a process a blocking connection for its consumer and its fan-out.
+        const MAX_STREAM_PARTITIONS: usize = 64;
+        if !(1..=MAX_STREAM_PARTITIONS).contains(&self.stream_partitions) {
+            bail!("FOLLOW_STREAM_PARTITIONS must be 1 to {MAX_STREAM_PARTITIONS}");
+        }
+        if !(self.stream_partitions..=MAX_STREAM_PARTITIONS).contains(&self.stream_partitions_read)
+        {
+            bail!(
+                "FOLLOW_STREAM_PARTITIONS_READ must be FOLLOW_STREAM_PARTITIONS ({}) to {MAX_STREAM_PARTITIONS}: readers cover at least the partitions written",
+                self.stream_partitions
+            );
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             bail!("FOLLOW_REDIS_PREFIX must be non-empty, without braces or spaces");
@@ -647,5 +670,53 @@ mod tests {
             Config::from_lookup(|name| (name == "FOLLOW_DB_POOL_SIZE").then(|| "many".to_owned()))
                 .expect_err("must refuse");
         assert!(err.to_string().contains("FOLLOW_DB_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn stream_partitions_default_to_one_and_readers_cover_at_least_the_written_ones() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            Config::from_lookup(move |name| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+        };
+        let default = with(&[]).expect("valid");
+        assert_eq!(
+            (default.stream_partitions, default.stream_partitions_read),
+            (1, 1)
+        );
+        let four = with(&[("FOLLOW_STREAM_PARTITIONS", "4")]).expect("valid");
+        assert_eq!(
+            (four.stream_partitions, four.stream_partitions_read),
+            (4, 4)
+        );
+        let shrinking = with(&[
+            ("FOLLOW_STREAM_PARTITIONS", "2"),
+            ("FOLLOW_STREAM_PARTITIONS_READ", "4"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            (
+                shrinking.stream_partitions,
+                shrinking.stream_partitions_read
+            ),
+            (2, 4)
+        );
+        for bad in [
+            &[("FOLLOW_STREAM_PARTITIONS", "0")][..],
+            &[("FOLLOW_STREAM_PARTITIONS", "65")][..],
+            &[
+                ("FOLLOW_STREAM_PARTITIONS", "4"),
+                ("FOLLOW_STREAM_PARTITIONS_READ", "2"),
+            ][..],
+        ] {
+            let err = with(bad).expect_err("must refuse");
+            assert!(
+                err.to_string().contains("FOLLOW_STREAM_PARTITIONS"),
+                "{err}"
+            );
+        }
     }
 }

@@ -108,10 +108,14 @@ struct Args {
     /// restarted under a write load; then checks nothing was lost).
     #[arg(long)]
     drill: bool,
-    /// Measure the event pipeline instead: events applied per second by one consumer at batch sizes
-    /// 1, 100, 1,000, and commit-to-count time under 1,000 writes/s.
+    /// Measure the event pipeline instead: events applied per second by one consumer per stream
+    /// partition at batch sizes 1, 100, 1,000, and commit-to-count time under 1,000 writes/s.
     #[arg(long)]
     pipeline: bool,
+    /// Stream partitions (FOLLOW_STREAM_PARTITIONS) of --pipeline: one consumer per partition in the
+    /// applied-per-second table, max(FOLLOW_CONSUMERS, P) consumers in the commit-to-count run.
+    #[arg(long)]
+    partitions: Option<usize>,
     /// Measure subscription fan-out instead: websocket subscribers split over two instances, a
     /// follow/unfollow load, delivery latency and the servers' memory (--duration defaults to 20 s here).
     #[arg(long)]
@@ -203,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
             .database_url
             .clone()
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/follow_pipeline".to_owned());
-        return pipeline::run(url, args.redis_url.clone()).await;
+        return pipeline::run(url, args.redis_url.clone(), args.partitions).await;
     }
     if args.abuse {
         follow_service::telemetry::init(false);

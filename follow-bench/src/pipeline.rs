@@ -10,6 +10,7 @@ use anyhow::Context;
 use follow_service::{
     app::App,
     config::Config,
+    domain::UserId,
     events::consumer::{self, ConsumerSettings},
     redis_pool::redis,
 };
@@ -27,8 +28,13 @@ const GRAPH: GraphPlan = GraphPlan {
     rng_seed: 11,
 };
 
-/// Runs both measurements and prints them as Markdown.
-pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> {
+/// Runs both measurements and prints them as Markdown; `partitions` sets `FOLLOW_STREAM_PARTITIONS`
+/// (else the environment's, else 1).
+pub async fn run(
+    database_url: String,
+    redis_url: String,
+    partitions: Option<usize>,
+) -> anyhow::Result<()> {
     graph::ensure_graph(&database_url, GRAPH).await?;
     let prefix = "follow-bench-pipeline";
     crate::clear_redis_prefix(&redis_url, prefix).await?;
@@ -39,6 +45,7 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
         "FOLLOW_REDIS_PREFIX" => Some(prefix.to_owned()),
         "FOLLOW_JWT_SECRET" => Some("follow-bench-secret-not-for-production".to_owned()),
         "FOLLOW_CONSUMER_BLOCK_MS" => Some("100".to_owned()),
+        "FOLLOW_STREAM_PARTITIONS" if partitions.is_some() => partitions.map(|p| p.to_string()),
         // Anything else from the environment (FOLLOW_CACHE=off measures the consumer without its cache refresh).
         other => std::env::var(other).ok(),
     })?;
@@ -49,16 +56,22 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
         .await
         .context("connecting to Redis")?;
 
+    let partitions = app.stream.written();
     println!(
-        "| batch size | events | seconds | events applied per second |\n| ---: | ---: | ---: | ---: |"
+        "Stream partitions (FOLLOW_STREAM_PARTITIONS): {partitions}, one consumer each.\n\n\
+         | batch size | events | seconds | events applied per second |\n| ---: | ---: | ---: | ---: |"
     );
     for (batch, events) in [(1usize, 5_000i64), (100, 100_000), (1_000, 100_000)] {
         checks.batch_execute("TRUNCATE outbox").await?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(&app.stream.stream)
-            .query_async(&mut conn)
-            .await?;
-        // Committed events (follows of Zipf-ish users, as after a burst), then their stream entries.
+        for names in app.stream.read() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&names.stream)
+                .arg(&names.published)
+                .query_async(&mut conn)
+                .await?;
+        }
+        // Committed events (follows of Zipf-ish users, as after a burst), then their stream entries,
+        // each in its followee's partition.
         checks
             .execute(
                 "INSERT INTO outbox (kind, follower_id, followee_id) \
@@ -72,13 +85,16 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
                 &[],
             )
             .await?;
+        let mut per_partition = vec![0i64; partitions];
         for chunk in rows.chunks(5_000) {
             let mut pipe = redis::pipe();
             for row in chunk {
                 let (id, follower, followee): (i64, i64, i64) =
                     (row.get(0), row.get(1), row.get(2));
+                let names = app.stream.of(UserId(followee));
+                per_partition[names.partition] += 1;
                 pipe.cmd("XADD")
-                    .arg(&app.stream.stream)
+                    .arg(&names.stream)
                     .arg("*")
                     .arg("id")
                     .arg(id)
@@ -94,43 +110,65 @@ pub async fn run(database_url: String, redis_url: String) -> anyhow::Result<()> 
             }
             let () = pipe.query_async(&mut conn).await?;
         }
-        let settings = ConsumerSettings {
-            redis: app.config.redis.clone(),
-            names: app.stream.clone(),
-            consumer_name: format!("bench-{batch}"),
-            batch_size: batch,
-            block: Duration::from_millis(100),
-            caches: app.caches.clone(),
-            claim_idle: Duration::from_secs(60),
-            max_deliveries: 3,
-            refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                consumer::REFRESHES_IN_FLIGHT,
-            )),
-        };
-        consumer::ensure_group(&mut conn, &app.stream).await?;
+        // One consumer per partition, each on its own connection, all at once.
+        let applying = Arc::new(tokio::sync::Semaphore::new(partitions));
+        let mut consumers = Vec::new();
+        for (names, expected) in app.stream.read().iter().zip(&per_partition) {
+            let settings = ConsumerSettings {
+                redis: app.config.redis.clone(),
+                names: names.clone(),
+                consumer_name: format!("bench-{batch}-{}", names.partition),
+                batch_size: batch,
+                block: Duration::from_millis(100),
+                caches: app.caches.clone(),
+                claim_idle: Duration::from_secs(60),
+                max_deliveries: 3,
+                refresh_slots: Arc::new(tokio::sync::Semaphore::new(consumer::REFRESHES_IN_FLIGHT)),
+                applying: applying.clone(),
+            };
+            let mut own = follow_service::redis_pool::dedicated(&app.config.redis, Duration::ZERO)
+                .await
+                .context("connecting to Redis")?;
+            consumer::ensure_group(&mut own, names).await?;
+            consumers.push((settings, own, *expected));
+        }
         let started = Instant::now();
-        let mut applied = 0;
-        while applied < events {
-            applied += consumer::consume_once(&app.db_writes, &mut conn, &settings).await?;
+        let runs = consumers.into_iter().map(|(settings, mut own, expected)| {
+            let db = app.db_writes.clone();
+            async move {
+                let mut applied = 0;
+                while applied < expected {
+                    applied += consumer::consume_once(&db, &mut own, &settings).await?;
+                }
+                anyhow::Ok(())
+            }
+        });
+        for run in futures::future::join_all(runs).await {
+            run?;
         }
         let seconds = started.elapsed().as_secs_f64();
         println!(
             "| {batch} | {events} | {seconds:.2} | {:.0} |",
             events as f64 / seconds
         );
-        let _: i64 = redis::cmd("XGROUP")
-            .arg("DESTROY")
-            .arg(&app.stream.stream)
-            .arg(app.stream.group)
-            .query_async(&mut conn)
-            .await?;
+        for names in app.stream.read() {
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(&names.stream)
+                .arg(names.group)
+                .query_async(&mut conn)
+                .await?;
+        }
     }
 
     // Commit to count under a steady write rate, through the follow graph (the API's own code path).
-    let _: i64 = redis::cmd("DEL")
-        .arg(&app.stream.stream)
-        .query_async(&mut conn)
-        .await?;
+    for names in app.stream.read() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&names.stream)
+            .arg(&names.published)
+            .query_async(&mut conn)
+            .await?;
+    }
     graph::ensure_graph(&database_url, GRAPH).await?; // counts back in line with the edges
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let tasks = app.spawn_pipeline(stopped);

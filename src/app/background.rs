@@ -132,30 +132,39 @@ impl App {
 
     /// Starts the event consumers, the outbox relay, the stream trimmer and (when
     /// `FOLLOW_RECONCILE_EVERY_S` is set) the scheduled reconcile; they stop when `shutdown` turns true.
+    ///
+    /// Consumers: `max(FOLLOW_CONSUMERS, partitions read)` of them, consumer `i` reading partition
+    /// `i mod partitions`, so every partition has one and the extra ones share the partitions round; at
+    /// most `FOLLOW_CONSUMERS` apply at once (the write pool holds that many connections for them).
     pub fn spawn_pipeline(&self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let base = consumer_name();
-        let mut tasks: Vec<JoinHandle<()>> = (0..self.config.consumers.max(1))
-            .map(|i| {
-                let settings = consumer::ConsumerSettings {
-                    redis: self.config.redis.clone(),
-                    names: self.stream.clone(),
-                    consumer_name: format!("{base}-{i}"),
-                    batch_size: self.config.consumer_batch,
-                    block: self.config.consumer_block,
-                    caches: self.caches.clone(),
-                    claim_idle: self.config.claim_idle,
-                    max_deliveries: self.config.max_deliveries,
-                    refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                        consumer::REFRESHES_IN_FLIGHT,
-                    )),
-                };
-                tokio::spawn(consumer::run(
-                    self.db_writes.clone(),
-                    settings,
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
+        let partitions = self.stream.read();
+        let applying =
+            std::sync::Arc::new(tokio::sync::Semaphore::new(self.config.consumers.max(1)));
+        let mut tasks: Vec<JoinHandle<()>> =
+            (0..self.config.consumers.max(partitions.len()).max(1))
+                .map(|i| {
+                    let settings = consumer::ConsumerSettings {
+                        redis: self.config.redis.clone(),
+                        names: partitions[i % partitions.len()].clone(),
+                        consumer_name: format!("{base}-{i}"),
+                        batch_size: self.config.consumer_batch,
+                        block: self.config.consumer_block,
+                        caches: self.caches.clone(),
+                        claim_idle: self.config.claim_idle,
+                        max_deliveries: self.config.max_deliveries,
+                        refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                            consumer::REFRESHES_IN_FLIGHT,
+                        )),
+                        applying: applying.clone(),
+                    };
+                    tokio::spawn(consumer::run(
+                        self.db_writes.clone(),
+                        settings,
+                        shutdown.clone(),
+                    ))
+                })
+                .collect();
         tasks.push(tokio::spawn(relay::run(
             self.db.clone(),
             self.producer("relay"),
@@ -165,7 +174,7 @@ impl App {
         )));
         tasks.push(tokio::spawn(relay::trim_forever(
             self.config.redis.clone(),
-            self.stream.clone(),
+            self.stream.read().to_vec(),
             self.config.relay_interval * 10,
             shutdown.clone(),
         )));
@@ -190,12 +199,13 @@ impl App {
         ))
     }
 
-    /// Starts tailing the event stream for this instance's subscribers; it stops when `shutdown` turns true.
+    /// Starts tailing every partition of the event stream read for this instance's subscribers; it stops
+    /// when `shutdown` turns true.
     fn spawn_event_fanout(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(crate::events::fanout::run(
             self.events.clone(),
             self.config.redis.clone(),
-            self.stream.clone(),
+            self.stream.read().to_vec(),
             FANOUT_BLOCK,
             shutdown,
         ))

@@ -60,13 +60,20 @@ pub async fn sample_once(app: &App) {
 
     app.caches.probe().await;
     let budget = Duration::from_secs(1);
-    if let Ok(Ok(stream)) =
-        tokio::time::timeout(budget, crate::events::stream_stats(&app.redis, &app.stream)).await
-    {
-        gauge!(STREAM_LENGTH).set(stream.length as f64);
-        gauge!(STREAM_PENDING).set(stream.pending as f64);
-        gauge!(STREAM_LAG).set(stream.lag as f64);
-        gauge!(STREAM_DEAD_LETTERS).set(stream.dead_letters as f64);
+    // One series per partition read, labelled `partition` (dashboards sum one instance's view of
+    // them), the partitions asked side by side within the one budget.
+    let partitions = app.stream.read().iter().map(|names| async move {
+        let stats = tokio::time::timeout(budget, crate::events::stream_stats(&app.redis, names));
+        (names, stats.await)
+    });
+    for (names, stats) in futures::future::join_all(partitions).await {
+        if let Ok(Ok(stream)) = stats {
+            let partition = names.partition.to_string();
+            gauge!(STREAM_LENGTH, "partition" => partition.clone()).set(stream.length as f64);
+            gauge!(STREAM_PENDING, "partition" => partition.clone()).set(stream.pending as f64);
+            gauge!(STREAM_LAG, "partition" => partition.clone()).set(stream.lag as f64);
+            gauge!(STREAM_DEAD_LETTERS, "partition" => partition).set(stream.dead_letters as f64);
+        }
     }
     let outbox = async {
         let mut conn = crate::db::connect(&app.db).await?;

@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     db::{self, DbPool},
     error::ErrorCode,
-    events::{StreamNames, fanout::EventHub, producer::Producer},
+    events::{Streams, fanout::EventHub, producer::Producer},
     graph::FollowGraph,
     graphql::{self, FollowSchema, SchemaLimits, persisted::PersistedQueries},
     http::{Health, HttpParts, HttpState, Probe, ws::Sockets},
@@ -48,8 +48,8 @@ pub struct AppInner {
     pub graph: FollowGraph,
     /// The executable GraphQL schema.
     pub schema: FollowSchema,
-    /// Key names of the event stream.
-    pub stream: StreamNames,
+    /// Key names of the event stream's partitions (`FOLLOW_STREAM_PARTITIONS`).
+    pub stream: Streams,
     /// The two-level cache.
     pub caches: Caches,
     /// The Redis circuit breaker shared by the cache and the producer.
@@ -117,7 +117,11 @@ impl App {
         )?;
         let redis =
             redis_pool::build_pool(&config.redis, config.redis_pool_size, config.redis_timeout)?;
-        let stream = StreamNames::new(&config.redis_prefix);
+        let stream = Streams::new(
+            &config.redis_prefix,
+            config.stream_partitions,
+            config.stream_partitions_read,
+        );
         let redis_health = Arc::new(RedisHealth::new(
             config.breaker_failures,
             config.breaker_cool_down,

@@ -1,7 +1,9 @@
 //! The consumer group task that folds follow events into `user_stats`.
 //!
-//! Each consumer (one per process, uniquely named) reads up to a batch of entries with XREADGROUP, applies
-//! them in one statement (`db::stats::apply_events`: delete the outbox rows, add their deltas), then XACKs.
+//! Each consumer (uniquely named, reading one partition of the stream) reads up to a batch of entries
+//! with XREADGROUP, applies them in one statement (`db::stats::apply_events`: delete the outbox rows, add
+//! their deltas), then XACKs. A process runs at least one consumer per partition it reads, and at most
+//! `FOLLOW_CONSUMERS` of them apply at once (they share the permits of `applying`).
 //! Applying keys on the outbox row, so an entry delivered twice, or published twice by the relay, counts
 //! once. If applying fails the entries are not acknowledged and their outbox rows stay pending: they are
 //! taken over and, after the delivery limit, dead-lettered, and then the relay publishes them again, so
@@ -27,6 +29,7 @@ use crate::{
 #[derive(Clone)]
 pub struct ConsumerSettings {
     pub redis: RedisTarget,
+    /// The partition this consumer reads.
     pub names: StreamNames,
     /// This consumer's name in the group; unique per process.
     pub consumer_name: String,
@@ -40,6 +43,9 @@ pub struct ConsumerSettings {
     pub max_deliveries: usize,
     /// Cache refreshes in flight for this consumer: a batch's refresh overlaps the next batch's SQL.
     pub refresh_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Batches the process's consumers may apply at once, shared by them: with more partitions than
+    /// `FOLLOW_CONSUMERS`, a consumer waits for a permit, not for one of the write pool's connections.
+    pub applying: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Cache refreshes a consumer lets run behind it before it waits.
@@ -47,7 +53,7 @@ pub const REFRESHES_IN_FLIGHT: usize = 4;
 
 /// Runs the consumer until `shutdown` turns true.
 pub async fn run(db: DbPool, settings: ConsumerSettings, mut shutdown: watch::Receiver<bool>) {
-    tracing::info!(consumer = %settings.consumer_name, stream = %settings.names.stream, "event consumer started");
+    tracing::info!(consumer = %settings.consumer_name, stream = %settings.names.stream, partition = settings.names.partition, "event consumer started");
     let mut conn: Option<Dedicated> = None;
     let mut backoff = Duration::from_millis(100);
     // Look for entries left pending by dead consumers a few times per idle period.
@@ -175,9 +181,17 @@ pub async fn process_entries(
             None => tracing::warn!(entry = %entry.id, "undecodable stream entry left pending"),
         }
     }
-    let started = std::time::Instant::now();
-    let applied = apply_with_retry(db, &outbox_ids).await?;
-    ::metrics::histogram!(CONSUMER_APPLY).record(started.elapsed().as_secs_f64());
+    let applied = {
+        let _permit = settings
+            .applying
+            .acquire()
+            .await
+            .context("the consumers' apply permits are closed")?;
+        let started = std::time::Instant::now();
+        let applied = apply_with_retry(db, &outbox_ids).await?;
+        ::metrics::histogram!(CONSUMER_APPLY).record(started.elapsed().as_secs_f64());
+        applied
+    };
     ::metrics::histogram!(CONSUMER_BATCH).record(entries.len() as f64);
     let applied_count = applied.events.len();
     ::metrics::counter!(EVENTS_APPLIED).increment(applied_count as u64);

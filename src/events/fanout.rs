@@ -1,7 +1,11 @@
 //! Live fan-out of follow events to this instance's subscribers.
 //!
 //! Every instance runs one [`run`] task that tails the stream with plain `XREAD` (no consumer group:
-//! each instance must see every event, and reading takes nothing from the counters' group). It hands
+//! each instance must see every event, and reading takes nothing from the counters' group): one `XREAD`
+//! loop per partition read, each on its own connection (a blocking read holds its connection, and on a
+//! Redis Cluster the partitions' keys live in different slots, so one `XREAD` of several would be
+//! refused as CROSSSLOT). Every change of one edge is in its followee's partition, so the partitions'
+//! interleaving never reorders an edge's events (but while P changes, see `ARCHITECTURE.md`). It hands
 //! each event to the [`EventHub`], which routes it only to the subscribers of the user it concerns (its
 //! recipient: the followee of a follow, an unfollow or a request, the follower of an approval; nobody
 //! for a removal), so the cost of an event does not grow with the number of subscribers of other users.
@@ -15,7 +19,9 @@
 //! followee) it keeps the highest id it delivered, and an event whose id is not above its edge's mark is
 //! a duplicate or an older change of that edge that a newer one already superseded (changes of one edge
 //! are numbered in commit order). A mark per followee would not do: two follows of one user commit and
-//! reach the stream in either order. See [`Marks`] for what bounds their memory.
+//! reach the stream in either order. Nor would one per pair of users: the approval of F's request to
+//! follow E (edge F → E, in E's partition) and E's follow of F (edge E → F, in F's partition) are both
+//! told to F about E, and may arrive in either order. See [`Marks`] for what bounds their memory.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
@@ -117,7 +123,7 @@ impl EventHub {
         let Some(subscribers) = by_user.get_mut(&recipient) else {
             return 0;
         };
-        if !marks.admit(recipient, event.counterpart(), event.id) {
+        if !marks.admit(recipient, (event.follower, event.followee), event.id) {
             return 0; // delivered before, or superseded
         }
         let mut delivered = 0;
@@ -214,18 +220,21 @@ impl Drop for EventSubscription {
 /// later behind that many events of subscribed users): it is treated as superseded.
 struct Marks {
     by_followee: HashMap<UserId, FolloweeMarks>,
-    /// (followee, follower, id) in the order marks were set; an entry whose mark has since moved on or
+    /// (recipient, edge, id) in the order marks were set; an entry whose mark has since moved on or
     /// gone is skipped when its turn comes. Its length bounds the number of marks.
-    order: VecDeque<(UserId, UserId, EventId)>,
+    order: VecDeque<(UserId, Edge, EventId)>,
     capacity: usize,
 }
+
+/// An edge, (follower, followee): one of its ends is the recipient whose marks hold it.
+type Edge = (UserId, UserId);
 
 #[derive(Default)]
 struct FolloweeMarks {
     /// Events of this followee with an id at or below it are dropped (raised by evictions).
     floor: EventId,
-    /// The highest id delivered per follower.
-    by_follower: HashMap<UserId, EventId>,
+    /// The highest id delivered per edge of this recipient.
+    by_edge: HashMap<Edge, EventId>,
 }
 
 impl Marks {
@@ -237,14 +246,14 @@ impl Marks {
         }
     }
 
-    /// Whether the event `id` of the pair (`recipient`, `other`) is new for the pair; if so it becomes
-    /// the pair's mark.
-    fn admit(&mut self, recipient: UserId, other: UserId, id: EventId) -> bool {
+    /// Whether the event `id` of `edge`, told to `recipient`, is new for the edge; if so it becomes the
+    /// edge's mark.
+    fn admit(&mut self, recipient: UserId, edge: Edge, id: EventId) -> bool {
         let followee = self.by_followee.entry(recipient).or_default();
         if id <= followee.floor {
             return false;
         }
-        match followee.by_follower.entry(other) {
+        match followee.by_edge.entry(edge) {
             Entry::Occupied(mark) if *mark.get() >= id => return false,
             Entry::Occupied(mut mark) => *mark.get_mut() = id,
             Entry::Vacant(mark) => {
@@ -254,17 +263,17 @@ impl Marks {
         // Make room first, so the queue never outgrows its capacity (nor its allocation, the next
         // power of two).
         while self.order.len() >= self.capacity {
-            let Some((followee_id, follower_id, id)) = self.order.pop_front() else {
+            let Some((followee_id, edge, id)) = self.order.pop_front() else {
                 break;
             };
             if let Some(followee) = self.by_followee.get_mut(&followee_id)
-                && followee.by_follower.get(&follower_id) == Some(&id)
+                && followee.by_edge.get(&edge) == Some(&id)
             {
-                followee.by_follower.remove(&follower_id);
+                followee.by_edge.remove(&edge);
                 followee.floor = followee.floor.max(id);
             }
         }
-        self.order.push_back((recipient, other, id));
+        self.order.push_back((recipient, edge, id));
         true
     }
 
@@ -276,16 +285,31 @@ impl Marks {
     /// Marks held (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.by_followee.values().map(|f| f.by_follower.len()).sum()
+        self.by_followee.values().map(|f| f.by_edge.len()).sum()
     }
 }
 
-/// Tails the stream and publishes every event to `hub`, until `shutdown` turns true. It starts at
-/// Redis's clock when it first connects (not at `$` when the first XREAD arrives, which would lose what
-/// was appended in between). After a failure it reconnects and goes on from the last entry it read;
-/// entry ids are Redis times, so even a Redis that lost its data numbers new entries after that one.
+/// Tails every partition in `partitions` and publishes every event to `hub`, until `shutdown` turns
+/// true.
 pub async fn run(
     hub: EventHub,
+    redis: crate::redis_pool::RedisTarget,
+    partitions: Vec<StreamNames>,
+    block: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let tails = partitions
+        .into_iter()
+        .map(|names| tail(&hub, redis.clone(), names, block, shutdown.clone()));
+    futures::future::join_all(tails).await;
+}
+
+/// Tails one partition. It starts at Redis's clock when it first connects (not at `$` when the first
+/// XREAD arrives, which would lose what was appended in between). After a failure it reconnects and goes
+/// on from the last entry it read; entry ids are Redis times, so even a Redis that lost its data numbers
+/// new entries after that one.
+async fn tail(
+    hub: &EventHub,
     redis: crate::redis_pool::RedisTarget,
     names: StreamNames,
     block: Duration,
@@ -304,7 +328,7 @@ pub async fn run(
                 Some(id) => id,
                 None => last_id.insert(redis_now(connection).await?),
             };
-            read_once(connection, &names, from, block, &hub).await
+            read_once(connection, &names, from, block, hub).await
         };
         let outcome = tokio::select! {
             outcome = step => outcome,
@@ -313,7 +337,7 @@ pub async fn run(
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "event fan-out read failed; retrying");
+                tracing::warn!(error = %format!("{err:#}"), partition = names.partition, "event fan-out read failed; retrying");
                 conn = None;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
@@ -460,22 +484,43 @@ mod tests {
         assert_eq!(hub.publish(&edge_event(11, 3, 2)), 0);
     }
 
+    #[tokio::test]
+    async fn an_approval_and_a_follow_back_told_to_one_user_arrive_in_either_order() {
+        // F (1) asked to follow E (2): E approves (edge 1 → 2, id 10), then follows F back (edge 2 → 1,
+        // id 11). Both are told to F; from two partitions, the follow back may be read first.
+        let hub = EventHub::new(8);
+        let mut requester = hub.subscribe(UserId(1));
+        let approval = FollowEvent {
+            kind: FollowEventKind::Approve,
+            ..edge_event(10, 1, 2)
+        };
+        let follow_back = edge_event(11, 2, 1);
+        assert_eq!(hub.publish(&follow_back), 1);
+        assert_eq!(
+            hub.publish(&approval),
+            1,
+            "the approval was taken for superseded"
+        );
+        assert_eq!(requester.next().await, Some(Delivery::Event(follow_back)));
+        assert_eq!(requester.next().await, Some(Delivery::Event(approval)));
+    }
+
     #[test]
     fn marks_stay_within_their_capacity_and_evicted_edges_still_drop_repeats() {
         let mut marks = Marks::new(4);
         for id in 1..=100 {
-            assert!(marks.admit(UserId(2), UserId(id), EventId(id)));
+            assert!(marks.admit(UserId(2), (UserId(id), UserId(2)), EventId(id)));
             assert!(marks.len() <= 4);
         }
         assert!(
-            !marks.admit(UserId(2), UserId(1), EventId(1)),
+            !marks.admit(UserId(2), (UserId(1), UserId(2)), EventId(1)),
             "below the floor"
         );
         assert!(
-            !marks.admit(UserId(2), UserId(100), EventId(100)),
+            !marks.admit(UserId(2), (UserId(100), UserId(2)), EventId(100)),
             "still marked"
         );
-        assert!(marks.admit(UserId(2), UserId(1), EventId(101)));
+        assert!(marks.admit(UserId(2), (UserId(1), UserId(2)), EventId(101)));
         marks.forget(UserId(2));
         assert_eq!(marks.len(), 0);
     }

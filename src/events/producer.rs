@@ -15,12 +15,17 @@
 //! an instance of an older version). Deleting such a field never changes what the relay decides, since
 //! it reads as missing either way. So the hash holds about one field per unapplied event, like the
 //! stream. It has no TTL: with `volatile-lru`, Redis never evicts it.
+//!
+//! **Partitions.** Each event goes to its followee's partition (`Streams::of`), and every script and
+//! pipeline here touches one partition's keys (its stream and its index share a hash tag): a batch of
+//! events is one script per partition it spans, run side by side, and the relay's check asks each
+//! row's partition under the current P.
 
 use std::{sync::Arc, sync::LazyLock, time::Duration};
 
 use anyhow::Context;
 
-use super::{StreamNames, codec};
+use super::{StreamNames, Streams, codec};
 use crate::{
     domain::{EventId, FollowEvent},
     redis_health::RedisHealth,
@@ -139,11 +144,11 @@ static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PU
 static CHECK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&CHECK_LUA));
 static SWEEP: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&SWEEP_LUA));
 
-/// Publishes events to the stream; cheap to clone.
+/// Publishes events to the stream's partitions; cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
     redis: RedisPool,
-    names: StreamNames,
+    streams: Streams,
     timeout: Duration,
     /// Who publishes (`writer` or `relay`), for metrics.
     source: &'static str,
@@ -154,7 +159,7 @@ pub struct Producer {
 impl Producer {
     pub fn new(
         redis: RedisPool,
-        names: StreamNames,
+        streams: Streams,
         timeout: Duration,
         source: &'static str,
         health: Arc<RedisHealth>,
@@ -165,15 +170,16 @@ impl Producer {
         Self {
             health,
             redis,
-            names,
+            streams,
             source,
             timeout,
         }
     }
 
     /// XADDs every event and records its entry in the published index, in one script and one round trip
-    /// (the stream is trimmed by the consumers' progress, never by length: see `recovery`). An error here
-    /// loses nothing: the events stay in the outbox and the relay publishes them later.
+    /// per partition, the partitions side by side (the stream is trimmed by the consumers' progress, never
+    /// by length: see `recovery`). An error here loses nothing: the events stay in the outbox and the
+    /// relay publishes them later.
     pub async fn publish(&self, events: &[FollowEvent]) -> anyhow::Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -184,46 +190,84 @@ impl Producer {
                 .increment(events.len() as u64);
             anyhow::bail!("Redis is considered down (circuit open)");
         }
-        let args = publish_args(events, false);
-        let call = async {
-            let _: i64 = self
-                .run(&PUBLISH, PUBLISH_LUA, &args)
-                .await
-                .context("XADD failed")?;
-            anyhow::Ok(())
-        };
-        let outcome = tokio::time::timeout(self.timeout, call)
+        let appends = self
+            .by_partition(events)
+            .into_iter()
+            .map(|(names, events)| async move {
+                let args = publish_args(&events, false);
+                let call = async {
+                    let _: i64 = self
+                        .run(names, &PUBLISH, PUBLISH_LUA, &args)
+                        .await
+                        .context("XADD failed")?;
+                    anyhow::Ok(())
+                };
+                let outcome = tokio::time::timeout(self.timeout, call)
+                    .await
+                    .context("XADD timed out")
+                    .and_then(|r| r);
+                let name = if outcome.is_ok() {
+                    EVENTS_PUBLISHED
+                } else {
+                    PUBLISH_FAILURES
+                };
+                ::metrics::counter!(name, "source" => self.source).increment(events.len() as u64);
+                outcome
+            });
+        futures::future::join_all(appends)
             .await
-            .context("XADD timed out")
-            .and_then(|r| r);
-        let name = if outcome.is_ok() {
-            EVENTS_PUBLISHED
-        } else {
-            PUBLISH_FAILURES
-        };
-        ::metrics::counter!(name, "source" => self.source).increment(events.len() as u64);
-        outcome
+            .into_iter()
+            .collect::<anyhow::Result<Vec<()>>>()
+            .map(|_| ())
     }
 
-    /// The append of these events as a rider of the cache's round trip (see `cache::l2::Rider`), their
-    /// entries marked as recorded in the caches by that same round trip, or
-    /// `None` when there is nothing to append or the breaker is open (counted as a failure: the relay
+    /// The append of these events split for the cache's round trip: the events of the partition with
+    /// the most of them ride it (a script's keys must share a Redis Cluster slot), their entries marked
+    /// as recorded in the caches by that same round trip; the others (none when P = 1) are left for
+    /// [`Producer::publish`] beside it, unmarked, since their append does not depend on that round trip.
+    /// No rider when there is nothing to append or the breaker is open (counted as a failure: the relay
     /// publishes them). Report the round trip's outcome with [`Producer::carried`].
-    pub fn rider(&self, events: &[FollowEvent]) -> Option<crate::cache::l2::Rider<'static>> {
+    pub fn rider(&self, events: &[FollowEvent]) -> Riding {
         if events.is_empty() {
-            return None;
+            return Riding::default();
         }
         if !self.health.is_closed() {
             ::metrics::counter!(PUBLISH_FAILURES, "source" => self.source)
                 .increment(events.len() as u64);
-            return None;
+            return Riding::default();
         }
-        Some(crate::cache::l2::Rider {
-            script: &PUBLISH,
-            text: PUBLISH_LUA,
-            keys: vec![self.names.stream.clone(), self.names.published.clone()],
-            args: publish_args(events, true),
-        })
+        let mut groups = self.by_partition(events);
+        let Some(largest) = (0..groups.len()).max_by_key(|&i| groups[i].1.len()) else {
+            return Riding::default();
+        };
+        let (names, riding) = groups.swap_remove(largest);
+        Riding {
+            rider: Some(crate::cache::l2::Rider {
+                script: &PUBLISH,
+                text: PUBLISH_LUA,
+                keys: vec![names.stream.clone(), names.published.clone()],
+                args: publish_args(&riding, true),
+            }),
+            carried: riding.len(),
+            beside: groups.into_iter().flat_map(|(_, events)| events).collect(),
+        }
+    }
+
+    /// The events grouped by the partition they go to, in partition order.
+    fn by_partition(&self, events: &[FollowEvent]) -> Vec<(&StreamNames, Vec<FollowEvent>)> {
+        let mut groups: Vec<(&StreamNames, Vec<FollowEvent>)> = Vec::new();
+        for event in events {
+            let names = self.streams.of(event.followee);
+            match groups
+                .iter_mut()
+                .find(|(n, _)| n.partition == names.partition)
+            {
+                Some((_, group)) => group.push(event.clone()),
+                None => groups.push((names, vec![event.clone()])),
+            }
+        }
+        groups.sort_by_key(|(names, _)| names.partition);
+        groups
     }
 
     /// Counts the events a rider carried, published or not.
@@ -236,48 +280,52 @@ impl Producer {
         ::metrics::counter!(name, "source" => self.source).increment(events as u64);
     }
 
-    /// Of these outbox ids, the ones whose entry is still on its way to the counters group (see the
-    /// module's documentation); one script per chunk of ids, each a consistent view of the stream, the group
-    /// and the index.
-    pub async fn in_flight(&self, outbox_ids: &[EventId]) -> anyhow::Result<Vec<EventId>> {
-        if outbox_ids.is_empty() {
+    /// Of these events (outbox rows), the ids of those whose entry is still on its way to the counters
+    /// group in their partition under the current P (see the module's documentation); one script per
+    /// partition and chunk of ids, each a consistent view of that partition's stream, group and index.
+    pub async fn in_flight(&self, events: &[FollowEvent]) -> anyhow::Result<Vec<EventId>> {
+        if events.is_empty() {
             return Ok(Vec::new());
         }
         if !self.health.is_closed() {
             anyhow::bail!("Redis is considered down (circuit open)");
         }
         let mut in_flight = Vec::new();
-        // A script holds Redis for its whole run: a few milliseconds at most per call.
-        for chunk in outbox_ids.chunks(CHECK_CHUNK) {
-            let mut args = Vec::with_capacity(1 + chunk.len());
-            args.push(self.names.group.to_owned());
-            args.extend(chunk.iter().map(ToString::to_string));
-            let flags: Vec<i64> =
-                tokio::time::timeout(self.timeout, self.run(&CHECK, &CHECK_LUA, &args))
-                    .await
-                    .context("the in-flight check timed out")?
-                    .context("the in-flight check failed")?;
-            anyhow::ensure!(
-                flags.len() == chunk.len(),
-                "the in-flight check answered {} flags for {} ids",
-                flags.len(),
-                chunk.len()
-            );
-            in_flight.extend(
-                chunk
-                    .iter()
-                    .zip(flags)
-                    .filter(|(_, flag)| *flag == 1)
-                    .map(|(id, _)| *id),
-            );
+        for (names, events) in self.by_partition(events) {
+            let outbox_ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+            // A script holds Redis for its whole run: a few milliseconds at most per call.
+            for chunk in outbox_ids.chunks(CHECK_CHUNK) {
+                let mut args = Vec::with_capacity(1 + chunk.len());
+                args.push(names.group.to_owned());
+                args.extend(chunk.iter().map(ToString::to_string));
+                let flags: Vec<i64> =
+                    tokio::time::timeout(self.timeout, self.run(names, &CHECK, &CHECK_LUA, &args))
+                        .await
+                        .context("the in-flight check timed out")?
+                        .context("the in-flight check failed")?;
+                anyhow::ensure!(
+                    flags.len() == chunk.len(),
+                    "the in-flight check answered {} flags for {} ids",
+                    flags.len(),
+                    chunk.len()
+                );
+                in_flight.extend(
+                    chunk
+                        .iter()
+                        .zip(flags)
+                        .filter(|(_, flag)| *flag == 1)
+                        .map(|(id, _)| *id),
+                );
+            }
         }
         Ok(in_flight)
     }
 
-    /// Runs a script over the stream and the published index by its hash, sending the text only when
-    /// Redis does not know it (after a restart).
+    /// Runs a script over one partition's stream and published index by its hash, sending the text only
+    /// when Redis does not know it (after a restart).
     async fn run<T: redis::FromRedisValue>(
         &self,
+        names: &StreamNames,
         script: &redis::Script,
         text: &str,
         args: &[String],
@@ -286,8 +334,8 @@ impl Producer {
             let mut cmd = redis::cmd(command);
             cmd.arg(body)
                 .arg(2)
-                .arg(&self.names.stream)
-                .arg(&self.names.published)
+                .arg(&names.stream)
+                .arg(&names.published)
                 .arg(args);
             cmd
         };
@@ -300,6 +348,17 @@ impl Producer {
             other => other,
         }
     }
+}
+
+/// What [`Producer::rider`] makes of a group commit's events.
+#[derive(Default)]
+pub struct Riding {
+    /// The script that rides the cache's round trip, if any.
+    pub rider: Option<crate::cache::l2::Rider<'static>>,
+    /// Events the rider carries, for [`Producer::carried`].
+    pub carried: usize,
+    /// Events of the other partitions, for [`Producer::publish`] beside the round trip.
+    pub beside: Vec<FollowEvent>,
 }
 
 /// The arguments of `PUBLISH_LUA` for these events (at least one).
@@ -323,7 +382,7 @@ fn publish_args(events: &[FollowEvent], recorded: bool) -> Vec<String> {
     args
 }
 
-/// Deletes the fields of one page of the published index whose entry is no longer in flight; returns
+/// Deletes the fields of one page of a partition's published index whose entry is no longer in flight; returns
 /// the next HSCAN cursor (`0`: the sweep went round) and how many fields it deleted.
 pub async fn sweep_published(
     conn: &mut crate::redis_pool::Dedicated,

@@ -7,9 +7,15 @@
 //! looked at once per `relay_after`. The relay then asks Redis which of the claimed rows still have an
 //! entry on its way to the counters group (`Producer::in_flight`) and publishes only the others: a
 //! lagging consumer makes the relay look, never append, so the stream holds one entry per unapplied row.
+//!
+//! With partitions, a row is checked in, and republished to, its followee's partition under the current
+//! P. An entry left in another partition (P changed and nothing reads the old layout any more) has its
+//! field in that partition's index, so the row reads as missing here and is republished where it is read:
+//! an entry stranded by a change of P is late by `relay_after`, never lost.
 
 use std::{collections::HashSet, time::Duration};
 
+use anyhow::Context;
 use tokio::sync::watch;
 
 use super::producer::Producer;
@@ -75,7 +81,7 @@ pub async fn relay_once(
         return Ok(pass);
     }
     let ids: Vec<EventId> = rows.iter().map(|r| r.id).collect();
-    let in_flight: HashSet<EventId> = producer.in_flight(&ids).await?.into_iter().collect();
+    let in_flight: HashSet<EventId> = producer.in_flight(&rows).await?.into_iter().collect();
     pass.in_flight = in_flight.len();
     let missing: Vec<EventId> = ids
         .into_iter()
@@ -108,16 +114,17 @@ pub async fn relay_once(
     Ok(pass)
 }
 
-/// Every `interval`, trims the stream below the oldest entry the counters group still needs, deletes
-/// long-idle consumers with nothing pending from the group, and sweeps a page of the published index.
+/// Every `interval`, in each partition read: trims the stream below the oldest entry the counters group
+/// still needs, deletes long-idle consumers with nothing pending from the group, and sweeps a page of
+/// the published index.
 pub async fn trim_forever(
     redis: crate::redis_pool::RedisTarget,
-    names: super::StreamNames,
+    partitions: Vec<super::StreamNames>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conn = None;
-    let mut sweep_cursor = 0;
+    let mut sweep_cursors = vec![0; partitions.len()];
     while !*shutdown.borrow() {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {},
@@ -129,36 +136,47 @@ pub async fn trim_forever(
                 .ok();
         }
         let Some(c) = conn.as_mut() else { continue };
-        if let Err(err) = super::recovery::trim_once(c, &names).await {
-            tracing::warn!(error = %format!("{err:#}"), "stream trim failed");
-            conn = None;
-            continue;
-        }
-        let forget = super::recovery::CONSUMER_FORGOTTEN_AFTER;
-        match super::recovery::forget_idle_consumers(c, &names, forget).await {
-            Ok(0) => {}
-            Ok(forgotten) => tracing::info!(
-                consumers = forgotten,
-                "deleted consumers idle for an hour with nothing pending from the group"
-            ),
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "forgetting idle consumers failed")
-            }
-        }
-        match super::producer::sweep_published(c, &names, sweep_cursor, SWEEP_PAGE).await {
-            Ok((next, swept)) => {
-                sweep_cursor = next;
-                if swept > 0 {
-                    tracing::info!(
-                        fields = swept,
-                        "swept published-index fields of entries no longer in flight"
-                    );
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "published-index sweep failed");
+        for (names, sweep_cursor) in partitions.iter().zip(sweep_cursors.iter_mut()) {
+            if let Err(err) = trim_partition(c, names, sweep_cursor).await {
+                tracing::warn!(error = %format!("{err:#}"), partition = names.partition, "stream upkeep failed");
                 conn = None;
+                break;
             }
         }
     }
+}
+
+/// One partition's upkeep pass: trim, forget idle consumers, sweep a page of the published index.
+async fn trim_partition(
+    c: &mut crate::redis_pool::Dedicated,
+    names: &super::StreamNames,
+    sweep_cursor: &mut u64,
+) -> anyhow::Result<()> {
+    super::recovery::trim_once(c, names)
+        .await
+        .context("stream trim failed")?;
+    let forget = super::recovery::CONSUMER_FORGOTTEN_AFTER;
+    match super::recovery::forget_idle_consumers(c, names, forget).await {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::info!(
+            consumers = forgotten,
+            partition = names.partition,
+            "deleted consumers idle for an hour with nothing pending from the group"
+        ),
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "forgetting idle consumers failed")
+        }
+    }
+    let (next, swept) = super::producer::sweep_published(c, names, *sweep_cursor, SWEEP_PAGE)
+        .await
+        .context("published-index sweep failed")?;
+    *sweep_cursor = next;
+    if swept > 0 {
+        tracing::info!(
+            fields = swept,
+            partition = names.partition,
+            "swept published-index fields of entries no longer in flight"
+        );
+    }
+    Ok(())
 }

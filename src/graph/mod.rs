@@ -632,13 +632,18 @@ impl group_commit::Publish for Publisher {
         }
         // A request changes no edge: nothing to record but its append.
         let statuses: Vec<EdgeState> = events.iter().filter_map(FollowEvent::edge_state).collect();
-        let rider = self.producer.rider(events);
-        let carried = rider.is_some();
-        let done = self.caches.record_statuses(&statuses, rider.as_ref()).await;
+        // One partition's append rides the round trip; the others' (P > 1) go beside it.
+        let riding = self.producer.rider(events);
+        let carried = riding.rider.is_some();
+        let (done, beside) = tokio::join!(
+            self.caches
+                .record_statuses(&statuses, riding.rider.as_ref()),
+            self.producer.publish(&riding.beside)
+        );
         if carried {
-            self.producer.carried(events.len(), done);
+            self.producer.carried(riding.carried, done);
         }
-        if !(carried && done) {
+        if !(carried && done) || beside.is_err() {
             tracing::warn!(
                 events = events.len(),
                 "XADD failed or skipped; the relay will publish these events"

@@ -251,7 +251,7 @@ async fn app_with_users() -> TestApp {
 async fn a_node_killed_mid_run_loses_nothing_acknowledged_and_counts_converge() {
     let app = app_with_users().await;
     // The node that holds the event stream: the worst one to lose.
-    let victim = owner_of(&first_seed(), &app.app.stream.stream).await;
+    let victim = owner_of(&first_seed(), &app.app.stream.first().stream).await;
     let writers = Writers::start(&app);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = Command::new("redis-cli")
@@ -371,7 +371,7 @@ async fn a_resharding_mid_run_loses_nothing_acknowledged_and_counts_converge() {
     let any = *ids.keys().next().expect("a master");
     // The stream's slot and the slots of every user's keys move to another master while the writers
     // write, one after another; then they move back, so the cluster ends as it began.
-    let mut keys = vec![app.app.stream.stream.clone()];
+    let mut keys = vec![app.app.stream.first().stream.clone()];
     keys.extend((1..=USERS).map(|user| format!("{{{user}}}")));
     let mut moves = Vec::new();
     for key in &keys {
@@ -391,7 +391,7 @@ async fn a_resharding_mid_run_loses_nothing_acknowledged_and_counts_converge() {
         migrate_slot(&ids, *slot, *from, *to).await;
     }
     assert_ne!(
-        owner_of(&seed, &app.app.stream.stream).await,
+        owner_of(&seed, &app.app.stream.first().stream).await,
         moves[0].1,
         "the stream's slot moved"
     );

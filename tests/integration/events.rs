@@ -22,12 +22,12 @@ async fn read_unacknowledged(
 ) {
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg(app.app.stream.group)
+        .arg(app.app.stream.first().group)
         .arg(consumer)
         .arg("COUNT")
         .arg(count)
         .arg("STREAMS")
-        .arg(&app.app.stream.stream)
+        .arg(&app.app.stream.first().stream)
         .arg(">")
         .query_async(conn)
         .await
@@ -107,7 +107,7 @@ fn settings(app: &TestApp, batch_size: usize) -> ConsumerSettings {
 fn settings_named(app: &TestApp, batch_size: usize, name: &str) -> ConsumerSettings {
     ConsumerSettings {
         redis: app.app.config.redis.clone(),
-        names: app.app.stream.clone(),
+        names: app.app.stream.first().clone(),
         consumer_name: name.to_owned(),
         batch_size,
         block: Duration::from_millis(50),
@@ -117,6 +117,7 @@ fn settings_named(app: &TestApp, batch_size: usize, name: &str) -> ConsumerSetti
         refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
             consumer::REFRESHES_IN_FLIGHT,
         )),
+        applying: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
     }
 }
 
@@ -124,7 +125,7 @@ async fn connection(app: &TestApp) -> follow_service::redis_pool::Dedicated {
     let mut conn = follow_service::redis_pool::dedicated(&app.app.config.redis, Duration::ZERO)
         .await
         .expect("Redis is reachable for tests");
-    consumer::ensure_group(&mut conn, &app.app.stream)
+    consumer::ensure_group(&mut conn, app.app.stream.first())
         .await
         .expect("group");
     conn
@@ -141,7 +142,7 @@ async fn a_redelivered_or_duplicated_entry_changes_the_counts_once() {
     let entries = stream_entries(&app, &mut conn).await;
     assert_eq!(entries.ids.len(), 1);
     let mut xadd = redis::cmd("XADD");
-    xadd.arg(&app.app.stream.stream).arg("*");
+    xadd.arg(&app.app.stream.first().stream).arg("*");
     for field in entries.ids[0].map.keys() {
         xadd.arg(field)
             .arg(entries.ids[0].get::<String>(field).expect("text field"));
@@ -367,8 +368,8 @@ async fn entries_held_by_a_dead_consumer_are_taken_over() {
     app.assert_counts_exact().await;
     assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
     let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(&app.app.stream.stream)
-        .arg(app.app.stream.group)
+        .arg(&app.app.stream.first().stream)
+        .arg(app.app.stream.first().group)
         .query_async(&mut conn)
         .await
         .expect("XPENDING");
@@ -384,7 +385,7 @@ async fn a_poison_entry_goes_to_the_dead_letters_after_the_delivery_limit() {
     app.create_users(1..=2).await;
     let mut conn = connection(&app).await;
     let poison: String = redis::cmd("XADD")
-        .arg(&app.app.stream.stream)
+        .arg(&app.app.stream.first().stream)
         .arg("*")
         .arg("garbage")
         .arg("yes")
@@ -410,7 +411,7 @@ async fn a_poison_entry_goes_to_the_dead_letters_after_the_delivery_limit() {
     }
     assert_eq!(dead, 1);
     let letters: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&app.app.stream.dead_letters)
+        .arg(&app.app.stream.first().dead_letters)
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -451,7 +452,7 @@ async fn losing_the_stream_mid_flight_loses_no_event() {
             tokio::time::sleep(Duration::from_millis(30)).await;
             let mut conn = connection(&app).await;
             let _: i64 = redis::cmd("DEL")
-                .arg(&app.app.stream.stream)
+                .arg(&app.app.stream.first().stream)
                 .query_async(&mut conn)
                 .await
                 .expect("DEL stream");
@@ -475,11 +476,11 @@ async fn trimming_keeps_every_entry_not_yet_applied() {
     consumer::consume_once(&app.app.db, &mut conn, &settings)
         .await
         .expect("consume");
-    follow_service::events::recovery::trim_once(&mut conn, &app.app.stream)
+    follow_service::events::recovery::trim_once(&mut conn, app.app.stream.first())
         .await
         .expect("trim");
     let length: i64 = redis::cmd("XLEN")
-        .arg(&app.app.stream.stream)
+        .arg(&app.app.stream.first().stream)
         .query_async(&mut conn)
         .await
         .expect("XLEN");
@@ -533,7 +534,7 @@ async fn stream_entries(
     conn: &mut follow_service::redis_pool::Dedicated,
 ) -> redis::streams::StreamRangeReply {
     redis::cmd("XRANGE")
-        .arg(&app.app.stream.stream)
+        .arg(&app.app.stream.first().stream)
         .arg("-")
         .arg("+")
         .query_async(conn)
@@ -576,7 +577,7 @@ async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_e
     read_unacknowledged(&app, &mut conn, "stalled", 2).await;
     let entries = stream_entries(&app, &mut conn).await;
     let _: i64 = redis::cmd("XDEL")
-        .arg(&app.app.stream.stream)
+        .arg(&app.app.stream.first().stream)
         .arg(&entries.ids[3].id)
         .query_async(&mut conn)
         .await
@@ -623,7 +624,7 @@ async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_e
 /// Fields of the published index (outbox id → stream entry).
 async fn published_fields(app: &TestApp, conn: &mut follow_service::redis_pool::Dedicated) -> i64 {
     redis::cmd("HLEN")
-        .arg(&app.app.stream.published)
+        .arg(&app.app.stream.first().published)
         .query_async(conn)
         .await
         .expect("HLEN")
@@ -640,31 +641,35 @@ async fn the_sweep_forgets_published_entries_no_longer_in_flight_and_keeps_the_o
     // A consumer that acknowledges without forgetting (an older version, or one that died in between).
     let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg(app.app.stream.group)
+        .arg(app.app.stream.first().group)
         .arg("old")
         .arg("COUNT")
         .arg(1)
         .arg("STREAMS")
-        .arg(&app.app.stream.stream)
+        .arg(&app.app.stream.first().stream)
         .arg(">")
         .query_async(&mut conn)
         .await
         .expect("XREADGROUP");
     let entry = &read.keys[0].ids[0];
     let _: i64 = redis::cmd("XACK")
-        .arg(&app.app.stream.stream)
-        .arg(app.app.stream.group)
+        .arg(&app.app.stream.first().stream)
+        .arg(app.app.stream.first().group)
         .arg(&entry.id)
         .query_async(&mut conn)
         .await
         .expect("XACK");
-    let (cursor, swept) =
-        follow_service::events::producer::sweep_published(&mut conn, &app.app.stream, 0, 100)
-            .await
-            .expect("sweep");
+    let (cursor, swept) = follow_service::events::producer::sweep_published(
+        &mut conn,
+        app.app.stream.first(),
+        0,
+        100,
+    )
+    .await
+    .expect("sweep");
     assert_eq!((cursor, swept), (0, 1));
     let left: Vec<String> = redis::cmd("HKEYS")
-        .arg(&app.app.stream.published)
+        .arg(&app.app.stream.first().published)
         .query_async(&mut conn)
         .await
         .expect("HKEYS");
@@ -707,7 +712,7 @@ async fn a_subscriber_gets_an_event_once_even_when_it_is_delivered_again_much_la
     for n in 0..10_000i64 {
         others
             .cmd("XADD")
-            .arg(&app.app.stream.stream)
+            .arg(&app.app.stream.first().stream)
             .arg("*")
             .arg("id")
             .arg(1_000_000 + n)
@@ -723,7 +728,7 @@ async fn a_subscriber_gets_an_event_once_even_when_it_is_delivered_again_much_la
     }
     let () = others.query_async(&mut conn).await.expect("XADD others");
     let mut again = redis::cmd("XADD");
-    again.arg(&app.app.stream.stream).arg("*");
+    again.arg(&app.app.stream.first().stream).arg("*");
     for (field, value) in &original.ids[0].map {
         let value: String = redis::from_redis_value_ref(value).expect("text field");
         again.arg(field).arg(value);
@@ -801,8 +806,8 @@ async fn consumer_names(
 ) -> Vec<String> {
     let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(&app.app.stream.stream)
-        .arg(app.app.stream.group)
+        .arg(&app.app.stream.first().stream)
+        .arg(app.app.stream.first().group)
         .query_async(conn)
         .await
         .expect("XINFO CONSUMERS");
@@ -818,8 +823,8 @@ async fn consumers_long_idle_with_nothing_pending_leave_the_group_and_holders_st
     // A process that stopped long ago (nothing pending), and one that died holding an entry.
     let _: () = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
-        .arg(&app.app.stream.stream)
-        .arg(app.app.stream.group)
+        .arg(&app.app.stream.first().stream)
+        .arg(app.app.stream.first().group)
         .arg("gone-long-ago")
         .query_async(&mut conn)
         .await
@@ -829,7 +834,7 @@ async fn consumers_long_idle_with_nothing_pending_leave_the_group_and_holders_st
 
     let forgotten = follow_service::events::recovery::forget_idle_consumers(
         &mut conn,
-        &app.app.stream,
+        app.app.stream.first(),
         Duration::from_millis(20),
     )
     .await
@@ -839,7 +844,7 @@ async fn consumers_long_idle_with_nothing_pending_leave_the_group_and_holders_st
     // Not idle long enough: nobody goes.
     let forgotten = follow_service::events::recovery::forget_idle_consumers(
         &mut conn,
-        &app.app.stream,
+        app.app.stream.first(),
         Duration::from_secs(3600),
     )
     .await

@@ -25,6 +25,7 @@ mod limits;
 mod model;
 mod over_http;
 mod pagination;
+mod partitions;
 mod queries;
 mod ratelimit;
 mod subscriptions;

@@ -115,7 +115,7 @@ async fn an_event_published_twice_arrives_once() {
         .await
         .expect("Redis");
     let _: i64 = follow_service::redis_pool::redis::cmd("DEL")
-        .arg(&app.app.stream.stream)
+        .arg(&app.app.stream.first().stream)
         .query_async(&mut conn)
         .await
         .expect("DEL");
