@@ -1,6 +1,7 @@
 //! Queries on `blocks`: making and lifting blocks, which blocks stand between pairs, and a blocker's list.
 
-use diesel::sql_types::{BigInt, Nullable, Timestamptz};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::FollowEvent;
@@ -9,6 +10,7 @@ use super::{
     Count, StoreResult,
     follows::{Keyset, ListEntry},
     pairs::{PairError, lock_users},
+    prepared::prepared,
 };
 
 /// What a block did.
@@ -104,32 +106,59 @@ pub async fn existing(
 }
 
 /// Whom `blocker` blocks, newest first, after `after` if set: at most `limit` entries (`followed_at`
-/// is when the block began), by a range scan of `blocks_blocker_recent_idx`.
+/// is when the block began), by a range scan of `blocks_blocker_recent_idx`. Prepared statements (one
+/// round trip, no planning after a connection's first call), a first page and a later one apart so that
+/// each keeps a plan that bounds its range scan.
 pub async fn page(
     conn: &mut AsyncPgConnection,
     blocker: i64,
     after: Option<Keyset>,
     limit: i64,
 ) -> StoreResult<Vec<ListEntry>> {
-    Ok(diesel::sql_query(
-        "SELECT blocker_id AS owner_id, blocked_id AS user_id, created_at AS followed_at \
-         FROM blocks WHERE blocker_id = $1 \
-           AND ($2::timestamptz IS NULL OR (created_at, blocked_id) < ($2, $3)) \
-         ORDER BY created_at DESC, blocked_id DESC LIMIT $4",
-    )
-    .bind::<BigInt, _>(blocker)
-    .bind::<Nullable<Timestamptz>, _>(after.map(|k| k.at))
-    .bind::<BigInt, _>(after.map_or(0, |k| k.user_id))
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await?)
+    Ok(match after {
+        None => BlockedFirstPage { blocker, limit }.load(conn).await?,
+        Some(k) => {
+            BlockedPageAfter {
+                blocker,
+                at: k.at,
+                id: k.user_id,
+                limit,
+            }
+            .load(conn)
+            .await?
+        }
+    })
 }
 
 /// How many users `blocker` blocks.
 pub async fn count(conn: &mut AsyncPgConnection, blocker: i64) -> StoreResult<i64> {
-    let row: Count = diesel::sql_query("SELECT count(*) AS n FROM blocks WHERE blocker_id = $1")
-        .bind::<BigInt, _>(blocker)
-        .get_result(conn)
-        .await?;
+    let row: Count = BlockedCount { blocker }.get_result(conn).await?;
     Ok(row.n)
 }
+
+prepared!(
+    /// The newest blocks of a blocker.
+    BlockedFirstPage { blocker: i64 => BigInt, limit: i64 => BigInt } =
+    "SELECT blocker_id AS owner_id, blocked_id AS user_id, created_at AS followed_at \
+     FROM blocks WHERE blocker_id = ? \
+     ORDER BY created_at DESC, blocked_id DESC LIMIT ?"
+);
+
+prepared!(
+    /// A blocker's blocks after a keyset position.
+    BlockedPageAfter {
+        blocker: i64 => BigInt,
+        at: DateTime<Utc> => Timestamptz,
+        id: i64 => BigInt,
+        limit: i64 => BigInt,
+    } =
+    "SELECT blocker_id AS owner_id, blocked_id AS user_id, created_at AS followed_at \
+     FROM blocks WHERE blocker_id = ? AND (created_at, blocked_id) < (?, ?) \
+     ORDER BY created_at DESC, blocked_id DESC LIMIT ?"
+);
+
+prepared!(
+    /// How many users a blocker blocks.
+    BlockedCount { blocker: i64 => BigInt } =
+    "SELECT count(*) AS n FROM blocks WHERE blocker_id = ?"
+);

@@ -13,6 +13,7 @@ use super::{
     Count, StoreResult,
     follows::{Keyset, ListEntry},
     pairs::{PairError, lock_users},
+    prepared::prepared,
 };
 
 /// What an approval did.
@@ -150,32 +151,57 @@ pub async fn existing(
 
 /// Who asked to follow `target`, newest first, after `after` if set: at most `limit` entries
 /// (`followed_at` is when the request was made), by a range scan of `follow_requests_target_recent_idx`.
+/// Prepared statements, a first page and a later one apart, as the blocker's list (`blocks::page`).
 pub async fn page(
     conn: &mut AsyncPgConnection,
     target: i64,
     after: Option<Keyset>,
     limit: i64,
 ) -> StoreResult<Vec<ListEntry>> {
-    Ok(diesel::sql_query(
-        "SELECT target_id AS owner_id, requester_id AS user_id, created_at AS followed_at \
-         FROM follow_requests WHERE target_id = $1 \
-           AND ($2::timestamptz IS NULL OR (created_at, requester_id) < ($2, $3)) \
-         ORDER BY created_at DESC, requester_id DESC LIMIT $4",
-    )
-    .bind::<BigInt, _>(target)
-    .bind::<Nullable<Timestamptz>, _>(after.map(|k| k.at))
-    .bind::<BigInt, _>(after.map_or(0, |k| k.user_id))
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await?)
+    Ok(match after {
+        None => RequestsFirstPage { target, limit }.load(conn).await?,
+        Some(k) => {
+            RequestsPageAfter {
+                target,
+                at: k.at,
+                id: k.user_id,
+                limit,
+            }
+            .load(conn)
+            .await?
+        }
+    })
 }
 
 /// How many requests are pending to `target`.
 pub async fn count(conn: &mut AsyncPgConnection, target: i64) -> StoreResult<i64> {
-    let row: Count =
-        diesel::sql_query("SELECT count(*) AS n FROM follow_requests WHERE target_id = $1")
-            .bind::<BigInt, _>(target)
-            .get_result(conn)
-            .await?;
+    let row: Count = RequestsCount { target }.get_result(conn).await?;
     Ok(row.n)
 }
+
+prepared!(
+    /// The newest requests pending to a target.
+    RequestsFirstPage { target: i64 => BigInt, limit: i64 => BigInt } =
+    "SELECT target_id AS owner_id, requester_id AS user_id, created_at AS followed_at \
+     FROM follow_requests WHERE target_id = ? \
+     ORDER BY created_at DESC, requester_id DESC LIMIT ?"
+);
+
+prepared!(
+    /// The requests pending to a target after a keyset position.
+    RequestsPageAfter {
+        target: i64 => BigInt,
+        at: chrono::DateTime<chrono::Utc> => Timestamptz,
+        id: i64 => BigInt,
+        limit: i64 => BigInt,
+    } =
+    "SELECT target_id AS owner_id, requester_id AS user_id, created_at AS followed_at \
+     FROM follow_requests WHERE target_id = ? AND (created_at, requester_id) < (?, ?) \
+     ORDER BY created_at DESC, requester_id DESC LIMIT ?"
+);
+
+prepared!(
+    /// How many requests are pending to a target.
+    RequestsCount { target: i64 => BigInt } =
+    "SELECT count(*) AS n FROM follow_requests WHERE target_id = ?"
+);

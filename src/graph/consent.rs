@@ -29,7 +29,7 @@ pub struct ConsentOutcome {
 }
 
 /// The lists only their owner, the viewer, reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ViewerList {
     /// Whom the viewer blocks.
     Blocking,
@@ -181,7 +181,9 @@ impl FollowGraph {
         Ok(probe(&mut conn, pairs).await?.into_iter().collect())
     }
 
-    /// A page of one of the viewer's own lists, newest first, `limit` rows at most.
+    /// A page of one of the viewer's own lists, newest first, `limit` rows at most. Consent data: read
+    /// from the primary every time, never cached (a request reads each page it asks once: see
+    /// `graphql::loaders::Loaders::viewer_list_page`).
     pub async fn viewer_list_page(
         &self,
         list: ViewerList,
@@ -198,7 +200,7 @@ impl FollowGraph {
         })
     }
 
-    /// How long one of the viewer's own lists is.
+    /// How long one of the viewer's own lists is, read from the primary as its pages.
     pub async fn viewer_list_count(
         &self,
         list: ViewerList,

@@ -1,12 +1,15 @@
 //! Who may follow whom, as the viewer decides it: blocks, removing a follower, and the follow requests
 //! to a private account (mutations, and the two lists only the viewer sees).
 
+use std::sync::Arc;
+
 use async_graphql::{Context, ID, Object, Result};
 
 use super::{
     connection::page_size,
     cursor,
     ids::parse_user_id,
+    loaders::ViewerPageKey,
     mutation::require_viewer,
     scalars::DateTime,
     types::{BlockPayload, FollowerPayload, PageInfo, User, load_user, load_users, loaders},
@@ -157,9 +160,10 @@ impl ConsentQuery {
 }
 
 /// A page of one of the viewer's lists, fetched one row beyond the page; its length is read only if
-/// `totalCount` is asked for.
+/// `totalCount` is asked for. Both go through the request's loaders: the same list asked under many
+/// aliases is read once per request (from the primary, never cached), not once per occurrence.
 struct UserPage {
-    rows: Vec<ListEntry>,
+    rows: Arc<Vec<ListEntry>>,
     shown: usize,
     list: ViewerList,
     viewer_id: i64,
@@ -176,9 +180,13 @@ impl UserPage {
         let viewer = require_viewer(ctx)?;
         let size = page_size(first)?;
         let after = after.as_deref().map(cursor::decode).transpose()?;
-        let rows = ctx
-            .data::<FollowGraph>()?
-            .viewer_list_page(list, viewer.user_id, after, size + 1)
+        let rows = loaders(ctx)?
+            .viewer_list_page(ViewerPageKey {
+                list,
+                viewer_id: viewer.user_id,
+                after,
+                limit: size + 1,
+            })
             .await?;
         let shown = rows.len().min(size as usize);
         Ok(Self {
@@ -208,8 +216,7 @@ impl UserPage {
     }
 
     async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
-        let n = ctx
-            .data::<FollowGraph>()?
+        let n = loaders(ctx)?
             .viewer_list_count(self.list, self.viewer_id)
             .await?;
         Ok(n.clamp(0, i64::from(i32::MAX)) as i32)

@@ -1,12 +1,14 @@
 //! Loaders (batched by `batch.rs`): every per-user and per-pair field of a response is gathered into
 //! one batched lookup per kind, so a page of 100 users costs a handful of queries, not hundreds.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, hash::Hash, sync::Arc, time::Duration};
 
 use async_graphql::dataloader::Loader;
 
 use super::{batch::Batched, to_graphql_error};
-use crate::graph::{Counts, FollowGraph, Keyset, KnownPage, ListEntry, ListKind, UserRecord};
+use crate::graph::{
+    Counts, FollowGraph, Keyset, KnownPage, ListEntry, ListKind, UserRecord, ViewerList,
+};
 
 /// The loaders of one request (created per request, so nothing leaks between viewers).
 ///
@@ -30,6 +32,11 @@ pub struct Loaders {
     known_counts: Batched<KnownCountKey, KnownCountLoader>,
     blocks: Batched<(i64, i64), PairFactLoader>,
     requests: Batched<(i64, i64), PairFactLoader>,
+    /// Pages of the viewer's own lists (blocks, requests) this request has read: every occurrence of
+    /// one page shares one read.
+    viewer_pages: Memo<ViewerPageKey, Arc<Vec<ListEntry>>>,
+    /// Lengths of the viewer's own lists this request has read, one read per list.
+    viewer_counts: Memo<(ViewerList, i64), i64>,
     graph: FollowGraph,
     viewer_id: Option<i64>,
 }
@@ -62,6 +69,8 @@ impl Loaders {
                 PairFactLoader(graph.clone(), PairFact::Request),
                 delay,
             ),
+            viewer_pages: Memo::default(),
+            viewer_counts: Memo::default(),
             graph: graph.clone(),
             viewer_id,
         }
@@ -214,6 +223,43 @@ impl Loaders {
         Ok(Box::pin(self.blocks.load_one(pair)).await?.unwrap_or(false))
     }
 
+    /// A page of one of the viewer's own lists (`key.limit` rows at most). Consent data: read from the
+    /// primary by each request, never cached across requests; but one read per distinct page within a
+    /// request, shared by all its occurrences (an alias flood of `blocking` was one statement each).
+    pub async fn viewer_list_page(
+        &self,
+        key: ViewerPageKey,
+    ) -> async_graphql::Result<Arc<Vec<ListEntry>>> {
+        let graph = &self.graph;
+        Box::pin(self.viewer_pages.get_or_load(key, || async move {
+            graph
+                .viewer_list_page(key.list, key.viewer_id, key.after, key.limit)
+                .await
+                .map(Arc::new)
+                .map_err(to_graphql_error)
+        }))
+        .await
+    }
+
+    /// How long one of the viewer's own lists is: read once per request, as its pages.
+    pub async fn viewer_list_count(
+        &self,
+        list: ViewerList,
+        viewer_id: i64,
+    ) -> async_graphql::Result<i64> {
+        let graph = &self.graph;
+        Box::pin(
+            self.viewer_counts
+                .get_or_load((list, viewer_id), || async move {
+                    graph
+                        .viewer_list_count(list, viewer_id)
+                        .await
+                        .map_err(to_graphql_error)
+                }),
+        )
+        .await
+    }
+
     /// Whether `pair.0` has a request pending to follow `pair.1` (batched as blocks; not cached).
     pub async fn request(&self, pair: (i64, i64)) -> async_graphql::Result<bool> {
         Ok(Box::pin(self.requests.load_one(pair))
@@ -245,6 +291,51 @@ impl Loader<(i64, i64)> for PairFactLoader {
         }
         .map_err(to_graphql_error)?;
         Ok(keys.iter().map(|k| (*k, found.contains(k))).collect())
+    }
+}
+
+/// One page of one of a viewer's own lists. The viewer is part of the key, as in [`KnownKey`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ViewerPageKey {
+    pub list: ViewerList,
+    pub viewer_id: i64,
+    pub after: Option<Keyset>,
+    /// Rows to fetch: the page size plus one, to learn whether a next page exists.
+    pub limit: i64,
+}
+
+/// Values read once per request and key: the first caller reads, callers meanwhile wait for its read,
+/// later callers take it. No batching window: a [`Batched`] leader gathers only the keys asked while it
+/// yields, and fields that reach their key at different wakeups (each `totalCount` of an alias flood
+/// of the viewer's lists, once its page came) each ended up loading alone. A failed read is not kept:
+/// the next caller reads again.
+struct Memo<K, V> {
+    cells: std::sync::Mutex<HashMap<K, Arc<tokio::sync::OnceCell<V>>>>,
+}
+
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Self {
+            cells: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Memo<K, V> {
+    async fn get_or_load<F, Fut>(&self, key: K, load: F) -> async_graphql::Result<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = async_graphql::Result<V>>,
+    {
+        let cell = self
+            .cells
+            .lock()
+            .ok()
+            .map(|mut cells| cells.entry(key).or_default().clone());
+        match cell {
+            Some(cell) => cell.get_or_try_init(load).await.cloned(),
+            None => load().await,
+        }
     }
 }
 
