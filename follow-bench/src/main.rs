@@ -591,6 +591,25 @@ const SERVER_PREFIX: &str = "follow-bench";
 /// Deletes every key under a Redis prefix, so each run starts with cold caches and an empty stream, and
 /// runs do not pile keys up.
 pub(crate) async fn clear_redis_prefix(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
+    // On a Redis Cluster (REDIS_CLUSTER_URLS, which the service under test reads too) every seed node is
+    // scanned: a node's SCAN sees only its own keys.
+    let cluster = std::env::var("REDIS_CLUSTER_URLS").unwrap_or_default();
+    let nodes: Vec<&str> = cluster
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if nodes.is_empty() {
+        return clear_prefix_on(redis_url, prefix).await;
+    }
+    for node in nodes {
+        clear_prefix_on(node, prefix).await?;
+    }
+    Ok(())
+}
+
+/// Deletes one server's keys under `prefix`, one key per command (a cluster node's keys span slots).
+async fn clear_prefix_on(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
     use follow_service::redis_pool::redis;
     let client = redis::Client::open(redis_url)?;
     let mut conn = client
@@ -608,10 +627,11 @@ pub(crate) async fn clear_redis_prefix(redis_url: &str, prefix: &str) -> anyhow:
             .query_async(&mut conn)
             .await?;
         if !keys.is_empty() {
-            let _: i64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
         }
         if next == 0 {
             return Ok(());
