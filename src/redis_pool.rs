@@ -65,6 +65,8 @@ struct ClusterPool {
     state: Arc<tokio::sync::watch::Sender<ClusterState>>,
     /// Whether a connect is running (only one at a time).
     connecting: Arc<std::sync::atomic::AtomicBool>,
+    /// Which master serves which slot, for grouping pipelines by node.
+    owners: Arc<cluster::OwnerCache>,
 }
 
 /// Where the shared cluster connection stands.
@@ -104,6 +106,7 @@ pub fn build_pool(
                 timeout,
                 state: Arc::new(tokio::sync::watch::Sender::new(ClusterState::Closed)),
                 connecting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                owners: Arc::default(),
             };
             // Learning the cluster's layout takes several round trips: begin now, off any request.
             if tokio::runtime::Handle::try_current().is_ok() {
@@ -240,6 +243,13 @@ fn is_broken(err: &redis::RedisError) -> bool {
         || err.is_connection_dropped()
 }
 
+/// Whether an error says the cluster connection itself is gone. A node's failure or a slow answer is
+/// not: the client reconnects nodes and follows the layout by itself, and opening a new cluster
+/// connection (several round trips) on every timeout would turn a slow moment into an outage.
+fn is_cluster_gone(err: &redis::RedisError) -> bool {
+    err.is_unrecoverable_error() || err.is_connection_dropped()
+}
+
 impl RedisPool {
     /// Runs a pipeline (on a cluster, split by slot); a connection that fails is replaced for the next
     /// call.
@@ -258,11 +268,11 @@ impl RedisPool {
                 })
             }
             Backend::Cluster(cluster) => {
-                let mut router = cluster::SlotRouter::new(cluster.connection().await?);
+                let mut router = cluster.owners.router(cluster.connection().await?).await;
                 match pipe.query_async::<T>(&mut router).await {
                     Ok(value) => Ok(value),
                     Err(err) => {
-                        if is_broken(&err) {
+                        if is_cluster_gone(&err) {
                             cluster.discard();
                         }
                         Err(err.into())
@@ -290,7 +300,7 @@ impl RedisPool {
                 match cmd.query_async::<T>(&mut conn).await {
                     Ok(value) => Ok(value),
                     Err(err) => {
-                        if is_broken(&err) {
+                        if is_cluster_gone(&err) {
                             cluster.discard();
                         }
                         Err(err.into())
@@ -359,7 +369,7 @@ pub struct Dedicated(DedicatedInner);
 
 enum DedicatedInner {
     Node(MultiplexedConnection),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Arc<cluster::OwnerCache>),
 }
 
 /// Opens a [`Dedicated`] connection whose replies may take up to `block` plus a margin.
@@ -377,9 +387,10 @@ pub async fn dedicated(target: &RedisTarget, block: Duration) -> anyhow::Result<
                     .await?,
             )
         }
-        RedisTarget::Cluster(seeds) => {
-            DedicatedInner::Cluster(open_cluster(seeds, Duration::from_secs(2), response).await?)
-        }
+        RedisTarget::Cluster(seeds) => DedicatedInner::Cluster(
+            open_cluster(seeds, Duration::from_secs(2), response).await?,
+            Arc::default(),
+        ),
     };
     Ok(Dedicated(inner))
 }
@@ -391,7 +402,7 @@ impl ConnectionLike for Dedicated {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match &mut self.0 {
             DedicatedInner::Node(conn) => conn.req_packed_command(cmd),
-            DedicatedInner::Cluster(conn) => conn.req_packed_command(cmd),
+            DedicatedInner::Cluster(conn, _) => conn.req_packed_command(cmd),
         }
     }
 
@@ -403,9 +414,12 @@ impl ConnectionLike for Dedicated {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match &mut self.0 {
             DedicatedInner::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
-            DedicatedInner::Cluster(conn) => {
-                let mut router = cluster::SlotRouter::new(conn.clone());
-                Box::pin(async move { router.req_packed_commands(pipeline, offset, count).await })
+            DedicatedInner::Cluster(conn, owners) => {
+                let (conn, owners) = (conn.clone(), owners.clone());
+                Box::pin(async move {
+                    let mut router = owners.router(conn).await;
+                    router.req_packed_commands(pipeline, offset, count).await
+                })
             }
         }
     }
