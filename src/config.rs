@@ -136,6 +136,22 @@ pub struct Config {
     /// `FOLLOW_CORS_ORIGINS`: web origins allowed to call the API from a browser (comma-separated,
     /// `*` for any); empty: none, so only pages served by the API's own origin (GraphiQL) may.
     pub cors_origins: Vec<String>,
+    /// Read replicas: where lag-tolerant reads go, and how far behind one may be.
+    pub replicas: ReplicaSettings,
+}
+
+/// Read replicas of PostgreSQL (issue 17): reads that may lag go to one that is caught up enough.
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    /// `DATABASE_REPLICA_URLS`: streaming replicas of `DATABASE_URL`'s server, comma-separated; empty:
+    /// every read goes to the primary.
+    pub urls: Vec<String>,
+    /// `FOLLOW_REPLICA_MAX_LAG_MS` (1000): a replica that has not replayed what the primary had committed
+    /// this long ago is skipped; also how long a viewer's own write keeps its reads off a replica at most.
+    pub max_lag: Duration,
+    /// `FOLLOW_REPLICA_PROBE_MS` (100): how often each replica's replay position is compared with the
+    /// primary's; a replica is seen caught up to a write one or two probes after it.
+    pub probe_interval: Duration,
 }
 
 /// Cache sizes and lifetimes.
@@ -393,6 +409,16 @@ impl Config {
                 .map(|origin| origin.trim().trim_end_matches('/').to_owned())
                 .filter(|origin| !origin.is_empty())
                 .collect(),
+            replicas: ReplicaSettings {
+                urls: parse("DATABASE_REPLICA_URLS", "")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                max_lag: millis("FOLLOW_REPLICA_MAX_LAG_MS", 1_000)?,
+                probe_interval: millis("FOLLOW_REPLICA_PROBE_MS", 100)?,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -422,6 +448,12 @@ impl Config {
                     self.max_complexity
                 );
             }
+        }
+        let replicas = &self.replicas;
+        if replicas.probe_interval.is_zero() || replicas.probe_interval * 2 > replicas.max_lag {
+            bail!(
+                "FOLLOW_REPLICA_PROBE_MS must be above 0 and at most half of FOLLOW_REPLICA_MAX_LAG_MS: a replica is seen caught up only at a probe"
+            );
         }
         if self.jwt_secret.len() < 16 {
             bail!("FOLLOW_JWT_SECRET must be at least 16 bytes long");

@@ -178,7 +178,13 @@ impl UserPage {
         let after = after.as_deref().map(cursor::decode).transpose()?;
         let rows = ctx
             .data::<FollowGraph>()?
-            .viewer_list_page(list, viewer.user_id, after, size + 1)
+            .viewer_list_page(
+                list,
+                viewer.user_id,
+                after,
+                size + 1,
+                super::types::loaders(ctx)?.reader(),
+            )
             .await?;
         let shown = rows.len().min(size as usize);
         Ok(Self {
@@ -210,7 +216,11 @@ impl UserPage {
     async fn total_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let n = ctx
             .data::<FollowGraph>()?
-            .viewer_list_count(self.list, self.viewer_id)
+            .viewer_list_count(
+                self.list,
+                self.viewer_id,
+                super::types::loaders(ctx)?.reader(),
+            )
             .await?;
         Ok(n.clamp(0, i64::from(i32::MAX)) as i32)
     }

@@ -6,7 +6,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use async_graphql::dataloader::Loader;
 
 use super::{batch::Batched, to_graphql_error};
-use crate::graph::{Counts, FollowGraph, Keyset, KnownPage, ListEntry, ListKind, UserRecord};
+use crate::graph::{
+    Counts, FollowGraph, Keyset, KnownPage, ListEntry, ListKind, Reader, UserRecord,
+};
 
 /// The loaders of one request (created per request, so nothing leaks between viewers).
 ///
@@ -32,26 +34,53 @@ pub struct Loaders {
     requests: Batched<(i64, i64), PairFactLoader>,
     graph: FollowGraph,
     viewer_id: Option<i64>,
+    /// Who reads, shared with the loaders: the viewer, and whether the request is a mutation (then
+    /// every read goes to the primary).
+    reader: Arc<ReaderCell>,
+}
+
+/// A request's [`Reader`], turned to a writer's once the request is known to be a mutation.
+#[derive(Debug, Default)]
+pub struct ReaderCell {
+    viewer_id: Option<i64>,
+    writes: std::sync::atomic::AtomicBool,
+}
+
+impl ReaderCell {
+    fn get(&self) -> Reader {
+        Reader {
+            viewer_id: self.viewer_id,
+            writes: self.writes.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl Loaders {
     /// Fresh loaders over `graph`; `delay` is how long each waits to gather keys into one batch.
     pub fn new(graph: &FollowGraph, delay: Duration, viewer_id: Option<i64>) -> Self {
+        let reader = Arc::new(ReaderCell {
+            viewer_id,
+            writes: Default::default(),
+        });
         Self {
-            users: Batched::new("users", UserLoader(graph.clone()), delay),
-            counts: Batched::new("counts", CountsLoader(graph.clone()), delay),
+            users: Batched::new("users", UserLoader(graph.clone(), reader.clone()), delay),
+            counts: Batched::new("counts", CountsLoader(graph.clone(), reader.clone()), delay),
             counts_now: Batched::new("counts_now", CountsNowLoader(graph.clone()), delay),
             counts_seen: std::sync::Mutex::default(),
             written: std::sync::Mutex::default(),
             written_pairs: std::sync::Mutex::default(),
             statuses: Batched::new("statuses", StatusLoader(graph.clone(), viewer_id), delay),
-            lists: Batched::new("lists", ListLoader(graph.clone()), delay),
+            lists: Batched::new("lists", ListLoader(graph.clone(), reader.clone()), delay),
             known_followers: Batched::new(
                 "known_followers",
-                KnownFollowersLoader(graph.clone()),
+                KnownFollowersLoader(graph.clone(), reader.clone()),
                 delay,
             ),
-            known_counts: Batched::new("known_counts", KnownCountLoader(graph.clone()), delay),
+            known_counts: Batched::new(
+                "known_counts",
+                KnownCountLoader(graph.clone(), reader.clone()),
+                delay,
+            ),
             blocks: Batched::new(
                 "blocks",
                 PairFactLoader(graph.clone(), PairFact::Block),
@@ -64,7 +93,21 @@ impl Loaders {
             ),
             graph: graph.clone(),
             viewer_id,
+            reader,
         }
+    }
+
+    /// Who this request reads as (where its lag-tolerant reads may go).
+    pub fn reader(&self) -> Reader {
+        self.reader.get()
+    }
+
+    /// Notes that the request is a mutation: everything it reads from now on, its payload included,
+    /// comes from the primary.
+    pub fn mark_mutation(&self) {
+        self.reader
+            .writes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     // Slow paths are boxed: a resolver's future holds the largest future it may await, and every
@@ -249,26 +292,32 @@ impl Loader<(i64, i64)> for PairFactLoader {
 }
 
 /// User records by id.
-pub struct UserLoader(FollowGraph);
+pub struct UserLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<i64> for UserLoader {
     type Value = UserRecord;
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, UserRecord>, Self::Error> {
-        self.0.users(keys).await.map_err(to_graphql_error)
+        self.0
+            .users(keys, self.1.get())
+            .await
+            .map_err(to_graphql_error)
     }
 }
 
 /// Follower and following counts by user id (absent: zero).
-pub struct CountsLoader(FollowGraph);
+pub struct CountsLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<i64> for CountsLoader {
     type Value = Counts;
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Counts>, Self::Error> {
-        self.0.counts(keys).await.map_err(to_graphql_error)
+        self.0
+            .counts(keys, self.1.get())
+            .await
+            .map_err(to_graphql_error)
     }
 }
 
@@ -310,7 +359,7 @@ pub struct ListKey {
 }
 
 /// List pages; keys that share kind, cursor and size are fetched together in one query.
-pub struct ListLoader(FollowGraph);
+pub struct ListLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<ListKey> for ListLoader {
     type Value = Arc<Vec<ListEntry>>;
@@ -331,7 +380,7 @@ impl Loader<ListKey> for ListLoader {
         for ((kind, after, limit), owners) in groups {
             let mut found = self
                 .0
-                .list_pages(kind, &owners, after, limit)
+                .list_pages(kind, &owners, after, limit, self.1.get())
                 .await
                 .map_err(to_graphql_error)?;
             for owner_id in owners {
@@ -362,7 +411,7 @@ pub struct KnownKey {
 
 /// Known-followers pages: every key of a batch (all of one viewer, as keys of one request are) is
 /// fetched in one statement, whatever their owners, cursors and sizes.
-pub struct KnownFollowersLoader(FollowGraph);
+pub struct KnownFollowersLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<KnownKey> for KnownFollowersLoader {
     type Value = Arc<Vec<ListEntry>>;
@@ -380,7 +429,7 @@ impl Loader<KnownKey> for KnownFollowersLoader {
         for (viewer_id, asked) in by_viewer {
             let found = self
                 .0
-                .known_followers_pages(viewer_id, &asked)
+                .known_followers_pages(viewer_id, &asked, self.1.get())
                 .await
                 .map_err(to_graphql_error)?;
             for (page, entries) in asked.into_iter().zip(found) {
@@ -400,7 +449,7 @@ pub struct KnownCountKey {
 
 /// Known-followers counts: every owner of a batch (per viewer: one per request) in one GROUP BY
 /// statement; every key gets an answer, zero included.
-pub struct KnownCountLoader(FollowGraph);
+pub struct KnownCountLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<KnownCountKey> for KnownCountLoader {
     type Value = i64;
@@ -421,7 +470,7 @@ impl Loader<KnownCountKey> for KnownCountLoader {
         for (viewer_id, owners) in by_viewer {
             let found = self
                 .0
-                .known_followers_counts(viewer_id, &owners)
+                .known_followers_counts(viewer_id, &owners, self.1.get())
                 .await
                 .map_err(to_graphql_error)?;
             for owner_id in owners {

@@ -26,4 +26,5 @@ mod over_http;
 mod pagination;
 mod queries;
 mod ratelimit;
+mod replicas;
 mod subscriptions;
