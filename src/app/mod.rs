@@ -252,21 +252,27 @@ fn read_router(
 ) -> anyhow::Result<db::Reads> {
     let settings = &config.replicas;
     let timeout = config.db_timeout.min(settings.max_lag);
+    // The probe's statements count nowhere: statement counts are the requests' (tests check them).
+    let probe_pool = |url: &str| db::build_pool(url, 1, timeout, Arc::default(), db::Plans::Chosen);
     let replicas = settings
         .urls
         .iter()
         .map(|url| {
-            let pool = db::build_pool(
-                url,
-                config.db_pool_size,
-                timeout,
-                queries.clone(),
-                db::Plans::Chosen,
-            )?;
-            Ok((db::replicas::label(url), pool))
+            Ok(db::replicas::ReplicaPools {
+                label: db::replicas::label(url),
+                reads: db::build_pool(
+                    url,
+                    config.db_pool_size,
+                    timeout,
+                    queries.clone(),
+                    db::Plans::Chosen,
+                )?,
+                probe: probe_pool(url)?,
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let reads = db::Reads::new(primary, replicas, settings.max_lag);
+    let primary_probe = probe_pool(&config.database_url)?;
+    let reads = db::Reads::new((primary, primary_probe), replicas, settings.max_lag);
     reads.spawn_probe(settings.probe_interval);
     Ok(reads)
 }

@@ -65,11 +65,13 @@ pub struct ReadCounts {
     pub fallbacks: u64,
 }
 
-/// One replica: its pool and how far it is known to have replayed.
+/// One replica: its pools and how far it is known to have replayed.
 struct Replica {
     /// `host:port`, the metrics' `replica` label.
     label: String,
     pool: DbPool,
+    /// One connection for the probe, whose statements count nowhere (statement counts are the reads').
+    probe: DbPool,
     /// Every commit the primary made before this instant (µs since the epoch) is replayed here; 0: not
     /// known, or the replica failed since the last probe.
     caught_up: AtomicI64,
@@ -77,6 +79,8 @@ struct Replica {
 
 struct Inner {
     primary: DbPool,
+    /// One primary connection for the probe, apart from the reads for the same reason.
+    primary_probe: DbPool,
     replicas: Vec<Replica>,
     max_lag_us: i64,
     /// Round robin among the replicas caught up enough.
@@ -93,29 +97,34 @@ struct Inner {
 pub struct Reads(Arc<Inner>);
 
 impl Reads {
-    /// A router with no replica: every read on `primary`.
-    pub fn primary_only(primary: DbPool) -> Self {
-        Self::new(primary, Vec::new(), Duration::from_secs(1))
-    }
-
-    /// A router over `primary` and `replicas` (label, pool). Call [`Self::spawn_probe`] to start
-    /// using the replicas: until a probe has seen one caught up, reads go to the primary.
-    pub fn new(primary: DbPool, replicas: Vec<(String, DbPool)>, max_lag: Duration) -> Self {
+    /// A router over `primary` and `replicas`; each with a probe pool beside (one connection, opened
+    /// only when [`Self::spawn_probe`] runs). Until a probe has seen a replica caught up, reads go to
+    /// the primary.
+    pub fn new(primary: (DbPool, DbPool), replicas: Vec<ReplicaPools>, max_lag: Duration) -> Self {
+        let (primary, primary_probe) = primary;
         // Counter handles taken before the recorder exists would count nowhere.
         crate::telemetry::metrics::install();
         let replicas = replicas
             .into_iter()
-            .map(|(label, pool)| {
-                gauge!(DB_REPLICA_UP, "replica" => label.clone()).set(0.0);
-                Replica {
-                    label,
-                    pool,
-                    caught_up: AtomicI64::new(0),
-                }
-            })
+            .map(
+                |ReplicaPools {
+                     label,
+                     reads,
+                     probe,
+                 }| {
+                    gauge!(DB_REPLICA_UP, "replica" => label.clone()).set(0.0);
+                    Replica {
+                        label,
+                        pool: reads,
+                        probe,
+                        caught_up: AtomicI64::new(0),
+                    }
+                },
+            )
             .collect();
         Self(Arc::new(Inner {
             primary,
+            primary_probe,
             replicas,
             max_lag_us: max_lag.as_micros() as i64,
             next: AtomicUsize::new(0),
@@ -172,6 +181,14 @@ impl Reads {
         !self.0.replicas.is_empty()
     }
 
+    /// A primary connection for one read that must see every commit, counted as a primary read (for a
+    /// read that cannot run twice, as [`Self::run`] may).
+    pub async fn primary_read(&self) -> StoreResult<DbConn> {
+        self.0.primary_reads.fetch_add(1, Ordering::Relaxed);
+        self.0.primary_counter.increment(1);
+        connect(&self.0.primary).await
+    }
+
     /// Where reads went so far.
     pub fn counts(&self) -> ReadCounts {
         ReadCounts {
@@ -223,11 +240,11 @@ impl Reads {
     /// writes); one that does not answer takes no reads.
     pub async fn replicas_caught_up(&self) -> StoreResult<bool> {
         let target = {
-            let mut conn = connect(&self.0.primary).await?;
+            let mut conn = connect(&self.0.primary_probe).await?;
             super::wal_position(&mut conn).await?
         };
         for replica in &self.0.replicas {
-            match replay_position(&replica.pool).await {
+            match replay_position(&replica.probe).await {
                 Ok(Some(replayed)) if replayed < target => return Ok(false),
                 _ => {}
             }
@@ -260,7 +277,7 @@ impl Inner {
     async fn probe(&self, samples: &mut VecDeque<(i64, i64)>, keep: usize, budget: Duration) {
         let before = now_micros();
         let primary = async {
-            let mut conn = connect(&self.primary).await?;
+            let mut conn = connect(&self.primary_probe).await?;
             super::wal_position(&mut conn).await
         };
         // The primary unreadable: its older samples still date what the replicas replayed.
@@ -272,7 +289,7 @@ impl Inner {
         }
         let newest = samples.back().map(|&(_, position)| position);
         let probes = self.replicas.iter().map(|replica| async move {
-            let replayed = tokio::time::timeout(budget, replay_position(&replica.pool)).await;
+            let replayed = tokio::time::timeout(budget, replay_position(&replica.probe)).await;
             (replica, replayed)
         });
         for (replica, replayed) in futures::future::join_all(probes).await {
@@ -310,6 +327,16 @@ impl Inner {
             gauge!(DB_REPLICA_UP, "replica" => replica.label.clone()).set(f64::from(u8::from(up)));
         }
     }
+}
+
+/// The pools of one replica, as [`Reads::new`] takes them.
+pub struct ReplicaPools {
+    /// `host:port`, the metrics' `replica` label (see [`label`]).
+    pub label: String,
+    /// The reads' pool.
+    pub reads: DbPool,
+    /// The probe's pool: one connection, its statements counted nowhere.
+    pub probe: DbPool,
 }
 
 #[derive(diesel::QueryableByName)]

@@ -182,7 +182,8 @@ impl FollowGraph {
         if pairs.is_empty() {
             return Ok(HashSet::new());
         }
-        let mut conn = db::connect(&self.db).await?;
+        // A consent check must not lag: the primary.
+        let mut conn = self.reads.primary_read().await?;
         Ok(probe(&mut conn, pairs).await?.into_iter().collect())
     }
 

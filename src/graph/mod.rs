@@ -324,8 +324,13 @@ impl FollowGraph {
     async fn require_users(&self, viewer_id: i64, user_ids: &[i64]) -> Result<(), AppError> {
         let mut wanted = user_ids.to_vec();
         wanted.push(viewer_id);
-        let mut conn = db::connect(&self.db).await?;
-        let known: HashSet<i64> = db::users::existing_ids(&mut conn, &wanted)
+        let wanted = &wanted;
+        // A write's check: the primary.
+        let known: HashSet<i64> = self
+            .reads
+            .run(Freshness::Primary, |mut conn| async move {
+                db::users::existing_ids(&mut conn, wanted).await
+            })
             .await?
             .into_iter()
             .collect();
@@ -448,9 +453,12 @@ impl FollowGraph {
         &self,
         ids: &[i64],
     ) -> Result<HashMap<i64, UserRecord>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let users = db::users::by_ids(&mut conn, ids).await?;
-        drop(conn);
+        let users = self
+            .reads
+            .run(Freshness::Primary, |mut conn| async move {
+                db::users::by_ids(&mut conn, ids).await
+            })
+            .await?;
         self.caches.record_users(&users).await;
         Ok(users.into_iter().map(|u| (u.id, u)).collect())
     }
@@ -497,8 +505,12 @@ impl FollowGraph {
     /// Counts as the edges stand now, past the caches and the consumer's lag: for the users whose
     /// edges the request has just changed (see `db::stats::counts_now`).
     pub async fn counts_now(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let counts = db::stats::counts_now(&mut conn, ids).await?;
+        let counts = self
+            .reads
+            .run(Freshness::Primary, |mut conn| async move {
+                db::stats::counts_now(&mut conn, ids).await
+            })
+            .await?;
         Ok(counts.into_iter().map(|c| (c.user_id.get(), c)).collect())
     }
 
@@ -515,8 +527,13 @@ impl FollowGraph {
                 viewer_id,
                 |users| self.load_following_sets(users),
                 |pairs| async move {
-                    let mut conn = db::connect(&self.db).await?;
-                    let edges = db::follows::existing_pairs(&mut conn, &pairs).await?;
+                    let pairs = &pairs;
+                    let edges = self
+                        .reads
+                        .run(Freshness::Primary, |mut conn| async move {
+                            db::follows::existing_pairs(&mut conn, pairs).await
+                        })
+                        .await?;
                     Ok::<_, AppError>(edges.into_iter().collect::<HashSet<_>>())
                 },
             )
@@ -530,8 +547,12 @@ impl FollowGraph {
         &self,
         pairs: &[(i64, i64)],
     ) -> Result<HashSet<(i64, i64)>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let edges = db::follows::existing_pairs(&mut conn, pairs).await?;
+        let edges = self
+            .reads
+            .run(Freshness::Primary, |mut conn| async move {
+                db::follows::existing_pairs(&mut conn, pairs).await
+            })
+            .await?;
         Ok(edges.into_iter().collect())
     }
 
@@ -541,8 +562,13 @@ impl FollowGraph {
         users: Vec<i64>,
     ) -> Result<HashMap<i64, Vec<i64>>, AppError> {
         let limit = self.caches.set_limit() as i64 + 1;
-        let mut conn = db::connect(&self.db).await?;
-        let sets = db::follows::following_sets(&mut conn, &users, limit).await?;
+        let users = &users;
+        let sets = self
+            .reads
+            .run(Freshness::Primary, |mut conn| async move {
+                db::follows::following_sets(&mut conn, users, limit).await
+            })
+            .await?;
         Ok(sets.into_iter().collect())
     }
 
