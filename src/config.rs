@@ -149,7 +149,7 @@ pub struct ReplicaSettings {
     /// `FOLLOW_REPLICA_MAX_LAG_MS` (1000): a replica that has not replayed what the primary had committed
     /// this long ago is skipped; also how long a viewer's own write keeps its reads off a replica at most.
     pub max_lag: Duration,
-    /// `FOLLOW_REPLICA_PROBE_MS` (100): how often each replica's replay position is compared with the
+    /// `FOLLOW_REPLICA_PROBE_MS` (50): how often each replica's replay position is compared with the
     /// primary's; a replica is seen caught up to a write one or two probes after it.
     pub probe_interval: Duration,
 }
@@ -417,7 +417,7 @@ impl Config {
                     .map(str::to_owned)
                     .collect(),
                 max_lag: millis("FOLLOW_REPLICA_MAX_LAG_MS", 1_000)?,
-                probe_interval: millis("FOLLOW_REPLICA_PROBE_MS", 100)?,
+                probe_interval: millis("FOLLOW_REPLICA_PROBE_MS", 50)?,
             },
         };
         config.validate()?;

@@ -88,8 +88,6 @@ struct Inner {
     primary_reads: AtomicU64,
     replica_reads: AtomicU64,
     fallbacks: AtomicU64,
-    primary_counter: ::metrics::Counter,
-    replica_counter: ::metrics::Counter,
 }
 
 /// The read router over the primary's read pool and one pool per replica; cheap to clone.
@@ -131,8 +129,6 @@ impl Reads {
             primary_reads: AtomicU64::new(0),
             replica_reads: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
-            primary_counter: counter!(DB_READS, "target" => "primary"),
-            replica_counter: counter!(DB_READS, "target" => "replica"),
         }))
     }
 
@@ -183,9 +179,9 @@ impl Reads {
 
     /// A primary connection for one read that must see every commit, counted as a primary read (for a
     /// read that cannot run twice, as [`Self::run`] may).
-    pub async fn primary_read(&self) -> StoreResult<DbConn> {
+    pub async fn primary_read(&self, what: &'static str) -> StoreResult<DbConn> {
         self.0.primary_reads.fetch_add(1, Ordering::Relaxed);
-        self.0.primary_counter.increment(1);
+        counter!(DB_READS, "target" => "primary", "what" => what).increment(1);
         connect(&self.0.primary).await
     }
 
@@ -198,10 +194,16 @@ impl Reads {
         }
     }
 
-    /// Runs one read (`statement` on a connection) where `freshness` allows: a replica caught up enough,
+    /// Runs one read (`statement` on a connection) where `freshness` allows (`what` it reads labels its
+    /// count): a replica caught up enough,
     /// else the primary. A read that fails on a replica runs again on the primary, so a replica's trouble
     /// costs time, never an error.
-    pub async fn run<T, F, Fut>(&self, freshness: Freshness, mut statement: F) -> StoreResult<T>
+    pub async fn run<T, F, Fut>(
+        &self,
+        freshness: Freshness,
+        what: &'static str,
+        mut statement: F,
+    ) -> StoreResult<T>
     where
         F: FnMut(DbConn) -> Fut,
         Fut: std::future::Future<Output = StoreResult<T>>,
@@ -212,7 +214,7 @@ impl Reads {
                 Ok(conn) => match statement(conn).await {
                     Ok(value) => {
                         inner.replica_reads.fetch_add(1, Ordering::Relaxed);
-                        inner.replica_counter.increment(1);
+                        counter!(DB_READS, "target" => "replica", "what" => what).increment(1);
                         return Ok(value);
                     }
                     Err(err) => err,
@@ -228,7 +230,7 @@ impl Reads {
             counter!(DB_REPLICA_FALLBACKS, "replica" => replica.label.clone()).increment(1);
         }
         inner.primary_reads.fetch_add(1, Ordering::Relaxed);
-        inner.primary_counter.increment(1);
+        counter!(DB_READS, "target" => "primary", "what" => what).increment(1);
         let conn = connect(&inner.primary).await?;
         statement(conn).await
     }

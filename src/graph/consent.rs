@@ -183,7 +183,7 @@ impl FollowGraph {
             return Ok(HashSet::new());
         }
         // A consent check must not lag: the primary.
-        let mut conn = self.reads.primary_read().await?;
+        let mut conn = self.reads.primary_read("consent").await?;
         Ok(probe(&mut conn, pairs).await?.into_iter().collect())
     }
 
@@ -199,16 +199,20 @@ impl FollowGraph {
     ) -> Result<Vec<ListEntry>, AppError> {
         Ok(self
             .reads
-            .run(self.freshness(reader), |mut conn| async move {
-                match list {
-                    ViewerList::Blocking => {
-                        db::blocks::page(&mut conn, viewer_id, after, limit).await
+            .run(
+                self.freshness(reader),
+                "viewer_lists",
+                |mut conn| async move {
+                    match list {
+                        ViewerList::Blocking => {
+                            db::blocks::page(&mut conn, viewer_id, after, limit).await
+                        }
+                        ViewerList::FollowRequests => {
+                            db::requests::page(&mut conn, viewer_id, after, limit).await
+                        }
                     }
-                    ViewerList::FollowRequests => {
-                        db::requests::page(&mut conn, viewer_id, after, limit).await
-                    }
-                }
-            })
+                },
+            )
             .await?)
     }
 
@@ -221,12 +225,18 @@ impl FollowGraph {
     ) -> Result<i64, AppError> {
         Ok(self
             .reads
-            .run(self.freshness(reader), |mut conn| async move {
-                match list {
-                    ViewerList::Blocking => db::blocks::count(&mut conn, viewer_id).await,
-                    ViewerList::FollowRequests => db::requests::count(&mut conn, viewer_id).await,
-                }
-            })
+            .run(
+                self.freshness(reader),
+                "viewer_lists",
+                |mut conn| async move {
+                    match list {
+                        ViewerList::Blocking => db::blocks::count(&mut conn, viewer_id).await,
+                        ViewerList::FollowRequests => {
+                            db::requests::count(&mut conn, viewer_id).await
+                        }
+                    }
+                },
+            )
             .await?)
     }
 

@@ -43,7 +43,7 @@ pub const DEFAULT_PAGE: i64 = 20;
 /// Allowed difference between Redis's clock (list versions) and this host's (replica probes), in
 /// microseconds: a first page cached under a list version is read where every commit made before the
 /// version's instant, plus this margin, is replayed.
-const CLOCK_ALLOWANCE_US: i64 = 50_000;
+const CLOCK_ALLOWANCE_US: i64 = 20_000;
 
 /// Who reads, which decides where a read may go (see [`FollowGraph::freshness`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -328,7 +328,7 @@ impl FollowGraph {
         // A write's check: the primary.
         let known: HashSet<i64> = self
             .reads
-            .run(Freshness::Primary, |mut conn| async move {
+            .run(Freshness::Primary, "write_check", |mut conn| async move {
                 db::users::existing_ids(&mut conn, wanted).await
             })
             .await?
@@ -438,7 +438,7 @@ impl FollowGraph {
                 let ids = &ids;
                 let users = self
                     .reads
-                    .run(freshness, |mut conn| async move {
+                    .run(freshness, "users", |mut conn| async move {
                         db::users::by_ids(&mut conn, ids).await
                     })
                     .await?;
@@ -455,7 +455,7 @@ impl FollowGraph {
     ) -> Result<HashMap<i64, UserRecord>, AppError> {
         let users = self
             .reads
-            .run(Freshness::Primary, |mut conn| async move {
+            .run(Freshness::Primary, "users", |mut conn| async move {
                 db::users::by_ids(&mut conn, ids).await
             })
             .await?;
@@ -474,7 +474,7 @@ impl FollowGraph {
         }
         Ok(self
             .reads
-            .run(self.freshness(reader), |mut conn| async move {
+            .run(self.freshness(reader), "users", |mut conn| async move {
                 db::users::by_handle(&mut conn, handle).await
             })
             .await?)
@@ -493,7 +493,7 @@ impl FollowGraph {
                 let ids = &ids;
                 let counts = self
                     .reads
-                    .run(freshness, |mut conn| async move {
+                    .run(freshness, "counts", |mut conn| async move {
                         db::stats::counts(&mut conn, ids).await
                     })
                     .await?;
@@ -507,9 +507,11 @@ impl FollowGraph {
     pub async fn counts_now(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
         let counts = self
             .reads
-            .run(Freshness::Primary, |mut conn| async move {
-                db::stats::counts_now(&mut conn, ids).await
-            })
+            .run(
+                Freshness::Primary,
+                "payload_counts",
+                |mut conn| async move { db::stats::counts_now(&mut conn, ids).await },
+            )
             .await?;
         Ok(counts.into_iter().map(|c| (c.user_id.get(), c)).collect())
     }
@@ -530,7 +532,7 @@ impl FollowGraph {
                     let pairs = &pairs;
                     let edges = self
                         .reads
-                        .run(Freshness::Primary, |mut conn| async move {
+                        .run(Freshness::Primary, "statuses", |mut conn| async move {
                             db::follows::existing_pairs(&mut conn, pairs).await
                         })
                         .await?;
@@ -549,7 +551,7 @@ impl FollowGraph {
     ) -> Result<HashSet<(i64, i64)>, AppError> {
         let edges = self
             .reads
-            .run(Freshness::Primary, |mut conn| async move {
+            .run(Freshness::Primary, "statuses", |mut conn| async move {
                 db::follows::existing_pairs(&mut conn, pairs).await
             })
             .await?;
@@ -565,7 +567,7 @@ impl FollowGraph {
         let users = &users;
         let sets = self
             .reads
-            .run(Freshness::Primary, |mut conn| async move {
+            .run(Freshness::Primary, "following_sets", |mut conn| async move {
                 db::follows::following_sets(&mut conn, users, limit).await
             })
             .await?;
@@ -595,7 +597,7 @@ impl FollowGraph {
         let most = plan.users.max(plan.pages) as i64;
         let hot = self
             .reads
-            .run(Freshness::MayLag, |mut conn| async move {
+            .run(Freshness::MayLag, "warm_up", |mut conn| async move {
                 db::stats::most_followed(&mut conn, most).await
             })
             .await?;
@@ -644,7 +646,7 @@ impl FollowGraph {
             let owners = &owners;
             let entries = self
                 .reads
-                .run(freshness, |mut conn| async move {
+                .run(freshness, "lists", |mut conn| async move {
                     db::follows::list_pages(&mut conn, kind, owners, after, limit).await
                 })
                 .await?;
@@ -676,9 +678,13 @@ impl FollowGraph {
     ) -> Result<Vec<Vec<ListEntry>>, AppError> {
         Ok(self
             .reads
-            .run(self.freshness(reader), |mut conn| async move {
-                db::follows::known_followers_pages(&mut conn, viewer_id, pages).await
-            })
+            .run(
+                self.freshness(reader),
+                "known_followers",
+                |mut conn| async move {
+                    db::follows::known_followers_pages(&mut conn, viewer_id, pages).await
+                },
+            )
             .await?)
     }
 
@@ -691,9 +697,13 @@ impl FollowGraph {
     ) -> Result<HashMap<i64, i64>, AppError> {
         let counts = self
             .reads
-            .run(self.freshness(reader), |mut conn| async move {
-                db::follows::known_followers_counts(&mut conn, viewer_id, owner_ids).await
-            })
+            .run(
+                self.freshness(reader),
+                "known_followers",
+                |mut conn| async move {
+                    db::follows::known_followers_counts(&mut conn, viewer_id, owner_ids).await
+                },
+            )
             .await?;
         Ok(counts.into_iter().collect())
     }

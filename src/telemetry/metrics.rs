@@ -48,8 +48,9 @@ pub const PG_WAL_BYTES: &str = "follow_pg_wal_bytes";
 /// The Redis server's `total_commands_processed` (every client's), sampled: its rate over the rate of
 /// `follow_edge_changes_total` is Redis commands per write.
 pub const REDIS_COMMANDS: &str = "follow_redis_commands_processed";
-/// Reads routed by the read router (`db::replicas`), labelled `target` (primary, replica): each one
-/// statement, so the primary's share of reads is its rate over the sum.
+/// Reads routed by the read router (`db::replicas`), labelled `target` (primary, replica) and `what`
+/// (users, counts, lists, following_sets, statuses, …): each one statement, so the primary's share of
+/// reads is its rate over the sum.
 pub const DB_READS: &str = "follow_db_reads_total";
 /// How far each read replica is behind, labelled `replica` (host:port): the time since the newest
 /// primary WAL position it has replayed was read, so an idle primary shows no lag.
@@ -187,7 +188,7 @@ fn describe() {
     describe_counter!(DB_QUERIES, "SQL statements run by this process");
     describe_counter!(
         DB_READS,
-        "Reads routed to the primary or a read replica, by target"
+        "Reads routed to the primary or a read replica, by target and what they read"
     );
     describe_gauge!(
         DB_REPLICA_LAG,
@@ -532,8 +533,11 @@ fn register_known_series() {
     for result in ["hit", "miss", "registered"] {
         ::metrics::counter!(PERSISTED_QUERIES, "result" => result).absolute(0);
     }
+    // The lag-tolerant kinds, on both targets; the primary-only kinds appear at their first read.
     for target in ["primary", "replica"] {
-        ::metrics::counter!(DB_READS, "target" => target).absolute(0);
+        for what in ["users", "counts", "lists", "known_followers"] {
+            ::metrics::counter!(DB_READS, "target" => target, "what" => what).absolute(0);
+        }
     }
     for cap in ["instance", "client"] {
         ::metrics::counter!(WS_REFUSED, "cap" => cap).absolute(0);
