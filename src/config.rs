@@ -593,6 +593,35 @@ mod tests {
     }
 
     #[test]
+    fn replica_urls_are_a_list_and_the_probe_fits_the_lag_bound() {
+        let config = Config::from_lookup(|name| match name {
+            "DATABASE_REPLICA_URLS" => {
+                Some(" postgres://a:5433/x, ,postgres://b:5433/x ".to_owned())
+            }
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(
+            config.replicas.urls,
+            ["postgres://a:5433/x", "postgres://b:5433/x"]
+        );
+        assert!(
+            Config::from_lookup(|_| None)
+                .expect("defaults")
+                .replicas
+                .urls
+                .is_empty()
+        );
+        let err = Config::from_lookup(|name| match name {
+            "FOLLOW_REPLICA_MAX_LAG_MS" => Some("100".to_owned()),
+            "FOLLOW_REPLICA_PROBE_MS" => Some("80".to_owned()),
+            _ => None,
+        })
+        .expect_err("a probe slower than half the lag bound");
+        assert!(err.to_string().contains("FOLLOW_REPLICA_PROBE_MS"), "{err}");
+    }
+
+    #[test]
     fn trusted_proxies_are_networks() {
         let net: IpNet = "10.1.0.0/16".parse().expect("a network");
         assert!(net.contains("10.1.200.3".parse().expect("ip")));
