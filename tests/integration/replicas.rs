@@ -34,7 +34,8 @@ fn replica_or_skip(test: &str) -> Option<String> {
     server
 }
 
-/// Tests that pause the replica's replay take turns (the replica is shared by the whole run).
+/// Tests that pause the replica's replay, or need it current, take turns (the replica is shared by the
+/// whole run).
 static REPLAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Pauses the replica's WAL replay until dropped, which resumes it (with `psql`, so that it happens even
@@ -90,6 +91,8 @@ async fn lag_tolerant_reads_go_to_a_caught_up_replica() {
     if replica_or_skip("lag_tolerant_reads_go_to_a_caught_up_replica").is_none() {
         return;
     }
+    // Not while another test holds the replica's replay paused (it would be skipped as lagging).
+    let _turn = REPLAY.lock().await;
     // No cache: every read below is a statement, so the counters tell where each went.
     let app = app_on_replica(1_000, false).await;
     app.follow(2, 1).await;

@@ -164,8 +164,11 @@ impl TestApp {
                 "FOLLOW_WS_INIT_TIMEOUT_MS" => Some("500".to_owned()),
                 "FOLLOW_CORS_ORIGINS" => Some(cors_origins.clone()),
                 "DATABASE_REPLICA_URLS" => Some(replicas.clone()),
-                // Probed often, so that a test's replica is in use soon after its database appears.
+                // Probed often, so that a test's replica is in use soon after its database appears,
+                // and skipped soon when it lags (tests that pause its replay make every app's replica
+                // lag): a count read through it is then at most this much older than the pipeline's.
                 "FOLLOW_REPLICA_PROBE_MS" => Some("20".to_owned()),
+                "FOLLOW_REPLICA_MAX_LAG_MS" => Some("250".to_owned()),
                 _ => None,
             }
         })
