@@ -11,7 +11,7 @@ use diesel_async::AsyncPgConnection;
 use super::{FollowGraph, Reader, group_commit::Publish};
 use crate::{
     db::{
-        self,
+        self, Freshness,
         follows::{Keyset, ListEntry},
         pairs::PairError,
     },
@@ -187,8 +187,7 @@ impl FollowGraph {
         Ok(probe(&mut conn, pairs).await?.into_iter().collect())
     }
 
-    /// A page of one of the viewer's own lists, newest first, `limit` rows at most: a list page, so
-    /// from a replica unless the viewer has just written.
+    /// A page of one of the viewer's own lists, newest first, `limit` rows at most, from the primary.
     pub async fn viewer_list_page(
         &self,
         list: ViewerList,
@@ -200,7 +199,8 @@ impl FollowGraph {
         Ok(self
             .reads
             .run(
-                self.freshness(reader),
+                // Blocks and requests are consent, which must not lag: the primary, whoever reads.
+                Freshness::Primary.and(self.freshness(reader)),
                 "viewer_lists",
                 |mut conn| async move {
                     match list {
@@ -226,7 +226,8 @@ impl FollowGraph {
         Ok(self
             .reads
             .run(
-                self.freshness(reader),
+                // Blocks and requests are consent, which must not lag: the primary, whoever reads.
+                Freshness::Primary.and(self.freshness(reader)),
                 "viewer_lists",
                 |mut conn| async move {
                     match list {
