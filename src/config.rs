@@ -188,6 +188,22 @@ pub struct Config {
     /// `FOLLOW_CORS_ORIGINS`: web origins allowed to call the API from a browser (comma-separated,
     /// `*` for any); empty: none, so only pages served by the API's own origin (GraphiQL) may.
     pub cors_origins: Vec<String>,
+    /// Read replicas: where lag-tolerant reads go, and how far behind one may be.
+    pub replicas: ReplicaSettings,
+}
+
+/// Read replicas of PostgreSQL (issue 17): reads that may lag go to one that is caught up enough.
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    /// `DATABASE_REPLICA_URLS`: streaming replicas of `DATABASE_URL`'s server, comma-separated; empty:
+    /// every read goes to the primary.
+    pub urls: Vec<String>,
+    /// `FOLLOW_REPLICA_MAX_LAG_MS` (1000): a replica that has not replayed what the primary had committed
+    /// this long ago is skipped; also how long a viewer's own write keeps its reads off a replica at most.
+    pub max_lag: Duration,
+    /// `FOLLOW_REPLICA_PROBE_MS` (50): how often each replica's replay position is compared with the
+    /// primary's; a replica is seen caught up to a write one or two probes after it.
+    pub probe_interval: Duration,
 }
 
 /// Cache sizes and lifetimes.
@@ -453,6 +469,16 @@ impl Config {
                 .map(|origin| origin.trim().trim_end_matches('/').to_owned())
                 .filter(|origin| !origin.is_empty())
                 .collect(),
+            replicas: ReplicaSettings {
+                urls: parse("DATABASE_REPLICA_URLS", "")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                max_lag: millis("FOLLOW_REPLICA_MAX_LAG_MS", 1_000)?,
+                probe_interval: millis("FOLLOW_REPLICA_PROBE_MS", 50)?,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -482,6 +508,12 @@ impl Config {
                     self.max_complexity
                 );
             }
+        }
+        let replicas = &self.replicas;
+        if replicas.probe_interval.is_zero() || replicas.probe_interval * 2 > replicas.max_lag {
+            bail!(
+                "FOLLOW_REPLICA_PROBE_MS must be above 0 and at most half of FOLLOW_REPLICA_MAX_LAG_MS: a replica is seen caught up only at a probe"
+            );
         }
         if self.jwt_secret.len() < 16 {
             bail!("FOLLOW_JWT_SECRET must be at least 16 bytes long");
@@ -630,6 +662,35 @@ mod tests {
             _ => None,
         });
         assert!(fine.is_ok());
+    }
+
+    #[test]
+    fn replica_urls_are_a_list_and_the_probe_fits_the_lag_bound() {
+        let config = Config::from_lookup(|name| match name {
+            "DATABASE_REPLICA_URLS" => {
+                Some(" postgres://a:5433/x, ,postgres://b:5433/x ".to_owned())
+            }
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(
+            config.replicas.urls,
+            ["postgres://a:5433/x", "postgres://b:5433/x"]
+        );
+        assert!(
+            Config::from_lookup(|_| None)
+                .expect("defaults")
+                .replicas
+                .urls
+                .is_empty()
+        );
+        let err = Config::from_lookup(|name| match name {
+            "FOLLOW_REPLICA_MAX_LAG_MS" => Some("100".to_owned()),
+            "FOLLOW_REPLICA_PROBE_MS" => Some("80".to_owned()),
+            _ => None,
+        })
+        .expect_err("a probe slower than half the lag bound");
+        assert!(err.to_string().contains("FOLLOW_REPLICA_PROBE_MS"), "{err}");
     }
 
     #[test]

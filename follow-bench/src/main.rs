@@ -19,6 +19,7 @@ mod load;
 mod metrics;
 mod pipeline;
 mod process;
+mod replicas;
 mod report;
 mod scenarios;
 mod steady;
@@ -163,6 +164,15 @@ struct Args {
     /// Connections of --writes, one level each (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     write_concurrency: Vec<usize>,
+    /// Read replicas of the started server's database (its `DATABASE_REPLICA_URLS`, comma-separated,
+    /// e.g. postgres://postgres@127.0.0.1:5433/follow_bench): each scenario then reports its reads per
+    /// target (primary, replica) from `follow_db_reads_total`.
+    #[arg(long)]
+    replica_urls: Option<String>,
+    /// After the scenarios, this many read-your-writes checks (replicas.rs): a writer follows, then at
+    /// once reads its status, following list and count back; stale answers are counted.
+    #[arg(long, default_value_t = 0)]
+    read_your_writes: usize,
     /// Where to write latest.md and latest.json (default bench-results; target/bench-abuse with --abuse,
     /// target/bench-writes with --writes).
     #[arg(long)]
@@ -172,6 +182,10 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if let Some(urls) = &args.replica_urls {
+        args.server_env
+            .push(format!("DATABASE_REPLICA_URLS={urls}"));
+    }
     if args.drill {
         follow_service::telemetry::init(false);
         let plan = drill::DrillPlan {
@@ -369,6 +383,7 @@ async fn main() -> anyhow::Result<()> {
             p999_ms: ms(0.999),
             max_ms: h.max() as f64 / 1000.0,
             cache_hit_rates: metrics::cache_hit_rates(&before, &after),
+            reads: metrics::read_targets(&before, &after),
             converged_ms,
             count_mismatches,
             warmup: warmed,
@@ -376,11 +391,17 @@ async fn main() -> anyhow::Result<()> {
             consent: None,
         };
         println!(
-            "{:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}{}{}",
+            "{:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}{}{}{}",
             report.throughput_per_s,
             report.p50_ms,
             report.p99_ms,
             report.errors,
+            report.reads.as_ref().map_or(String::new(), |r| format!(
+                "  reads: primary {:.0}, replica {:.0} ({:.1} % primary)",
+                r.primary,
+                r.replica,
+                r.primary_share * 100.0
+            )),
             report.converged_ms.map_or(String::new(), |c| format!(
                 "  converged in {c:.0} ms, mismatches {}",
                 report.count_mismatches.unwrap_or(-1)
@@ -402,6 +423,20 @@ async fn main() -> anyhow::Result<()> {
         reports.push(report);
     }
     report::scenarios::set_typename_ratios(&mut reports);
+    let read_your_writes = if args.read_your_writes > 0 {
+        let found = replicas::run(
+            addr,
+            shared.clone(),
+            args.read_your_writes,
+            concurrency,
+            args.seed,
+        )
+        .await?;
+        print!("{}", found.markdown());
+        Some(found)
+    } else {
+        None
+    };
 
     let server_peak_rss_mib = server.peak_rss_mib();
     server.stop().await;
@@ -425,6 +460,7 @@ async fn main() -> anyhow::Result<()> {
         server_env: args.server_env.clone(),
         scenarios: reports,
         server_peak_rss_mib,
+        read_your_writes,
     };
     let markdown = report::scenarios::markdown(&run);
     report::save(

@@ -57,6 +57,56 @@ pub fn sum(text: &str, name: &str) -> Option<f64> {
         .fold(None, |sum, sample| Some(sum.unwrap_or(0.0) + sample.value))
 }
 
+/// Reads per target (`follow_db_reads_total{target}`) between two scrapes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReadTargets {
+    pub primary: f64,
+    pub replica: f64,
+    /// The primary's share of the reads (0 to 1).
+    pub primary_share: f64,
+    /// The primary's reads by what they read (the `what` label).
+    pub primary_by_what: BTreeMap<String, f64>,
+}
+
+/// Reads per target between two scrapes; `None` when the server routed none (or counts none).
+pub fn read_targets(before: &str, after: &str) -> Option<ReadTargets> {
+    let of = |text: &str, target: &str| {
+        samples(text)
+            .filter(|s| s.name == "follow_db_reads_total" && s.label("target") == Some(target))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    let primary = of(after, "primary") - of(before, "primary");
+    let replica = of(after, "replica") - of(before, "replica");
+    let total = primary + replica;
+    let by_what = |text: &str| {
+        let mut found: BTreeMap<String, f64> = BTreeMap::new();
+        for s in samples(text)
+            .filter(|s| s.name == "follow_db_reads_total" && s.label("target") == Some("primary"))
+        {
+            *found
+                .entry(s.label("what").unwrap_or("").to_owned())
+                .or_default() += s.value;
+        }
+        found
+    };
+    let before_what = by_what(before);
+    let primary_by_what = by_what(after)
+        .into_iter()
+        .map(|(what, n)| {
+            let n = n - before_what.get(&what).copied().unwrap_or(0.0);
+            (what, n)
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    (total > 0.0).then(|| ReadTargets {
+        primary,
+        replica,
+        primary_share: primary / total,
+        primary_by_what,
+    })
+}
+
 /// The buckets of the histogram `name`: (upper bound, cumulative count), as listed.
 pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     let series = format!("{name}_bucket");

@@ -38,7 +38,9 @@ pub struct AppInner {
     pub db: DbPool,
     /// PostgreSQL connections of the group commit and the event consumers, with generic plans.
     pub db_writes: DbPool,
-    /// Statements run on both pools so far.
+    /// Where reads go: the primary (`db`) or a read replica caught up enough.
+    pub reads: db::Reads,
+    /// Statements run on every pool so far (the replicas' included).
     pub queries: Arc<db::QueryCounter>,
     /// Redis connections (stream producer and relay, L2 cache, persisted queries, rate limits).
     pub redis: RedisPool,
@@ -115,6 +117,7 @@ impl App {
             queries.clone(),
             db::Plans::Generic,
         )?;
+        let reads = read_router(&config, db.clone(), queries.clone())?;
         let redis =
             redis_pool::build_pool(&config.redis, config.redis_pool_size, config.redis_timeout)?;
         let stream = Streams::new(
@@ -140,7 +143,7 @@ impl App {
             redis_health.clone(),
         );
         let graph = FollowGraph::new(
-            db.clone(),
+            reads.clone(),
             db_writes.clone(),
             producer,
             caches.clone(),
@@ -212,6 +215,7 @@ impl App {
             config,
             db,
             db_writes,
+            reads,
             queries,
             redis,
             jwt,
@@ -237,6 +241,41 @@ impl App {
             self.redis_health.clone(),
         )
     }
+}
+
+/// The read router over `primary` and one pool per `DATABASE_REPLICA_URLS` entry (as large as the
+/// primary's read pool, giving up sooner: a replica that keeps a read waiting is worse than the primary),
+/// its probe started.
+fn read_router(
+    config: &Config,
+    primary: DbPool,
+    queries: Arc<db::QueryCounter>,
+) -> anyhow::Result<db::Reads> {
+    let settings = &config.replicas;
+    let timeout = config.db_timeout.min(settings.max_lag);
+    // The probe's statements count nowhere: statement counts are the requests' (tests check them).
+    let probe_pool = |url: &str| db::build_pool(url, 1, timeout, Arc::default(), db::Plans::Chosen);
+    let replicas = settings
+        .urls
+        .iter()
+        .map(|url| {
+            Ok(db::replicas::ReplicaPools {
+                label: db::replicas::label(url),
+                reads: db::build_pool(
+                    url,
+                    config.db_pool_size,
+                    timeout,
+                    queries.clone(),
+                    db::Plans::Chosen,
+                )?,
+                probe: probe_pool(url)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let primary_probe = probe_pool(&config.database_url)?;
+    let reads = db::Reads::new((primary, primary_probe), replicas, settings.max_lag);
+    reads.spawn_probe(settings.probe_interval);
+    Ok(reads)
 }
 
 /// The answers `/readyz` gives, from the stores this layer owns.

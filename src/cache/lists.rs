@@ -20,6 +20,9 @@ pub(super) type PageKey = (ListKind, i64, i64, i64);
 
 impl Caches {
     /// First pages (`limit` rows) of the `kind` lists of `owners`, versioned so that one bump drops them.
+    /// `load` is told the newest list version its pages will be cached under (a Redis clock reading in
+    /// microseconds, taken after the writes it follows), or `None` when nothing is cached: a read from a
+    /// replica must have replayed that far.
     pub async fn first_pages<E, F, Fut>(
         &self,
         kind: ListKind,
@@ -28,7 +31,7 @@ impl Caches {
         load: F,
     ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, E>
     where
-        F: Fn(Vec<i64>) -> Fut,
+        F: Fn(Vec<i64>, Option<i64>) -> Fut,
         Fut: Future<Output = Result<HashMap<i64, Vec<ListEntry>>, E>>,
     {
         let to_arcs = |pages: HashMap<i64, Vec<ListEntry>>,
@@ -41,7 +44,7 @@ impl Caches {
                 .collect()
         };
         if !self.settings.enabled {
-            return Ok(to_arcs(load(owners.to_vec()).await?, owners));
+            return Ok(to_arcs(load(owners.to_vec(), None).await?, owners));
         }
         let use_l1 = self.l1_active();
 
@@ -71,7 +74,7 @@ impl Caches {
             let Some(values) = self.l2.read_versions(&names).await else {
                 // Without versions nothing cached can be trusted: straight to PostgreSQL.
                 count(ListPages::LABEL, "l2", "unavailable", owners.len());
-                return Ok(to_arcs(load(owners.to_vec()).await?, owners));
+                return Ok(to_arcs(load(owners.to_vec(), None).await?, owners));
             };
             for ((owner, version), ticket) in unknown.into_iter().zip(values).zip(tickets) {
                 if use_l1 {
@@ -88,7 +91,8 @@ impl Caches {
             .map(|&owner| (kind, owner, versions[&owner], limit))
             .collect();
         let load = |keys: Vec<PageKey>| {
-            let pages = load(keys.iter().map(|key| key.1).collect());
+            let newest = keys.iter().map(|key| key.2).max();
+            let pages = load(keys.iter().map(|key| key.1).collect(), newest);
             async move {
                 let mut pages = pages.await?;
                 Ok(keys

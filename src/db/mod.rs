@@ -5,6 +5,7 @@ pub mod follows;
 pub mod outbox;
 pub mod pairs;
 mod prepared;
+pub mod replicas;
 pub mod requests;
 pub mod schema;
 pub mod stats;
@@ -29,6 +30,8 @@ use diesel_async::{
     pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub use replicas::{Freshness, Reads};
 
 /// The migrations under `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

@@ -8,10 +8,10 @@ use std::collections::HashSet;
 
 use diesel_async::AsyncPgConnection;
 
-use super::{FollowGraph, group_commit::Publish};
+use super::{FollowGraph, Reader, group_commit::Publish};
 use crate::{
     db::{
-        self,
+        self, Freshness,
         follows::{Keyset, ListEntry},
         pairs::PairError,
     },
@@ -73,8 +73,10 @@ impl FollowGraph {
             self.require_users(viewer_id, &[user_id]).await?;
         }
         let mut conn = db::connect(&self.db).await?;
-        let event = db::follows::remove_follower(&mut conn, viewer_id, user_id).await?;
+        let event = db::follows::remove_follower(&mut conn, viewer_id, user_id).await;
         drop(conn);
+        self.note_write(viewer_id);
+        let event = event?;
         let changed = event.is_some();
         self.publish(event.as_slice()).await;
         Ok(ConsentOutcome { user_id, changed })
@@ -114,7 +116,7 @@ impl FollowGraph {
                 changed: false,
             });
         }
-        let (changed, events) = db::retrying(
+        let changed_events = db::retrying(
             &self.db,
             RETRY_PAUSE,
             || {},
@@ -136,14 +138,17 @@ impl FollowGraph {
                 }
             },
         )
-        .await
-        .map_err(|err| pair_error(err, viewer_id, user_id))?;
+        .await;
+        self.note_write(viewer_id);
+        let (changed, events) =
+            changed_events.map_err(|err| pair_error(err, viewer_id, user_id))?;
         self.publish(&events).await;
         Ok(ConsentOutcome { user_id, changed })
     }
 
-    /// Of these (blocker, blocked) pairs, the blocks that stand. Read from PostgreSQL, not cached: only
-    /// a blocker may ask about its own blocks, which is rare next to follow statuses.
+    /// Of these (blocker, blocked) pairs, the blocks that stand. Read from the primary, not cached: only
+    /// a blocker may ask about its own blocks, which is rare next to follow statuses, and a consent check
+    /// must not lag.
     pub async fn blocks_between(
         &self,
         pairs: &[(i64, i64)],
@@ -177,7 +182,8 @@ impl FollowGraph {
         if pairs.is_empty() {
             return Ok(HashSet::new());
         }
-        let mut conn = db::connect(&self.db).await?;
+        // A consent check must not lag: the primary.
+        let mut conn = self.reads.primary_read("consent").await?;
         Ok(probe(&mut conn, pairs).await?.into_iter().collect())
     }
 
@@ -190,14 +196,26 @@ impl FollowGraph {
         viewer_id: i64,
         after: Option<Keyset>,
         limit: i64,
+        reader: Reader,
     ) -> Result<Vec<ListEntry>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        Ok(match list {
-            ViewerList::Blocking => db::blocks::page(&mut conn, viewer_id, after, limit).await?,
-            ViewerList::FollowRequests => {
-                db::requests::page(&mut conn, viewer_id, after, limit).await?
-            }
-        })
+        Ok(self
+            .reads
+            .run(
+                // Blocks and requests are consent, which must not lag: the primary, whoever reads.
+                Freshness::Primary.and(self.freshness(reader)),
+                "viewer_lists",
+                |mut conn| async move {
+                    match list {
+                        ViewerList::Blocking => {
+                            db::blocks::page(&mut conn, viewer_id, after, limit).await
+                        }
+                        ViewerList::FollowRequests => {
+                            db::requests::page(&mut conn, viewer_id, after, limit).await
+                        }
+                    }
+                },
+            )
+            .await?)
     }
 
     /// How long one of the viewer's own lists is, read from the primary as its pages.
@@ -205,12 +223,24 @@ impl FollowGraph {
         &self,
         list: ViewerList,
         viewer_id: i64,
+        reader: Reader,
     ) -> Result<i64, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        Ok(match list {
-            ViewerList::Blocking => db::blocks::count(&mut conn, viewer_id).await?,
-            ViewerList::FollowRequests => db::requests::count(&mut conn, viewer_id).await?,
-        })
+        Ok(self
+            .reads
+            .run(
+                // Blocks and requests are consent, which must not lag: the primary, whoever reads.
+                Freshness::Primary.and(self.freshness(reader)),
+                "viewer_lists",
+                |mut conn| async move {
+                    match list {
+                        ViewerList::Blocking => db::blocks::count(&mut conn, viewer_id).await,
+                        ViewerList::FollowRequests => {
+                            db::requests::count(&mut conn, viewer_id).await
+                        }
+                    }
+                },
+            )
+            .await?)
     }
 
     /// Puts what a write outside the group commit committed into the caches and onto the stream.

@@ -16,7 +16,7 @@ use std::{
 use crate::{
     cache::Caches,
     db::{
-        self, DbPool,
+        self, DbPool, Freshness, Reads,
         follows::{EdgeChange, EdgeResult},
         users::UpsertError,
     },
@@ -39,6 +39,20 @@ pub const MAX_BATCH: usize = 100;
 pub const MAX_PAGE: i64 = 100;
 /// Page size when the client does not say.
 pub const DEFAULT_PAGE: i64 = 20;
+
+/// Allowed difference between Redis's clock (list versions) and this host's (replica probes), in
+/// microseconds: a first page cached under a list version is read where every commit made before the
+/// version's instant, plus this margin, is replayed.
+const CLOCK_ALLOWANCE_US: i64 = 20_000;
+
+/// Who reads, which decides where a read may go (see [`FollowGraph::freshness`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reader {
+    /// The request's viewer, whose own recent writes its reads must show.
+    pub viewer_id: Option<i64>,
+    /// The request writes (a mutation): everything it reads comes from the primary.
+    pub writes: bool,
+}
 
 /// Passes of an edge change whose unfollow keeps racing decisions on its request.
 const RACE_ATTEMPTS: usize = 4;
@@ -92,7 +106,13 @@ struct PairState {
 /// The follow graph's operations over the store and the event stream.
 #[derive(Clone)]
 pub struct FollowGraph {
+    /// The primary's read pool: the reads that must see every commit, and the writes outside the
+    /// group commit.
     db: DbPool,
+    /// Where the reads that may lag go (a replica caught up enough, else the primary).
+    reads: Reads,
+    /// Viewers' last writes through this instance, so that their next reads see them.
+    writers: Arc<RecentWriters>,
     caches: Caches,
     writes: group_commit::GroupCommit,
     /// Publishes the events of the writes outside the group commit (blocks, approvals, privacy).
@@ -100,9 +120,10 @@ pub struct FollowGraph {
 }
 
 impl FollowGraph {
-    /// `db` serves the reads, `db_writes` (generic plans) the group commit.
+    /// `reads` routes the reads (its primary pool also serves the writes outside the group commit),
+    /// `db_writes` (generic plans) the group commit.
     pub fn new(
-        db: DbPool,
+        reads: Reads,
         db_writes: DbPool,
         producer: Producer,
         caches: Caches,
@@ -115,8 +136,34 @@ impl FollowGraph {
         Self {
             publisher: Arc::new(publisher.clone()),
             writes: group_commit::GroupCommit::new(db_writes, publisher, writes),
-            db,
+            db: reads.primary().clone(),
+            writers: Arc::new(RecentWriters::new(reads.max_lag())),
+            reads,
             caches,
+        }
+    }
+
+    /// Where `reader`'s reads of lag-tolerant data may go: the primary in a mutation; a replica that has
+    /// replayed the viewer's last write through this instance, if it wrote within the lag bound; else
+    /// any replica within the bound.
+    pub fn freshness(&self, reader: Reader) -> Freshness {
+        if reader.writes {
+            return Freshness::Primary;
+        }
+        match reader
+            .viewer_id
+            .and_then(|viewer| self.writers.wrote_at(viewer))
+        {
+            Some(at) => Freshness::Since(at),
+            None => Freshness::MayLag,
+        }
+    }
+
+    /// Notes that `viewer_id` has just written (committed or not: a write whose answer was lost may
+    /// have committed), so that its reads skip replicas until one has replayed past this moment.
+    fn note_write(&self, viewer_id: i64) {
+        if self.reads.has_replicas() {
+            self.writers.note(viewer_id);
         }
     }
 
@@ -214,7 +261,9 @@ impl FollowGraph {
                 follow,
             })
             .collect();
-        let results = self.writes.submit(changes).await?;
+        let results = self.writes.submit(changes).await;
+        self.note_write(viewer_id);
+        let results = results?;
         let mut raced = Vec::new();
         let mut unknown = Vec::new();
         let mut blocked = None;
@@ -275,8 +324,13 @@ impl FollowGraph {
     async fn require_users(&self, viewer_id: i64, user_ids: &[i64]) -> Result<(), AppError> {
         let mut wanted = user_ids.to_vec();
         wanted.push(viewer_id);
-        let mut conn = db::connect(&self.db).await?;
-        let known: HashSet<i64> = db::users::existing_ids(&mut conn, &wanted)
+        let wanted = &wanted;
+        // A write's check: the primary.
+        let known: HashSet<i64> = self
+            .reads
+            .run(Freshness::Primary, "write_check", |mut conn| async move {
+                db::users::existing_ids(&mut conn, wanted).await
+            })
             .await?
             .into_iter()
             .collect();
@@ -371,12 +425,23 @@ impl FollowGraph {
         self.caches.peek_first_page(kind, owner, limit)
     }
 
-    /// Users by id; unknown ids are absent from the map.
-    pub async fn users(&self, ids: &[i64]) -> Result<HashMap<i64, UserRecord>, AppError> {
+    /// Users by id; unknown ids are absent from the map. A replica may fill the cache: a record carries
+    /// its `updated_at` as version, so an older one never replaces a newer.
+    pub async fn users(
+        &self,
+        ids: &[i64],
+        reader: Reader,
+    ) -> Result<HashMap<i64, UserRecord>, AppError> {
+        let freshness = self.freshness(reader);
         self.caches
             .users(ids, |ids| async move {
-                let mut conn = db::connect(&self.db).await?;
-                let users = db::users::by_ids(&mut conn, &ids).await?;
+                let ids = &ids;
+                let users = self
+                    .reads
+                    .run(freshness, "users", |mut conn| async move {
+                        db::users::by_ids(&mut conn, ids).await
+                    })
+                    .await?;
                 Ok::<_, AppError>(users.into_iter().map(|u| (u.id, u)).collect())
             })
             .await
@@ -388,28 +453,50 @@ impl FollowGraph {
         &self,
         ids: &[i64],
     ) -> Result<HashMap<i64, UserRecord>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let users = db::users::by_ids(&mut conn, ids).await?;
-        drop(conn);
+        let users = self
+            .reads
+            .run(Freshness::Primary, "users", |mut conn| async move {
+                db::users::by_ids(&mut conn, ids).await
+            })
+            .await?;
         self.caches.record_users(&users).await;
         Ok(users.into_iter().map(|u| (u.id, u)).collect())
     }
 
     /// A user by handle, ignoring case.
-    pub async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>, AppError> {
+    pub async fn user_by_handle(
+        &self,
+        handle: &str,
+        reader: Reader,
+    ) -> Result<Option<UserRecord>, AppError> {
         if check_handle(handle).is_err() {
             return Ok(None);
         }
-        let mut conn = db::connect(&self.db).await?;
-        Ok(db::users::by_handle(&mut conn, handle).await?)
+        Ok(self
+            .reads
+            .run(self.freshness(reader), "users", |mut conn| async move {
+                db::users::by_handle(&mut conn, handle).await
+            })
+            .await?)
     }
 
-    /// Counts by user id; a user absent from the map has zero of each.
-    pub async fn counts(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
+    /// Counts by user id; a user absent from the map has zero of each. A replica may fill the cache:
+    /// counts carry `user_stats.version`, so older counts never replace newer.
+    pub async fn counts(
+        &self,
+        ids: &[i64],
+        reader: Reader,
+    ) -> Result<HashMap<i64, Counts>, AppError> {
+        let freshness = self.freshness(reader);
         self.caches
             .counts(ids, |ids| async move {
-                let mut conn = db::connect(&self.db).await?;
-                let counts = db::stats::counts(&mut conn, &ids).await?;
+                let ids = &ids;
+                let counts = self
+                    .reads
+                    .run(freshness, "counts", |mut conn| async move {
+                        db::stats::counts(&mut conn, ids).await
+                    })
+                    .await?;
                 Ok::<_, AppError>(counts.into_iter().map(|c| (c.user_id.get(), c)).collect())
             })
             .await
@@ -418,8 +505,14 @@ impl FollowGraph {
     /// Counts as the edges stand now, past the caches and the consumer's lag: for the users whose
     /// edges the request has just changed (see `db::stats::counts_now`).
     pub async fn counts_now(&self, ids: &[i64]) -> Result<HashMap<i64, Counts>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let counts = db::stats::counts_now(&mut conn, ids).await?;
+        let counts = self
+            .reads
+            .run(
+                Freshness::Primary,
+                "payload_counts",
+                |mut conn| async move { db::stats::counts_now(&mut conn, ids).await },
+            )
+            .await?;
         Ok(counts.into_iter().map(|c| (c.user_id.get(), c)).collect())
     }
 
@@ -436,8 +529,13 @@ impl FollowGraph {
                 viewer_id,
                 |users| self.load_following_sets(users),
                 |pairs| async move {
-                    let mut conn = db::connect(&self.db).await?;
-                    let edges = db::follows::existing_pairs(&mut conn, &pairs).await?;
+                    let pairs = &pairs;
+                    let edges = self
+                        .reads
+                        .run(Freshness::Primary, "statuses", |mut conn| async move {
+                            db::follows::existing_pairs(&mut conn, pairs).await
+                        })
+                        .await?;
                     Ok::<_, AppError>(edges.into_iter().collect::<HashSet<_>>())
                 },
             )
@@ -451,8 +549,12 @@ impl FollowGraph {
         &self,
         pairs: &[(i64, i64)],
     ) -> Result<HashSet<(i64, i64)>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let edges = db::follows::existing_pairs(&mut conn, pairs).await?;
+        let edges = self
+            .reads
+            .run(Freshness::Primary, "statuses", |mut conn| async move {
+                db::follows::existing_pairs(&mut conn, pairs).await
+            })
+            .await?;
         Ok(edges.into_iter().collect())
     }
 
@@ -462,8 +564,13 @@ impl FollowGraph {
         users: Vec<i64>,
     ) -> Result<HashMap<i64, Vec<i64>>, AppError> {
         let limit = self.caches.set_limit() as i64 + 1;
-        let mut conn = db::connect(&self.db).await?;
-        let sets = db::follows::following_sets(&mut conn, &users, limit).await?;
+        let users = &users;
+        let sets = self
+            .reads
+            .run(Freshness::Primary, "following_sets", |mut conn| async move {
+                db::follows::following_sets(&mut conn, users, limit).await
+            })
+            .await?;
         Ok(sets.into_iter().collect())
     }
 
@@ -487,12 +594,16 @@ impl FollowGraph {
         }
         // The viewer's recent changes are trusted a while after Redis's data began: start that clock now.
         self.caches.start_epoch().await;
-        let hot = {
-            let mut conn = db::connect(&self.db).await?;
-            db::stats::most_followed(&mut conn, plan.users.max(plan.pages) as i64).await?
-        };
+        let most = plan.users.max(plan.pages) as i64;
+        let hot = self
+            .reads
+            .run(Freshness::MayLag, "warm_up", |mut conn| async move {
+                db::stats::most_followed(&mut conn, most).await
+            })
+            .await?;
+        let reader = Reader::default();
         for chunk in hot[..plan.pages.min(hot.len())].chunks(WARM_UP_CHUNK) {
-            self.list_pages(ListKind::Followers, chunk, None, DEFAULT_PAGE + 1)
+            self.list_pages(ListKind::Followers, chunk, None, DEFAULT_PAGE + 1, reader)
                 .await?;
             progress.pages.fetch_add(chunk.len(), Relaxed);
         }
@@ -500,7 +611,7 @@ impl FollowGraph {
             let sets = self
                 .caches
                 .load_following_sets(chunk, |users| self.load_following_sets(users));
-            tokio::try_join!(self.counts(chunk), self.users(chunk), sets)?;
+            tokio::try_join!(self.counts(chunk, reader), self.users(chunk, reader), sets)?;
             progress.users.fetch_add(chunk.len(), Relaxed);
         }
         let active = self.caches.active_viewers(plan.viewers).await;
@@ -515,17 +626,30 @@ impl FollowGraph {
     }
 
     /// One page of the lists of several owners (one SQL query), `limit` entries at most per owner. First
-    /// pages come through the cache; later pages (by cursor) from PostgreSQL.
+    /// pages come through the cache; later pages (by cursor) from PostgreSQL. A first page cached under a
+    /// list version is read where every commit before that version is replayed (the version is bumped
+    /// after the writes it follows): else a lagging replica would cache a page without them under it.
     pub async fn list_pages(
         &self,
         kind: ListKind,
         owner_ids: &[i64],
         after: Option<Keyset>,
         limit: i64,
+        reader: Reader,
     ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, AppError> {
-        let load = |owners: Vec<i64>| async move {
-            let mut conn = db::connect(&self.db).await?;
-            let entries = db::follows::list_pages(&mut conn, kind, &owners, after, limit).await?;
+        let freshness = self.freshness(reader);
+        let load = |owners: Vec<i64>, version: Option<i64>| async move {
+            let freshness = match version {
+                Some(version) => freshness.and(Freshness::Since(version + CLOCK_ALLOWANCE_US)),
+                None => freshness,
+            };
+            let owners = &owners;
+            let entries = self
+                .reads
+                .run(freshness, "lists", |mut conn| async move {
+                    db::follows::list_pages(&mut conn, kind, owners, after, limit).await
+                })
+                .await?;
             let mut pages: HashMap<i64, Vec<ListEntry>> = HashMap::new();
             for entry in entries {
                 pages.entry(entry.owner_id).or_default().push(entry);
@@ -533,7 +657,7 @@ impl FollowGraph {
             Ok::<_, AppError>(pages)
         };
         if after.is_some() {
-            let pages = load(owner_ids.to_vec()).await?;
+            let pages = load(owner_ids.to_vec(), None).await?;
             return Ok(pages
                 .into_iter()
                 .map(|(owner, page)| (owner, Arc::new(page)))
@@ -550,9 +674,18 @@ impl FollowGraph {
         &self,
         viewer_id: i64,
         pages: &[KnownPage],
+        reader: Reader,
     ) -> Result<Vec<Vec<ListEntry>>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        Ok(db::follows::known_followers_pages(&mut conn, viewer_id, pages).await?)
+        Ok(self
+            .reads
+            .run(
+                self.freshness(reader),
+                "known_followers",
+                |mut conn| async move {
+                    db::follows::known_followers_pages(&mut conn, viewer_id, pages).await
+                },
+            )
+            .await?)
     }
 
     /// How many followers of each owner the viewer follows (exact; absent: none), in one SQL statement.
@@ -560,10 +693,62 @@ impl FollowGraph {
         &self,
         viewer_id: i64,
         owner_ids: &[i64],
+        reader: Reader,
     ) -> Result<HashMap<i64, i64>, AppError> {
-        let mut conn = db::connect(&self.db).await?;
-        let counts = db::follows::known_followers_counts(&mut conn, viewer_id, owner_ids).await?;
+        let counts = self
+            .reads
+            .run(
+                self.freshness(reader),
+                "known_followers",
+                |mut conn| async move {
+                    db::follows::known_followers_counts(&mut conn, viewer_id, owner_ids).await
+                },
+            )
+            .await?;
         Ok(counts.into_iter().collect())
+    }
+}
+
+/// Viewers' last writes through this instance (µs since the epoch), forgotten after the lag bound:
+/// by then every replica still in use has replayed them. Another instance does not see these; see
+/// ARCHITECTURE.md, "Read replicas", for why that is enough.
+struct RecentWriters {
+    max_lag_us: i64,
+    wrote: std::sync::Mutex<HashMap<i64, i64>>,
+}
+
+/// Entries past which a note of a write sweeps out the expired ones.
+const RECENT_WRITERS_SWEEP: usize = 4_096;
+
+impl RecentWriters {
+    fn new(max_lag: std::time::Duration) -> Self {
+        Self {
+            max_lag_us: max_lag.as_micros() as i64,
+            wrote: std::sync::Mutex::default(),
+        }
+    }
+
+    fn note(&self, viewer_id: i64) {
+        let now = db::replicas::now_micros();
+        // A poisoned map is still a map of instants: never lose a write to a panic elsewhere.
+        let mut wrote = self
+            .wrote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if wrote.len() >= RECENT_WRITERS_SWEEP {
+            wrote.retain(|_, at| *at >= now - self.max_lag_us);
+        }
+        wrote.insert(viewer_id, now);
+    }
+
+    /// When `viewer_id` last wrote, if within the lag bound.
+    fn wrote_at(&self, viewer_id: i64) -> Option<i64> {
+        let oldest = db::replicas::now_micros() - self.max_lag_us;
+        let wrote = self
+            .wrote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        wrote.get(&viewer_id).copied().filter(|&at| at >= oldest)
     }
 }
 

@@ -21,6 +21,14 @@ use async_graphql::{
 
 use super::{coded, cost::CostLimits, limits, observe::Observation, order};
 
+/// Whether the operation to run is a mutation (its reads, payload included, then go to the primary).
+fn is_mutation(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    document.operations.iter().any(|(name, operation)| {
+        operation.node.ty == async_graphql::parser::types::OperationType::Mutation
+            && (operation_name.is_none() || name.map(|n| n.as_str()) == operation_name)
+    })
+}
+
 /// Installs [`RequestHooks`] for every request.
 #[derive(Clone, Copy, Debug)]
 pub struct Hooks {
@@ -111,6 +119,11 @@ impl Extension for RequestHooks {
         next: NextExecute<'_>,
     ) -> Response {
         let document = self.parsed.get().map(|parsed| &*parsed.document);
+        if document.is_some_and(|document| is_mutation(document, operation_name))
+            && let Some(loaders) = ctx.data_opt::<super::loaders::Loaders>()
+        {
+            loaders.mark_mutation();
+        }
         let registry = &ctx.schema_env.registry;
         self.observation
             .executing(registry, document, operation_name);

@@ -7,7 +7,7 @@ use async_graphql::dataloader::Loader;
 
 use super::{batch::Batched, to_graphql_error};
 use crate::graph::{
-    Counts, FollowGraph, Keyset, KnownPage, ListEntry, ListKind, UserRecord, ViewerList,
+    Counts, FollowGraph, Keyset, KnownPage, ListEntry, ListKind, Reader, UserRecord, ViewerList,
 };
 
 /// The loaders of one request (created per request, so nothing leaks between viewers).
@@ -39,26 +39,53 @@ pub struct Loaders {
     viewer_counts: Memo<(ViewerList, i64), i64>,
     graph: FollowGraph,
     viewer_id: Option<i64>,
+    /// Who reads, shared with the loaders: the viewer, and whether the request is a mutation (then
+    /// every read goes to the primary).
+    reader: Arc<ReaderCell>,
+}
+
+/// A request's [`Reader`], turned to a writer's once the request is known to be a mutation.
+#[derive(Debug, Default)]
+pub struct ReaderCell {
+    viewer_id: Option<i64>,
+    writes: std::sync::atomic::AtomicBool,
+}
+
+impl ReaderCell {
+    fn get(&self) -> Reader {
+        Reader {
+            viewer_id: self.viewer_id,
+            writes: self.writes.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl Loaders {
     /// Fresh loaders over `graph`; `delay` is how long each waits to gather keys into one batch.
     pub fn new(graph: &FollowGraph, delay: Duration, viewer_id: Option<i64>) -> Self {
+        let reader = Arc::new(ReaderCell {
+            viewer_id,
+            writes: Default::default(),
+        });
         Self {
-            users: Batched::new("users", UserLoader(graph.clone()), delay),
-            counts: Batched::new("counts", CountsLoader(graph.clone()), delay),
+            users: Batched::new("users", UserLoader(graph.clone(), reader.clone()), delay),
+            counts: Batched::new("counts", CountsLoader(graph.clone(), reader.clone()), delay),
             counts_now: Batched::new("counts_now", CountsNowLoader(graph.clone()), delay),
             counts_seen: std::sync::Mutex::default(),
             written: std::sync::Mutex::default(),
             written_pairs: std::sync::Mutex::default(),
             statuses: Batched::new("statuses", StatusLoader(graph.clone(), viewer_id), delay),
-            lists: Batched::new("lists", ListLoader(graph.clone()), delay),
+            lists: Batched::new("lists", ListLoader(graph.clone(), reader.clone()), delay),
             known_followers: Batched::new(
                 "known_followers",
-                KnownFollowersLoader(graph.clone()),
+                KnownFollowersLoader(graph.clone(), reader.clone()),
                 delay,
             ),
-            known_counts: Batched::new("known_counts", KnownCountLoader(graph.clone()), delay),
+            known_counts: Batched::new(
+                "known_counts",
+                KnownCountLoader(graph.clone(), reader.clone()),
+                delay,
+            ),
             blocks: Batched::new(
                 "blocks",
                 PairFactLoader(graph.clone(), PairFact::Block),
@@ -73,7 +100,21 @@ impl Loaders {
             viewer_counts: Memo::default(),
             graph: graph.clone(),
             viewer_id,
+            reader,
         }
+    }
+
+    /// Who this request reads as (where its lag-tolerant reads may go).
+    pub fn reader(&self) -> Reader {
+        self.reader.get()
+    }
+
+    /// Notes that the request is a mutation: everything it reads from now on, its payload included,
+    /// comes from the primary.
+    pub fn mark_mutation(&self) {
+        self.reader
+            .writes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     // Slow paths are boxed: a resolver's future holds the largest future it may await, and every
@@ -230,10 +271,10 @@ impl Loaders {
         &self,
         key: ViewerPageKey,
     ) -> async_graphql::Result<Arc<Vec<ListEntry>>> {
-        let graph = &self.graph;
+        let (graph, reader) = (&self.graph, self.reader());
         Box::pin(self.viewer_pages.get_or_load(key, || async move {
             graph
-                .viewer_list_page(key.list, key.viewer_id, key.after, key.limit)
+                .viewer_list_page(key.list, key.viewer_id, key.after, key.limit, reader)
                 .await
                 .map(Arc::new)
                 .map_err(to_graphql_error)
@@ -247,12 +288,12 @@ impl Loaders {
         list: ViewerList,
         viewer_id: i64,
     ) -> async_graphql::Result<i64> {
-        let graph = &self.graph;
+        let (graph, reader) = (&self.graph, self.reader());
         Box::pin(
             self.viewer_counts
                 .get_or_load((list, viewer_id), || async move {
                     graph
-                        .viewer_list_count(list, viewer_id)
+                        .viewer_list_count(list, viewer_id, reader)
                         .await
                         .map_err(to_graphql_error)
                 }),
@@ -340,26 +381,32 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
 }
 
 /// User records by id.
-pub struct UserLoader(FollowGraph);
+pub struct UserLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<i64> for UserLoader {
     type Value = UserRecord;
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, UserRecord>, Self::Error> {
-        self.0.users(keys).await.map_err(to_graphql_error)
+        self.0
+            .users(keys, self.1.get())
+            .await
+            .map_err(to_graphql_error)
     }
 }
 
 /// Follower and following counts by user id (absent: zero).
-pub struct CountsLoader(FollowGraph);
+pub struct CountsLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<i64> for CountsLoader {
     type Value = Counts;
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Counts>, Self::Error> {
-        self.0.counts(keys).await.map_err(to_graphql_error)
+        self.0
+            .counts(keys, self.1.get())
+            .await
+            .map_err(to_graphql_error)
     }
 }
 
@@ -401,7 +448,7 @@ pub struct ListKey {
 }
 
 /// List pages; keys that share kind, cursor and size are fetched together in one query.
-pub struct ListLoader(FollowGraph);
+pub struct ListLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<ListKey> for ListLoader {
     type Value = Arc<Vec<ListEntry>>;
@@ -422,7 +469,7 @@ impl Loader<ListKey> for ListLoader {
         for ((kind, after, limit), owners) in groups {
             let mut found = self
                 .0
-                .list_pages(kind, &owners, after, limit)
+                .list_pages(kind, &owners, after, limit, self.1.get())
                 .await
                 .map_err(to_graphql_error)?;
             for owner_id in owners {
@@ -453,7 +500,7 @@ pub struct KnownKey {
 
 /// Known-followers pages: every key of a batch (all of one viewer, as keys of one request are) is
 /// fetched in one statement, whatever their owners, cursors and sizes.
-pub struct KnownFollowersLoader(FollowGraph);
+pub struct KnownFollowersLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<KnownKey> for KnownFollowersLoader {
     type Value = Arc<Vec<ListEntry>>;
@@ -471,7 +518,7 @@ impl Loader<KnownKey> for KnownFollowersLoader {
         for (viewer_id, asked) in by_viewer {
             let found = self
                 .0
-                .known_followers_pages(viewer_id, &asked)
+                .known_followers_pages(viewer_id, &asked, self.1.get())
                 .await
                 .map_err(to_graphql_error)?;
             for (page, entries) in asked.into_iter().zip(found) {
@@ -491,7 +538,7 @@ pub struct KnownCountKey {
 
 /// Known-followers counts: every owner of a batch (per viewer: one per request) in one GROUP BY
 /// statement; every key gets an answer, zero included.
-pub struct KnownCountLoader(FollowGraph);
+pub struct KnownCountLoader(FollowGraph, Arc<ReaderCell>);
 
 impl Loader<KnownCountKey> for KnownCountLoader {
     type Value = i64;
@@ -512,7 +559,7 @@ impl Loader<KnownCountKey> for KnownCountLoader {
         for (viewer_id, owners) in by_viewer {
             let found = self
                 .0
-                .known_followers_counts(viewer_id, &owners)
+                .known_followers_counts(viewer_id, &owners, self.1.get())
                 .await
                 .map_err(to_graphql_error)?;
             for owner_id in owners {

@@ -52,7 +52,7 @@ impl UserQuery {
     async fn user_by_handle(&self, ctx: &Context<'_>, handle: String) -> Result<Option<User>> {
         Ok(ctx
             .data::<FollowGraph>()?
-            .user_by_handle(&handle)
+            .user_by_handle(&handle, loaders(ctx)?.reader())
             .await?
             .map(User))
     }

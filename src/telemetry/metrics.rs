@@ -48,6 +48,19 @@ pub const PG_WAL_BYTES: &str = "follow_pg_wal_bytes";
 /// The Redis server's `total_commands_processed` (every client's), sampled: its rate over the rate of
 /// `follow_edge_changes_total` is Redis commands per write.
 pub const REDIS_COMMANDS: &str = "follow_redis_commands_processed";
+/// Reads routed by the read router (`db::replicas`), labelled `target` (primary, replica) and `what`
+/// (users, counts, lists, following_sets, statuses, …): each one statement, so the primary's share of
+/// reads is its rate over the sum.
+pub const DB_READS: &str = "follow_db_reads_total";
+/// How far each read replica is behind, labelled `replica` (host:port): the time since the newest
+/// primary WAL position it has replayed was read, so an idle primary shows no lag.
+pub const DB_REPLICA_LAG: &str = "follow_db_replica_lag_seconds";
+/// How far each read replica's replay is behind the primary's WAL, in bytes, labelled `replica`.
+pub const DB_REPLICA_LAG_BYTES: &str = "follow_db_replica_lag_bytes";
+/// Whether each read replica takes reads (1) or is skipped as down or too far behind (0), by `replica`.
+pub const DB_REPLICA_UP: &str = "follow_db_replica_up";
+/// Reads that failed on a replica and were run again on the primary, labelled `replica`.
+pub const DB_REPLICA_FALLBACKS: &str = "follow_db_replica_fallbacks_total";
 /// Connections of the write pool (group commit and consumers), labelled `state`.
 pub const DB_WRITE_POOL_CONNECTIONS: &str = "follow_db_write_pool_connections";
 /// Group-commit batches and consumer batches waiting for a write-pool connection.
@@ -173,6 +186,28 @@ fn describe() {
         "Requests waiting for a PostgreSQL connection"
     );
     describe_counter!(DB_QUERIES, "SQL statements run by this process");
+    describe_counter!(
+        DB_READS,
+        "Reads routed to the primary or a read replica, by target and what they read"
+    );
+    describe_gauge!(
+        DB_REPLICA_LAG,
+        ::metrics::Unit::Seconds,
+        "How far each read replica is behind the primary, by replica"
+    );
+    describe_gauge!(
+        DB_REPLICA_LAG_BYTES,
+        ::metrics::Unit::Bytes,
+        "WAL bytes each read replica has yet to replay, by replica"
+    );
+    describe_gauge!(
+        DB_REPLICA_UP,
+        "Whether each read replica takes reads (1) or is skipped (0)"
+    );
+    describe_counter!(
+        DB_REPLICA_FALLBACKS,
+        "Reads that failed on a replica and ran again on the primary, by replica"
+    );
     describe_gauge!(REDIS_POOL_CONNECTIONS, "Redis pool connections by state");
     describe_gauge!(
         REDIS_POOL_WAITING,
@@ -497,6 +532,12 @@ fn register_known_series() {
     }
     for result in ["hit", "miss", "registered"] {
         ::metrics::counter!(PERSISTED_QUERIES, "result" => result).absolute(0);
+    }
+    // The lag-tolerant kinds, on both targets; the primary-only kinds appear at their first read.
+    for target in ["primary", "replica"] {
+        for what in ["users", "counts", "lists", "known_followers"] {
+            ::metrics::counter!(DB_READS, "target" => target, "what" => what).absolute(0);
+        }
     }
     for cap in ["instance", "client"] {
         ::metrics::counter!(WS_REFUSED, "cap" => cap).absolute(0);

@@ -28,4 +28,5 @@ mod pagination;
 mod partitions;
 mod queries;
 mod ratelimit;
+mod replicas;
 mod subscriptions;

@@ -57,7 +57,8 @@
 //!   trouble") lets A read it stale until the consumer path repairs it, so on A such a change may show
 //!   the old value until the cut heals, plus the window (and a viewer's own read of it is eventual);
 //! - what is read from PostgreSQL only (`userByHandle`, `knownFollowers`) is checked with no window
-//!   (a known follower the viewer followed at some instants of [a, b] only may be there or not);
+//!   (a known follower the viewer followed at some instants of [a, b] only may be there or not), but
+//!   for a read replica's lag bound before the read when the tests run with one;
 //! - at quiescence (after `drained()` and a settle, both instances polled up to 3 s) every user, count,
 //!   list page (at the page sizes the run used, so that cached pages are read), status, request and
 //!   block is exact, every count equals the length of its list (of a private account read by another:
@@ -1167,6 +1168,24 @@ struct Ctx {
     at_rest: bool,
 }
 
+impl Ctx {
+    /// For what is read from PostgreSQL uncached and may come from a read replica (`userByHandle`,
+    /// `knownFollowers`): with `TEST_DATABASE_REPLICA_URLS` set, the read may show the state of up to the
+    /// test apps' replica lag bound (250 ms, see `support/app.rs`) before it began.
+    fn may_lag(self) -> Self {
+        if self.at_rest || std::env::var_os("TEST_DATABASE_REPLICA_URLS").is_none() {
+            return self;
+        }
+        Self {
+            a: self.a - REPLICA_LAG_US,
+            ..self
+        }
+    }
+}
+
+/// The test apps' replica lag bound, in the model's microseconds.
+const REPLICA_LAG_US: i64 = 250_000;
+
 type Checked = Result<(), (&'static str, String)>;
 
 impl Run {
@@ -1493,7 +1512,8 @@ impl Run {
                 Ok(())
             }
             Part::ByHandle { handle, fields } => {
-                // PostgreSQL only: no window.
+                // PostgreSQL only: no window (but a read replica's lag, when the tests run with one).
+                let ctx = ctx.may_lag();
                 let matches = |h: &Option<Record>| {
                     h.as_ref()
                         .is_some_and(|r| r.handle.eq_ignore_ascii_case(handle.as_str()))
@@ -1688,6 +1708,7 @@ impl Run {
                         ),
                     ));
                 }
+                let ctx = ctx.may_lag();
                 // Followers of owner whom the viewer follows; PostgreSQL only: no window. A follower
                 // the viewer followed only at some instants of [a, b] may be there or not.
                 let (candidates, optional): (Vec<(i64, History<bool>)>, HashSet<i64>) =

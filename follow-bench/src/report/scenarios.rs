@@ -23,6 +23,8 @@ pub struct ScenarioReport {
     pub max_ms: f64,
     /// Hit rate per `cache/level` during the measured window (absent: no lookups).
     pub cache_hit_rates: BTreeMap<String, f64>,
+    /// Reads per target during the measured window (absent: the server counts none).
+    pub reads: Option<crate::metrics::ReadTargets>,
     /// For write scenarios: time from the scenario's end until every event was applied.
     pub converged_ms: Option<f64>,
     /// For write scenarios: users whose stored counts differ from their edges once converged.
@@ -53,6 +55,8 @@ pub struct RunReport {
     pub server_env: Vec<String>,
     pub scenarios: Vec<ScenarioReport>,
     pub server_peak_rss_mib: Option<f64>,
+    /// With `--read-your-writes`: what its checks found.
+    pub read_your_writes: Option<crate::replicas::ReadYourWrites>,
 }
 
 /// Sets each scenario's throughput over `typename`'s (when `typename` ran, with some throughput).
@@ -169,12 +173,28 @@ pub fn markdown(run: &RunReport) -> String {
                 crate::steady::describe(&w.hit_rates)
             ));
         }
+        if let Some(r) = &s.reads {
+            out.push_str(&format!(
+                "  - reads: primary {:.0}, replica {:.0}: the primary served {:.1} % ({})\n",
+                r.primary,
+                r.replica,
+                r.primary_share * 100.0,
+                r.primary_by_what
+                    .iter()
+                    .map(|(what, n)| format!("{what} {n:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if let Some(err) = &s.first_error {
             out.push_str(&format!("  - first error: `{}`\n", err.replace('`', "'")));
         }
     }
     for consent in run.scenarios.iter().filter_map(|s| s.consent.as_ref()) {
         out.push_str(&crate::report::consent::markdown(consent));
+    }
+    if let Some(found) = &run.read_your_writes {
+        out.push_str(&found.markdown());
     }
     out
 }
@@ -197,6 +217,7 @@ mod tests {
             p999_ms: 4.0,
             max_ms: 5.0,
             cache_hit_rates: BTreeMap::new(),
+            reads: None,
             converged_ms: None,
             count_mismatches: None,
             warmup: None,
@@ -231,6 +252,7 @@ mod tests {
             server_env: vec![],
             scenarios,
             server_peak_rss_mib: None,
+            read_your_writes: None,
         }
     }
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use super::{
-    databases::{database_url, drop_database, fresh_database},
+    databases::{database_url, drop_database, fresh_database, replica_urls},
     redis::{redis_forget, redis_url},
     requests::{run_on, send},
 };
@@ -38,6 +38,9 @@ pub struct Options {
     pub cache: bool,
     /// `FOLLOW_CORS_ORIGINS`.
     pub cors_origins: String,
+    /// `DATABASE_REPLICA_URLS`: `None` takes the test replicas of `TEST_DATABASE_REPLICA_URLS` (none when
+    /// unset), `Some("")` none at all.
+    pub replica_urls: Option<String>,
     /// Any other settings, by variable name (they win over the ones above).
     pub env: Vec<(&'static str, String)>,
 }
@@ -52,6 +55,7 @@ impl Default for Options {
             database_url: None,
             cache: true,
             cors_origins: String::new(),
+            replica_urls: None,
             env: Vec::new(),
         }
     }
@@ -140,6 +144,11 @@ impl TestApp {
         let loader_delay = options.loader_delay.as_micros().to_string();
         let cache = if options.cache { "on" } else { "off" };
         let cors_origins = options.cors_origins.clone();
+        let replicas = options
+            .replica_urls
+            .clone()
+            .or_else(|| replica_urls(database))
+            .unwrap_or_default();
         let env = options.env.clone();
         let config = Config::from_lookup(move |name| {
             if let Some((_, value)) = env.iter().find(|(n, _)| *n == name) {
@@ -161,6 +170,12 @@ impl TestApp {
                 "FOLLOW_REDIS_BREAKER_COOLDOWN_MS" => Some("200".to_owned()),
                 "FOLLOW_WS_INIT_TIMEOUT_MS" => Some("500".to_owned()),
                 "FOLLOW_CORS_ORIGINS" => Some(cors_origins.clone()),
+                "DATABASE_REPLICA_URLS" => Some(replicas.clone()),
+                // Probed often, so that a test's replica is in use soon after its database appears,
+                // and skipped soon when it lags (tests that pause its replay make every app's replica
+                // lag): a count read through it is then at most this much older than the pipeline's.
+                "FOLLOW_REPLICA_PROBE_MS" => Some("20".to_owned()),
+                "FOLLOW_REPLICA_MAX_LAG_MS" => Some("250".to_owned()),
                 _ => None,
             }
         })
@@ -218,6 +233,25 @@ impl TestApp {
         db::users::insert_many(&mut conn, &ids, &handles, &names)
             .await
             .expect("insert users");
+        drop(conn);
+        self.replicated().await;
+    }
+
+    /// Waits (up to 10 s) until the app's read replicas, if any, have replayed everything written so
+    /// far: a test that writes past the service (SQL) then reads through it must not read a replica that
+    /// has not seen its rows yet. Nothing to wait for without replicas.
+    pub async fn replicated(&self) {
+        if !self.app.reads.has_replicas() {
+            return;
+        }
+        let started = Instant::now();
+        while !self.app.reads.replicas_caught_up().await.unwrap_or(false) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the read replicas did not catch up in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// `viewer` follows `user` through the API.
@@ -248,6 +282,8 @@ impl TestApp {
                 db::outbox::backlog(&mut conn).await.expect("backlog")
             };
             if backlog == 0 {
+                // The counts the consumer wrote are read through the replicas too.
+                self.replicated().await;
                 return;
             }
             assert!(

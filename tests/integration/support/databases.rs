@@ -21,6 +21,26 @@ pub fn database_url(name: &str) -> String {
     format!("{}/{name}", &base[..cut])
 }
 
+/// The URLs of database `name` on the test replicas, comma-separated, when `TEST_DATABASE_REPLICA_URLS`
+/// names some: servers (`postgres://postgres@127.0.0.1:5433`, any path is replaced) that stream from the
+/// test server, so that every test app reads through them (`scripts/ensure-pg-replica.sh` starts one).
+pub fn replica_urls(name: &str) -> Option<String> {
+    let templates = std::env::var("TEST_DATABASE_REPLICA_URLS").ok()?;
+    let urls: Vec<String> = templates
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|template| {
+            let authority = template.find("://").map_or(0, |i| i + 3);
+            let end = template[authority..]
+                .find('/')
+                .map_or(template.len(), |i| authority + i);
+            format!("{}/{name}", &template[..end])
+        })
+        .collect();
+    (!urls.is_empty()).then(|| urls.join(","))
+}
+
 /// A connection to the test server's admin database.
 async fn admin() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)

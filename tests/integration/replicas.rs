@@ -1,0 +1,268 @@
+//! Read replicas: lag-tolerant reads go to a replica that is caught up, a viewer's own write and a
+//! mutation's payload are read from the primary, and a replica down or too far behind is skipped.
+//!
+//! The tests that need a real streaming replica run when `TEST_DATABASE_REPLICA_URLS` names one (CI
+//! starts it with `scripts/ensure-pg-replica.sh` and sets `postgres://postgres@127.0.0.1:5433`); without
+//! it they say so and pass. The test of a replica that is down needs none and always runs.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Options, TestApp, eventually};
+
+/// The first test replica's server (for pausing its replay), when the variable names one.
+fn replica_server() -> Option<String> {
+    let templates = std::env::var("TEST_DATABASE_REPLICA_URLS").ok()?;
+    let first = templates
+        .split(',')
+        .map(str::trim)
+        .find(|t| !t.is_empty())?;
+    let authority = first.find("://").map_or(0, |i| i + 3);
+    let end = first[authority..]
+        .find('/')
+        .map_or(first.len(), |i| authority + i);
+    Some(format!("{}/postgres", &first[..end]))
+}
+
+/// The test apps' replica server, or `None` (and a note) when the tests run without one.
+fn replica_or_skip(test: &str) -> Option<String> {
+    let server = replica_server();
+    if server.is_none() {
+        eprintln!("{test}: skipped, TEST_DATABASE_REPLICA_URLS is unset");
+    }
+    server
+}
+
+/// Tests that pause the replica's replay, or need it current, take turns (the replica is shared by the
+/// whole run).
+static REPLAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Pauses the replica's WAL replay until dropped, which resumes it (with `psql`, so that it happens even
+/// when the test panics).
+struct ReplayPaused(String);
+
+impl ReplayPaused {
+    async fn start(server: &str) -> Self {
+        let paused = Self(server.to_owned());
+        paused.sql("SELECT pg_wal_replay_pause()");
+        paused
+    }
+
+    fn sql(&self, sql: &str) {
+        let status = std::process::Command::new("psql")
+            .args([self.0.as_str(), "-X", "-q", "-c", sql])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("psql runs");
+        assert!(status.success(), "{sql} failed on the replica");
+    }
+}
+
+impl Drop for ReplayPaused {
+    fn drop(&mut self) {
+        self.sql("SELECT pg_wal_replay_resume()");
+    }
+}
+
+/// A test app reading through the test replica (with `max_lag_ms` as the lag bound), once a read has
+/// gone there: its database exists on the replica and the probe has seen it caught up.
+async fn app_on_replica(max_lag_ms: u64, cache: bool) -> TestApp {
+    let app = TestApp::with_options(Options {
+        cache,
+        env: vec![("FOLLOW_REPLICA_MAX_LAG_MS", max_lag_ms.to_string())],
+        ..Options::default()
+    })
+    .await;
+    assert!(app.app.reads.has_replicas(), "the app has the test replica");
+    app.create_users(1..=6).await;
+    let reached = eventually(Duration::from_secs(10), || async {
+        app.data(None, r#"{ user(id: "1") { handle } }"#, json!({}))
+            .await;
+        app.app.reads.counts().replica > 0
+    })
+    .await;
+    assert!(reached, "no read reached the replica in 10 s");
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_tolerant_reads_go_to_a_caught_up_replica() {
+    if replica_or_skip("lag_tolerant_reads_go_to_a_caught_up_replica").is_none() {
+        return;
+    }
+    // Not while another test holds the replica's replay paused (it would be skipped as lagging).
+    let _turn = REPLAY.lock().await;
+    // No cache: every read below is a statement, so the counters tell where each went.
+    // A lag bound the replica meets even while the whole suite loads the box (its values are checked
+    // after `drained()`, which waits for the replica to replay).
+    let app = app_on_replica(30_000, false).await;
+    app.follow(2, 1).await;
+    app.follow(3, 1).await;
+    app.drained().await;
+    let before = app.app.reads.counts();
+    let data = app
+        .data(
+            None,
+            r#"{ user(id: "1") { handle followerCount followers(first: 10) { totalCount nodes { id } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["user"]["followerCount"], 2);
+    assert_eq!(data["user"]["followers"]["totalCount"], 2);
+    assert_eq!(
+        data["user"]["followers"]["nodes"],
+        json!([{ "id": "3" }, { "id": "2" }])
+    );
+    let after = app.app.reads.counts();
+    assert!(
+        after.replica >= before.replica + 2,
+        "the users, counts and list reads went to the replica: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.primary, before.primary,
+        "an anonymous read of data that may lag used the primary: {before:?} -> {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_own_write_is_read_from_the_primary_while_the_replica_lags() {
+    let Some(server) =
+        replica_or_skip("a_viewers_own_write_is_read_from_the_primary_while_the_replica_lags")
+    else {
+        return;
+    };
+    let _turn = REPLAY.lock().await;
+    // A lag bound far above the test's length: the paused replica stays in use for reads that may lag.
+    let app = app_on_replica(60_000, false).await;
+    let paused = ReplayPaused::start(&server).await;
+
+    // The mutation's payload shows the write (its reads go to the primary).
+    let payload = app
+        .data(
+            Some(4),
+            r#"mutation { follow(userId: "5") { changed viewer { following(first: 10) { totalCount nodes { id } } } user { followers(first: 10) { nodes { id } } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(payload["follow"]["changed"], true);
+    assert_eq!(
+        payload["follow"]["viewer"]["following"]["nodes"],
+        json!([{ "id": "5" }])
+    );
+    assert_eq!(
+        payload["follow"]["user"]["followers"]["nodes"],
+        json!([{ "id": "4" }])
+    );
+    // The viewer's next reads show it too, though the replica has not replayed it.
+    let before = app.app.reads.counts();
+    let own = app
+        .data(
+            Some(4),
+            r#"{ viewer { following(first: 10) { nodes { id } } } isFollowing(followerId: "4", followeeId: "5") }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(own["viewer"]["following"]["nodes"], json!([{ "id": "5" }]));
+    assert_eq!(own["isFollowing"], true);
+    let after = app.app.reads.counts();
+    assert_eq!(
+        after.replica, before.replica,
+        "the viewer's reads after its write went to the paused replica"
+    );
+    // Anyone else may read the lagging replica: the list there does not show the follow yet, which is
+    // what proves the reads above did not come from it.
+    let other = app
+        .data(
+            Some(6),
+            r#"{ user(id: "4") { following(first: 10) { nodes { id } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(other["user"]["following"]["nodes"], json!([]));
+    assert!(app.app.reads.counts().replica > after.replica);
+
+    drop(paused);
+    // Once replayed, everyone sees it, and the counts are exact.
+    app.drained().await;
+    let settled = eventually(Duration::from_secs(10), || async {
+        let data = app
+            .data(
+                Some(6),
+                r#"{ user(id: "4") { followingCount following(first: 10) { nodes { id } } } }"#,
+                json!({}),
+            )
+            .await;
+        data["user"] == json!({ "followingCount": 1, "following": { "nodes": [{ "id": "5" }] } })
+    })
+    .await;
+    assert!(settled, "the replica never showed the follow");
+    app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_too_far_behind_is_skipped() {
+    let Some(server) = replica_or_skip("a_replica_too_far_behind_is_skipped") else {
+        return;
+    };
+    let _turn = REPLAY.lock().await;
+    let app = app_on_replica(300, false).await;
+    let paused = ReplayPaused::start(&server).await;
+    app.follow(2, 3).await;
+    // Past the lag bound (and a probe), the paused replica takes no read; the primary shows the write.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = app.app.reads.counts();
+    let data = app
+        .data(
+            None,
+            r#"{ user(id: "2") { following(first: 10) { nodes { id } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["user"]["following"]["nodes"], json!([{ "id": "3" }]));
+    let after = app.app.reads.counts();
+    assert_eq!(after.replica, before.replica, "a lagging replica was read");
+    assert!(after.primary > before.primary);
+    drop(paused);
+    // Caught up again, it takes reads again.
+    let back = eventually(Duration::from_secs(10), || async {
+        app.data(None, r#"{ user(id: "2") { handle } }"#, json!({}))
+            .await;
+        app.app.reads.counts().replica > after.replica
+    })
+    .await;
+    assert!(back, "the replica never took reads again after catching up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_is_down_is_skipped_and_fails_nothing() {
+    // A closed port: every connection is refused. Needs no real replica.
+    let app = TestApp::with_options(Options {
+        cache: false,
+        replica_urls: Some("postgres://postgres@127.0.0.1:1/none".to_owned()),
+        ..Options::default()
+    })
+    .await;
+    app.create_users(1..=3).await;
+    app.follow(1, 2).await;
+    app.follow(3, 2).await;
+    app.drained().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for viewer in [None, Some(1)] {
+        let data = app
+            .data(
+                viewer,
+                r#"{ user(id: "2") { handle followerCount followers(first: 10) { nodes { id } } } }"#,
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            data["user"],
+            json!({ "handle": "u2", "followerCount": 2, "followers": { "nodes": [{ "id": "3" }, { "id": "1" }] } })
+        );
+    }
+    let counts = app.app.reads.counts();
+    assert_eq!(counts.replica, 0, "{counts:?}");
+    assert!(counts.primary > 0, "{counts:?}");
+    app.assert_counts_exact().await;
+}
