@@ -63,13 +63,7 @@ pub async fn run(
     );
     for (batch, events) in [(1usize, 5_000i64), (100, 100_000), (1_000, 100_000)] {
         checks.batch_execute("TRUNCATE outbox").await?;
-        for names in app.stream.read() {
-            let _: i64 = redis::cmd("DEL")
-                .arg(&names.stream)
-                .arg(&names.published)
-                .query_async(&mut conn)
-                .await?;
-        }
+        clear_streams(&app, &mut conn).await?;
         // Committed events (follows of Zipf-ish users, as after a burst), then their stream entries,
         // each in its followee's partition.
         checks
@@ -162,13 +156,7 @@ pub async fn run(
     }
 
     // Commit to count under a steady write rate, through the follow graph (the API's own code path).
-    for names in app.stream.read() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(&names.stream)
-            .arg(&names.published)
-            .query_async(&mut conn)
-            .await?;
-    }
+    clear_streams(&app, &mut conn).await?;
     graph::ensure_graph(&database_url, GRAPH).await?; // counts back in line with the edges
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let tasks = app.spawn_pipeline(stopped);
@@ -219,6 +207,21 @@ pub async fn run(
         p99 * 1000.0
     );
     graph::ensure_graph(&database_url, GRAPH).await?;
+    Ok(())
+}
+
+/// Deletes every partition's stream and published index (a run starts from empty streams).
+async fn clear_streams(
+    app: &follow_service::app::App,
+    conn: &mut follow_service::redis_pool::Dedicated,
+) -> anyhow::Result<()> {
+    for names in app.stream.read() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&names.stream)
+            .arg(&names.published)
+            .query_async(conn)
+            .await?;
+    }
     Ok(())
 }
 

@@ -7,7 +7,6 @@ use follow_service::{
     events::consumer::{self, ConsumerSettings},
     redis_pool::redis,
 };
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use crate::support::{Options, TestApp};
@@ -39,24 +38,7 @@ async fn counts_converge_exactly_after_a_burst_of_random_follows_and_unfollows()
     let app = TestApp::spawn().await;
     app.create_users(1..=50).await;
     // Ten clients, 100 operations each, over 50 users: many pairs are followed and unfollowed repeatedly.
-    let clients = (0..10u64).map(|client| {
-        let app = &app;
-        async move {
-            let mut rng = StdRng::seed_from_u64(client);
-            for _ in 0..100 {
-                let (a, b) = (rng.random_range(1..=50), rng.random_range(1..=50));
-                if a == b {
-                    continue;
-                }
-                if rng.random_bool(0.6) {
-                    app.follow(a, b).await;
-                } else {
-                    app.unfollow(a, b).await;
-                }
-            }
-        }
-    });
-    futures::future::join_all(clients).await;
+    app.random_burst(10, 100, 50).await;
     app.drained().await;
     app.assert_counts_exact().await;
     let mut conn = db::connect(&app.app.db).await.expect("connection");

@@ -11,7 +11,6 @@ use follow_service::{
     redis_pool::{Dedicated, redis},
 };
 use futures::StreamExt;
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use crate::support::{Options, TestApp, run_on};
@@ -160,24 +159,7 @@ async fn counts_converge_exactly_with_fewer_consumers_than_partitions_and_more()
     many.env.push(("FOLLOW_CONSUMERS", "6".to_owned()));
     let _other = app.instance(many).await;
     app.create_users(1..=40).await;
-    let clients = (0..8u64).map(|client| {
-        let app = &app;
-        async move {
-            let mut rng = StdRng::seed_from_u64(client);
-            for _ in 0..60 {
-                let (a, b) = (rng.random_range(1..=40), rng.random_range(1..=40));
-                if a == b {
-                    continue;
-                }
-                if rng.random_bool(0.6) {
-                    app.follow(a, b).await;
-                } else {
-                    app.unfollow(a, b).await;
-                }
-            }
-        }
-    });
-    futures::future::join_all(clients).await;
+    app.random_burst(8, 60, 40).await;
     app.drained().await;
     app.assert_counts_exact().await;
     let mut conn = db::connect(&app.app.db).await.expect("connection");

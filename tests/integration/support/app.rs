@@ -273,6 +273,28 @@ impl TestApp {
             .clone()
     }
 
+    /// A burst of `clients` concurrent clients, each making `operations` random follows (60 %) and
+    /// unfollows among users `1..=users`, seeded by client number (the same burst every run): many pairs
+    /// are followed and unfollowed repeatedly, in races with each other.
+    pub async fn random_burst(&self, clients: u64, operations: usize, users: i64) {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let bursts = (0..clients).map(|client| async move {
+            let mut rng = StdRng::seed_from_u64(client);
+            for _ in 0..operations {
+                let (a, b) = (rng.random_range(1..=users), rng.random_range(1..=users));
+                if a == b {
+                    continue;
+                }
+                if rng.random_bool(0.6) {
+                    self.follow(a, b).await;
+                } else {
+                    self.unfollow(a, b).await;
+                }
+            }
+        });
+        futures::future::join_all(bursts).await;
+    }
+
     /// Waits until every committed event is applied (the outbox is empty); panics after 30 s.
     pub async fn drained(&self) {
         let started = Instant::now();
