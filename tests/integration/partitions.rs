@@ -286,26 +286,14 @@ async fn the_relay_republishes_a_lost_entry_into_its_followee_s_partition() {
         .query_async(&mut conn)
         .await
         .expect("DEL");
-    let pass = follow_service::events::relay::relay_once(
-        &app.app.db,
-        &app.app.producer("relay"),
-        Duration::ZERO,
-    )
-    .await
-    .expect("relay");
+    let pass = app.relay_pass().await;
     assert_eq!((pass.claimed, pass.republished), (1, 1));
     assert_eq!(lengths(&mut conn, streams.read()).await, [0, 0, 0, 1]);
     let republished = partition_events(&mut conn, &streams.read()[3]).await;
     assert_eq!(republished[0].followee, UserId(followee));
 
     // Still there and not yet delivered: a second pass leaves it alone.
-    let pass = follow_service::events::relay::relay_once(
-        &app.app.db,
-        &app.app.producer("relay"),
-        Duration::ZERO,
-    )
-    .await
-    .expect("relay");
+    let pass = app.relay_pass().await;
     assert_eq!((pass.in_flight, pass.republished), (1, 0));
 
     let _worker = app.instance(partitioned(4, None, true)).await;

@@ -119,13 +119,7 @@ async fn an_event_published_twice_arrives_once() {
         .query_async(&mut conn)
         .await
         .expect("DEL");
-    let pass = follow_service::events::relay::relay_once(
-        &app.app.db,
-        &app.app.producer("relay"),
-        Duration::ZERO,
-    )
-    .await
-    .expect("relay");
+    let pass = app.relay_pass().await;
     assert_eq!(pass.republished, 1);
     app.follow(1, 2).await; // unchanged: no event
     app.unfollow(1, 2).await;

@@ -295,6 +295,18 @@ impl TestApp {
         futures::future::join_all(bursts).await;
     }
 
+    /// One pass of the outbox relay, now, over every unapplied row (as the relay task would make once
+    /// the rows are old enough): what it claimed, republished and found still in flight.
+    pub async fn relay_pass(&self) -> follow_service::events::relay::RelayPass {
+        follow_service::events::relay::relay_once(
+            &self.app.db,
+            &self.app.producer("relay"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("relay")
+    }
+
     /// Waits until every committed event is applied (the outbox is empty); panics after 30 s.
     pub async fn drained(&self) {
         let started = Instant::now();
