@@ -6,7 +6,8 @@
 #   3. a live API instance and a live worker, after a few requests of every class, export every series
 #      the rules and the dashboard name, in a text that `promtool check metrics` accepts, and the runbook
 #      has an entry for every alert (scripts/check_operations.py).
-# Needs the local PostgreSQL and Redis (scripts/ensure-services.sh) and a built follow-service
+# Needs the local PostgreSQL and Redis (scripts/ensure-services.sh), starts a streaming replica of the
+# PostgreSQL (scripts/ensure-pg-replica.sh), and needs a built follow-service
 # (FOLLOW_BIN, default target/debug/follow-service). Installs promtool (Debian's prometheus package) when
 # it is missing.
 set -euo pipefail
@@ -43,6 +44,10 @@ export FOLLOW_JWT_SECRET=ops-check-secret-not-for-production
 export FOLLOW_RATE_LIMIT=off
 export FOLLOW_METRICS_SAMPLE_MS=200
 export RUST_LOG=${RUST_LOG:-warn}
+# The instances read through a streaming replica too (the rules name its series): the local one of
+# scripts/ensure-pg-replica.sh, which streams every database of the primary, this run's included.
+REPLICA_URL=$(scripts/ensure-pg-replica.sh | tail -n 1)
+export DATABASE_REPLICA_URLS=${REPLICA_URL%/*}/follow_$RUN
 
 pids=()
 cleanup() {
