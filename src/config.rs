@@ -55,11 +55,6 @@ impl RedisTarget {
             Self::Cluster(seeds) => seeds,
         }
     }
-
-    /// Whether this is a cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
-    }
 }
 
 /// Every setting of the service; one field per environment variable.

@@ -72,7 +72,7 @@ impl FollowGraph {
         if viewer_id != user_id {
             self.require_users(viewer_id, &[user_id]).await?;
         }
-        let mut conn = db::connect(&self.db).await?;
+        let mut conn = db::connect(self.db()).await?;
         let event = db::follows::remove_follower(&mut conn, viewer_id, user_id).await;
         drop(conn);
         self.note_write(viewer_id);
@@ -117,7 +117,7 @@ impl FollowGraph {
             });
         }
         let changed_events = db::retrying(
-            &self.db,
+            self.db(),
             RETRY_PAUSE,
             || {},
             |mut conn| async move {

@@ -106,10 +106,8 @@ struct PairState {
 /// The follow graph's operations over the store and the event stream.
 #[derive(Clone)]
 pub struct FollowGraph {
-    /// The primary's read pool: the reads that must see every commit, and the writes outside the
-    /// group commit.
-    db: DbPool,
-    /// Where the reads that may lag go (a replica caught up enough, else the primary).
+    /// Where the reads that may lag go (a replica caught up enough, else the primary); its primary pool
+    /// also serves the writes outside the group commit ([`Self::db`]).
     reads: Reads,
     /// Viewers' last writes through this instance, so that their next reads see them.
     writers: Arc<RecentWriters>,
@@ -136,11 +134,15 @@ impl FollowGraph {
         Self {
             publisher: Arc::new(publisher.clone()),
             writes: group_commit::GroupCommit::new(db_writes, publisher, writes),
-            db: reads.primary().clone(),
             writers: Arc::new(RecentWriters::new(reads.max_lag())),
             reads,
             caches,
         }
+    }
+
+    /// The primary's pool, for the writes outside the group commit.
+    fn db(&self) -> &DbPool {
+        self.reads.primary()
     }
 
     /// Where `reader`'s reads of lag-tolerant data may go: the primary in a mutation; a replica that has
@@ -149,6 +151,10 @@ impl FollowGraph {
     pub fn freshness(&self, reader: Reader) -> Freshness {
         if reader.writes {
             return Freshness::Primary;
+        }
+        if !self.reads.has_replicas() {
+            // Every read goes to the primary: no viewer's writes to look up.
+            return Freshness::MayLag;
         }
         match reader
             .viewer_id
@@ -371,7 +377,7 @@ impl FollowGraph {
         // A change of privacy locks the row against follows in flight and approves requests: it may
         // meet a block in a deadlock, and runs again.
         let upserted = db::retrying(
-            &self.db,
+            self.db(),
             std::time::Duration::from_millis(2),
             || {},
             |mut conn| async move {
