@@ -16,6 +16,10 @@
 //! - [`telemetry`]: logging, and the metrics' names and recorder; it uses no other module.
 //! - [`seed`], [`redis_pool`]: demo data, Redis connections.
 
+// The future of a GraphQL field that awaits a pooled database read nests deeper than the default 128
+// levels when rustc proves it `Send`/`Sync` (the viewer's list fields, through the per-request memo).
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod auth;
 pub mod cache;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use diesel_async::AsyncPgConnection;
 
-use super::{FollowGraph, Reader, group_commit::Publish};
+use super::{FollowGraph, group_commit::Publish};
 use crate::{
     db::{
         self, Freshness,
@@ -196,13 +196,12 @@ impl FollowGraph {
         viewer_id: i64,
         after: Option<Keyset>,
         limit: i64,
-        reader: Reader,
     ) -> Result<Vec<ListEntry>, AppError> {
         Ok(self
             .reads
             .run(
                 // Blocks and requests are consent, which must not lag: the primary, whoever reads.
-                Freshness::Primary.and(self.freshness(reader)),
+                Freshness::Primary,
                 "viewer_lists",
                 |mut conn| async move {
                     match list {
@@ -223,13 +222,12 @@ impl FollowGraph {
         &self,
         list: ViewerList,
         viewer_id: i64,
-        reader: Reader,
     ) -> Result<i64, AppError> {
         Ok(self
             .reads
             .run(
                 // Blocks and requests are consent, which must not lag: the primary, whoever reads.
-                Freshness::Primary.and(self.freshness(reader)),
+                Freshness::Primary,
                 "viewer_lists",
                 |mut conn| async move {
                     match list {

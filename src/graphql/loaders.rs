@@ -271,10 +271,10 @@ impl Loaders {
         &self,
         key: ViewerPageKey,
     ) -> async_graphql::Result<Arc<Vec<ListEntry>>> {
-        let (graph, reader) = (&self.graph, self.reader());
+        let graph = &self.graph;
         Box::pin(self.viewer_pages.get_or_load(key, || async move {
             graph
-                .viewer_list_page(key.list, key.viewer_id, key.after, key.limit, reader)
+                .viewer_list_page(key.list, key.viewer_id, key.after, key.limit)
                 .await
                 .map(Arc::new)
                 .map_err(to_graphql_error)
@@ -288,12 +288,12 @@ impl Loaders {
         list: ViewerList,
         viewer_id: i64,
     ) -> async_graphql::Result<i64> {
-        let (graph, reader) = (&self.graph, self.reader());
+        let graph = &self.graph;
         Box::pin(
             self.viewer_counts
                 .get_or_load((list, viewer_id), || async move {
                     graph
-                        .viewer_list_count(list, viewer_id, reader)
+                        .viewer_list_count(list, viewer_id)
                         .await
                         .map_err(to_graphql_error)
                 }),
