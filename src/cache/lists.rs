@@ -1,7 +1,11 @@
 //! First pages of follower and following lists: each list's version first, then the pages at those
 //! versions through the shared lookup (a [`CachedKind`] whose key names the version).
 
-use std::{collections::HashMap, future::Future, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use super::{
     Caches, CachesInner,
@@ -13,16 +17,32 @@ use super::{
 use crate::{
     config::CacheSettings,
     db::follows::{ListEntry, ListKind},
+    telemetry::metrics::CACHE_FILLS_SKIPPED,
 };
 
 /// A page's key: (kind, owner, list version, rows).
 pub(super) type PageKey = (ListKind, i64, i64, i64);
 
+/// Allowed difference between Redis's clock (list versions) and this host's (how fresh a read is), in
+/// microseconds: a page is cached under a list version only if it holds every commit made before the
+/// version's instant plus this margin.
+const CLOCK_ALLOWANCE_US: i64 = 20_000;
+
+/// Whether a page read with every commit made before `as_of` (this host's clock, µs) may be cached
+/// under list `version`: a version is taken after the writes it follows (a bump), or after the
+/// writes whose bumps were lost with Redis's data (a version created at a read), so a read that old
+/// holds them all.
+fn holds_version(as_of: i64, version: i64) -> bool {
+    as_of >= version.saturating_add(CLOCK_ALLOWANCE_US)
+}
+
 impl Caches {
     /// First pages (`limit` rows) of the `kind` lists of `owners`, versioned so that one bump drops them.
-    /// `load` is told the newest list version its pages will be cached under (a Redis clock reading in
-    /// microseconds, taken after the writes it follows), or `None` when nothing is cached: a read from a
-    /// replica must have replayed that far.
+    /// `load` answers the pages of the owners it is given and how fresh they are: every commit made
+    /// before that instant (µs since the epoch, this host's clock) is in them. A page not fresh enough
+    /// for its list version (read from a replica that has not replayed that far yet) is answered but
+    /// neither cached nor shared with a request waiting for the same page, which reads its own: a later
+    /// read fills the cache once a replica has caught up. So no fill needs the primary.
     pub async fn first_pages<E, F, Fut>(
         &self,
         kind: ListKind,
@@ -31,8 +51,8 @@ impl Caches {
         load: F,
     ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, E>
     where
-        F: Fn(Vec<i64>, Option<i64>) -> Fut,
-        Fut: Future<Output = Result<HashMap<i64, Vec<ListEntry>>, E>>,
+        F: Fn(Vec<i64>) -> Fut,
+        Fut: Future<Output = Result<(HashMap<i64, Vec<ListEntry>>, i64), E>>,
     {
         let to_arcs = |pages: HashMap<i64, Vec<ListEntry>>,
                        owners: &[i64]|
@@ -44,7 +64,7 @@ impl Caches {
                 .collect()
         };
         if !self.settings.enabled {
-            return Ok(to_arcs(load(owners.to_vec(), None).await?, owners));
+            return Ok(to_arcs(load(owners.to_vec()).await?.0, owners));
         }
         let use_l1 = self.l1_active();
 
@@ -74,7 +94,7 @@ impl Caches {
             let Some(values) = self.l2.read_versions(&names).await else {
                 // Without versions nothing cached can be trusted: straight to PostgreSQL.
                 count(ListPages::LABEL, "l2", "unavailable", owners.len());
-                return Ok(to_arcs(load(owners.to_vec(), None).await?, owners));
+                return Ok(to_arcs(load(owners.to_vec()).await?.0, owners));
             };
             for ((owner, version), ticket) in unknown.into_iter().zip(values).zip(tickets) {
                 if use_l1 {
@@ -90,28 +110,53 @@ impl Caches {
             .iter()
             .map(|&owner| (kind, owner, versions[&owner], limit))
             .collect();
+        // Pages too stale for their version, answered past the shared lookup (which caches and shares
+        // what its load answers, and lets a waiting request load a page it leaves out by itself).
+        let unfit: Mutex<HashMap<i64, Arc<Vec<ListEntry>>>> = Mutex::default();
         let load = |keys: Vec<PageKey>| {
-            let newest = keys.iter().map(|key| key.2).max();
-            let pages = load(keys.iter().map(|key| key.1).collect(), newest);
+            let pages = load(keys.iter().map(|key| key.1).collect());
+            let unfit = &unfit;
             async move {
-                let mut pages = pages.await?;
-                Ok(keys
-                    .into_iter()
-                    .map(|key| {
-                        let page = Arc::new(pages.remove(&key.1).unwrap_or_default());
-                        (
-                            key,
-                            Versioned {
-                                version: key.2,
-                                value: page,
-                            },
-                        )
-                    })
-                    .collect())
+                let (mut pages, as_of) = pages.await?;
+                let mut fit = HashMap::with_capacity(keys.len());
+                let mut skipped = 0;
+                for key in keys {
+                    let page = Arc::new(pages.remove(&key.1).unwrap_or_default());
+                    if holds_version(as_of, key.2) {
+                        let page = Versioned {
+                            version: key.2,
+                            value: page,
+                        };
+                        fit.insert(key, page);
+                    } else {
+                        skipped += 1;
+                        unfit
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(key.1, page);
+                    }
+                }
+                if skipped > 0 {
+                    ::metrics::counter!(CACHE_FILLS_SKIPPED, "cache" => ListPages::LABEL)
+                        .increment(skipped);
+                }
+                Ok(fit)
             }
         };
-        let found = self.lookup(&ListPages, &keys, load).await?;
-        Ok(found.into_iter().map(|(key, page)| (key.1, page)).collect())
+        let mut found: HashMap<i64, Arc<Vec<ListEntry>>> = self
+            .lookup(&ListPages, &keys, load)
+            .await?
+            .into_iter()
+            .map(|(key, page)| (key.1, page))
+            .collect();
+        let mut unfit = unfit.into_inner().unwrap_or_else(PoisonError::into_inner);
+        for owner in owners {
+            if !found.contains_key(owner) {
+                let page = unfit.remove(owner).unwrap_or_default();
+                found.insert(*owner, page);
+            }
+        }
+        Ok(found)
     }
 }
 

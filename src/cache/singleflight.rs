@@ -41,8 +41,9 @@ where
     K: Hash + Eq + Clone,
     V: Clone,
 {
-    /// Loads `keys`: the ones no one is loading through `load` (which must answer every key it is
-    /// given), the others by waiting for their loader. Returns the values and how many keys were joined.
+    /// Loads `keys`: the ones no one is loading through `load`, the others by waiting for their loader.
+    /// A key `load` leaves out is not shared: each request waiting for it loads it itself (the list
+    /// pages leave out a page too stale to share). Returns the values and how many keys were joined.
     pub async fn load<E, F, Fut>(&self, keys: Vec<K>, load: F) -> Result<(HashMap<K, V>, usize), E>
     where
         F: Fn(Vec<K>) -> Fut,
@@ -89,7 +90,8 @@ where
                         values.insert(key, value);
                     }
                 }
-                // The loader went away (its request was cancelled or failed): load it here.
+                // The loader went away (its request was cancelled or failed) or left the key out:
+                // load it here.
                 Err(_) => orphans.push(key),
             }
         }
@@ -136,6 +138,38 @@ mod tests {
             results
                 .iter()
                 .all(|r| r.as_ref().is_ok_and(|(v, _)| v.get(&7) == Some(&70)))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_the_leader_leaves_out_is_loaded_by_each_waiter() {
+        let inflight = Inflight::<i64, i64>::default();
+        let calls = AtomicUsize::new(0);
+        // The first load (the leader's) leaves the key out; every later one answers it.
+        let load = |keys: Vec<i64>| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, ()>(if first {
+                    HashMap::new()
+                } else {
+                    keys.into_iter().map(|k| (k, k * 10)).collect()
+                })
+            }
+        };
+        let results = futures::future::join_all((0..3).map(|_| inflight.load(vec![7], load))).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "each waiter loaded the key"
+        );
+        let answered = results
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|(v, _)| v.get(&7) == Some(&70)))
+            .count();
+        assert_eq!(
+            answered, 2,
+            "the waiters got their own loads, the leader none"
         );
     }
 }

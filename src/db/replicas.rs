@@ -49,6 +49,9 @@ impl Freshness {
     }
 }
 
+/// How fresh the primary's answer is, in [`Reads::run_as_of`]: every commit made before it began.
+pub const ALL_COMMITS: i64 = i64::MAX;
+
 /// Microseconds since the Unix epoch, the clock every [`Freshness::Since`] is read on.
 pub fn now_micros() -> i64 {
     SystemTime::now()
@@ -202,20 +205,36 @@ impl Reads {
         &self,
         freshness: Freshness,
         what: &'static str,
-        mut statement: F,
+        statement: F,
     ) -> StoreResult<T>
     where
         F: FnMut(DbConn) -> Fut,
         Fut: std::future::Future<Output = StoreResult<T>>,
     {
+        Ok(self.run_as_of(freshness, what, statement).await?.0)
+    }
+
+    /// [`Self::run`], also telling how fresh its answer is: every commit made before the returned
+    /// instant (µs since the epoch) is in it; [`ALL_COMMITS`] when the primary answered (it holds every
+    /// commit made before the statement began).
+    pub async fn run_as_of<T, F, Fut>(
+        &self,
+        freshness: Freshness,
+        what: &'static str,
+        mut statement: F,
+    ) -> StoreResult<(T, i64)>
+    where
+        F: FnMut(DbConn) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
         let inner = &*self.0;
-        if let Some(replica) = inner.pick(freshness) {
+        if let Some((replica, caught_up)) = inner.pick(freshness) {
             let failure = match replica.pool.get().await {
                 Ok(conn) => match statement(conn).await {
                     Ok(value) => {
                         inner.replica_reads.fetch_add(1, Ordering::Relaxed);
                         counter!(DB_READS, "target" => "replica", "what" => what).increment(1);
-                        return Ok(value);
+                        return Ok((value, caught_up));
                     }
                     Err(err) => err,
                 },
@@ -232,7 +251,7 @@ impl Reads {
         inner.primary_reads.fetch_add(1, Ordering::Relaxed);
         counter!(DB_READS, "target" => "primary", "what" => what).increment(1);
         let conn = connect(&inner.primary).await?;
-        statement(conn).await
+        Ok((statement(conn).await?, ALL_COMMITS))
     }
 }
 
@@ -256,8 +275,9 @@ impl Reads {
 }
 
 impl Inner {
-    /// A replica caught up to what `freshness` needs (round robin among them), or none: the primary.
-    fn pick(&self, freshness: Freshness) -> Option<&Replica> {
+    /// A replica caught up to what `freshness` needs (round robin among them), with how far it had
+    /// caught up when picked; or none: the primary.
+    fn pick(&self, freshness: Freshness) -> Option<(&Replica, i64)> {
         if self.replicas.is_empty() {
             return None;
         }
@@ -271,7 +291,8 @@ impl Inner {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &self.replicas[(start + i) % n])
-            .find(|replica| replica.caught_up.load(Ordering::Relaxed) >= needed)
+            .map(|replica| (replica, replica.caught_up.load(Ordering::Relaxed)))
+            .find(|&(_, caught_up)| caught_up >= needed)
     }
 
     /// One probe: the primary's position (kept with the time read), then each replica's replay,

@@ -40,11 +40,6 @@ pub const MAX_PAGE: i64 = 100;
 /// Page size when the client does not say.
 pub const DEFAULT_PAGE: i64 = 20;
 
-/// Allowed difference between Redis's clock (list versions) and this host's (replica probes), in
-/// microseconds: a first page cached under a list version is read where every commit made before the
-/// version's instant, plus this margin, is replayed.
-const CLOCK_ALLOWANCE_US: i64 = 20_000;
-
 /// Who reads, which decides where a read may go (see [`FollowGraph::freshness`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reader {
@@ -608,8 +603,11 @@ impl FollowGraph {
             })
             .await?;
         let reader = Reader::default();
+        // On the primary: a version created here is newer than any replica's replay, and a page read
+        // there would not be cached (one statement per thousand users, once per start).
         for chunk in hot[..plan.pages.min(hot.len())].chunks(WARM_UP_CHUNK) {
-            self.list_pages(ListKind::Followers, chunk, None, DEFAULT_PAGE + 1, reader)
+            let limit = DEFAULT_PAGE + 1;
+            self.list_pages_at(ListKind::Followers, chunk, None, limit, Freshness::Primary)
                 .await?;
             progress.pages.fetch_add(chunk.len(), Relaxed);
         }
@@ -632,9 +630,9 @@ impl FollowGraph {
     }
 
     /// One page of the lists of several owners (one SQL query), `limit` entries at most per owner. First
-    /// pages come through the cache; later pages (by cursor) from PostgreSQL. A first page cached under a
-    /// list version is read where every commit before that version is replayed (the version is bumped
-    /// after the writes it follows): else a lagging replica would cache a page without them under it.
+    /// pages come through the cache; later pages (by cursor) from PostgreSQL. Either may come from a
+    /// replica: the cache keeps a first page only if its read holds every commit its list version
+    /// follows (see [`Caches::first_pages`]).
     pub async fn list_pages(
         &self,
         kind: ListKind,
@@ -643,16 +641,24 @@ impl FollowGraph {
         limit: i64,
         reader: Reader,
     ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, AppError> {
-        let freshness = self.freshness(reader);
-        let load = |owners: Vec<i64>, version: Option<i64>| async move {
-            let freshness = match version {
-                Some(version) => freshness.and(Freshness::Since(version + CLOCK_ALLOWANCE_US)),
-                None => freshness,
-            };
+        self.list_pages_at(kind, owner_ids, after, limit, self.freshness(reader))
+            .await
+    }
+
+    /// [`Self::list_pages`] read where `freshness` allows.
+    async fn list_pages_at(
+        &self,
+        kind: ListKind,
+        owner_ids: &[i64],
+        after: Option<Keyset>,
+        limit: i64,
+        freshness: Freshness,
+    ) -> Result<HashMap<i64, Arc<Vec<ListEntry>>>, AppError> {
+        let load = |owners: Vec<i64>| async move {
             let owners = &owners;
-            let entries = self
+            let (entries, as_of) = self
                 .reads
-                .run(freshness, "lists", |mut conn| async move {
+                .run_as_of(freshness, "lists", |mut conn| async move {
                     db::follows::list_pages(&mut conn, kind, owners, after, limit).await
                 })
                 .await?;
@@ -660,10 +666,10 @@ impl FollowGraph {
             for entry in entries {
                 pages.entry(entry.owner_id).or_default().push(entry);
             }
-            Ok::<_, AppError>(pages)
+            Ok::<_, AppError>((pages, as_of))
         };
         if after.is_some() {
-            let pages = load(owner_ids.to_vec(), None).await?;
+            let (pages, _) = load(owner_ids.to_vec()).await?;
             return Ok(pages
                 .into_iter()
                 .map(|(owner, page)| (owner, Arc::new(page)))

@@ -100,6 +100,8 @@ pub const REDIS_BREAKER_STATE: &str = "follow_redis_breaker_state";
 pub const REDIS_BREAKER_TRANSITIONS: &str = "follow_redis_breaker_transitions_total";
 /// Concurrent loads of a key that waited for one load in flight instead of querying PostgreSQL, by `cache`.
 pub const CACHE_COALESCED: &str = "follow_cache_coalesced_loads_total";
+/// Pages read from a replica not yet caught up to their list version, answered but not cached, by `cache`.
+pub const CACHE_FILLS_SKIPPED: &str = "follow_cache_fills_skipped_total";
 /// Cache invalidation messages applied to this instance's L1, by `kind`.
 pub const CACHE_INVALIDATIONS: &str = "follow_cache_invalidations_total";
 /// `followEvents` subscriptions open on this instance.
@@ -288,6 +290,10 @@ fn describe() {
     describe_counter!(
         CACHE_COALESCED,
         "Loads that joined a load of the same key in flight"
+    );
+    describe_counter!(
+        CACHE_FILLS_SKIPPED,
+        "Pages answered from a replica not caught up to their list version, so not cached"
     );
     describe_counter!(
         CACHE_INVALIDATIONS,
@@ -523,6 +529,9 @@ fn register_known_series() {
     let _ = REQUEST_COUNTERS.set(requests);
     for cache in ["status", "counts", "users", "lists", "sets"] {
         ::metrics::counter!(CACHE_COALESCED, "cache" => cache).absolute(0);
+        if cache == "lists" {
+            ::metrics::counter!(CACHE_FILLS_SKIPPED, "cache" => cache).absolute(0);
+        }
         for level in ["l1", "l2"] {
             for result in ["hit", "miss"] {
                 ::metrics::counter!(CACHE_REQUESTS, "cache" => cache, "level" => level, "result" => result)

@@ -76,9 +76,16 @@ async fn app_on_replica(max_lag_ms: u64, cache: bool) -> TestApp {
     .await;
     assert!(app.app.reads.has_replicas(), "the app has the test replica");
     app.create_users(1..=6).await;
+    // A user asked for the first time each pass: no cache answers it.
+    let unknown = std::sync::atomic::AtomicI64::new(1_000);
     let reached = eventually(Duration::from_secs(10), || async {
-        app.data(None, r#"{ user(id: "1") { handle } }"#, json!({}))
-            .await;
+        let id = unknown.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.data(
+            None,
+            &format!(r#"{{ user(id: "{id}") {{ handle }} }}"#),
+            json!({}),
+        )
+        .await;
         app.app.reads.counts().replica > 0
     })
     .await;
@@ -198,6 +205,62 @@ async fn a_viewers_own_write_is_read_from_the_primary_while_the_replica_lags() {
     .await;
     assert!(settled, "the replica never showed the follow");
     app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_pages_are_read_from_the_replica_and_cached_only_once_it_holds_their_version() {
+    let Some(server) = replica_or_skip(
+        "first_pages_are_read_from_the_replica_and_cached_only_once_it_holds_their_version",
+    ) else {
+        return;
+    };
+    let _turn = REPLAY.lock().await;
+    let app = app_on_replica(60_000, true).await;
+    let followers_of_1 = r#"{ user(id: "1") { followers(first: 10) { nodes { id } } } }"#;
+
+    // A list nobody read before: its version is created by this read, yet the page comes from the
+    // replica (the primary would serve every cold list otherwise).
+    let before = app.app.reads.counts();
+    let cold = app.data(None, followers_of_1, json!({})).await;
+    assert_eq!(cold["user"]["followers"]["nodes"], json!([]));
+    let after = app.app.reads.counts();
+    assert_eq!(
+        after.primary, before.primary,
+        "a cold list's first page was read on the primary: {before:?} -> {after:?}"
+    );
+
+    // A follow the paused replica has not replayed, applied by the consumer (the list's version bumped).
+    let paused = ReplayPaused::start(&server).await;
+    app.follow(2, 1).await;
+    let applied = eventually(Duration::from_secs(10), || async {
+        app.count("SELECT count(*) FROM outbox").await == 0
+    })
+    .await;
+    assert!(applied, "the follow's event was not applied in 10 s");
+    // Anyone may read the lagging replica: its page lacks the follow. It must not be cached under the
+    // version that follows the follow.
+    let before = app.app.reads.counts();
+    let stale = app.data(None, followers_of_1, json!({})).await;
+    assert_eq!(stale["user"]["followers"]["nodes"], json!([]));
+    assert_eq!(app.app.reads.counts().primary, before.primary);
+
+    drop(paused);
+    app.replicated().await;
+    let current = app.data(None, followers_of_1, json!({})).await;
+    assert_eq!(
+        current["user"]["followers"]["nodes"],
+        json!([{ "id": "2" }]),
+        "the page read from the lagging replica was cached"
+    );
+    // Once the replica holds the version, a read fills the cache, and the next reads take no statement.
+    let cached = eventually(Duration::from_secs(10), || async {
+        let before = app.app.reads.counts();
+        let data = app.data(None, followers_of_1, json!({})).await;
+        assert_eq!(data["user"]["followers"]["nodes"], json!([{ "id": "2" }]));
+        app.app.reads.counts() == before
+    })
+    .await;
+    assert!(cached, "the first page was never cached");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
