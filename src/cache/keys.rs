@@ -70,6 +70,16 @@ impl KeyNames {
         format!("{}:{LAYOUT}:epoch", self.prefix)
     }
 
+    /// When the cache data of one hash slot began (Redis's clock, µs), kept in that slot: a list
+    /// version missing there was never bumped since, or lost with the data before this instant.
+    pub fn slot_epoch(&self, slot: u16) -> String {
+        format!(
+            "{}:{LAYOUT}:ep:{{{}}}",
+            self.prefix,
+            crate::redis_pool::slot_tag(slot)
+        )
+    }
+
     /// Viewers active lately (a sorted set by last seen), for warm-up.
     pub fn active_viewers(&self) -> String {
         format!("{}:{LAYOUT}:active", self.prefix)

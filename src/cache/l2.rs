@@ -47,25 +47,28 @@ end
 return out
 ";
 
-/// Reads each list version in KEYS; a missing one (never bumped, or lost with Redis's data) starts at
-/// Redis's clock in microseconds rather than at 0, for the same reason as [`BUMP_VERSIONS`].
+/// Reads the list versions in KEYS but the last, all of one hash slot; a missing one (never bumped, or
+/// lost with Redis's data) starts at Redis's clock in microseconds rather than at 0, for the same reason
+/// as [`BUMP_VERSIONS`]. The last key is the slot's epoch: when its data began, set if missing. Returns
+/// the versions, which of them this call created (1) and the epoch.
 const READ_VERSIONS: &str = r"
-local out = {}
-local now = nil
-for i, key in ipairs(KEYS) do
-  local v = tonumber(redis.call('GET', key))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local epoch_key = KEYS[#KEYS]
+redis.call('SET', epoch_key, string.format('%d', now), 'NX')
+local epoch = tonumber(redis.call('GET', epoch_key))
+local versions, created = {}, {}
+for i = 1, #KEYS - 1 do
+  local v = tonumber(redis.call('GET', KEYS[i]))
+  created[i] = 0
   if not v then
-    if not now then
-      local t = redis.call('TIME')
-      now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    end
     v = now
-    redis.call('SET', key, string.format('%d', v), 'NX')
-    v = tonumber(redis.call('GET', key))
+    redis.call('SET', KEYS[i], string.format('%d', v))
+    created[i] = 1
   end
-  out[i] = v
+  versions[i] = v
 end
-return out
+return {versions, created, epoch}
 ";
 
 /// The script, loaded into Redis once and then called by its hash (EVALSHA): sending and hashing its
@@ -180,6 +183,17 @@ pub struct RecentChanges {
     pub data_age_ms: i64,
 }
 
+/// A list's version as read, and what a page cached under it must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListVersion {
+    pub version: i64,
+    /// Every commit made before this instant (Redis's clock, µs) must be in a page cached under the
+    /// version: its own instant, taken after the writes it follows; or, for a version this read
+    /// created, its slot's epoch, since the only bumps a missing version can stand for were lost with
+    /// the data before it.
+    pub must_hold: i64,
+}
+
 /// One versioned write.
 pub struct VersionedWrite {
     pub key: String,
@@ -194,6 +208,9 @@ pub struct L2 {
     health: Arc<RedisHealth>,
     timeout: Duration,
     dirty: Mutex<HashSet<String>>,
+    /// List versions whose bump failed: bumped, not deleted, on repair (a missing version is read as
+    /// one that lost no bump since its slot's epoch, see [`ListVersion`]).
+    dirty_versions: Mutex<HashSet<String>>,
     dirty_overflowed: AtomicBool,
     /// The announcement that tells every instance to drop the L1 entries of deleted dirty keys
     /// (`(channel, message)`, or `None` for keys that need none): sent in the same round trip as the
@@ -215,6 +232,7 @@ impl L2 {
             health,
             timeout,
             dirty: Mutex::new(HashSet::new()),
+            dirty_versions: Mutex::new(HashSet::new()),
             dirty_overflowed: AtomicBool::new(false),
             drops,
             script_loaded: AtomicBool::new(false),
@@ -265,12 +283,36 @@ impl L2 {
             .lock()
             .map(|d| d.iter().cloned().collect())
             .unwrap_or_default();
+        let versions: Vec<String> = self
+            .dirty_versions
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
         let call = async {
             let _: String = self
                 .redis
                 .query_cmd(&redis::cmd("PING"))
                 .await
                 .map_err(|e| format!("{e:#}"))?;
+            // Bumped now, after the commits whose bumps failed (EVAL: Redis may have lost its scripts).
+            for chunk in versions.chunks(1_000) {
+                let mut pipe = redis::pipe();
+                for group in crate::redis_pool::by_slot(chunk) {
+                    pipe.cmd("EVAL").arg(BUMP_VERSIONS).arg(group.len());
+                    for index in group {
+                        pipe.arg(&chunk[index]);
+                    }
+                    pipe.ignore();
+                }
+                if let Some((channel, message)) = (self.drops)(chunk) {
+                    pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+                }
+                let () = self
+                    .redis
+                    .query_pipe(&pipe)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+            }
             for chunk in keys.chunks(1_000) {
                 let mut pipe = redis::pipe();
                 pipe.cmd("DEL").arg(chunk).ignore();
@@ -285,15 +327,17 @@ impl L2 {
             }
             Ok::<_, String>(())
         };
-        match tokio::time::timeout(
-            self.timeout * 4 + Duration::from_millis(keys.len() as u64 / 10),
-            call,
-        )
-        .await
-        {
+        let budget =
+            self.timeout * 4 + Duration::from_millis((keys.len() + versions.len()) as u64 / 10);
+        match tokio::time::timeout(budget, call).await {
             Ok(Ok(())) => {
                 if let Ok(mut dirty) = self.dirty.lock() {
                     for key in &keys {
+                        dirty.remove(key);
+                    }
+                }
+                if let Ok(mut dirty) = self.dirty_versions.lock() {
+                    for key in &versions {
                         dirty.remove(key);
                     }
                 }
@@ -304,7 +348,8 @@ impl L2 {
                 }
                 tracing::info!(
                     keys = keys.len(),
-                    "Redis is back: dropped the cache entries written during the outage"
+                    list_versions = versions.len(),
+                    "Redis is back: dropped the cache entries written during the outage, bumped the list versions"
                 );
                 true
             }
@@ -313,7 +358,11 @@ impl L2 {
     }
 
     fn mark_dirty(&self, keys: impl IntoIterator<Item = String>) {
-        if let Ok(mut dirty) = self.dirty.lock() {
+        self.mark_dirty_in(&self.dirty, keys);
+    }
+
+    fn mark_dirty_in(&self, set: &Mutex<HashSet<String>>, keys: impl IntoIterator<Item = String>) {
+        if let Ok(mut dirty) = set.lock() {
             for key in keys {
                 if dirty.len() >= MAX_DIRTY {
                     self.dirty_overflowed.store(true, Ordering::SeqCst);
@@ -605,8 +654,8 @@ impl L2 {
             return Some(Vec::new());
         }
         // No expiry: one key per list (two per user) stays bounded.
-        let Some(versions) = self.versions(&BUMP_VERSIONS_SCRIPT, keys).await else {
-            self.mark_dirty(keys.iter().cloned());
+        let Some(versions) = self.bump(keys).await else {
+            self.mark_dirty_in(&self.dirty_versions, keys.iter().cloned());
             return None;
         };
         let mut announce = redis::pipe();
@@ -619,22 +668,61 @@ impl L2 {
         Some(versions)
     }
 
-    /// The current versions of lists (see `READ_VERSIONS`), or `None` when Redis is unavailable.
-    pub async fn read_versions(&self, keys: &[String]) -> Option<Vec<i64>> {
+    /// The current versions of lists (see `READ_VERSIONS`; `slot_epoch` names a slot's epoch key), or
+    /// `None` when Redis is unavailable: one script call per hash slot, in one round trip.
+    pub async fn read_versions(
+        &self,
+        keys: &[String],
+        slot_epoch: impl Fn(u16) -> String,
+    ) -> Option<Vec<ListVersion>> {
         if keys.is_empty() {
             return Some(Vec::new());
         }
-        self.versions(&READ_VERSIONS_SCRIPT, keys).await
-    }
-
-    /// Runs one of the version scripts over `keys`: one call per hash slot (a script may only touch keys
-    /// of one slot on a Redis Cluster; the keys of one user share one), in one round trip.
-    async fn versions(&self, script: &redis::Script, keys: &[String]) -> Option<Vec<i64>> {
         let groups = crate::redis_pool::by_slot(keys);
         let mut pipe = redis::pipe();
         self.load_scripts(&mut pipe);
         for group in &groups {
-            pipe.cmd("EVALSHA").arg(script.get_hash()).arg(group.len());
+            let slot = crate::redis_pool::key_slot(keys[group[0]].as_bytes());
+            pipe.cmd("EVALSHA")
+                .arg(READ_VERSIONS_SCRIPT.get_hash())
+                .arg(group.len() + 1);
+            for &index in group {
+                pipe.arg(&keys[index]);
+            }
+            pipe.arg(slot_epoch(slot));
+        }
+        let answers = self.run::<Vec<(Vec<i64>, Vec<i64>, i64)>>(&pipe).await;
+        self.scripts_ran(answers.is_some(), true);
+        let answers = answers.filter(|answers| answers.len() == groups.len())?;
+        let mut versions = vec![
+            ListVersion {
+                version: 0,
+                must_hold: 0
+            };
+            keys.len()
+        ];
+        for (group, (read, created, epoch)) in groups.iter().zip(answers) {
+            if read.len() != group.len() || created.len() != group.len() {
+                return None;
+            }
+            for ((&index, version), created) in group.iter().zip(read).zip(created) {
+                let must_hold = if created == 1 { epoch } else { version };
+                versions[index] = ListVersion { version, must_hold };
+            }
+        }
+        Some(versions)
+    }
+
+    /// Bumps list versions (see `BUMP_VERSIONS`): one script call per hash slot (a script may only
+    /// touch keys of one slot on a Redis Cluster; the keys of one user share one), in one round trip.
+    async fn bump(&self, keys: &[String]) -> Option<Vec<i64>> {
+        let groups = crate::redis_pool::by_slot(keys);
+        let mut pipe = redis::pipe();
+        self.load_scripts(&mut pipe);
+        for group in &groups {
+            pipe.cmd("EVALSHA")
+                .arg(BUMP_VERSIONS_SCRIPT.get_hash())
+                .arg(group.len());
             for &index in group {
                 pipe.arg(&keys[index]);
             }
@@ -673,7 +761,12 @@ impl L2 {
     /// Deletes the keys that writes could not update while the breaker stayed closed (a single failed
     /// call does not open it, so the probe's repair would not run).
     pub async fn repair_dirty(&self) {
-        let empty = self.dirty.lock().map(|d| d.is_empty()).unwrap_or(true);
+        let empty = self.dirty.lock().map(|d| d.is_empty()).unwrap_or(true)
+            && self
+                .dirty_versions
+                .lock()
+                .map(|d| d.is_empty())
+                .unwrap_or(true);
         if !empty && self.available() && self.recover().await {
             self.health.success();
         }

@@ -29,20 +29,20 @@ pub(super) type PageKey = (ListKind, i64, i64, i64);
 const CLOCK_ALLOWANCE_US: i64 = 20_000;
 
 /// Whether a page read with every commit made before `as_of` (this host's clock, µs) may be cached
-/// under list `version`: a version is taken after the writes it follows (a bump), or after the
-/// writes whose bumps were lost with Redis's data (a version created at a read), so a read that old
-/// holds them all.
-fn holds_version(as_of: i64, version: i64) -> bool {
-    as_of >= version.saturating_add(CLOCK_ALLOWANCE_US)
+/// under a list version whose page must hold every commit before `needed` (Redis's clock, µs; see
+/// [`super::l2::ListVersion`]).
+fn holds(as_of: i64, needed: i64) -> bool {
+    as_of >= needed.saturating_add(CLOCK_ALLOWANCE_US)
 }
 
 impl Caches {
     /// First pages (`limit` rows) of the `kind` lists of `owners`, versioned so that one bump drops them.
     /// `load` answers the pages of the owners it is given and how fresh they are: every commit made
     /// before that instant (µs since the epoch, this host's clock) is in them. A page not fresh enough
-    /// for its list version (read from a replica that has not replayed that far yet) is answered but
-    /// neither cached nor shared with a request waiting for the same page, which reads its own: a later
-    /// read fills the cache once a replica has caught up. So no fill needs the primary.
+    /// for its list version (read from a replica that has not replayed the version's instant, or for a
+    /// version this read created, its slot's epoch) is answered but neither cached nor shared with a
+    /// request waiting for the same page, which reads its own: a later read fills the cache once a
+    /// replica has caught up. So no fill needs the primary.
     pub async fn first_pages<E, F, Fut>(
         &self,
         kind: ListKind,
@@ -69,7 +69,9 @@ impl Caches {
         let use_l1 = self.l1_active();
 
         // 1. Each list's version: L1, else one script call (a missing version key starts a new one).
+        // With each, the instant a page cached under it must hold every commit before.
         let mut versions: HashMap<i64, i64> = HashMap::new();
+        let mut must_hold: HashMap<i64, i64> = HashMap::new();
         let mut unknown = Vec::new();
         for &owner in owners {
             match use_l1
@@ -91,17 +93,22 @@ impl Caches {
                 .iter()
                 .map(|o| self.names.list_version(kind, *o))
                 .collect();
-            let Some(values) = self.l2.read_versions(&names).await else {
+            let slot_epoch = |slot| self.names.slot_epoch(slot);
+            let Some(values) = self.l2.read_versions(&names, slot_epoch).await else {
                 // Without versions nothing cached can be trusted: straight to PostgreSQL.
                 count(ListPages::LABEL, "l2", "unavailable", owners.len());
                 return Ok(to_arcs(load(owners.to_vec()).await?.0, owners));
             };
-            for ((owner, version), ticket) in unknown.into_iter().zip(values).zip(tickets) {
+            for ((owner, read), ticket) in unknown.into_iter().zip(values).zip(tickets) {
                 if use_l1 {
-                    let read = Versioned { version, value: () };
-                    self.list_versions.fill((kind, owner), read, ticket);
+                    let version = Versioned {
+                        version: read.version,
+                        value: (),
+                    };
+                    self.list_versions.fill((kind, owner), version, ticket);
                 }
-                versions.insert(owner, version);
+                versions.insert(owner, read.version);
+                must_hold.insert(owner, read.must_hold);
             }
         }
 
@@ -115,14 +122,16 @@ impl Caches {
         let unfit: Mutex<HashMap<i64, Arc<Vec<ListEntry>>>> = Mutex::default();
         let load = |keys: Vec<PageKey>| {
             let pages = load(keys.iter().map(|key| key.1).collect());
-            let unfit = &unfit;
+            let (unfit, must_hold) = (&unfit, &must_hold);
             async move {
                 let (mut pages, as_of) = pages.await?;
                 let mut fit = HashMap::with_capacity(keys.len());
                 let mut skipped = 0;
                 for key in keys {
                     let page = Arc::new(pages.remove(&key.1).unwrap_or_default());
-                    if holds_version(as_of, key.2) {
+                    // A version read from L1 (or by another request) must be held up to itself.
+                    let needed = must_hold.get(&key.1).copied().unwrap_or(key.2);
+                    if holds(as_of, needed) {
                         let page = Versioned {
                             version: key.2,
                             value: page,

@@ -145,7 +145,32 @@ pub fn key_slot(key: &[u8]) -> u16 {
             };
         }
     }
-    crc % 16384
+    crc % SLOTS as u16
+}
+
+/// Slots a Redis Cluster has (and that one server's keys are counted in, too).
+const SLOTS: usize = 16_384;
+
+/// A hash tag of slot `slot`: a key tagged with it lives in that slot, on whichever node owns it (a
+/// value kept per slot, such as the cache's epochs, stays beside the keys it speaks for). Found once,
+/// by hashing short strings until every slot has one (about 160,000 tries).
+pub fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let mut tags = vec![String::new(); SLOTS];
+        let mut left = SLOTS;
+        let mut n: u64 = 0;
+        while left > 0 {
+            let tag = format!("{n:x}");
+            let found = &mut tags[usize::from(key_slot(tag.as_bytes()))];
+            if found.is_empty() {
+                *found = tag;
+                left -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &TAGS[usize::from(slot) % SLOTS]
 }
 
 /// Where one command of a pipeline goes.
@@ -470,6 +495,14 @@ mod tests {
         let mut same = redis::cmd("MGET");
         same.arg("a:{1}").arg("b:{1}");
         assert_eq!(placement(&same), route("{1}"));
+    }
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        for slot in 0..SLOTS as u16 {
+            let key = format!("prefix:ep:{{{}}}", slot_tag(slot));
+            assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
+        }
     }
 
     #[test]

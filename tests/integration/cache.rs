@@ -423,3 +423,40 @@ async fn after_redis_loses_its_data_no_old_list_page_comes_back() {
         ids(run_on(&b.app, None, list, json!({})).await)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_mid_bump_leaves_the_list_version_bumped_not_deleted() {
+    use follow_service::{cache::l2::L2, redis_health::RedisHealth, redis_pool};
+    // A list version missing from Redis is read as one that lost no bump since its slot's epoch, so a
+    // bump that failed must be made good by bumping it once Redis is back, not by deleting the key.
+    let proxy = RedisProxy::start().await;
+    let target = redis_pool::RedisTarget::Node(proxy.url.clone());
+    let redis = redis_pool::build_pool(&target, 2, Duration::from_millis(500)).expect("pool");
+    let health = std::sync::Arc::new(RedisHealth::new(1, Duration::from_millis(50)));
+    let l2 = L2::new(
+        redis,
+        health,
+        Duration::from_millis(200),
+        Box::new(|_| None),
+    );
+    let prefix = format!("test-l2-{}", rand::random::<u32>());
+    let key = format!("{prefix}:c1:lv:{{7}}:fr");
+    let bump = || l2.bump_versions(std::slice::from_ref(&key), "none", |_| String::new());
+    let before = bump().await.expect("Redis answers")[0];
+
+    proxy.cut();
+    assert_eq!(bump().await, None, "a bump through the cut proxy succeeded");
+    proxy.restore();
+    // The breaker's probe repairs what the outage left before it closes.
+    let back = eventually(Duration::from_secs(5), || async { l2.ping().await }).await;
+    assert!(back, "Redis never answered again through the proxy");
+    let stored = crate::support::redis_get(&key)
+        .await
+        .and_then(|v| v.parse::<i64>().ok());
+    redis_forget(&prefix).await;
+    let stored = stored.expect("the list version was deleted, not bumped");
+    assert!(
+        stored > before,
+        "the version was not bumped: {before} -> {stored}"
+    );
+}
