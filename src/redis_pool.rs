@@ -12,7 +12,7 @@
 
 mod cluster;
 
-pub use cluster::{by_slot, key_slot, slot_tag};
+pub use cluster::{SLOTS, by_slot, key_slot, slot_tag};
 
 use std::{
     sync::{

@@ -596,6 +596,19 @@ impl L2 {
         let _ = self.run::<()>(&pipe).await;
     }
 
+    /// Sets each epoch key to `now` unless it exists, in chunks (each one round trip per node).
+    pub async fn start_epochs(&self, keys: &[String], now: i64) {
+        for chunk in keys.chunks(4_096) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("SET").arg(key).arg(now).arg("NX").ignore();
+            }
+            if self.run::<()>(&pipe).await.is_none() {
+                return;
+            }
+        }
+    }
+
     /// Adds members with scores to a sorted set and keeps its `keep` highest (active viewers).
     pub async fn record_active(&self, key: &str, members: &[(f64, i64)], keep: usize) {
         if members.is_empty() {

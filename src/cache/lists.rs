@@ -36,6 +36,17 @@ fn holds(as_of: i64, needed: i64) -> bool {
 }
 
 impl Caches {
+    /// Starts the epoch of every hash slot that has none, at this instant: else each slot's would start
+    /// at the first read of a list in it, and for the replica's lag after that, no cold list of the
+    /// slot could be cached from a replica. Any instant after Redis's data began is a right epoch.
+    pub(super) async fn start_slot_epochs(&self) {
+        let now_us = crate::db::replicas::now_micros();
+        let keys: Vec<String> = (0..crate::redis_pool::SLOTS as u16)
+            .map(|slot| self.names.slot_epoch(slot))
+            .collect();
+        self.l2.start_epochs(&keys, now_us).await;
+    }
+
     /// First pages (`limit` rows) of the `kind` lists of `owners`, versioned so that one bump drops them.
     /// `load` answers the pages of the owners it is given and how fresh they are: every commit made
     /// before that instant (µs since the epoch, this host's clock) is in them. A page not fresh enough

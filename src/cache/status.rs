@@ -32,11 +32,13 @@ pub enum Source {
 }
 
 impl Caches {
-    /// Marks when Redis's cache data began, unless it is marked already (see `RECENT_TRUSTED_AFTER`).
+    /// Marks when Redis's cache data began, unless it is marked already: the epoch of the recent
+    /// changes (see `RECENT_TRUSTED_AFTER`) and every hash slot's, for list versions (see `lists`).
     pub async fn start_epoch(&self) {
         if self.settings.enabled {
             let now = chrono::Utc::now().timestamp_millis();
             self.l2.start_epoch(&self.names.epoch(), now).await;
+            self.start_slot_epochs().await;
         }
     }
 

@@ -149,7 +149,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
 }
 
 /// Slots a Redis Cluster has (and that one server's keys are counted in, too).
-const SLOTS: usize = 16_384;
+pub const SLOTS: usize = 16_384;
 
 /// A hash tag of slot `slot`: a key tagged with it lives in that slot, on whichever node owns it (a
 /// value kept per slot, such as the cache's epochs, stays beside the keys it speaks for). Found once,
