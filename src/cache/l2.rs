@@ -596,15 +596,29 @@ impl L2 {
         let _ = self.run::<()>(&pipe).await;
     }
 
-    /// Sets each epoch key to `now` unless it exists, in chunks (each one round trip per node).
+    /// Sets each epoch key to `now` unless it exists, in chunks (each one round trip per node). Off the
+    /// breaker and the request budget: it is one large write at start, which nothing waits for, and a
+    /// slow moment of it must not open the breaker for every request. Stops at the first failure.
     pub async fn start_epochs(&self, keys: &[String], now: i64) {
-        for chunk in keys.chunks(4_096) {
+        if !self.available() {
+            return;
+        }
+        for chunk in keys.chunks(1_024) {
             let mut pipe = redis::pipe();
             for key in chunk {
                 pipe.cmd("SET").arg(key).arg(now).arg("NX").ignore();
             }
-            if self.run::<()>(&pipe).await.is_none() {
-                return;
+            let call = self.redis.query_pipe::<()>(&pipe);
+            match tokio::time::timeout(self.timeout * 20, call).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "could not start the slots' epochs");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("starting the slots' epochs timed out");
+                    return;
+                }
             }
         }
     }
