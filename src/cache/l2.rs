@@ -294,29 +294,35 @@ impl L2 {
                 .query_cmd(&redis::cmd("PING"))
                 .await
                 .map_err(|e| format!("{e:#}"))?;
-            // Bumped now, after the commits whose bumps failed (EVAL: Redis may have lost its scripts).
-            for chunk in versions.chunks(1_000) {
+            // One round trip per chunk: list versions bumped now, after the commits whose bumps failed
+            // (EVAL: Redis may have lost its scripts), other keys deleted, and the L1 drops announced.
+            let repairs: Vec<(&String, bool)> = versions
+                .iter()
+                .map(|key| (key, true))
+                .chain(keys.iter().map(|key| (key, false)))
+                .collect();
+            for chunk in repairs.chunks(1_000) {
+                let bumped: Vec<&String> = chunk
+                    .iter()
+                    .filter_map(|&(key, bump)| bump.then_some(key))
+                    .collect();
+                let deleted: Vec<&String> = chunk
+                    .iter()
+                    .filter_map(|&(key, bump)| (!bump).then_some(key))
+                    .collect();
                 let mut pipe = redis::pipe();
-                for group in crate::redis_pool::by_slot(chunk) {
+                for group in crate::redis_pool::by_slot(&bumped) {
                     pipe.cmd("EVAL").arg(BUMP_VERSIONS).arg(group.len());
                     for index in group {
-                        pipe.arg(&chunk[index]);
+                        pipe.arg(bumped[index]);
                     }
                     pipe.ignore();
                 }
-                if let Some((channel, message)) = (self.drops)(chunk) {
-                    pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+                if !deleted.is_empty() {
+                    pipe.cmd("DEL").arg(&deleted).ignore();
                 }
-                let () = self
-                    .redis
-                    .query_pipe(&pipe)
-                    .await
-                    .map_err(|e| format!("{e:#}"))?;
-            }
-            for chunk in keys.chunks(1_000) {
-                let mut pipe = redis::pipe();
-                pipe.cmd("DEL").arg(chunk).ignore();
-                if let Some((channel, message)) = (self.drops)(chunk) {
+                let names: Vec<String> = chunk.iter().map(|(key, _)| (*key).clone()).collect();
+                if let Some((channel, message)) = (self.drops)(&names) {
                     pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
                 }
                 let () = self
