@@ -587,12 +587,24 @@ impl Model {
     }
 
     /// When the cut that a change taken in [start, end] overlapped was healed (restore + margin);
-    /// None while it lasts.
+    /// None while it lasts. A cut that began within the margin of that restore may have come before
+    /// B could repair (under load, its probe can take most of the margin), so the heal is then that
+    /// cut's own restore, and so on.
     fn heal(&self, start: i64, end: i64) -> Option<i64> {
         let mut healed = Some(i64::MIN);
         for (cut, restored) in &self.cuts {
             if *cut <= end && restored.is_none_or(|r| r >= start) {
                 healed = healed.zip(*restored).map(|(h, r)| h.max(r));
+            }
+        }
+        while let Some(h) = healed {
+            match self
+                .cuts
+                .iter()
+                .find(|(cut, restored)| *cut < h && restored.is_none_or(|r| r > h))
+            {
+                Some((_, restored)) => healed = *restored,
+                None => break,
             }
         }
         healed
