@@ -208,9 +208,6 @@ pub struct L2 {
     health: Arc<RedisHealth>,
     timeout: Duration,
     dirty: Mutex<HashSet<String>>,
-    /// List versions whose bump failed: bumped, not deleted, on repair (a missing version is read as
-    /// one that lost no bump since its slot's epoch, see [`ListVersion`]).
-    dirty_versions: Mutex<HashSet<String>>,
     dirty_overflowed: AtomicBool,
     /// The announcement that tells every instance to drop the L1 entries of deleted dirty keys
     /// (`(channel, message)`, or `None` for keys that need none): sent in the same round trip as the
@@ -232,7 +229,6 @@ impl L2 {
             health,
             timeout,
             dirty: Mutex::new(HashSet::new()),
-            dirty_versions: Mutex::new(HashSet::new()),
             dirty_overflowed: AtomicBool::new(false),
             drops,
             script_loaded: AtomicBool::new(false),
@@ -283,46 +279,16 @@ impl L2 {
             .lock()
             .map(|d| d.iter().cloned().collect())
             .unwrap_or_default();
-        let versions: Vec<String> = self
-            .dirty_versions
-            .lock()
-            .map(|d| d.iter().cloned().collect())
-            .unwrap_or_default();
         let call = async {
             let _: String = self
                 .redis
                 .query_cmd(&redis::cmd("PING"))
                 .await
                 .map_err(|e| format!("{e:#}"))?;
-            // One round trip per chunk: list versions bumped now, after the commits whose bumps failed
-            // (EVAL: Redis may have lost its scripts), other keys deleted, and the L1 drops announced.
-            let repairs: Vec<(&String, bool)> = versions
-                .iter()
-                .map(|key| (key, true))
-                .chain(keys.iter().map(|key| (key, false)))
-                .collect();
-            for chunk in repairs.chunks(1_000) {
-                let bumped: Vec<&String> = chunk
-                    .iter()
-                    .filter_map(|&(key, bump)| bump.then_some(key))
-                    .collect();
-                let deleted: Vec<&String> = chunk
-                    .iter()
-                    .filter_map(|&(key, bump)| (!bump).then_some(key))
-                    .collect();
+            for chunk in keys.chunks(1_000) {
                 let mut pipe = redis::pipe();
-                for group in crate::redis_pool::by_slot(&bumped) {
-                    pipe.cmd("EVAL").arg(BUMP_VERSIONS).arg(group.len());
-                    for index in group {
-                        pipe.arg(bumped[index]);
-                    }
-                    pipe.ignore();
-                }
-                if !deleted.is_empty() {
-                    pipe.cmd("DEL").arg(&deleted).ignore();
-                }
-                let names: Vec<String> = chunk.iter().map(|(key, _)| (*key).clone()).collect();
-                if let Some((channel, message)) = (self.drops)(&names) {
+                pipe.cmd("DEL").arg(chunk).ignore();
+                if let Some((channel, message)) = (self.drops)(chunk) {
                     pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
                 }
                 let () = self
@@ -333,17 +299,11 @@ impl L2 {
             }
             Ok::<_, String>(())
         };
-        let budget =
-            self.timeout * 4 + Duration::from_millis((keys.len() + versions.len()) as u64 / 10);
+        let budget = self.timeout * 4 + Duration::from_millis(keys.len() as u64 / 10);
         match tokio::time::timeout(budget, call).await {
             Ok(Ok(())) => {
                 if let Ok(mut dirty) = self.dirty.lock() {
                     for key in &keys {
-                        dirty.remove(key);
-                    }
-                }
-                if let Ok(mut dirty) = self.dirty_versions.lock() {
-                    for key in &versions {
                         dirty.remove(key);
                     }
                 }
@@ -354,8 +314,7 @@ impl L2 {
                 }
                 tracing::info!(
                     keys = keys.len(),
-                    list_versions = versions.len(),
-                    "Redis is back: dropped the cache entries written during the outage, bumped the list versions"
+                    "Redis is back: dropped the cache entries written during the outage"
                 );
                 true
             }
@@ -364,11 +323,7 @@ impl L2 {
     }
 
     fn mark_dirty(&self, keys: impl IntoIterator<Item = String>) {
-        self.mark_dirty_in(&self.dirty, keys);
-    }
-
-    fn mark_dirty_in(&self, set: &Mutex<HashSet<String>>, keys: impl IntoIterator<Item = String>) {
-        if let Ok(mut dirty) = set.lock() {
+        if let Ok(mut dirty) = self.dirty.lock() {
             for key in keys {
                 if dirty.len() >= MAX_DIRTY {
                     self.dirty_overflowed.store(true, Ordering::SeqCst);
@@ -688,7 +643,7 @@ impl L2 {
         }
         // No expiry: one key per list (two per user) stays bounded.
         let Some(versions) = self.bump(keys).await else {
-            self.mark_dirty_in(&self.dirty_versions, keys.iter().cloned());
+            self.mark_dirty(keys.iter().cloned());
             return None;
         };
         let mut announce = redis::pipe();
@@ -794,12 +749,7 @@ impl L2 {
     /// Deletes the keys that writes could not update while the breaker stayed closed (a single failed
     /// call does not open it, so the probe's repair would not run).
     pub async fn repair_dirty(&self) {
-        let empty = self.dirty.lock().map(|d| d.is_empty()).unwrap_or(true)
-            && self
-                .dirty_versions
-                .lock()
-                .map(|d| d.is_empty())
-                .unwrap_or(true);
+        let empty = self.dirty.lock().map(|d| d.is_empty()).unwrap_or(true);
         if !empty && self.available() && self.recover().await {
             self.health.success();
         }
