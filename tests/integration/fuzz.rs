@@ -64,8 +64,9 @@ use serde_json::{Map, Value as Json, json};
 
 use crate::support::{self, TEST_SECRET, TestApp};
 
-/// The longest an answer may take.
-const SLOW: Duration = Duration::from_secs(1);
+/// The longest an answer may take (debug build; a document that pins a core takes many seconds, and
+/// 1 s failed on a busy shared machine: 1.05 to 1.6 s for an ordinary document under outside load).
+const SLOW: Duration = Duration::from_secs(2);
 
 /// The fan-out cap: fragments that spread the next one `width` times go deep enough to expand to
 /// 2^this fields. The cost check measures each fragment once, so such documents are refused in

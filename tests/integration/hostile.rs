@@ -63,9 +63,10 @@ async fn fragment_fan_out_is_refused_in_milliseconds() {
             "FOLLOW_MAX_FIELDS"
         );
         assert!(body.get("data").is_none(), "{body:#}");
-        // Debug build, shared machine: the library's own walk of 24 levels took 1.6 s in release.
+        // Debug build, shared machine: the library's own walk of 24 levels took 1.6 s in release, so
+        // 250 ms still tells a refusal from the walk (50 ms failed under outside load: 52 to 63 ms).
         assert!(
-            took < Duration::from_millis(50),
+            took < Duration::from_millis(250),
             "{levels} levels refused in {took:?}"
         );
     }
