@@ -184,7 +184,7 @@ pub struct RecentChanges {
 }
 
 /// A list's version as read, and what a page cached under it must hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListVersion {
     pub version: i64,
     /// Every commit made before this instant (Redis's clock, µs) must be in a page cached under the
@@ -657,43 +657,23 @@ impl L2 {
     }
 
     /// The current versions of lists (see `READ_VERSIONS`; `slot_epoch` names a slot's epoch key), or
-    /// `None` when Redis is unavailable: one script call per hash slot, in one round trip.
+    /// `None` when Redis is unavailable.
     pub async fn read_versions(
         &self,
         keys: &[String],
         slot_epoch: impl Fn(u16) -> String,
     ) -> Option<Vec<ListVersion>> {
-        if keys.is_empty() {
-            return Some(Vec::new());
-        }
-        let groups = crate::redis_pool::by_slot(keys);
-        let mut pipe = redis::pipe();
-        self.load_scripts(&mut pipe);
-        for group in &groups {
-            let slot = crate::redis_pool::key_slot(keys[group[0]].as_bytes());
-            pipe.cmd("EVALSHA")
-                .arg(READ_VERSIONS_SCRIPT.get_hash())
-                .arg(group.len() + 1);
-            for &index in group {
-                pipe.arg(&keys[index]);
-            }
-            pipe.arg(slot_epoch(slot));
-        }
-        let answers = self.run::<Vec<(Vec<i64>, Vec<i64>, i64)>>(&pipe).await;
-        self.scripts_ran(answers.is_some(), true);
-        let answers = answers.filter(|answers| answers.len() == groups.len())?;
-        let mut versions = vec![
-            ListVersion {
-                version: 0,
-                must_hold: 0
-            };
-            keys.len()
-        ];
-        for (group, (read, created, epoch)) in groups.iter().zip(answers) {
+        let answers = self
+            .per_slot::<(Vec<i64>, Vec<i64>, i64)>(&READ_VERSIONS_SCRIPT, keys, |slot| {
+                Some(slot_epoch(slot))
+            })
+            .await?;
+        let mut versions = vec![ListVersion::default(); keys.len()];
+        for (group, (read, created, epoch)) in answers {
             if read.len() != group.len() || created.len() != group.len() {
                 return None;
             }
-            for ((&index, version), created) in group.iter().zip(read).zip(created) {
+            for ((index, version), created) in group.into_iter().zip(read).zip(created) {
                 let must_hold = if created == 1 { epoch } else { version };
                 versions[index] = ListVersion { version, must_hold };
             }
@@ -701,33 +681,54 @@ impl L2 {
         Some(versions)
     }
 
-    /// Bumps list versions (see `BUMP_VERSIONS`): one script call per hash slot (a script may only
-    /// touch keys of one slot on a Redis Cluster; the keys of one user share one), in one round trip.
+    /// Bumps list versions (see `BUMP_VERSIONS`).
     async fn bump(&self, keys: &[String]) -> Option<Vec<i64>> {
-        let groups = crate::redis_pool::by_slot(keys);
-        let mut pipe = redis::pipe();
-        self.load_scripts(&mut pipe);
-        for group in &groups {
-            pipe.cmd("EVALSHA")
-                .arg(BUMP_VERSIONS_SCRIPT.get_hash())
-                .arg(group.len());
-            for &index in group {
-                pipe.arg(&keys[index]);
-            }
-        }
-        let answers = self.run::<Vec<Vec<i64>>>(&pipe).await;
-        self.scripts_ran(answers.is_some(), true);
-        let answers = answers.filter(|answers| answers.len() == groups.len())?;
+        let answers = self
+            .per_slot::<Vec<i64>>(&BUMP_VERSIONS_SCRIPT, keys, |_| None)
+            .await?;
         let mut versions = vec![0; keys.len()];
-        for (group, answer) in groups.iter().zip(answers) {
+        for (group, answer) in answers {
             if answer.len() != group.len() {
                 return None;
             }
-            for (&index, version) in group.iter().zip(answer) {
+            for (index, version) in group.into_iter().zip(answer) {
                 versions[index] = version;
             }
         }
         Some(versions)
+    }
+
+    /// Calls `script` once per hash slot of `keys` (a script may only touch keys of one slot on a Redis
+    /// Cluster; the keys of one user share one), with `extra(slot)` as a last key of that slot, in one
+    /// round trip. Each slot's key indices with its answer; `None` when Redis is unavailable.
+    async fn per_slot<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        extra: impl Fn(u16) -> Option<String>,
+    ) -> Option<Vec<(Vec<usize>, T)>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let groups = crate::redis_pool::by_slot(keys);
+        let mut pipe = redis::pipe();
+        self.load_scripts(&mut pipe);
+        for group in &groups {
+            let extra = extra(crate::redis_pool::key_slot(keys[group[0]].as_bytes()));
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(group.len() + usize::from(extra.is_some()));
+            for &index in group {
+                pipe.arg(&keys[index]);
+            }
+            if let Some(extra) = extra {
+                pipe.arg(extra);
+            }
+        }
+        let answers = self.run::<Vec<T>>(&pipe).await;
+        self.scripts_ran(answers.is_some(), true);
+        let answers = answers.filter(|answers| answers.len() == groups.len())?;
+        Some(groups.into_iter().zip(answers).collect())
     }
 
     /// Deletes keys and announces it (used when an exact new value is not at hand).
