@@ -256,18 +256,21 @@ impl Reads {
 }
 
 impl Reads {
-    /// Whether every replica that answers has replayed what the primary had written when this was called
-    /// (tests wait on it after writing past the service, so that their reads through a replica see those
-    /// writes); one that does not answer takes no reads.
+    /// Whether every replica has replayed what the primary had written when this was called (tests wait
+    /// on it after writing past the service, so that their reads through a replica see those writes). A
+    /// replica that cannot answer (down, or without the database yet) is an error, never caught up: it
+    /// may take reads a moment later.
     pub async fn replicas_caught_up(&self) -> StoreResult<bool> {
         let target = {
             let mut conn = connect(&self.0.primary_probe).await?;
             super::wal_position(&mut conn).await?
         };
         for replica in &self.0.replicas {
-            match replay_position(&replica.probe).await {
-                Ok(Some(replayed)) if replayed < target => return Ok(false),
-                _ => {}
+            if replay_position(&replica.probe)
+                .await?
+                .is_some_and(|replayed| replayed < target)
+            {
+                return Ok(false);
             }
         }
         Ok(true)

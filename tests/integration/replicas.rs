@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Options, TestApp, eventually};
+use crate::support::{Options, TestApp, databases::REPLAY_PAUSES, eventually};
 
 /// The first test replica's server (for pausing its replay), when the variable names one.
 fn replica_server() -> Option<String> {
@@ -39,19 +39,25 @@ fn replica_or_skip(test: &str) -> Option<String> {
 static REPLAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Pauses the replica's WAL replay until dropped, which resumes it (with `psql`, so that it happens even
-/// when the test panics).
-struct ReplayPaused(String);
+/// when the test panics). Other tests' waits for the replica hold off meanwhile (`REPLAY_PAUSES`).
+struct ReplayPaused {
+    server: String,
+    _pausing: tokio::sync::RwLockWriteGuard<'static, ()>,
+}
 
 impl ReplayPaused {
     async fn start(server: &str) -> Self {
-        let paused = Self(server.to_owned());
+        let paused = Self {
+            server: server.to_owned(),
+            _pausing: REPLAY_PAUSES.write().await,
+        };
         paused.sql("SELECT pg_wal_replay_pause()");
         paused
     }
 
     fn sql(&self, sql: &str) {
         let status = std::process::Command::new("psql")
-            .args([self.0.as_str(), "-X", "-q", "-c", sql])
+            .args([self.server.as_str(), "-X", "-q", "-c", sql])
             .stdout(std::process::Stdio::null())
             .status()
             .expect("psql runs");
@@ -279,9 +285,11 @@ async fn a_cold_list_is_cached_at_its_first_read_once_the_replica_holds_its_slot
     let start = app.app.reads.counts();
     // The first list of user 3's hash slot starts the slot's epoch: a replica holds no commit after
     // it yet, so that first page waits for a later read to be cached.
+    let empty = |kind: &str| json!({ "user": { kind: { "nodes": [] } } });
     let cached = eventually(Duration::from_secs(10), || async {
         let before = app.app.reads.counts();
-        app.data(None, &list("followers"), json!({})).await;
+        let data = app.data(None, &list("followers"), json!({})).await;
+        assert_eq!(data, empty("followers"));
         app.app.reads.counts() == before
     })
     .await;
@@ -289,7 +297,8 @@ async fn a_cold_list_is_cached_at_its_first_read_once_the_replica_holds_its_slot
     // Another cold list of the same slot: its version is new, but every bump it could stand for was
     // lost before the slot's epoch, which the replica holds: its first read is cached.
     let before = app.app.reads.counts();
-    app.data(None, &list("following"), json!({})).await;
+    let data = app.data(None, &list("following"), json!({})).await;
+    assert_eq!(data, empty("following"));
     let first = app.app.reads.counts();
     assert_eq!(first.replica, before.replica + 1, "{before:?} -> {first:?}");
     app.data(None, &list("following"), json!({})).await;

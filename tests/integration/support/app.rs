@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use super::{
-    databases::{database_url, drop_database, fresh_database, replica_urls},
+    databases::{REPLAY_PAUSES, database_url, drop_database, fresh_database, replica_urls},
     redis::{redis_forget, redis_url},
     requests::{run_on, send},
 };
@@ -66,6 +66,9 @@ pub struct TestApp {
     pub app: App,
     pub database: String,
     pub prefix: String,
+    /// Whether the app reads through the suite's test replicas (not a replica the test chose, such as
+    /// one that is down on purpose): waits for them to catch up.
+    on_test_replicas: bool,
     background: BackgroundTasks,
 }
 
@@ -89,10 +92,12 @@ impl TestApp {
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let app = Self::build_app(&database, &prefix, &options);
         let background = start_background(&app, options.pipeline);
+        let on_test_replicas = options.replica_urls.is_none() && replica_urls(&database).is_some();
         let test_app = Self {
             app,
             database,
             prefix,
+            on_test_replicas,
             background,
         };
         test_app.wait_for_l1(&test_app.app).await;
@@ -237,13 +242,16 @@ impl TestApp {
         self.replicated().await;
     }
 
-    /// Waits (up to 10 s) until the app's read replicas, if any, have replayed everything written so
-    /// far: a test that writes past the service (SQL) then reads through it must not read a replica that
-    /// has not seen its rows yet. Nothing to wait for without replicas.
+    /// Waits (up to 10 s, once no test holds the replay paused) until the suite's test replicas, if the
+    /// app reads through them, have replayed everything written so far: a test that writes past the
+    /// service (SQL) then reads through it must not read a replica that has not seen its rows yet.
     pub async fn replicated(&self) {
-        if !self.app.reads.has_replicas() {
+        if !self.on_test_replicas {
             return;
         }
+        let _no_pause = tokio::time::timeout(Duration::from_secs(60), REPLAY_PAUSES.read())
+            .await
+            .expect("a test kept the replica's replay paused for 60 s");
         let started = Instant::now();
         while !self.app.reads.replicas_caught_up().await.unwrap_or(false) {
             assert!(

@@ -41,6 +41,10 @@ pub fn replica_urls(name: &str) -> Option<String> {
     (!urls.is_empty()).then(|| urls.join(","))
 }
 
+/// Held for writing while a test keeps the test replica's replay paused, and for reading by a wait for
+/// the replicas to catch up: such a wait (any test's) starts its clock once no replay is paused.
+pub static REPLAY_PAUSES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A connection to the test server's admin database.
 async fn admin() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
