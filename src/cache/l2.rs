@@ -98,8 +98,31 @@ pub struct Rider<'a> {
     pub args: Vec<String>,
 }
 
-/// What [`L2`] announces for a chunk of deleted dirty keys: `(channel, message)`.
-pub type Drops = Box<dyn Fn(&[String]) -> Option<(String, String)> + Send + Sync>;
+/// What deleting a chunk of dirty keys takes beside the delete (see [`L2::recover`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct Repair {
+    /// The epoch keys of the slots of deleted list versions, moved to Redis's clock before the delete: a
+    /// version created afterwards must not pass for one older than the write whose bump failed.
+    pub epochs: Vec<String>,
+    /// The announcement that tells every instance to drop the L1 entries of the deleted keys:
+    /// `(channel, message)`, or `None` for keys that need none.
+    pub announcement: Option<(String, String)>,
+}
+
+/// Finds the [`Repair`] of a chunk of dirty keys (the key names are the cache's, not L2's).
+pub type Repairs = Box<dyn Fn(&[String]) -> Repair + Send + Sync>;
+
+/// Moves a slot's epoch (`KEYS[1]`, see `READ_VERSIONS`) to Redis's clock, never back. One key: on a
+/// Redis Cluster it goes wherever the slot is, as a single-key command, even while the slot moves.
+const ADVANCE_EPOCH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local old = tonumber(redis.call('GET', KEYS[1]))
+if not old or old < now then
+  redis.call('SET', KEYS[1], string.format('%d', now))
+end
+return 1
+";
 
 const SCRIPTS: [&str; 6] = [
     SET_IF_NEWER,
@@ -209,10 +232,9 @@ pub struct L2 {
     timeout: Duration,
     dirty: Mutex<HashSet<String>>,
     dirty_overflowed: AtomicBool,
-    /// The announcement that tells every instance to drop the L1 entries of deleted dirty keys
-    /// (`(channel, message)`, or `None` for keys that need none): sent in the same round trip as the
-    /// delete, since no announcement of the writes that failed reached the others.
-    drops: Drops,
+    /// What deleting dirty keys takes beside the delete: the announcement goes in the same round trip
+    /// as the delete, since no announcement of the writes that failed reached the others.
+    repairs: Repairs,
     /// Whether this process has loaded the script since it last failed (Redis may have restarted).
     script_loaded: AtomicBool,
 }
@@ -222,7 +244,7 @@ impl L2 {
         redis: RedisPool,
         health: Arc<RedisHealth>,
         timeout: Duration,
-        drops: Drops,
+        repairs: Repairs,
     ) -> Self {
         Self {
             redis,
@@ -230,7 +252,7 @@ impl L2 {
             timeout,
             dirty: Mutex::new(HashSet::new()),
             dirty_overflowed: AtomicBool::new(false),
-            drops,
+            repairs,
             script_loaded: AtomicBool::new(false),
         }
     }
@@ -272,7 +294,8 @@ impl L2 {
         }
     }
 
-    /// The probe after an outage: Redis answers, and the keys this instance could not update are gone.
+    /// The probe after an outage: Redis answers, and the keys this instance could not update are gone
+    /// (the epochs of their list versions' slots moved past them first).
     async fn recover(&self) -> bool {
         let keys: Vec<String> = self
             .dirty
@@ -286,9 +309,27 @@ impl L2 {
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             for chunk in keys.chunks(1_000) {
+                let repair = (self.repairs)(chunk);
+                if !repair.epochs.is_empty() {
+                    // Before the delete: a version read between the two is still the old one.
+                    let mut epochs = redis::pipe();
+                    for epoch in &repair.epochs {
+                        epochs
+                            .cmd("EVAL")
+                            .arg(ADVANCE_EPOCH)
+                            .arg(1)
+                            .arg(epoch)
+                            .ignore();
+                    }
+                    let () = self
+                        .redis
+                        .query_pipe(&epochs)
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                }
                 let mut pipe = redis::pipe();
                 pipe.cmd("DEL").arg(chunk).ignore();
-                if let Some((channel, message)) = (self.drops)(chunk) {
+                if let Some((channel, message)) = repair.announcement {
                     pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
                 }
                 let () = self

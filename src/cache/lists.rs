@@ -180,6 +180,22 @@ impl Caches {
     }
 }
 
+/// The epoch keys of the hash slots of the list versions among `keys` (dirty keys about to be
+/// deleted), each once: a version created after the delete asks the replica for the epoch's instant.
+pub(super) fn epochs_of(names: &KeyNames, keys: &[String]) -> Vec<String> {
+    let mut slots: Vec<u16> = keys
+        .iter()
+        .filter(|key| matches!(names.parse(key), Some(keys::Named::ListVersion { .. })))
+        .map(|key| crate::redis_pool::key_slot(key.as_bytes()))
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    slots
+        .into_iter()
+        .map(|slot| names.slot_epoch(slot))
+        .collect()
+}
+
 /// A list's first page. Its key names the list version it was read at (immutable: a bump makes new
 /// keys, and the old ones expire), so in Redis it is stored bare, without a version of its own.
 pub(super) struct ListPages;
@@ -224,5 +240,32 @@ impl CachedKind for ListPages {
             payload: keys::encode_page(&page.value),
             ttl: settings.lists_ttl,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis_pool::key_slot;
+
+    #[test]
+    fn a_repair_moves_the_epoch_of_each_slot_of_its_list_versions_once() {
+        let names = KeyNames::new("p");
+        let keys = [
+            names.list_version(ListKind::Followers, 5),
+            names.list_version(ListKind::Following, 5),
+            names.counts(5),
+            names.user(9),
+            names.list_version(ListKind::Followers, 7),
+        ];
+        let slot = |key: &String| key_slot(key.as_bytes());
+        let mut expected = vec![
+            names.slot_epoch(slot(&keys[0])),
+            names.slot_epoch(slot(&keys[4])),
+        ];
+        expected.sort_by_key(|epoch| key_slot(epoch.as_bytes()));
+        assert_ne!(expected[0], expected[1], "users 5 and 7 are in two slots");
+        assert_eq!(epochs_of(&names, &keys), expected);
+        assert!(epochs_of(&names, &keys[2..4]).is_empty(), "no list version");
     }
 }

@@ -142,7 +142,10 @@ impl Caches {
             names: KeyNames::new(prefix),
             l2: L2::new(redis, health, settings.redis_timeout, {
                 let names = KeyNames::new(prefix);
-                Box::new(move |keys: &[String]| invalidation::drops_of(&names, keys))
+                Box::new(move |keys: &[String]| l2::Repair {
+                    epochs: lists::epochs_of(&names, keys),
+                    announcement: invalidation::drops_of(&names, keys),
+                })
             }),
             sets: SetCache::new(share("sets"), l1_ttl(settings.sets_ttl)),
             status: VersionedCache::new(share("status"), l1_ttl(settings.status_ttl), |_, _| 48),

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{Options, TestApp, databases::REPLAY_PAUSES, eventually};
+use crate::support::{Options, RedisProxy, TestApp, databases::REPLAY_PAUSES, eventually};
 
 /// The first test replica's server (for pausing its replay), when the variable names one.
 fn replica_server() -> Option<String> {
@@ -379,4 +379,129 @@ async fn a_replica_that_is_down_is_skipped_and_fails_nothing() {
     assert_eq!(counts.replica, 0, "{counts:?}");
     assert!(counts.primary > 0, "{counts:?}");
     app.assert_counts_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_whose_version_bump_was_lost_in_an_outage_is_not_cached_from_a_replica_lacking_the_write()
+ {
+    use follow_service::{
+        events::consumer::{self, ConsumerSettings, REFRESHES_IN_FLIGHT},
+        redis_pool::redis,
+    };
+    let Some(server) = replica_or_skip(
+        "a_list_whose_version_bump_was_lost_in_an_outage_is_not_cached_from_a_replica_lacking_the_write",
+    ) else {
+        return;
+    };
+    let _turn = REPLAY.lock().await;
+    // A (the reader, on the one Redis server even in the cluster run) and C (the consumer's refresh,
+    // through a proxy the test cuts) share one Redis; no pipeline runs but the test's.
+    let a = TestApp::with_options(Options {
+        pipeline: false,
+        env: vec![
+            ("FOLLOW_REPLICA_MAX_LAG_MS", "60000".to_owned()),
+            ("REDIS_CLUSTER_URLS", String::new()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    a.create_users(1..=3).await;
+    let proxy = RedisProxy::start().await;
+    let c = a
+        .instance(Options {
+            pipeline: false,
+            redis_url: proxy.url.clone(),
+            env: vec![("FOLLOW_REPLICA_MAX_LAG_MS", "60000".to_owned())],
+            ..Options::default()
+        })
+        .await;
+    let followers_of_1 = r#"{ user(id: "1") { followers(first: 10) { nodes { id } } } }"#;
+    let nodes = |data: Value| data["user"]["followers"]["nodes"].clone();
+    // The list's first page cached from the replica: it holds the slot's epoch.
+    let cached = eventually(Duration::from_secs(10), || async {
+        let before = a.app.reads.counts();
+        assert_eq!(
+            nodes(a.data(None, followers_of_1, json!({})).await),
+            json!([])
+        );
+        a.app.reads.counts() == before
+    })
+    .await;
+    assert!(cached, "the first page was never cached");
+
+    // A follow the paused replica does not replay, applied by a consumer whose bump of the list's
+    // version fails (its Redis is cut): the version stays, and the page cached under it is stale.
+    let paused = ReplayPaused::start(&server).await;
+    a.follow(2, 1).await;
+    let mut stream = follow_service::redis_pool::dedicated(&a.app.config.redis, Duration::ZERO)
+        .await
+        .expect("Redis is reachable for tests");
+    consumer::ensure_group(&mut stream, a.app.stream.first())
+        .await
+        .expect("group");
+    let refresh_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(REFRESHES_IN_FLIGHT));
+    let settings = ConsumerSettings {
+        redis: a.app.config.redis.clone(),
+        names: a.app.stream.first().clone(),
+        consumer_name: "test-consumer".to_owned(),
+        batch_size: 10,
+        block: Duration::from_millis(50),
+        caches: c.app.caches.clone(),
+        claim_idle: Duration::from_millis(100),
+        max_deliveries: 3,
+        refresh_slots: refresh_slots.clone(),
+        applying: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+    };
+    proxy.cut();
+    let applied = consumer::consume_once(&a.app.db, &mut stream, &settings)
+        .await
+        .expect("applied");
+    assert_eq!(applied, 1);
+    // The refresh (behind the consumer) has failed once every slot is free again.
+    let _refreshed = refresh_slots
+        .acquire_many(REFRESHES_IN_FLIGHT as u32)
+        .await
+        .expect("refresh slots");
+    let version_key = format!("{}:c1:lv:{{1}}:fr", a.prefix);
+    let version = || async {
+        let mut conn = follow_service::redis_pool::dedicated(&a.app.config.redis, Duration::ZERO)
+            .await
+            .expect("Redis is reachable for tests");
+        redis::cmd("GET")
+            .arg(&version_key)
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .expect("GET")
+    };
+    assert!(version().await.is_some(), "the version is still there");
+
+    // Redis back: C's repair deletes the version it could not bump.
+    proxy.restore();
+    let repaired = eventually(Duration::from_secs(10), || async {
+        version().await.is_none()
+    })
+    .await;
+    assert!(repaired, "C never repaired the list's version");
+    // Read through the lagging replica (as anyone may): it lacks the follow, so its page must not be
+    // cached under the version this read creates, although that version is new.
+    let read = eventually(Duration::from_secs(5), || async {
+        let before = a.app.reads.counts();
+        assert_eq!(
+            nodes(a.data(None, followers_of_1, json!({})).await),
+            json!([])
+        );
+        let after = a.app.reads.counts();
+        assert_eq!(after.primary, before.primary, "read on the primary");
+        after.replica > before.replica
+    })
+    .await;
+    assert!(read, "the page was not read from the replica");
+
+    drop(paused);
+    a.replicated().await;
+    assert_eq!(
+        nodes(a.data(None, followers_of_1, json!({})).await),
+        json!([{ "id": "2" }]),
+        "a page read from a replica lacking the follow was cached under the version made after the repair"
+    );
 }
