@@ -319,29 +319,33 @@ impl Inner {
             (replica, replayed)
         });
         for (replica, replayed) in futures::future::join_all(probes).await {
-            match replayed {
+            let probed = match replayed {
                 Ok(Ok(Some(replayed))) => {
-                    // The newest sample it has replayed dates every commit it holds.
-                    if let Some(&(at, _)) = samples.iter().rev().find(|&&(_, p)| p <= replayed) {
-                        replica.caught_up.fetch_max(at, Ordering::Relaxed);
-                    }
                     if let Some(newest) = newest {
                         gauge!(DB_REPLICA_LAG_BYTES, "replica" => replica.label.clone())
                             .set(newest.saturating_sub(replayed).max(0) as f64);
                     }
+                    Probed::Replayed(replayed)
                 }
                 Ok(Ok(None)) => {
                     tracing::warn!(replica = %replica.label, "not a replica (no replay position): skipped");
-                    replica.caught_up.store(0, Ordering::Relaxed);
+                    Probed::Unusable
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(replica = %replica.label, error = %err, "replica probe failed");
-                    replica.caught_up.store(0, Ordering::Relaxed);
+                    Probed::Unusable
                 }
                 Err(_) => {
                     tracing::debug!(replica = %replica.label, "replica probe timed out");
-                    replica.caught_up.store(0, Ordering::Relaxed);
+                    Probed::TimedOut
                 }
+            };
+            match probed.caught_up(samples) {
+                CaughtUp::AtLeast(at) => {
+                    replica.caught_up.fetch_max(at, Ordering::Relaxed);
+                }
+                CaughtUp::Unknown => replica.caught_up.store(0, Ordering::Relaxed),
+                CaughtUp::AsBefore => {}
             }
             let caught_up = replica.caught_up.load(Ordering::Relaxed);
             let now = now_micros();
@@ -351,6 +355,45 @@ impl Inner {
             }
             let up = caught_up >= now - self.max_lag_us;
             gauge!(DB_REPLICA_UP, "replica" => replica.label.clone()).set(f64::from(u8::from(up)));
+            // The series exists before the first fallback (the dashboard and rates read it).
+            counter!(DB_REPLICA_FALLBACKS, "replica" => replica.label.clone()).increment(0);
+        }
+    }
+}
+
+/// What one probe of a replica found.
+#[derive(Debug, Clone, Copy)]
+enum Probed {
+    /// Its replay position, in bytes of WAL.
+    Replayed(i64),
+    /// An error, or a server that replays nothing: it takes no reads until a probe finds it well.
+    Unusable,
+    /// No answer within the probe's budget.
+    TimedOut,
+}
+
+/// What a probe tells of the instant a replica holds every commit before.
+#[derive(Debug, PartialEq)]
+enum CaughtUp {
+    AtLeast(i64),
+    Unknown,
+    AsBefore,
+}
+
+impl Probed {
+    fn caught_up(self, samples: &VecDeque<(i64, i64)>) -> CaughtUp {
+        match self {
+            // The newest sample of the primary it has replayed dates every commit it holds.
+            Self::Replayed(replayed) => samples
+                .iter()
+                .rev()
+                .find(|&&(_, position)| position <= replayed)
+                .map_or(CaughtUp::AsBefore, |&(at, _)| CaughtUp::AtLeast(at)),
+            Self::Unusable => CaughtUp::Unknown,
+            // Slow, not behind: it still holds what it held, and the lag bound ages that instant out
+            // if it stays silent. Forgetting it sent every read to the primary at each slow probe (the
+            // budget is one probe interval, 50 ms), which is when the primary can least afford them.
+            Self::TimedOut => CaughtUp::AsBefore,
         }
     }
 }
@@ -399,6 +442,23 @@ pub fn label(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_dates_a_replica_by_the_newest_primary_sample_it_replayed_and_a_slow_one_changes_nothing()
+     {
+        let samples: VecDeque<(i64, i64)> = [(100, 10), (200, 20), (300, 30)].into();
+        assert_eq!(
+            Probed::Replayed(25).caught_up(&samples),
+            CaughtUp::AtLeast(200)
+        );
+        assert_eq!(
+            Probed::Replayed(30).caught_up(&samples),
+            CaughtUp::AtLeast(300)
+        );
+        assert_eq!(Probed::Replayed(5).caught_up(&samples), CaughtUp::AsBefore);
+        assert_eq!(Probed::TimedOut.caught_up(&samples), CaughtUp::AsBefore);
+        assert_eq!(Probed::Unusable.caught_up(&samples), CaughtUp::Unknown);
+    }
 
     #[test]
     fn the_stricter_freshness_wins() {
