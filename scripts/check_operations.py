@@ -58,12 +58,13 @@ def series_names(expr):
     expr = re.sub(r"\[[^\]]*\]", "[]", expr)                 # ranges and subqueries
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r"\1", expr)
     names = set()
-    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+    # Not inside a number (the e of 1e9) or another token.
+    for match in re.finditer(r"(?<![0-9.a-zA-Z_:])[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
         name = match.group(0)
         rest = expr[match.end():].lstrip()
         if rest.startswith("(") or name.lower() in KEYWORDS:
             continue
-        # durations such as 5m are digits first and never match; numbers like 1e3 neither
+        # durations such as 5m are digits first and never match
         names.add(name)
     return names
 
