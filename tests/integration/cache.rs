@@ -144,13 +144,7 @@ async fn redis_going_away_degrades_to_postgres_and_no_stale_value_comes_back() {
     let a = TestApp::without_pipeline().await;
     a.create_users(1..=3).await;
     let proxy = RedisProxy::start().await;
-    let c = a
-        .instance(Options {
-            pipeline: false,
-            redis_url: proxy.url.clone(),
-            ..Options::default()
-        })
-        .await;
+    let c = a.instance_behind(&proxy).await;
     assert!(
         c.app.caches.l1_active(),
         "the instance behind the proxy uses L1"

@@ -83,30 +83,11 @@ async fn counts_converge_exactly_after_a_burst_of_random_follows_and_unfollows()
 }
 
 fn settings(app: &TestApp, batch_size: usize) -> ConsumerSettings {
-    settings_named(app, batch_size, "test-consumer")
-}
-
-fn settings_named(app: &TestApp, batch_size: usize, name: &str) -> ConsumerSettings {
-    ConsumerSettings {
-        redis: app.app.config.redis.clone(),
-        names: app.app.stream.first().clone(),
-        consumer_name: name.to_owned(),
-        batch_size,
-        block: Duration::from_millis(50),
-        caches: app.app.caches.clone(),
-        claim_idle: Duration::from_millis(100),
-        max_deliveries: 3,
-        refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
-            consumer::REFRESHES_IN_FLIGHT,
-        )),
-        applying: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
-    }
+    app.consumer_settings(batch_size, "test-consumer")
 }
 
 async fn connection(app: &TestApp) -> follow_service::redis_pool::Dedicated {
-    let mut conn = follow_service::redis_pool::dedicated(&app.app.config.redis, Duration::ZERO)
-        .await
-        .expect("Redis is reachable for tests");
+    let mut conn = app.redis().await;
     consumer::ensure_group(&mut conn, app.app.stream.first())
         .await
         .expect("group");
@@ -330,7 +311,7 @@ async fn entries_held_by_a_dead_consumer_are_taken_over() {
     }
     // A consumer reads the entries and dies before applying them.
     read_unacknowledged(&app, &mut conn, "doomed", 10).await;
-    let survivor = settings_named(&app, 10, "survivor");
+    let survivor = app.consumer_settings(10, "survivor");
     assert_eq!(
         consumer::consume_once(&app.app.db, &mut conn, &survivor)
             .await
@@ -567,12 +548,9 @@ async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_e
     let lost = written[3];
 
     // Several relay intervals, each past the relay delay.
-    let producer = app.app.producer("relay");
     for _ in 0..5 {
         tokio::time::sleep(relay_after + Duration::from_millis(50)).await;
-        follow_service::events::relay::relay_once(&app.app.db, &producer, relay_after)
-            .await
-            .expect("relay pass");
+        app.relay_pass_after(relay_after).await;
     }
     let mut in_stream = outbox_ids_in_stream(&app, &mut conn).await;
     assert_eq!(
@@ -586,7 +564,7 @@ async fn a_lagging_consumer_does_not_make_the_relay_grow_the_stream_but_a_lost_e
 
     // Every event is applied exactly once: the undelivered ones by a consumer, the stalled ones by
     // the consumer that takes them over.
-    let survivor = settings_named(&app, 10, "survivor");
+    let survivor = app.consumer_settings(10, "survivor");
     consumer::consume_once(&app.app.db, &mut conn, &survivor)
         .await
         .expect("consume");

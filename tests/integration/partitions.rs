@@ -33,12 +33,6 @@ fn partitioned(written: usize, read: Option<usize>, pipeline: bool) -> Options {
     }
 }
 
-async fn connection(app: &TestApp) -> Dedicated {
-    follow_service::redis_pool::dedicated(&app.app.config.redis, Duration::ZERO)
-        .await
-        .expect("Redis is reachable for tests")
-}
-
 /// The events in one partition's stream, in stream order.
 async fn partition_events(
     conn: &mut Dedicated,
@@ -107,7 +101,7 @@ async fn each_event_lands_in_its_followee_s_partition_and_is_applied_once() {
     for follower in (21..=40).step_by(3) {
         app.unfollow(follower, follower - 20).await;
     }
-    let mut conn = connection(&app).await;
+    let mut conn = app.redis().await;
     let streams = app.app.stream.clone();
     assert_eq!(streams.read().len(), 4);
     let mut seen = 0;
@@ -239,7 +233,7 @@ async fn a_subscriber_sees_each_of_its_events_once_from_every_partition() {
 
     // Every entry for the viewer appended again, in its partition and in another one (as after a
     // change of P), must not reach it again; the next new event must.
-    let mut conn = connection(&app).await;
+    let mut conn = app.redis().await;
     let streams = app.app.stream.clone();
     let mut again = redis::pipe();
     for names in streams.read() {
@@ -276,7 +270,7 @@ async fn the_relay_republishes_a_lost_entry_into_its_followee_s_partition() {
     app.create_users(1..=40).await;
     let followee = user_in(2..=40, 3, 4);
     app.follow(1, followee).await;
-    let mut conn = connection(&app).await;
+    let mut conn = app.redis().await;
     let streams = app.app.stream.clone();
     assert_eq!(lengths(&mut conn, streams.read()).await, [0, 0, 0, 1]);
 
@@ -315,7 +309,7 @@ async fn growing_then_shrinking_p_while_reading_both_layouts_loses_nothing() {
         edge_on(&four.app, "follow", follower, follower - 30).await;
         edge_on(&four.app, "follow", follower, follower - 20).await;
     }
-    let mut conn = connection(&app).await;
+    let mut conn = app.redis().await;
     let lengths = lengths(&mut conn, four.app.stream.read()).await;
     assert!(lengths[0] >= 10, "{lengths:?}");
     assert!(lengths[1..].iter().all(|&n| n > 0), "{lengths:?}");
@@ -346,7 +340,7 @@ async fn an_entry_stranded_in_a_partition_nobody_reads_is_relayed_and_applied() 
     app.assert_counts_exact().await;
     // Applied through partition 0, where the relay put them: the stranded entries were never read (no
     // group was ever made on their streams).
-    let mut conn = connection(&app).await;
+    let mut conn = app.redis().await;
     assert_eq!(
         lengths(&mut conn, &app.app.stream.read()[1..]).await,
         [1, 1, 1]
@@ -375,7 +369,7 @@ async fn a_write_spanning_partitions_rides_one_and_publishes_the_others_beside()
     app.follow(b, a).await;
     // A block ends both follows in one write: an event in a's partition and one in b's.
     crate::consent::act(&app, a, "block", b).await;
-    let mut conn = connection(&app).await;
+    let mut conn = app.redis().await;
     let streams = app.app.stream.clone();
     let mut marked = Vec::new();
     for p in [0, 2] {

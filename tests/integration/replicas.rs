@@ -407,14 +407,7 @@ async fn a_list_whose_version_bump_was_lost_in_an_outage_is_not_cached_from_a_re
     .await;
     a.create_users(1..=3).await;
     let proxy = RedisProxy::start().await;
-    let c = a
-        .instance(Options {
-            pipeline: false,
-            redis_url: proxy.url.clone(),
-            env: vec![("FOLLOW_REPLICA_MAX_LAG_MS", "60000".to_owned())],
-            ..Options::default()
-        })
-        .await;
+    let c = a.instance_behind(&proxy).await;
     let followers_of_1 = r#"{ user(id: "1") { followers(first: 10) { nodes { id } } } }"#;
     let nodes = |data: Value| data["user"]["followers"]["nodes"].clone();
     // The list's first page cached from the replica: it holds the slot's epoch.
@@ -433,24 +426,13 @@ async fn a_list_whose_version_bump_was_lost_in_an_outage_is_not_cached_from_a_re
     // version fails (its Redis is cut): the version stays, and the page cached under it is stale.
     let paused = ReplayPaused::start(&server).await;
     a.follow(2, 1).await;
-    let mut stream = follow_service::redis_pool::dedicated(&a.app.config.redis, Duration::ZERO)
-        .await
-        .expect("Redis is reachable for tests");
+    let mut stream = a.redis().await;
     consumer::ensure_group(&mut stream, a.app.stream.first())
         .await
         .expect("group");
-    let refresh_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(REFRESHES_IN_FLIGHT));
     let settings = ConsumerSettings {
-        redis: a.app.config.redis.clone(),
-        names: a.app.stream.first().clone(),
-        consumer_name: "test-consumer".to_owned(),
-        batch_size: 10,
-        block: Duration::from_millis(50),
         caches: c.app.caches.clone(),
-        claim_idle: Duration::from_millis(100),
-        max_deliveries: 3,
-        refresh_slots: refresh_slots.clone(),
-        applying: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        ..a.consumer_settings(10, "test-consumer")
     };
     proxy.cut();
     let applied = consumer::consume_once(&a.app.db, &mut stream, &settings)
@@ -458,15 +440,14 @@ async fn a_list_whose_version_bump_was_lost_in_an_outage_is_not_cached_from_a_re
         .expect("applied");
     assert_eq!(applied, 1);
     // The refresh (behind the consumer) has failed once every slot is free again.
-    let _refreshed = refresh_slots
+    let _refreshed = settings
+        .refresh_slots
         .acquire_many(REFRESHES_IN_FLIGHT as u32)
         .await
         .expect("refresh slots");
     let version_key = format!("{}:c1:lv:{{1}}:fr", a.prefix);
     let version = || async {
-        let mut conn = follow_service::redis_pool::dedicated(&a.app.config.redis, Duration::ZERO)
-            .await
-            .expect("Redis is reachable for tests");
+        let mut conn = a.redis().await;
         redis::cmd("GET")
             .arg(&version_key)
             .query_async::<Option<String>>(&mut conn)

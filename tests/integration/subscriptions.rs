@@ -70,13 +70,7 @@ async fn a_subscriber_gets_what_was_written_while_its_instance_had_lost_redis() 
     let app = TestApp::spawn().await;
     app.create_users(1..=3).await;
     let proxy = RedisProxy::start().await;
-    let other = app
-        .instance(Options {
-            pipeline: false,
-            redis_url: proxy.url.clone(),
-            ..Options::default()
-        })
-        .await;
+    let other = app.instance_behind(&proxy).await;
     let served = serve(&other.app).await;
     let mut subscriber = WsClient::connect(served.address, Some(&app.token(2, false))).await;
     subscriber.subscribe("events", EVENTS).await;
@@ -111,9 +105,7 @@ async fn an_event_published_twice_arrives_once() {
     assert_eq!(subscriber.next().await["type"], "next");
     // Redis loses the stream before the counters applied the event: the relay publishes it again, and
     // the subscriber must not see it again.
-    let mut conn = follow_service::redis_pool::dedicated(&app.app.config.redis, Duration::ZERO)
-        .await
-        .expect("Redis");
+    let mut conn = app.redis().await;
     let _: i64 = follow_service::redis_pool::redis::cmd("DEL")
         .arg(&app.app.stream.first().stream)
         .query_async(&mut conn)

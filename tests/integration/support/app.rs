@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     databases::{REPLAY_PAUSES, database_url, drop_database, fresh_database, replica_urls},
-    redis::{redis_forget, redis_url},
+    redis::{RedisProxy, redis_forget, redis_url},
     requests::{run_on, send},
 };
 
@@ -129,6 +129,47 @@ impl TestApp {
         Instance {
             app,
             _background: background,
+        }
+    }
+
+    /// Another running instance without a pipeline, whose Redis is reached through `proxy` (a test
+    /// cuts it to give this instance alone an outage).
+    pub async fn instance_behind(&self, proxy: &RedisProxy) -> Instance {
+        self.instance(Options {
+            pipeline: false,
+            redis_url: proxy.url.clone(),
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// A connection of its own to the app's Redis (the server or the cluster), for a test's raw calls
+    /// and for consumer passes (a blocking read must not hold up a shared one).
+    pub async fn redis(&self) -> follow_service::redis_pool::Dedicated {
+        follow_service::redis_pool::dedicated(&self.app.config.redis, Duration::ZERO)
+            .await
+            .expect("Redis is reachable for tests")
+    }
+
+    /// The settings of a consumer named `name` of the app's first partition, reading `batch_size`
+    /// entries at a time and refreshing the app's caches, for a test to drive pass by pass.
+    pub fn consumer_settings(
+        &self,
+        batch_size: usize,
+        name: &str,
+    ) -> follow_service::events::consumer::ConsumerSettings {
+        use follow_service::events::consumer::{ConsumerSettings, REFRESHES_IN_FLIGHT};
+        ConsumerSettings {
+            redis: self.app.config.redis.clone(),
+            names: self.app.stream.first().clone(),
+            consumer_name: name.to_owned(),
+            batch_size,
+            block: Duration::from_millis(50),
+            caches: self.app.caches.clone(),
+            claim_idle: Duration::from_millis(100),
+            max_deliveries: 3,
+            refresh_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(REFRESHES_IN_FLIGHT)),
+            applying: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -306,13 +347,29 @@ impl TestApp {
     /// One pass of the outbox relay, now, over every unapplied row (as the relay task would make once
     /// the rows are old enough): what it claimed, republished and found still in flight.
     pub async fn relay_pass(&self) -> follow_service::events::relay::RelayPass {
-        follow_service::events::relay::relay_once(
-            &self.app.db,
-            &self.app.producer("relay"),
-            Duration::ZERO,
-        )
-        .await
-        .expect("relay")
+        self.relay_pass_after(Duration::ZERO).await
+    }
+
+    /// One pass of the outbox relay over the rows unapplied (and not looked at) for `relay_after`. A
+    /// pass that fails (a Redis call past its time budget on a loaded box) is made again after
+    /// `relay_after`, as the relay task would at its next interval; panics after ten failures.
+    pub async fn relay_pass_after(
+        &self,
+        relay_after: Duration,
+    ) -> follow_service::events::relay::RelayPass {
+        let producer = self.app.producer("relay");
+        for _ in 0..10 {
+            match follow_service::events::relay::relay_once(&self.app.db, &producer, relay_after)
+                .await
+            {
+                Ok(pass) => return pass,
+                Err(err) => {
+                    eprintln!("relay pass failed, made again: {err:#}");
+                    tokio::time::sleep(relay_after + Duration::from_millis(10)).await;
+                }
+            }
+        }
+        panic!("ten relay passes failed in a row");
     }
 
     /// Waits until every committed event is applied (the outbox is empty); panics after 30 s.
