@@ -99,7 +99,6 @@ pub struct Rider<'a> {
 }
 
 /// What deleting a chunk of dirty keys takes beside the delete (see [`L2::recover`]).
-#[derive(Debug, Default, PartialEq)]
 pub struct Repair {
     /// The epoch keys of the slots of deleted list versions, moved to Redis's clock before the delete: a
     /// version created afterwards must not pass for one older than the write whose bump failed.
