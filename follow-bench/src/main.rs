@@ -179,6 +179,12 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+/// The service's allocator: `--pipeline` runs the consumer in this process, and glibc's malloc took most
+/// of the extra CPU the Redis Cluster seemed to cost there (its slow path, on the stream replies'
+/// copies); the worker that runs the consumer in production has jemalloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
