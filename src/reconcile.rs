@@ -1,8 +1,8 @@
 //! Reconciling counts with edges: on demand (`reconcile [--fix]`) and, with `FOLLOW_RECONCILE_EVERY_S`,
-//! on a schedule. A repair holds a PostgreSQL advisory lock, so one repairs at a time (a scheduled run
-//! skips its turn while another holds it; one run by hand waits): repairing adds the difference to the
-//! current count, which is safe while the consumers apply events (see `db::stats::fix_drift`) but not
-//! beside another repair, which would add the same difference again.
+//! on a schedule. A repair holds a PostgreSQL advisory lock for its transaction, so one repairs at a
+//! time (a scheduled run skips its turn while another holds it; one run by hand waits): repairing adds
+//! the difference to the current count, which is safe while the consumers apply events (see
+//! `db::stats::fix_drift`) but not beside another repair, which would add the same difference again.
 
 use std::time::Duration;
 
@@ -10,7 +10,10 @@ use tokio::sync::watch;
 
 use crate::{
     cache::Caches,
-    db::{self, DbPool, stats::Drift},
+    db::{
+        self, DbPool,
+        stats::{Drift, WhenLocked},
+    },
     telemetry::metrics::COUNTS_REPAIRED,
 };
 
@@ -21,18 +24,21 @@ pub async fn reconcile(db: &DbPool, caches: &Caches, fix: bool) -> anyhow::Resul
     if !fix {
         return Ok(db::stats::find_drift(&mut conn).await?);
     }
-    db::stats::lock_reconcile(&mut conn).await?;
-    repair(conn, caches).await
+    Ok(repair(conn, caches, WhenLocked::Wait)
+        .await?
+        .unwrap_or_default())
 }
 
-/// Repairs drift on `conn`, which holds the reconcile lock, then releases it.
-async fn repair(mut conn: db::DbConn, caches: &Caches) -> anyhow::Result<Vec<Drift>> {
-    let drift = db::stats::fix_drift(&mut conn).await;
-    let unlocked = db::stats::unlock_reconcile(&mut conn).await;
+/// Repairs drift under the reconcile lock (`None`: another repair held it and `when_locked` skips),
+/// then forgets the repaired counts in the caches.
+async fn repair(
+    mut conn: db::DbConn,
+    caches: &Caches,
+    when_locked: WhenLocked,
+) -> anyhow::Result<Option<Vec<Drift>>> {
+    let drift = db::stats::fix_drift_locked(&mut conn, when_locked).await?;
     drop(conn);
-    let drift = drift?;
-    unlocked?;
-    if !drift.is_empty() {
+    if let Some(drift) = drift.as_ref().filter(|d| !d.is_empty()) {
         let users: Vec<i64> = drift.iter().map(|d| d.user_id).collect();
         caches.forget_counts(&users).await;
     }
@@ -52,11 +58,8 @@ pub async fn run_every(
             _ = shutdown.changed() => break,
         }
         let pass = async {
-            let mut conn = db::connect(&db).await?;
-            if !db::stats::try_lock_reconcile(&mut conn).await? {
-                return anyhow::Ok(None);
-            }
-            repair(conn, &caches).await.map(Some)
+            let conn = db::connect(&db).await?;
+            repair(conn, &caches, WhenLocked::Skip).await
         };
         match pass.await {
             Ok(Some(drift)) if !drift.is_empty() => {

@@ -286,7 +286,12 @@ pub async fn find_drift(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Drift>>
 /// Finds and repairs drift in one statement. The repair adds the difference to the current row rather
 /// than overwriting it, so a consumer batch committed meanwhile is kept: safe while the service serves.
 pub async fn fix_drift(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Drift>> {
-    let sql = format!(
+    Ok(diesel::sql_query(fix_drift_sql()).load(conn).await?)
+}
+
+/// [`fix_drift`]'s statement.
+fn fix_drift_sql() -> String {
+    format!(
         "{}, fixed AS ( \
              INSERT INTO user_stats (user_id, follower_count, following_count, version) \
              SELECT user_id, expected_followers - stored_followers, expected_following - stored_following, 1 \
@@ -298,8 +303,7 @@ pub async fn fix_drift(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Drift>> 
                  updated_at = now()) \
          SELECT * FROM drift ORDER BY user_id",
         drift_sql()
-    );
-    Ok(diesel::sql_query(sql).load(conn).await?)
+    )
 }
 
 /// Overwrites every user's counts with its edge counts; only for `seed`, when nothing else writes.
@@ -326,29 +330,41 @@ struct Locked {
     locked: bool,
 }
 
-/// Takes the reconcile lock on this connection if free.
-pub async fn try_lock_reconcile(conn: &mut AsyncPgConnection) -> StoreResult<bool> {
-    let row: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-        .bind::<BigInt, _>(RECONCILE_LOCK)
-        .get_result(conn)
-        .await?;
-    Ok(row.locked)
+/// How a repair meets another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenLocked {
+    /// Waits for it to finish (a repair asked for by hand).
+    Wait,
+    /// Skips this turn (a scheduled repair: another instance is doing it).
+    Skip,
 }
 
-/// Takes the reconcile lock on this connection, waiting while another repair holds it.
-pub async fn lock_reconcile(conn: &mut AsyncPgConnection) -> StoreResult<()> {
-    diesel::sql_query("SELECT pg_advisory_lock($1)")
-        .bind::<BigInt, _>(RECONCILE_LOCK)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Releases the reconcile lock held by this connection.
-pub async fn unlock_reconcile(conn: &mut AsyncPgConnection) -> StoreResult<()> {
-    diesel::sql_query("SELECT pg_advisory_unlock($1)")
-        .bind::<BigInt, _>(RECONCILE_LOCK)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// [`fix_drift`] under the reconcile lock, or `None` when another repair holds it and `when_locked`
+/// says skip. The lock is a transaction's (`pg_advisory_xact_lock`): it ends with the transaction
+/// whatever happens, whereas a session's lock stayed with a pooled connection whose pass was cancelled
+/// between lock and unlock, and every later repair skipped or waited for good.
+pub async fn fix_drift_locked(
+    conn: &mut AsyncPgConnection,
+    when_locked: WhenLocked,
+) -> StoreResult<Option<Vec<Drift>>> {
+    use diesel_async::AsyncConnection;
+    Ok(conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            let lock = match when_locked {
+                WhenLocked::Wait => {
+                    "SELECT true AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l"
+                }
+                WhenLocked::Skip => "SELECT pg_try_advisory_xact_lock($1) AS locked",
+            };
+            let row: Locked = diesel::sql_query(lock)
+                .bind::<BigInt, _>(RECONCILE_LOCK)
+                .get_result(conn)
+                .await?;
+            if !row.locked {
+                return Ok(None);
+            }
+            let sql = fix_drift_sql();
+            Ok(Some(diesel::sql_query(sql).load(conn).await?))
+        })
+        .await?)
 }

@@ -270,6 +270,63 @@ async fn repairs_run_at_once_repair_a_count_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_repair_skips_while_another_holds_the_lock_and_one_by_hand_waits_for_it() {
+    use db::stats::{WhenLocked, fix_drift_locked};
+    let app = TestApp::spawn().await;
+    app.create_users(1..=2).await;
+    app.follow(1, 2).await;
+    app.drained().await;
+    app.sql("UPDATE user_stats SET follower_count = 7 WHERE user_id = 2")
+        .await;
+    // Another repair, as PostgreSQL sees it: a transaction holding the reconcile lock.
+    let (other, connection) = tokio_postgres::connect(
+        &crate::support::database_url(&app.database),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(connection);
+    other
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7213862105)")
+        .await
+        .expect("lock");
+
+    let mut conn = db::connect(&app.app.db).await.expect("connection");
+    assert_eq!(
+        fix_drift_locked(&mut conn, WhenLocked::Skip)
+            .await
+            .expect("skipped"),
+        None,
+        "a scheduled repair skips its turn"
+    );
+    let (db, caches) = (app.app.db.clone(), app.app.caches.clone());
+    let by_hand =
+        tokio::spawn(async move { follow_service::reconcile::reconcile(&db, &caches, true).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !by_hand.is_finished(),
+        "a repair by hand waits for the lock"
+    );
+    assert_eq!(
+        app.count("SELECT follower_count FROM user_stats WHERE user_id = 2")
+            .await,
+        7
+    );
+    // The other repair's transaction ends: its lock with it.
+    other.batch_execute("COMMIT").await.expect("commit");
+    let repaired = by_hand.await.expect("joined").expect("repaired");
+    assert_eq!(repaired.len(), 1);
+    app.assert_counts_exact().await;
+    assert_eq!(
+        fix_drift_locked(&mut conn, WhenLocked::Skip)
+            .await
+            .expect("ran"),
+        Some(Vec::new()),
+        "with the lock free, a scheduled repair runs (and finds nothing left)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_counts_pending_events_as_not_drift() {
     let app = TestApp::without_pipeline().await;
     app.create_users(1..=2).await;
