@@ -310,7 +310,8 @@ impl L2 {
             for chunk in keys.chunks(1_000) {
                 let repair = (self.repairs)(chunk);
                 if !repair.epochs.is_empty() {
-                    // Before the delete: a version read between the two is still the old one.
+                    // Before the delete: a version read between the two is still the old one. EVAL,
+                    // not EVALSHA: a Redis back from an outage may have lost its scripts.
                     let mut epochs = redis::pipe();
                     for epoch in &repair.epochs {
                         epochs
@@ -586,20 +587,10 @@ impl L2 {
             })
     }
 
-    /// Sets the epoch key to `now_ms` unless it exists.
-    pub async fn start_epoch(&self, epoch_key: &str, now_ms: i64) {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(epoch_key)
-            .arg(now_ms)
-            .arg("NX")
-            .ignore();
-        let _ = self.run::<()>(&pipe).await;
-    }
-
-    /// Sets each epoch key to `now` unless it exists, in chunks (each one round trip per node). Off the
-    /// breaker and the request budget: it is one large write at start, which nothing waits for, and a
-    /// slow moment of it must not open the breaker for every request. Stops at the first failure.
+    /// Sets each epoch key to `now` unless it exists (an epoch marks when the data it speaks for
+    /// began), in chunks (each one round trip per node). Off the breaker and the request budget: the
+    /// slots' epochs are one large write at start, which nothing waits for, and a slow moment of it must
+    /// not open the breaker for every request. Stops at the first failure.
     pub async fn start_epochs(&self, keys: &[String], now: i64) {
         if !self.available() {
             return;

@@ -37,7 +37,7 @@ impl Caches {
     pub async fn start_epoch(&self) {
         if self.settings.enabled {
             let now = chrono::Utc::now().timestamp_millis();
-            self.l2.start_epoch(&self.names.epoch(), now).await;
+            self.l2.start_epochs(&[self.names.epoch()], now).await;
             self.start_slot_epochs().await;
         }
     }
