@@ -322,7 +322,7 @@ pub async fn recompute_all(conn: &mut AsyncPgConnection) -> StoreResult<usize> {
 
 /// The advisory lock that keeps repairs from running at once: two repairs would each add the same
 /// difference (scheduled ones on several instances, or one run by hand beside them).
-const RECONCILE_LOCK: i64 = 7_213_862_105;
+pub const RECONCILE_LOCK: i64 = 7_213_862_105;
 
 #[derive(QueryableByName)]
 struct Locked {

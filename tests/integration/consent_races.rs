@@ -528,16 +528,9 @@ async fn an_approval_racing_a_repeated_follow_leaves_no_request_beside_the_edge(
 
     // Slow the approval down between its delete of the request and its commit: another session has
     // the same edge inserted, uncommitted, so the approval's insert waits for it.
-    let (slow, connection) = tokio_postgres::connect(
-        &crate::support::database_url(&app.database),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(connection);
-    slow.batch_execute("BEGIN; INSERT INTO follows (follower_id, followee_id) VALUES (2, 1)")
-        .await
-        .expect("hold the edge's key");
+    let slow = app
+        .in_open_transaction("INSERT INTO follows (follower_id, followee_id) VALUES (2, 1)")
+        .await;
     let approve = spawn_call(&app, 1, "approveFollowRequest", 2);
     until_waiting(&app, 1, "the approval").await;
     // Meanwhile the requester taps follow again (a second device, a retry).

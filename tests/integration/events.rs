@@ -279,17 +279,12 @@ async fn a_scheduled_repair_skips_while_another_holds_the_lock_and_one_by_hand_w
     app.sql("UPDATE user_stats SET follower_count = 7 WHERE user_id = 2")
         .await;
     // Another repair, as PostgreSQL sees it: a transaction holding the reconcile lock.
-    let (other, connection) = tokio_postgres::connect(
-        &crate::support::database_url(&app.database),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(connection);
-    other
-        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7213862105)")
-        .await
-        .expect("lock");
+    let other = app
+        .in_open_transaction(&format!(
+            "SELECT pg_advisory_xact_lock({})",
+            db::stats::RECONCILE_LOCK
+        ))
+        .await;
 
     let mut conn = db::connect(&app.app.db).await.expect("connection");
     assert_eq!(

@@ -415,14 +415,23 @@ impl TestApp {
         }
     }
 
-    /// Runs SQL on the app's database (for checks that must not go through the app).
-    pub async fn sql(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+    /// A connection of its own to the app's database, past the app's pools.
+    pub async fn postgres(&self) -> tokio_postgres::Client {
         let (client, connection) =
             tokio_postgres::connect(&database_url(&self.database), tokio_postgres::NoTls)
                 .await
                 .expect("connect");
         tokio::spawn(connection);
-        client.query(sql, &[]).await.expect("test SQL")
+        client
+    }
+
+    /// Runs SQL on the app's database (for checks that must not go through the app).
+    pub async fn sql(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        self.postgres()
+            .await
+            .query(sql, &[])
+            .await
+            .expect("test SQL")
     }
 
     /// One count from SQL.
@@ -433,17 +442,18 @@ impl TestApp {
     /// Holds user `id`'s row (`SELECT … FOR UPDATE` in an open transaction) on a connection of its own:
     /// a write that names the user waits in its foreign-key check until the returned client commits.
     pub async fn hold_user_row(&self, id: i64) -> tokio_postgres::Client {
-        let (client, connection) =
-            tokio_postgres::connect(&database_url(&self.database), tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!(
-                "BEGIN; SELECT 1 FROM users WHERE id = {id} FOR UPDATE"
-            ))
+        self.in_open_transaction(&format!("SELECT 1 FROM users WHERE id = {id} FOR UPDATE"))
             .await
-            .expect("lock the user's row");
+    }
+
+    /// Runs `sql` in a transaction left open on a connection of its own: what it locked stays locked
+    /// until the returned client commits or rolls back.
+    pub async fn in_open_transaction(&self, sql: &str) -> tokio_postgres::Client {
+        let client = self.postgres().await;
+        client
+            .batch_execute(&format!("BEGIN; {sql}"))
+            .await
+            .expect("SQL in an open transaction");
         client
     }
 
