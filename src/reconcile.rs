@@ -30,19 +30,19 @@ pub async fn reconcile(db: &DbPool, caches: &Caches, fix: bool) -> anyhow::Resul
 }
 
 /// Repairs drift under the reconcile lock (`None`: another repair held it and `when_locked` skips),
-/// then forgets the repaired counts in the caches.
+/// then writes the repaired counts into the caches.
 async fn repair(
     mut conn: db::DbConn,
     caches: &Caches,
     when_locked: WhenLocked,
 ) -> anyhow::Result<Option<Vec<Drift>>> {
-    let drift = db::stats::fix_drift_locked(&mut conn, when_locked).await?;
+    let Some(repaired) = db::stats::fix_drift_locked(&mut conn, when_locked).await? else {
+        return Ok(None);
+    };
     drop(conn);
-    if let Some(drift) = drift.as_ref().filter(|d| !d.is_empty()) {
-        let users: Vec<i64> = drift.iter().map(|d| d.user_id).collect();
-        caches.forget_counts(&users).await;
-    }
-    Ok(drift)
+    let counts: Vec<_> = repaired.iter().map(db::stats::Repaired::counts).collect();
+    caches.record_counts(&counts).await;
+    Ok(Some(repaired.into_iter().map(|r| r.drift).collect()))
 }
 
 /// Runs `reconcile --fix` every `period` (when this instance gets the lock) until `shutdown`.

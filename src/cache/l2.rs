@@ -762,22 +762,6 @@ impl L2 {
         Some(groups.into_iter().zip(answers).collect())
     }
 
-    /// Deletes keys and announces it (used when an exact new value is not at hand).
-    pub async fn delete(&self, keys: &[String], publish: Option<(&str, &str)>) -> bool {
-        let mut pipe = redis::pipe();
-        if !keys.is_empty() {
-            pipe.cmd("DEL").arg(keys).ignore();
-        }
-        if let Some((channel, message)) = publish {
-            pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
-        }
-        let done = self.run::<()>(&pipe).await.is_some();
-        if !done {
-            self.mark_dirty(keys.iter().cloned());
-        }
-        done
-    }
-
     /// Deletes the keys that writes could not update while the breaker stayed closed (a single failed
     /// call does not open it, so the probe's repair would not run).
     pub async fn repair_dirty(&self) {

@@ -1,5 +1,5 @@
 //! The write path: a write's statuses before it returns, what the event consumer applied, new user
-//! records and forgotten counts, each into L1, L2 and the announcement to the other instances.
+//! records and repaired counts, each into L1, L2 and the announcement to the other instances.
 
 use std::collections::HashSet;
 
@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     db::{follows::ListKind, users::UserRecord},
-    domain::{AppliedBatch, EdgeState, EventId},
+    domain::{AppliedBatch, Counts, EdgeState, EventId},
 };
 
 impl Caches {
@@ -131,25 +131,7 @@ impl Caches {
             }
         }
         for counts in &batch.counts {
-            self.counts.put_if_newer(
-                counts.user_id.get(),
-                Versioned {
-                    version: counts.version,
-                    value: *counts,
-                },
-            );
-            writes.versioned.push(VersionedWrite {
-                key: self.names.counts(counts.user_id.get()),
-                version: counts.version,
-                payload: keys::encode_counts(counts),
-                ttl: self.settings.counts_ttl,
-            });
-            announcements.push(Announcement::Counts {
-                user: counts.user_id.get(),
-                version: counts.version,
-                followers: counts.follower_count,
-                following: counts.following_count,
-            });
+            self.stage_counts(counts, &mut writes, &mut announcements);
         }
         let channel = self.names.channel();
         self.l2
@@ -233,22 +215,49 @@ impl Caches {
             .await;
     }
 
-    /// Forgets the counts of these users everywhere (after `reconcile --fix`).
-    pub async fn forget_counts(&self, users: &[i64]) {
-        if !self.settings.enabled || users.is_empty() {
+    /// Counts as a repair wrote them (`reconcile --fix`), versioned, everywhere: newer than any fill,
+    /// so a replica that has not replayed the repair cannot put the old counts back, as it could after
+    /// a delete.
+    pub async fn record_counts(&self, counts: &[Counts]) {
+        if !self.settings.enabled || counts.is_empty() {
             return;
         }
-        for user in users {
-            self.counts.remove(user);
+        let mut writes = Batch::default();
+        let mut announcements = Vec::with_capacity(counts.len());
+        for counts in counts {
+            self.stage_counts(counts, &mut writes, &mut announcements);
         }
-        let keys: Vec<String> = users.iter().map(|u| self.names.counts(*u)).collect();
-        let announcements: Vec<Announcement> = users
-            .iter()
-            .map(|&user| Announcement::DropCounts { user })
-            .collect();
         let channel = self.names.channel();
         self.l2
-            .delete(&keys, Some((&channel, &message(&announcements))))
+            .write_batch(&writes, Some((&channel, &message(&announcements))), None)
             .await;
+    }
+
+    /// A user's counts into L1 now, and queued for L2 and the announcement.
+    fn stage_counts(
+        &self,
+        counts: &Counts,
+        writes: &mut Batch,
+        announcements: &mut Vec<Announcement>,
+    ) {
+        self.counts.put_if_newer(
+            counts.user_id.get(),
+            Versioned {
+                version: counts.version,
+                value: *counts,
+            },
+        );
+        writes.versioned.push(VersionedWrite {
+            key: self.names.counts(counts.user_id.get()),
+            version: counts.version,
+            payload: keys::encode_counts(counts),
+            ttl: self.settings.counts_ttl,
+        });
+        announcements.push(Announcement::Counts {
+            user: counts.user_id.get(),
+            version: counts.version,
+            followers: counts.follower_count,
+            following: counts.following_count,
+        });
     }
 }

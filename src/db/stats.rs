@@ -300,8 +300,10 @@ fn fix_drift_sql() -> String {
                  follower_count = user_stats.follower_count + EXCLUDED.follower_count, \
                  following_count = user_stats.following_count + EXCLUDED.following_count, \
                  version = user_stats.version + 1, \
-                 updated_at = now()) \
-         SELECT * FROM drift ORDER BY user_id",
+                 updated_at = now() \
+             RETURNING user_id, follower_count, following_count, version) \
+         SELECT d.*, f.follower_count, f.following_count, f.version \
+         FROM drift d JOIN fixed f USING (user_id) ORDER BY d.user_id",
         drift_sql()
     )
 }
@@ -339,6 +341,31 @@ pub enum WhenLocked {
     Skip,
 }
 
+/// A user a repair changed: its drift, and its counts as the repair left them (their version bumped).
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
+pub struct Repaired {
+    #[diesel(embed)]
+    pub drift: Drift,
+    #[diesel(sql_type = BigInt)]
+    follower_count: i64,
+    #[diesel(sql_type = BigInt)]
+    following_count: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+impl Repaired {
+    /// The counts the repair wrote, with their row's new version.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            user_id: UserId(self.drift.user_id),
+            follower_count: self.follower_count,
+            following_count: self.following_count,
+            version: self.version,
+        }
+    }
+}
+
 /// [`fix_drift`] under the reconcile lock, or `None` when another repair holds it and `when_locked`
 /// says skip. The lock is a transaction's (`pg_advisory_xact_lock`): it ends with the transaction
 /// whatever happens, whereas a session's lock stayed with a pooled connection whose pass was cancelled
@@ -346,7 +373,7 @@ pub enum WhenLocked {
 pub async fn fix_drift_locked(
     conn: &mut AsyncPgConnection,
     when_locked: WhenLocked,
-) -> StoreResult<Option<Vec<Drift>>> {
+) -> StoreResult<Option<Vec<Repaired>>> {
     use diesel_async::AsyncConnection;
     Ok(conn
         .transaction::<_, diesel::result::Error, _>(async |conn| {

@@ -486,3 +486,41 @@ async fn a_list_whose_version_bump_was_lost_in_an_outage_is_not_cached_from_a_re
         "a page read from a replica lacking the follow was cached under the version made after the repair"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_repaired_while_the_replica_lags_is_not_put_back_stale_by_a_replica_read() {
+    let Some(server) = replica_or_skip(
+        "a_count_repaired_while_the_replica_lags_is_not_put_back_stale_by_a_replica_read",
+    ) else {
+        return;
+    };
+    let _turn = REPLAY.lock().await;
+    let app = app_on_replica(60_000, true).await;
+    app.follow(1, 2).await;
+    app.drained().await;
+    // A count gone wrong, as the replica has it too.
+    app.sql("UPDATE user_stats SET follower_count = 99 WHERE user_id = 2")
+        .await;
+    app.replicated().await;
+    let count = || async {
+        app.data(None, r#"{ user(id: "2") { followerCount } }"#, json!({}))
+            .await["user"]["followerCount"]
+            .clone()
+    };
+
+    // The repair commits while the replica lags; a read then (through the replica, as counts may lag)
+    // must not cache the count the repair replaced.
+    let paused = ReplayPaused::start(&server).await;
+    let repaired = follow_service::reconcile::reconcile(&app.app.db, &app.app.caches, true)
+        .await
+        .expect("repaired");
+    assert_eq!(repaired.len(), 1);
+    count().await;
+    drop(paused);
+    app.replicated().await;
+    assert_eq!(
+        count().await,
+        1,
+        "the count read from the lagging replica was cached over the repair"
+    );
+}
