@@ -528,9 +528,7 @@ async fn a_scheduled_reconcile_repairs_drift_while_serving() {
         Duration::from_millis(100),
         stopped,
     ));
-    // A pass every 100 ms; the bound is for a loaded box (5 s was once too short with the cluster and
-    // the replica beside two tests and two busy loops on two cores).
-    let repaired = crate::support::eventually(Duration::from_secs(15), || async {
+    let repaired = crate::support::eventually(Duration::from_secs(5), || async {
         app.count("SELECT follower_count FROM user_stats WHERE user_id = 2")
             .await
             == 1
