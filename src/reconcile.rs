@@ -40,7 +40,7 @@ async fn repair(
         return Ok(None);
     };
     drop(conn);
-    let counts: Vec<_> = repaired.iter().map(db::stats::Repaired::counts).collect();
+    let counts: Vec<_> = repaired.iter().map(|r| (&r.counts).into()).collect();
     caches.record_counts(&counts).await;
     Ok(Some(repaired.into_iter().map(|r| r.drift).collect()))
 }

@@ -34,8 +34,10 @@ pub async fn most_followed(conn: &mut AsyncPgConnection, n: i64) -> StoreResult<
         .await?)
 }
 
-#[derive(QueryableByName)]
-struct CountsRow {
+/// A user's counts as a statement returns them (columns `user_id`, `follower_count`, `following_count`,
+/// `version`).
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
+pub struct CountsRow {
     #[diesel(sql_type = BigInt)]
     user_id: i64,
     #[diesel(sql_type = BigInt)]
@@ -44,6 +46,17 @@ struct CountsRow {
     following_count: i64,
     #[diesel(sql_type = BigInt)]
     version: i64,
+}
+
+impl From<&CountsRow> for Counts {
+    fn from(row: &CountsRow) -> Self {
+        Counts {
+            user_id: UserId(row.user_id),
+            follower_count: row.follower_count,
+            following_count: row.following_count,
+            version: row.version,
+        }
+    }
 }
 
 /// `counts_now`'s statement: each side of the pending deltas is read through its own index of `outbox`
@@ -83,15 +96,7 @@ pub async fn counts_now(
         .bind::<Array<BigInt>, _>(user_ids)
         .load(conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Counts {
-            user_id: UserId(r.user_id),
-            follower_count: r.follower_count,
-            following_count: r.following_count,
-            version: r.version,
-        })
-        .collect())
+    Ok(rows.iter().map(Counts::from).collect())
 }
 
 /// The apply statement's one row: the applied events and the new counts, each as parallel arrays.
@@ -346,24 +351,8 @@ pub enum WhenLocked {
 pub struct Repaired {
     #[diesel(embed)]
     pub drift: Drift,
-    #[diesel(sql_type = BigInt)]
-    follower_count: i64,
-    #[diesel(sql_type = BigInt)]
-    following_count: i64,
-    #[diesel(sql_type = BigInt)]
-    version: i64,
-}
-
-impl Repaired {
-    /// The counts the repair wrote, with their row's new version.
-    pub fn counts(&self) -> Counts {
-        Counts {
-            user_id: UserId(self.drift.user_id),
-            follower_count: self.follower_count,
-            following_count: self.following_count,
-            version: self.version,
-        }
-    }
+    #[diesel(embed)]
+    pub counts: CountsRow,
 }
 
 /// [`fix_drift`] under the reconcile lock, or `None` when another repair holds it and `when_locked`
